@@ -1,0 +1,256 @@
+//! The two body types on the proxy path. Both stream frame by frame and
+//! never collect: [`RequestBody`] carries the client's body upstream (idle
+//! timeout, size limit, byte count); [`ProxyBody`] carries the upstream's
+//! body, or a small proxy-made one, to the client and finishes the
+//! request's [`RequestRecord`] when it ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::UpstreamErrorKind;
+use crate::record::{Outcome, RequestRecord};
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("no data for {0:?} (idle timeout)")]
+    Idle(Duration),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("client body failed: {0}")]
+    Client(#[source] hyper::Error),
+    #[error("upstream body failed: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+/// Fires when a body has been silent for the whole timeout. The timer is
+/// created on the first wait, so bodies that never wait cost no timer.
+#[derive(Debug)]
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        IdleTimer {
+            timeout,
+            sleep: None,
+        }
+    }
+
+    fn on_frame(&mut self) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The client's request body on its way upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    idle: IdleTimer,
+    limit: Option<u64>,
+    received: u64,
+    bytes: prometheus::IntCounter,
+}
+
+impl RequestBody {
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        limit: Option<u64>,
+        bytes: prometheus::IntCounter,
+    ) -> Self {
+        RequestBody {
+            inner,
+            idle: IdleTimer::new(idle),
+            limit,
+            received: 0,
+            bytes,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.on_frame();
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.received += n;
+                    this.bytes.inc_by(n);
+                    if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.idle.poll_expired(cx) => {
+                Poll::Ready(Some(Err(BodyError::Idle(this.idle.timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body on its way to the client.
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+    record: Option<RequestRecord>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream { body: Incoming, idle: IdleTimer },
+}
+
+impl ProxyBody {
+    /// A proxy-made body (errors, health, metrics).
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ProxyBody {
+            kind: Kind::Full((!data.is_empty()).then_some(data)),
+            record: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody {
+            kind: Kind::Full(None),
+            record: None,
+        }
+    }
+
+    /// The upstream's body, watched for silence longer than `idle`.
+    pub fn upstream(body: Incoming, idle: Duration, record: RequestRecord) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream {
+                body,
+                idle: IdleTimer::new(idle),
+            },
+            record: Some(record),
+        }
+    }
+
+    /// Attaches the record that this body finishes when it ends.
+    pub fn with_record(mut self, record: RequestRecord) -> Self {
+        self.record = Some(record);
+        self
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(mut record) = self.record.take() {
+            record.finish(outcome);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    idle.on_frame();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending if idle.poll_expired(cx) => {
+                    Poll::Ready(Some(Err(BodyError::Idle(idle.timeout))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(record)) = (frame.data_ref(), &this.record) {
+                    record.metrics().response_bytes.inc_by(data.len() as u64);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => this.finish(Outcome::Failed(upstream_body_error_kind(e))),
+            Poll::Ready(None) => this.finish(Outcome::Completed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(data) => data.is_none(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper never polls a body that says it is at its end (empty bodies,
+        // HEAD): that is a completed response, not a cancelled one.
+        let outcome = if self.is_end_stream() {
+            Outcome::Completed
+        } else {
+            Outcome::Cancelled
+        };
+        self.finish(outcome);
+    }
+}
+
+fn upstream_body_error_kind(e: &BodyError) -> UpstreamErrorKind {
+    match e {
+        BodyError::Idle(_) => UpstreamErrorKind::Timeout,
+        BodyError::Upstream(e) if e.is_parse() => UpstreamErrorKind::Protocol,
+        _ => UpstreamErrorKind::Reset,
+    }
+}

@@ -1,0 +1,387 @@
+//! Configuration: every setting is an environment variable and a flag named
+//! after it (SPEC §2). Secrets and `PORT` are environment-only, read from the
+//! map the caller passes, so tests never touch the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::policy::TargetPolicy;
+
+/// Exit code for every configuration error (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// apiproxy data plane: a transparent streaming reverse proxy.
+///
+/// Every flag can also be set by the environment variable shown with it, or
+/// in a `.env` file in the working directory (the real environment wins).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "apiproxy-dataplane", version, about, long_about = None)]
+pub struct Args {
+    /// Proxy listener (HTTP/1.1 and h2c). Default 0.0.0.0:8000, or
+    /// 0.0.0.0:$PORT when only PORT is set.
+    #[arg(long, env = "API_PROXY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Runtime worker threads [default: number of CPUs].
+    #[arg(long, env = "API_PROXY_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Listener for /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "API_PROXY_METRICS_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9000"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Standalone mode: JSON or TOML file of prefix -> target, re-read when
+    /// it changes.
+    #[arg(long, env = "API_PROXY_MAPPINGS_FILE", value_name = "PATH")]
+    pub mappings_file: Option<PathBuf>,
+
+    /// Redis mode: redis://[user]:[pass]@host:port/db or rediss://.
+    #[arg(
+        long,
+        env = "API_PROXY_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// Namespace of every Redis key and channel.
+    #[arg(
+        long,
+        env = "API_PROXY_REDIS_PREFIX",
+        value_name = "NAME",
+        default_value = "apiproxy"
+    )]
+    pub redis_prefix: String,
+
+    /// File where the last applied snapshot is kept and read at boot when
+    /// Redis is unreachable.
+    #[arg(long, env = "API_PROXY_SNAPSHOT_CACHE", value_name = "PATH")]
+    pub snapshot_cache: Option<PathBuf>,
+
+    /// Full re-read of the mappings, a safety net for lost messages.
+    #[arg(long, env = "API_PROXY_RESYNC_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Where stats batches go (http://controlplane:8001); unset: no push.
+    #[arg(long, env = "API_PROXY_CONTROLPLANE_URL", value_name = "URL")]
+    pub controlplane_url: Option<String>,
+
+    /// This node's name in the console [default: host name].
+    #[arg(long, env = "API_PROXY_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+
+    /// Stats batch push interval.
+    #[arg(long, env = "API_PROXY_STATS_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+
+    /// false: record no request stats at all.
+    #[arg(long, env = "API_PROXY_ENABLE_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    pub enable_stats: bool,
+
+    /// TCP + TLS connect to the upstream.
+    #[arg(long, env = "API_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// From request sent to response headers received.
+    #[arg(long, env = "API_PROXY_RESPONSE_HEADER_TIMEOUT", value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
+    pub response_header_timeout: Duration,
+
+    /// Longest silence on a body in either direction, and on a tunnel.
+    /// There is no total-duration limit.
+    #[arg(long, env = "API_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long in-flight requests may finish after SIGTERM.
+    #[arg(long, env = "API_PROXY_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Largest request body in bytes; over it: 413 [default: unlimited].
+    #[arg(long, env = "API_PROXY_MAX_REQUEST_BODY", value_name = "BYTES")]
+    pub max_request_body: Option<u64>,
+
+    /// Extra PEM roots for upstream TLS, added to the system and webpki roots.
+    #[arg(long, env = "API_PROXY_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// true: add X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host.
+    #[arg(long, env = "API_PROXY_FORWARDED_HEADERS", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub forwarded_headers: bool,
+
+    /// Which resolved upstream addresses may be dialled.
+    #[arg(
+        long,
+        env = "API_PROXY_TARGET_POLICY",
+        value_name = "POLICY",
+        value_enum,
+        default_value = "no-link-local"
+    )]
+    pub target_policy: TargetPolicy,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(
+        long,
+        env = "API_PROXY_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 10s, 5m)"))
+}
+
+/// Where the mappings come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Redis { url: String, prefix: String },
+}
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub workers: usize,
+    pub source: Source,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_request_body: Option<u64>,
+    pub ca_file: Option<PathBuf>,
+    pub forwarded_headers: bool,
+    pub target_policy: TargetPolicy,
+    pub log_format: LogFormat,
+    pub enable_stats: bool,
+}
+
+/// A configuration error: one line that names the variable or flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--help` or `--version`: print it and exit 0.
+    #[error("{0}")]
+    Info(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Info(_) => 0,
+            ConfigError::Invalid(_) => EXIT_CONFIG,
+        }
+    }
+}
+
+impl Config {
+    /// Parses flags (`args`, program name first) with clap's own
+    /// environment fallbacks, and the environment-only settings from `env`.
+    pub fn parse<I, T>(args: I, env: &HashMap<String, String>) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = Args::try_parse_from(args).map_err(|e| match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                ConfigError::Info(e.to_string())
+            }
+            _ => ConfigError::Invalid(first_line(&e.to_string())),
+        })?;
+        Config::from_args(args, env)
+    }
+
+    fn from_args(args: Args, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let listen = match (args.listen, env.get("PORT")) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) => match port.parse::<u16>() {
+                Ok(port) => SocketAddr::from(([0, 0, 0, 0], port)),
+                Err(_) => return invalid(format!("PORT: invalid port number {port:?}")),
+            },
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], 8000)),
+        };
+        let source = match (args.mappings_file, args.redis_url) {
+            (Some(path), None) => Source::File(path),
+            (None, Some(url)) => Source::Redis { url, prefix: args.redis_prefix },
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "API_PROXY_MAPPINGS_FILE and API_PROXY_REDIS_URL are both set: set exactly one".into(),
+                )
+            }
+            (None, None) => {
+                return invalid(
+                    "API_PROXY_MAPPINGS_FILE or API_PROXY_REDIS_URL must be set (e.g. --mappings-file examples/mappings.json)"
+                        .into(),
+                )
+            }
+        };
+        if let Source::Redis { .. } = source {
+            return invalid("API_PROXY_REDIS_URL: Redis mode is not available in this build yet; use API_PROXY_MAPPINGS_FILE".into());
+        }
+        if args.controlplane_url.is_some()
+            && env.get("API_PROXY_NODE_TOKEN").is_none_or(|t| t.is_empty())
+        {
+            return invalid(
+                "API_PROXY_NODE_TOKEN must be set when API_PROXY_CONTROLPLANE_URL is set".into(),
+            );
+        }
+        for (name, d) in [
+            ("API_PROXY_CONNECT_TIMEOUT", args.connect_timeout),
+            (
+                "API_PROXY_RESPONSE_HEADER_TIMEOUT",
+                args.response_header_timeout,
+            ),
+            ("API_PROXY_IDLE_TIMEOUT", args.idle_timeout),
+            ("API_PROXY_RESYNC_INTERVAL", args.resync_interval),
+            ("API_PROXY_STATS_INTERVAL", args.stats_interval),
+        ] {
+            if d.is_zero() {
+                return invalid(format!("{name}: must be greater than zero"));
+            }
+        }
+        let workers = match args.workers {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(Config {
+            listen,
+            metrics_listen: args.metrics_listen,
+            workers,
+            source,
+            connect_timeout: args.connect_timeout,
+            response_header_timeout: args.response_header_timeout,
+            idle_timeout: args.idle_timeout,
+            drain_timeout: args.drain_timeout,
+            max_request_body: args.max_request_body,
+            ca_file: args.ca_file,
+            forwarded_headers: args.forwarded_headers,
+            target_policy: args.target_policy,
+            log_format: args.log_format,
+            enable_stats: args.enable_stats,
+        })
+    }
+}
+
+/// clap's messages run over several lines (usage, a hint); the first one
+/// names the flag and the problem, which is what an operator needs.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(
+            std::iter::once("apiproxy-dataplane").chain(args.iter().copied()),
+            &env,
+        )
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(&["--mappings-file", "m.json"], &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(c.metrics_listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.response_header_timeout, Duration::from_secs(900));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.target_policy, TargetPolicy::NoLinkLocal);
+        assert!(!c.forwarded_headers);
+        assert!(c.max_request_body.is_none());
+    }
+
+    #[test]
+    fn port_applies_only_without_listen() {
+        let c = parse(&["--mappings-file", "m"], &[("PORT", "8123")]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8123".parse().unwrap());
+        let c = parse(
+            &["--mappings-file", "m", "--listen", "127.0.0.1:1"],
+            &[("PORT", "8123")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1".parse().unwrap());
+        let err = parse(&["--mappings-file", "m"], &[("PORT", "x")]).unwrap_err();
+        assert!(err.to_string().starts_with("PORT"), "{err}");
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "API_PROXY_MAPPINGS_FILE"),
+            (
+                &["--mappings-file", "m", "--connect-timeout", "soon"],
+                "--connect-timeout",
+            ),
+            (
+                &["--mappings-file", "m", "--idle-timeout", "0s"],
+                "API_PROXY_IDLE_TIMEOUT",
+            ),
+            (
+                &["--mappings-file", "m", "--target-policy", "all"],
+                "--target-policy",
+            ),
+            (&["--mappings-file", "m", "--bogus"], "--bogus"),
+            (
+                &["--mappings-file", "m", "--controlplane-url", "http://cp"],
+                "API_PROXY_NODE_TOKEN",
+            ),
+        ];
+        for (args, name) in cases {
+            let err = parse(args, &[]).unwrap_err();
+            assert_eq!(err.exit_code(), EXIT_CONFIG);
+            let msg = err.to_string();
+            assert!(msg.contains(name), "{args:?}: {msg}");
+            assert!(!msg.contains('\n'), "{args:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_exit_zero() {
+        assert_eq!(parse(&["--help"], &[]).unwrap_err().exit_code(), 0);
+        assert_eq!(parse(&["--version"], &[]).unwrap_err().exit_code(), 0);
+    }
+
+    #[test]
+    fn durations_accept_human_units() {
+        let c = parse(
+            &[
+                "--mappings-file",
+                "m",
+                "--drain-timeout",
+                "500ms",
+                "--idle-timeout",
+                "5m",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_millis(500));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    }
+}

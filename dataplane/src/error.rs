@@ -1,0 +1,200 @@
+//! The proxy's own error responses (SPEC §3 "Errors"): one type, one tested
+//! mapping to status, `type` and `X-Apiproxy-Error`.
+
+use std::error::Error as StdError;
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::body::{BodyError, ProxyBody};
+use crate::metrics::UpstreamErrorKind;
+use crate::upstream::ConnectError;
+
+pub const ERROR_HEADER: &str = "x-apiproxy-error";
+
+/// Why the proxy answered by itself instead of with the upstream's response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no mapping for {0}")]
+    NoMapping(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("method CONNECT is not allowed: this is not a forward proxy")]
+    MethodNotAllowed,
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("no mappings snapshot applied yet")]
+    NotReady,
+    #[error("{message}")]
+    Upstream {
+        kind: UpstreamErrorKind,
+        message: String,
+    },
+}
+
+impl ProxyError {
+    pub fn upstream(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
+        ProxyError::Upstream {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoMapping(_) => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `type` field and `X-Apiproxy-Error` value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoMapping(_) => "no_mapping",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::PayloadTooLarge(_) => "payload_too_large",
+            ProxyError::NotReady => "not_ready",
+            ProxyError::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::Connect | UpstreamErrorKind::Tls | UpstreamErrorKind::Policy => {
+                    "upstream_connect"
+                }
+                UpstreamErrorKind::Timeout => "upstream_timeout",
+                UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol => "upstream_error",
+            },
+        }
+    }
+
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::Upstream { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({"error": {"type": self.kind(), "message": self.to_string()}});
+        let mut response = Response::new(ProxyBody::full(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind()));
+        response
+    }
+}
+
+/// What sending a request upstream can end in, before any response head.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// Answer the client with this error.
+    Respond(ProxyError),
+    /// The client's own body failed: it went away, so write nothing.
+    ClientGone,
+}
+
+/// Classifies an error of the upstream client by walking its causes.
+pub fn classify_send_error(err: &(dyn StdError + 'static)) -> SendFailure {
+    if let Some(connect) = find_cause::<ConnectError>(err) {
+        return SendFailure::Respond(ProxyError::upstream(connect.kind, connect.to_string()));
+    }
+    if let Some(body) = find_cause::<BodyError>(err) {
+        return match body {
+            BodyError::TooLarge(limit) => SendFailure::Respond(ProxyError::PayloadTooLarge(*limit)),
+            BodyError::Idle(d) => SendFailure::Respond(ProxyError::BadRequest(format!(
+                "request body sent no data for {d:?} (idle timeout)"
+            ))),
+            BodyError::Client(_) | BodyError::Upstream(_) => SendFailure::ClientGone,
+        };
+    }
+    let kind = match find_cause::<hyper::Error>(err) {
+        Some(e) if e.is_parse() || e.is_parse_status() => UpstreamErrorKind::Protocol,
+        _ => UpstreamErrorKind::Reset,
+    };
+    SendFailure::Respond(ProxyError::upstream(
+        kind,
+        format!("upstream failed before the response: {}", chain(err)),
+    ))
+}
+
+/// Finds a cause of type `T`, looking inside `io::Error`s too (their
+/// `source()` skips the error they wrap).
+pub fn find_cause<'a, T: StdError + 'static>(
+    mut err: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
+    loop {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find_cause::<T>(inner) {
+                return Some(found);
+            }
+        }
+        err = err.source()?;
+    }
+}
+
+/// `outer: cause: cause` for logs and messages.
+pub fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SPEC §3 table, pinned.
+    #[test]
+    fn status_and_type_per_error() {
+        use UpstreamErrorKind::*;
+        let cases = [
+            (ProxyError::NoMapping("/x".into()), 404, "no_mapping"),
+            (ProxyError::BadRequest("x".into()), 400, "bad_request"),
+            (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ProxyError::PayloadTooLarge(1), 413, "payload_too_large"),
+            (ProxyError::NotReady, 503, "not_ready"),
+            (ProxyError::upstream(Connect, "x"), 502, "upstream_connect"),
+            (ProxyError::upstream(Tls, "x"), 502, "upstream_connect"),
+            (ProxyError::upstream(Policy, "x"), 502, "upstream_connect"),
+            (ProxyError::upstream(Reset, "x"), 502, "upstream_error"),
+            (ProxyError::upstream(Protocol, "x"), 502, "upstream_error"),
+            (ProxyError::upstream(Timeout, "x"), 504, "upstream_timeout"),
+        ];
+        for (err, status, kind) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.kind(), kind, "{err:?}");
+            let resp = err.into_response();
+            assert_eq!(resp.headers()[ERROR_HEADER], kind);
+            assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        }
+    }
+
+    #[test]
+    fn find_cause_looks_inside_io_errors() {
+        let inner = ConnectError::new(UpstreamErrorKind::Policy, "denied");
+        let io = std::io::Error::other(inner);
+        let found = find_cause::<ConnectError>(&io).unwrap();
+        assert_eq!(found.kind, UpstreamErrorKind::Policy);
+    }
+}

@@ -1,0 +1,275 @@
+//! Header rewriting between client and upstream (SPEC §3 "Headers").
+//!
+//! RFC 9110 §7.6.1: a proxy removes the `Connection` header and every field
+//! it names, and the hop-by-hop fields, before forwarding a message.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// True when a request asks to switch protocols: it carries `Upgrade` and
+/// `Connection: upgrade`.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes the hop-by-hop set: `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+/// `Proxy-Authorization`, `TE` other than `trailers`, `Trailer`,
+/// `Transfer-Encoding`, and `Upgrade` unless `upgrading`. When upgrading,
+/// `Upgrade` stays and `Connection: upgrade` is set again.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrading && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let te_is_trailers = headers.get_all(header::TE).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.trim().eq_ignore_ascii_case("trailers"))
+    });
+    if !te_is_trailers {
+        headers.remove(header::TE);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// A `text/event-stream` response gets `X-Accel-Buffering: no` and
+/// `Cache-Control: no-cache` unless the upstream set them, so buffering
+/// proxies and caches in front of us pass each event on at once.
+pub fn mark_event_stream(headers: &mut HeaderMap) {
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        });
+    if is_sse {
+        headers
+            .entry(HeaderName::from_static("x-accel-buffering"))
+            .or_insert(HeaderValue::from_static("no"));
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-cache"));
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// `API_PROXY_FORWARDED_HEADERS=true`: appends the client address to
+/// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`
+/// (the `Host` the client sent), before `Host` is rewritten.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: std::net::IpAddr,
+    original_host: Option<HeaderValue>,
+) {
+    let ip = client.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// The fixed hop-by-hop set goes; end-to-end headers stay.
+    #[test]
+    fn removes_fixed_hop_by_hop_set() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic x"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("authorization", "Bearer sk"),
+            ("content-length", "5"),
+            ("accept-encoding", "gzip"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            names(&h),
+            ["accept-encoding", "authorization", "content-length"]
+        );
+    }
+
+    /// Headers named in `Connection` are hop-by-hop too.
+    #[test]
+    fn removes_headers_named_in_connection() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("x-secret-hop", "1"),
+            ("x-other", "2"),
+            ("x-keep", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-keep"]);
+    }
+
+    /// `TE: trailers` is the one TE value that may be forwarded.
+    #[test]
+    fn te_kept_only_when_trailers() {
+        let mut h = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.contains_key("te"));
+        let mut h = map(&[("te", "gzip, trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("te"));
+    }
+
+    /// An upgrading request keeps `Upgrade` and `Connection: upgrade` only.
+    #[test]
+    fn upgrade_survives_when_upgrading() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+    }
+
+    #[test]
+    fn event_stream_gets_anti_buffering_headers_unless_set() {
+        let mut h = map(&[("content-type", "text/event-stream; charset=utf-8")]);
+        mark_event_stream(&mut h);
+        assert_eq!(h["x-accel-buffering"], "no");
+        assert_eq!(h["cache-control"], "no-cache");
+        let mut h = map(&[
+            ("content-type", "text/event-stream"),
+            ("cache-control", "private"),
+        ]);
+        mark_event_stream(&mut h);
+        assert_eq!(h["cache-control"], "private");
+        let mut h = map(&[("content-type", "application/json")]);
+        mark_event_stream(&mut h);
+        assert!(!h.contains_key("x-accel-buffering"));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
+        add_forwarded(
+            &mut h,
+            "10.0.0.2".parse().unwrap(),
+            Some(HeaderValue::from_static("proxy:8000")),
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "proxy:8000");
+    }
+
+    proptest! {
+        /// Whatever the headers, nothing hop-by-hop survives a non-upgrade
+        /// pass, and no header outside the hop-by-hop set or `Connection`'s
+        /// list is lost.
+        #[test]
+        fn filter_removes_exactly_the_hop_set(
+            conn in proptest::collection::vec("[a-z-]{1,8}", 0..4),
+            extra in proptest::collection::vec(("[a-z]{1,6}", "[a-z0-9]{0,6}"), 0..6),
+        ) {
+            let mut h = HeaderMap::new();
+            if !conn.is_empty() {
+                h.insert(header::CONNECTION, HeaderValue::from_str(&conn.join(", ")).unwrap());
+            }
+            for (k, v) in &extra {
+                h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            let before = h.clone();
+            strip_hop_by_hop(&mut h, false);
+            for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+                prop_assert!(!h.contains_key(name));
+            }
+            for c in &conn {
+                prop_assert!(!h.contains_key(c.as_str()));
+            }
+            for (k, _) in &extra {
+                let te_dropped = k == "te" && !before.get_all("te").iter().all(|v| v == "trailers");
+                let hop = conn.iter().any(|c| c == k) || HOP_BY_HOP.iter().any(|n| n == k.as_str())
+                    || k == "upgrade" || te_dropped;
+                prop_assert_eq!(h.contains_key(k.as_str()), !hop);
+                if !hop {
+                    prop_assert_eq!(h.get_all(k.as_str()).iter().count(), before.get_all(k.as_str()).iter().count());
+                }
+            }
+        }
+    }
+}

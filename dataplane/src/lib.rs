@@ -1,0 +1,126 @@
+//! apiproxy data plane: a transparent, streaming reverse proxy.
+//!
+//! `main` parses the [`Config`], builds a [`DataPlane`] (which loads the
+//! first snapshot: a bad mappings file is a configuration error), binds the
+//! two listeners and calls [`DataPlane::run`]. Tests drive the real binary.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod file_source;
+pub mod headers;
+pub mod metrics;
+pub mod ops;
+pub mod policy;
+pub mod proxy;
+pub mod record;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tunnel;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::{Config, ConfigError, Source, EXIT_CONFIG};
+
+use crate::file_source::FileSource;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::state::RoutingState;
+use crate::tunnel::Tunnels;
+use crate::upstream::{Upstream, UpstreamSettings};
+
+/// A start-up failure caused by the configuration (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Mappings(#[from] file_source::FileError),
+    #[error(transparent)]
+    Tls(#[from] upstream::TlsSetupError),
+}
+
+/// A data plane with its first snapshot loaded, ready to bind and run.
+pub struct DataPlane {
+    config: Config,
+    state: Arc<RoutingState>,
+    source: FileSource,
+    upstream: Upstream,
+}
+
+impl DataPlane {
+    pub fn new(config: Config) -> Result<DataPlane, StartupError> {
+        let state = Arc::new(RoutingState::new(Metrics::new()));
+        let source = match &config.source {
+            Source::File(path) => FileSource::load(path.clone(), state.clone())?,
+            Source::Redis { .. } => {
+                unreachable!("refused by Config::parse until the Redis source exists")
+            }
+        };
+        let upstream = Upstream::new(&UpstreamSettings {
+            policy: config.target_policy,
+            connect_timeout: config.connect_timeout,
+            ca_file: config.ca_file.as_deref(),
+        })?;
+        Ok(DataPlane {
+            config,
+            state,
+            source,
+            upstream,
+        })
+    }
+
+    /// Serves until `shutdown` fires, then drains (readiness turns 503 at
+    /// once, in-flight requests get up to the drain timeout) and returns.
+    pub async fn run(
+        self,
+        proxy_listener: TcpListener,
+        ops_listener: TcpListener,
+        shutdown: CancellationToken,
+    ) {
+        let DataPlane {
+            config,
+            state,
+            source,
+            upstream,
+        } = self;
+        let background = CancellationToken::new();
+        let drain_deadline = CancellationToken::new();
+        let proxy = Arc::new(Proxy {
+            state: state.clone(),
+            upstream,
+            tunnels: Tunnels::new(config.idle_timeout, drain_deadline.clone()),
+            response_header_timeout: config.response_header_timeout,
+            idle_timeout: config.idle_timeout,
+            max_request_body: config.max_request_body,
+            forwarded_headers: config.forwarded_headers,
+        });
+        let watcher = tokio::spawn(source.watch(background.child_token()));
+        let ops = tokio::spawn(ops::serve(
+            ops_listener,
+            state.clone(),
+            background.child_token(),
+        ));
+        info!(listen = %config.listen, metrics = %config.metrics_listen, "serving");
+
+        let draining = {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                state.start_draining();
+            }
+        };
+        let serving = server::serve(proxy_listener, proxy, shutdown, config.drain_timeout);
+        tokio::join!(draining, serving);
+        drain_deadline.cancel();
+        background.cancel();
+        let _ = tokio::join!(watcher, ops);
+        info!("stopped");
+    }
+}

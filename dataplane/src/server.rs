@@ -1,0 +1,89 @@
+//! The proxy listener: accepts connections, serves HTTP/1.1 and h2c (prior
+//! knowledge) on the same port, and drains on shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::proxy::Proxy;
+
+/// Slowest a client may be in sending its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // One write per response is cheaper than writev for small bodies.
+        .writev(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Serves `listener` until `shutdown` fires, then stops accepting and lets
+/// in-flight requests finish; returns once they have, or at `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let builder = connection_builder();
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "set_nodelay failed");
+        }
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    info!(timeout = ?drain_timeout, "listener closed; draining in-flight requests");
+    let drained = async {
+        graceful.shutdown().await;
+        proxy.tunnels.drain().await;
+    };
+    match tokio::time::timeout(drain_timeout, drained).await {
+        Ok(()) => info!("drained"),
+        Err(_) => warn!("drain timeout passed; closing the remaining connections"),
+    }
+}

@@ -1,0 +1,72 @@
+//! The routing state every request reads: one `ArcSwap<Snapshot>`, plus the
+//! readiness flags. Sources (the mappings file now, Redis later) build a
+//! snapshot aside and hand it to [`RoutingState::apply`]; requests `load`
+//! it once each and never wait on a source.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::info;
+
+use crate::metrics::Metrics;
+use crate::routing::Snapshot;
+
+#[derive(Debug)]
+pub struct RoutingState {
+    snapshot: ArcSwap<Snapshot>,
+    applied: AtomicBool,
+    draining: AtomicBool,
+    pub metrics: Metrics,
+}
+
+impl RoutingState {
+    pub fn new(metrics: Metrics) -> Self {
+        RoutingState {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            applied: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// The current snapshot, or `None` before the first one is applied.
+    pub fn snapshot(&self) -> Option<arc_swap::Guard<Arc<Snapshot>>> {
+        self.applied
+            .load(Ordering::Acquire)
+            .then(|| self.snapshot.load())
+    }
+
+    /// Swaps in a new snapshot whole and updates the config gauges.
+    pub fn apply(&self, snapshot: Snapshot) {
+        let m = &self.metrics;
+        m.config_version
+            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        m.config_invalid_entries
+            .set(i64::try_from(snapshot.invalid_entries).unwrap_or(i64::MAX));
+        m.config_reload(true);
+        info!(
+            version = snapshot.version,
+            mappings = snapshot.len(),
+            invalid = snapshot.invalid_entries,
+            "mappings applied"
+        );
+        self.snapshot.store(Arc::new(snapshot));
+        self.applied.store(true, Ordering::Release);
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when ready to take traffic, else the reason.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("draining")
+        } else if !self.applied.load(Ordering::Acquire) {
+            Err("no mappings snapshot applied yet")
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The mapping model (`prefix -> target`) and its validation rules
+//! (SPEC §5). Every mapping the data plane routes and every mapping the
+//! control plane stores passes through [`validate_mapping`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest prefix accepted, in bytes.
+pub const MAX_PREFIX_LEN: usize = 256;
+/// Longest target accepted, in bytes.
+pub const MAX_TARGET_LEN: usize = 2048;
+
+/// One validated routing entry: requests under `prefix` go to `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub prefix: String,
+    /// Normalised target URL (lower-case scheme, no trailing `/`).
+    pub target: String,
+}
+
+/// Why a prefix or target was refused. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("prefix: {0}")]
+    Prefix(&'static str),
+    #[error("target: {0}")]
+    Target(&'static str),
+}
+
+/// Upstream scheme of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// A target URL split into the parts the proxy needs to build an upstream
+/// request: `scheme://authority` + `base_path` + (rest of the client path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: Scheme,
+    /// `host[:port]`, exactly as written (IPv6 hosts keep their brackets).
+    pub authority: String,
+    /// Empty, or begins with `/` and does not end with `/`.
+    pub base_path: String,
+}
+
+impl Target {
+    /// Parses and validates a target URL (SPEC §5): absolute `http` or
+    /// `https`, a host, no user info, no query, no fragment, at most
+    /// [`MAX_TARGET_LEN`] bytes. A trailing `/` is dropped.
+    pub fn parse(raw: &str) -> Result<Target, MappingError> {
+        use MappingError::Target as E;
+        if raw.is_empty() {
+            return Err(E("must not be empty"));
+        }
+        if raw.len() > MAX_TARGET_LEN {
+            return Err(E("longer than 2048 bytes"));
+        }
+        if raw
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(E("must not contain whitespace or control characters"));
+        }
+        let (scheme, rest) =
+            split_scheme(raw).ok_or(E("must be an absolute http:// or https:// URL"))?;
+        if rest.contains('#') {
+            return Err(E("must not contain a fragment (#)"));
+        }
+        if rest.contains('?') {
+            return Err(E("must not contain a query (?)"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(E("must not contain user info (user:pass@)"));
+        }
+        validate_authority(authority)?;
+        if !path.bytes().all(is_path_byte) {
+            return Err(E("path contains characters not allowed in a URL path"));
+        }
+        let base_path = path.trim_end_matches('/');
+        Ok(Target {
+            scheme,
+            authority: authority.to_ascii_lowercase(),
+            base_path: base_path.to_owned(),
+        })
+    }
+
+    /// Host without port or IPv6 brackets, as used for DNS and TLS SNI.
+    pub fn host(&self) -> &str {
+        let a = self.authority.as_str();
+        if let Some(rest) = a.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        a.rsplit_once(':').map_or(a, |(h, _)| h)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority,
+            self.base_path
+        )
+    }
+}
+
+fn split_scheme(raw: &str) -> Option<(Scheme, &str)> {
+    let (scheme, rest) = raw.split_once("://")?;
+    let scheme = if scheme.eq_ignore_ascii_case("http") {
+        Scheme::Http
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Scheme::Https
+    } else {
+        return None;
+    };
+    Some((scheme, rest))
+}
+
+fn validate_authority(authority: &str) -> Result<(), MappingError> {
+    use MappingError::Target as E;
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or(E("IPv6 host is missing its closing ]"))?;
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(E("IPv6 host is not valid"));
+        }
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or(E("unexpected text after the IPv6 host"))?,
+                ),
+            ),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(E("must have a host"));
+    }
+    if !authority.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(E("host contains characters not allowed in a host name"));
+    }
+    if let Some(port) = port {
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(E("port must be a number from 1 to 65535"));
+        }
+        match port.parse::<u32>() {
+            Ok(1..=65535) => {}
+            _ => return Err(E("port must be a number from 1 to 65535")),
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3986 `pchar` plus `/`, and `%` for already-encoded target paths.
+fn is_path_byte(b: u8) -> bool {
+    is_prefix_byte(b) || b == b'%'
+}
+
+/// Characters a prefix may hold: unreserved, sub-delims, `:`, `@`, `/`.
+/// No `%`, so a prefix has exactly one spelling on the wire.
+fn is_prefix_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+}
+
+/// Validates a prefix (SPEC §5): starts with `/`, at most
+/// [`MAX_PREFIX_LEN`] bytes, URL path characters only, no empty or dot
+/// segments, no trailing `/` except the prefix `/` itself.
+pub fn validate_prefix(prefix: &str) -> Result<(), MappingError> {
+    use MappingError::Prefix as E;
+    if prefix.is_empty() {
+        return Err(E("must not be empty"));
+    }
+    if !prefix.starts_with('/') {
+        return Err(E("must start with /"));
+    }
+    if prefix.len() > MAX_PREFIX_LEN {
+        return Err(E("longer than 256 bytes"));
+    }
+    if prefix == "/" {
+        return Ok(());
+    }
+    if let Some(b) = prefix.bytes().find(|b| !is_prefix_byte(*b)) {
+        return Err(match b {
+            b'?' => E("must not contain ?"),
+            b'#' => E("must not contain #"),
+            b'%' => E("must not contain %"),
+            b'\\' => E("must not contain \\"),
+            b if b.is_ascii_whitespace() => E("must not contain whitespace"),
+            _ => E("contains characters not allowed in a URL path"),
+        });
+    }
+    if prefix.ends_with('/') {
+        return Err(E("must not end with / (except the prefix / itself)"));
+    }
+    for segment in prefix[1..].split('/') {
+        match segment {
+            "" => return Err(E("must not contain empty segments (//)")),
+            "." | ".." => return Err(E("must not contain . or .. segments")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Validates both halves of a mapping and returns it with the target
+/// normalised (lower-case scheme and host, no trailing `/`).
+pub fn validate_mapping(prefix: &str, target: &str) -> Result<Mapping, MappingError> {
+    validate_prefix(prefix)?;
+    let parsed = Target::parse(target)?;
+    Ok(Mapping {
+        prefix: prefix.to_owned(),
+        target: parsed.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_the_default_mappings() {
+        for (p, t) in [
+            ("/openai", "https://api.openai.com"),
+            ("/groq", "https://api.groq.com/openai"),
+            ("/", "http://127.0.0.1:8080"),
+            ("/google/v1", "https://generativelanguage.googleapis.com/"),
+            ("/v6", "http://[::1]:9000/base"),
+        ] {
+            validate_mapping(p, t).unwrap_or_else(|e| panic!("{p} -> {t}: {e}"));
+        }
+    }
+
+    #[test]
+    fn prefix_rules_each_have_a_message_naming_the_field() {
+        for bad in [
+            "", "openai", "/a/", "/a//b", "/a/./b", "/..", "/a b", "/a?b", "/a#b", "/a%2Fb",
+            "/a\\b",
+        ] {
+            let err = validate_prefix(bad).expect_err(bad);
+            assert!(err.to_string().starts_with("prefix: "), "{bad}: {err}");
+        }
+        assert!(validate_prefix(&format!("/{}", "a".repeat(255))).is_ok());
+        assert!(validate_prefix(&format!("/{}", "a".repeat(256))).is_err());
+    }
+
+    #[test]
+    fn target_rules_each_have_a_message_naming_the_field() {
+        for bad in [
+            "",
+            "api.openai.com",
+            "ftp://x",
+            "https://",
+            "https://user:pw@host",
+            "https://host/?q=1",
+            "https://host/#f",
+            "https://ho st",
+            "https://host:0",
+            "https://host:65536",
+            "https://host:abc",
+            "https://[::1",
+        ] {
+            let err = Target::parse(bad).expect_err(bad);
+            assert!(err.to_string().starts_with("target: "), "{bad}: {err}");
+        }
+        assert!(Target::parse(&format!("https://h/{}", "a".repeat(2040))).is_err());
+    }
+
+    #[test]
+    fn target_is_normalised_and_split() {
+        let t = Target::parse("HTTPS://API.Example.com:8443/api/").unwrap();
+        assert_eq!(t.scheme, Scheme::Https);
+        assert_eq!(t.authority, "api.example.com:8443");
+        assert_eq!(t.host(), "api.example.com");
+        assert_eq!(t.base_path, "/api");
+        assert_eq!(t.to_string(), "https://api.example.com:8443/api");
+        assert_eq!(Target::parse("http://[::1]:80").unwrap().host(), "::1");
+    }
+
+    #[test]
+    fn mapping_round_trips_through_json() {
+        let m = validate_mapping("/openai", "https://api.openai.com/").unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"prefix":"/openai","target":"https://api.openai.com"}"#
+        );
+        assert_eq!(serde_json::from_str::<Mapping>(&json).unwrap(), m);
+    }
+
+    proptest! {
+        /// Whatever the input, validation never panics, and an accepted
+        /// target re-parses to itself (normalisation is idempotent).
+        #[test]
+        fn target_normalisation_is_idempotent(s in "\\PC{0,64}") {
+            if let Ok(t) = Target::parse(&s) {
+                let again = Target::parse(&t.to_string()).unwrap();
+                prop_assert_eq!(again, t);
+            }
+        }
+
+        /// An accepted prefix never holds a segment a URL could normalise away.
+        #[test]
+        fn accepted_prefixes_have_only_plain_segments(s in "[/a-z.%?#]{0,24}") {
+            if validate_prefix(&s).is_ok() && s != "/" {
+                prop_assert!(s[1..].split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
+                prop_assert!(!s.contains(['%', '?', '#']));
+            }
+        }
+    }
+}
