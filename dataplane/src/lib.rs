@@ -56,17 +56,17 @@ pub struct DataPlane {
 impl DataPlane {
     pub fn new(config: Config) -> Result<DataPlane, StartupError> {
         let state = Arc::new(RoutingState::new(Metrics::new()));
+        let upstream = Upstream::new(&UpstreamSettings {
+            policy: config.target_policy,
+            connect_timeout: config.connect_timeout,
+            ca_file: config.ca_file.as_deref(),
+        })?;
         let source = match &config.source {
             Source::File(path) => FileSource::load(path.clone(), state.clone())?,
             Source::Redis { .. } => {
                 unreachable!("refused by Config::parse until the Redis source exists")
             }
         };
-        let upstream = Upstream::new(&UpstreamSettings {
-            policy: config.target_policy,
-            connect_timeout: config.connect_timeout,
-            ca_file: config.ca_file.as_deref(),
-        })?;
         Ok(DataPlane {
             config,
             state,
@@ -100,13 +100,19 @@ impl DataPlane {
             max_request_body: config.max_request_body,
             forwarded_headers: config.forwarded_headers,
         });
+        // The bound addresses (not the configured ones) so that a `:0` port
+        // can be found by whoever started us.
+        let local = |l: &TcpListener| {
+            l.local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        };
+        info!(proxy_addr = %local(&proxy_listener), metrics_addr = %local(&ops_listener), "serving");
         let watcher = tokio::spawn(source.watch(background.child_token()));
         let ops = tokio::spawn(ops::serve(
             ops_listener,
             state.clone(),
             background.child_token(),
         ));
-        info!(listen = %config.listen, metrics = %config.metrics_listen, "serving");
 
         let draining = {
             let state = state.clone();

@@ -1,0 +1,191 @@
+//! The real data-plane binary as a child process.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::TempDir;
+
+/// Path of a workspace binary: the test executable lives in
+/// `target/<profile>/deps/`, the binaries one level up.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A running `apiproxy-dataplane`, stopped (SIGKILL) on drop if still alive.
+pub struct DataPlane {
+    child: Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub dir: TempDir,
+}
+
+impl DataPlane {
+    /// Starts a data plane in standalone mode with `mappings` (JSON object
+    /// text) and the extra environment, and waits until it is listening.
+    pub fn start(mappings: &str, env: &[(&str, &str)]) -> DataPlane {
+        let dir = TempDir::new("dp");
+        let file = dir.path("mappings.json");
+        std::fs::write(&file, mappings).expect("write mappings");
+        let mut cmd = Command::new(binary("apiproxy-dataplane"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("API_PROXY_MAPPINGS_FILE", &file)
+            .env("API_PROXY_LISTEN", "127.0.0.1:0")
+            .env("API_PROXY_METRICS_LISTEN", "127.0.0.1:0")
+            .env("API_PROXY_LOG_FORMAT", "json")
+            .env("API_PROXY_WORKERS", "2")
+            .env("API_PROXY_TARGET_POLICY", "any")
+            .env("RUST_LOG", "info")
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn apiproxy-dataplane");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let (Some(p), Some(m)) =
+                        (v["proxy_addr"].as_str(), v["metrics_addr"].as_str())
+                    {
+                        let _ = tx.send((p.parse().unwrap(), m.parse().unwrap()));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "data plane did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        DataPlane {
+            child,
+            addr,
+            metrics_addr,
+            logs,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Open file descriptors of the process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Fetches the metrics page and parses its samples (`name{labels}` → value).
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let (status, body) =
+            crate::client::get(&format!("http://{}/metrics", self.metrics_addr)).await;
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
+            .collect()
+    }
+
+    pub async fn metric(&self, key: &str) -> f64 {
+        self.metrics().await.get(key).copied().unwrap_or(0.0)
+    }
+
+    /// Waits until the open descriptors are back to `baseline`.
+    pub async fn assert_fds_return_to(&self, baseline: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.open_fds();
+            if now <= baseline {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "descriptors leaked: {now} open, baseline {baseline}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends a signal with the `kill` command (no unsafe code in tests).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "data plane did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

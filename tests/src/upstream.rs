@@ -1,0 +1,245 @@
+//! Upstream servers on 127.0.0.1:0: a hyper server with a handler, a raw
+//! TCP server for protocol faults, and TLS with ALPN.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type UpBody = BoxBody<Bytes, BoxError>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Wraps an async closure as a [`Handler`].
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(f(req)))
+}
+
+pub fn full(data: impl Into<Bytes>) -> UpBody {
+    http_body_util::Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body fed frame by frame from a channel; dropping the sender ends it,
+/// sending an error aborts it.
+pub fn channel_body() -> (mpsc::Sender<Result<Bytes, BoxError>>, UpBody) {
+    let (tx, rx) = mpsc::channel(4);
+    (tx, ChannelBody(rx).boxed())
+}
+
+struct ChannelBody(mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// Counts of what an upstream saw.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub accepted: AtomicUsize,
+    pub open: AtomicUsize,
+}
+
+impl Counters {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// A running upstream; its accept loop and connections stop on drop.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct OpenGuard(Arc<Counters>);
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, counters: Arc<Counters>, on_conn: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        counters.accepted.fetch_add(1, Ordering::SeqCst);
+        counters.open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenGuard(counters.clone());
+        let fut = on_conn(stream);
+        // Connections live in the JoinSet, so aborting the accept loop
+        // closes them all.
+        conns.spawn(async move {
+            fut.await;
+            drop(guard);
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+/// An HTTP/1.1 + h2c upstream running `handler` for every request.
+pub async fn http(handler: Handler) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(Counters::default());
+    let task = tokio::spawn(accept_loop(listener, counters.clone(), move |stream| {
+        let handler = handler.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        }
+    }));
+    Upstream {
+        addr,
+        counters,
+        task,
+    }
+}
+
+/// A raw TCP upstream: `on_conn` gets each accepted stream.
+pub async fn raw<F, Fut>(on_conn: F) -> Upstream
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(Counters::default());
+    let task = tokio::spawn(accept_loop(listener, counters.clone(), on_conn));
+    Upstream {
+        addr,
+        counters,
+        task,
+    }
+}
+
+/// An HTTPS upstream offering h2 and http/1.1 by ALPN, with a certificate
+/// for 127.0.0.1 and `localhost` signed by `ca`.
+pub async fn https(handler: Handler, ca: &crate::tls::TestCa) -> Upstream {
+    let acceptor = ca.acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(Counters::default());
+    let task = tokio::spawn(accept_loop(listener, counters.clone(), move |stream| {
+        let handler = handler.clone();
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await;
+        }
+    }));
+    Upstream {
+        addr,
+        counters,
+        task,
+    }
+}
+
+/// Handler that answers with what it received: method, URI, version,
+/// headers and the body's length, as JSON.
+pub fn echo_handler() -> Handler {
+    handler(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &parts.headers {
+            headers
+                .entry(k.as_str().to_owned())
+                .or_insert_with(|| serde_json::Value::Array(vec![]))
+                .as_array_mut()
+                .unwrap()
+                .push(v.to_str().unwrap_or("<binary>").into());
+        }
+        let len = count_body(body).await;
+        let json = serde_json::json!({
+            "method": parts.method.as_str(),
+            "uri": parts.uri.to_string(),
+            "version": format!("{:?}", parts.version),
+            "headers": headers,
+            "body_len": len,
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(json.to_string()))
+            .unwrap()
+    })
+}
+
+/// Reads a body to its end, returning its length (or `u64::MAX` on error).
+pub async fn count_body<B>(mut body: B) -> u64
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => return u64::MAX,
+        }
+    }
+    n
+}
