@@ -1,0 +1,259 @@
+//! Bodies stream both ways with backpressure: SSE events arrive one by
+//! one, big bodies pass with flat memory, upgrades tunnel after a 101.
+
+use std::time::{Duration, Instant};
+
+use apiproxy_tests::client::{get_reply, send};
+use apiproxy_tests::upstream::{self, channel_body, count_body, full, handler};
+use apiproxy_tests::DataPlane;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn one_mapping(prefix: &str, target: &str) -> String {
+    serde_json::json!({ prefix: target }).to_string()
+}
+
+/// An SSE upstream sending `n` events `gap` apart.
+async fn sse_upstream(n: usize, gap: Duration) -> upstream::Upstream {
+    upstream::http(handler(move |_req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..n {
+                if tx
+                    .send(Ok(Bytes::from(format!("data: event {i}\n\n"))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap()
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_one_by_one() {
+    let up = sse_upstream(5, Duration::from_millis(200)).await;
+    let dp = DataPlane::start(&one_mapping("/sse", &up.url()), &[]);
+    let start = Instant::now();
+    let response = send(
+        dp.addr,
+        Request::get("/sse/stream")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    let mut body = response.into_body();
+    let mut arrivals = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("stream completes cleanly");
+        if let Some(data) = frame.data_ref() {
+            arrivals.push((start.elapsed(), String::from_utf8_lossy(data).into_owned()));
+        }
+    }
+    let texts: String = arrivals.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts.matches("data: event").count(), 5);
+    // The first event comes long before the stream ends (800 ms later): no
+    // buffering of the whole response.
+    assert!(
+        arrivals[0].0 < Duration::from_millis(500),
+        "first event after {:?}",
+        arrivals[0].0
+    );
+    assert!(arrivals.len() >= 5, "events were merged: {arrivals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_every_timeout_runs_to_the_end() {
+    // 3 s of events 300 ms apart, with 1 s idle and 1 s header timeouts: only
+    // silence ends a stream, never its total length.
+    let up = sse_upstream(10, Duration::from_millis(300)).await;
+    let dp = DataPlane::start(
+        &one_mapping("/sse", &up.url()),
+        &[
+            ("API_PROXY_IDLE_TIMEOUT", "1s"),
+            ("API_PROXY_RESPONSE_HEADER_TIMEOUT", "1s"),
+        ],
+    );
+    let start = Instant::now();
+    let reply = get_reply(dp.addr, "/sse/long").await;
+    assert!(start.elapsed() >= Duration::from_millis(2700));
+    assert_eq!(reply.text().matches("data: event").count(), 10);
+}
+
+const BIG: u64 = 256 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_stream_both_ways_with_flat_memory() {
+    let up = upstream::http(handler(|req: Request<Incoming>| async move {
+        if req.method() == http::Method::POST {
+            let n = count_body(req.into_body()).await;
+            return Response::new(full(n.to_string()));
+        }
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            for _ in 0..BIG / chunk.len() as u64 {
+                if tx.send(Ok(chunk.clone())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::builder()
+            .header("content-length", BIG.to_string())
+            .body(body)
+            .unwrap()
+    }))
+    .await;
+    let dp = DataPlane::start(&one_mapping("/big", &up.url()), &[]);
+    let rss_before = dp.rss_bytes();
+
+    // Download.
+    let response = send(
+        dp.addr,
+        Request::get("/big/down")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        response.headers()["content-length"],
+        BIG.to_string(),
+        "Content-Length kept"
+    );
+    let received = count_body(response.into_body()).await;
+    assert_eq!(received, BIG);
+    let rss_after_down = dp.rss_bytes();
+
+    // Upload, streamed from a channel so the client holds no copy either.
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+        for _ in 0..BIG / chunk.len() as u64 {
+            if tx.send(Ok(chunk.clone())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let req = Request::post("/big/up")
+        .header("content-length", BIG.to_string())
+        .body(body)
+        .unwrap();
+    let response = send(dp.addr, req).await;
+    assert_eq!(response.status(), 200);
+    let counted = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        counted,
+        BIG.to_string().as_bytes(),
+        "upstream received every byte"
+    );
+    let rss_after_up = dp.rss_bytes();
+
+    let growth = rss_after_down.max(rss_after_up).saturating_sub(rss_before);
+    assert!(
+        growth < 16 * 1024 * 1024,
+        "RSS grew by {} KiB moving 2 x 256 MiB",
+        growth / 1024
+    );
+    // Bytes out: the download plus the upload's reply (the count as text).
+    let reply_len = BIG.to_string().len() as u64;
+    assert_eq!(
+        dp.metric(r#"apiproxy_response_bytes_total{prefix="/big"}"#)
+            .await,
+        (BIG + reply_len) as f64
+    );
+    assert_eq!(
+        dp.metric(r#"apiproxy_request_bytes_total{prefix="/big"}"#)
+            .await,
+        BIG as f64
+    );
+}
+
+/// An upstream that answers an upgrade with 101 and then echoes bytes.
+async fn echo_ws_upstream() -> upstream::Upstream {
+    upstream::http(handler(|mut req: Request<Incoming>| async move {
+        if req.headers().get("upgrade").is_none() {
+            return Response::builder()
+                .status(400)
+                .body(full("upgrade required"))
+                .unwrap();
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "test")
+            .body(full(""))
+            .unwrap()
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_tunnelled_after_101() {
+    let up = echo_ws_upstream().await;
+    let dp = DataPlane::start(&one_mapping("/ws", &up.url()), &[]);
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    stream
+        .write_all(b"GET /ws/realtime HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"ping"[..], b"hello through the tunnel"] {
+        stream.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tunnel_without_a_101() {
+    // The upstream refuses the upgrade: the client gets the normal response
+    // and the connection stays plain HTTP.
+    let up = upstream::http(upstream::echo_handler()).await;
+    let dp = DataPlane::start(&one_mapping("/ws", &up.url()), &[]);
+    let req = Request::get("/ws/x")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = send(dp.addr, req).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("upgrade").is_none());
+}
