@@ -41,7 +41,8 @@ fn configuration_errors_exit_64_with_one_line() {
     let mappings = std::env::temp_dir().join(format!("apiproxy-cli-{}.json", std::process::id()));
     std::fs::write(&mappings, r#"{"/a": "http://127.0.0.1:9"}"#).unwrap();
     let m = mappings.to_str().unwrap();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         (&[], &[], "API_PROXY_MAPPINGS_FILE"),
         (
             &[],

@@ -127,7 +127,7 @@ async fn upstream_resets_mid_body() {
             .await;
         let _ = s.write_all(&[b'a'; 1000]).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let _ = s.set_linger(Some(Duration::ZERO));
+        let _ = s.set_zero_linger();
         drop(s); // RST
         None
     })

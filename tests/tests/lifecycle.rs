@@ -1,0 +1,213 @@
+//! Health, readiness, metrics, live reload of the mappings file, and a
+//! graceful drain on SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use apiproxy_tests::client::{get, get_reply, send};
+use apiproxy_tests::upstream::{self, channel_body, echo_handler, handler};
+use apiproxy_tests::{eventually, DataPlane};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+async fn slow_stream_upstream(events: usize, gap: Duration) -> upstream::Upstream {
+    upstream::http(handler(move |_req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..events {
+                if tx
+                    .send(Ok(Bytes::from(format!("data: {i}\n\n"))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap()
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_live_on_their_own_port() {
+    let up = upstream::http(echo_handler()).await;
+    let dp = DataPlane::start(
+        &serde_json::json!({"/up": up.url(), "bad": "x"}).to_string(),
+        &[],
+    );
+    let base = format!("http://{}", dp.metrics_addr);
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+    assert_eq!(get_reply(dp.addr, "/up/v1").await.status, 200);
+    let m = dp.metrics().await;
+    assert_eq!(
+        m[r#"apiproxy_requests_total{prefix="/up",status_class="2xx"}"#],
+        1.0
+    );
+    assert_eq!(
+        m[r#"apiproxy_request_duration_seconds_count{prefix="/up"}"#],
+        1.0
+    );
+    assert_eq!(
+        m[r#"apiproxy_time_to_first_byte_seconds_count{prefix="/up"}"#],
+        1.0
+    );
+    assert_eq!(m["apiproxy_config_version"], 1.0);
+    assert_eq!(
+        m["apiproxy_config_invalid_entries"], 1.0,
+        "the invalid entry was skipped and counted"
+    );
+    assert_eq!(m["apiproxy_inflight_requests"], 0.0);
+    assert!(m["process_resident_memory_bytes"] > 0.0);
+    assert!(m["process_open_fds"] > 0.0);
+    assert_eq!(m[r#"apiproxy_build_info{version="0.1.0"}"#], 1.0);
+    // The proxy port does not serve them.
+    assert_eq!(get_reply(dp.addr, "/metrics").await.status, 404);
+    assert_eq!(get_reply(dp.addr, "/healthz").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_file_changes_apply_within_a_second_and_bad_files_keep_the_last_snapshot() {
+    let a = upstream::http(echo_handler()).await;
+    let b = upstream::http(echo_handler()).await;
+    let dp = DataPlane::start(&serde_json::json!({"/a": a.url()}).to_string(), &[]);
+    let file = dp.dir.path("mappings.json");
+    assert_eq!(get_reply(dp.addr, "/b/x").await.status, 404);
+
+    // In-place edit.
+    std::fs::write(
+        &file,
+        serde_json::json!({"/a": a.url(), "/b": b.url()}).to_string(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    eventually("/b routed", Duration::from_secs(2), || async {
+        (get_reply(dp.addr, "/b/x").await.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(dp.metric("apiproxy_config_version").await, 2.0);
+
+    // A broken file: the previous snapshot stays, the error is counted and logged.
+    std::fs::write(&file, "{ not json").unwrap();
+    eventually("reload error counted", Duration::from_secs(2), || async {
+        (dp.metric(r#"apiproxy_config_reloads_total{result="error"}"#)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(get_reply(dp.addr, "/b/x").await.status, 200);
+    assert_eq!(dp.metric("apiproxy_config_version").await, 2.0);
+    assert!(dp
+        .logs()
+        .iter()
+        .any(|l| l.contains("keeping the previous mappings")));
+
+    // Atomic replace (write + rename), TOML this time is not the name: JSON.
+    let tmp = dp.dir.path("new.json");
+    std::fs::write(&tmp, serde_json::json!({"/b": b.url()}).to_string()).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    eventually("/a removed", Duration::from_secs(2), || async {
+        (get_reply(dp.addr, "/a/x").await.status == 404).then_some(())
+    })
+    .await;
+    assert_eq!(dp.metric("apiproxy_config_version").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toml_mappings_file() {
+    let up = upstream::http(echo_handler()).await;
+    let dir = apiproxy_tests::TempDir::new("toml");
+    let file = dir.path("m.toml");
+    std::fs::write(&file, format!("\"/t\" = \"{}\"\n", up.url())).unwrap();
+    let dp = DataPlane::start("{}", &[("API_PROXY_MAPPINGS_FILE", file.to_str().unwrap())]);
+    assert_eq!(get_reply(dp.addr, "/t/x").await.json()["uri"], "/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_streams_then_exits_zero() {
+    let up = slow_stream_upstream(10, Duration::from_millis(150)).await;
+    let mut dp = DataPlane::start(&serde_json::json!({"/s": up.url()}).to_string(), &[]);
+    let response = send(
+        dp.addr,
+        Request::get("/s/x").body(Empty::<Bytes>::new()).unwrap(),
+    )
+    .await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+
+    dp.signal("TERM");
+    let ready = format!("http://{}/readyz", dp.metrics_addr);
+    let (status, reason) = get(&ready).await;
+    assert_eq!(status, 503);
+    assert!(reason.contains("draining"), "{reason}");
+    eventually("listener closed", Duration::from_secs(2), || async {
+        tokio::net::TcpStream::connect(dp.addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+
+    // The stream in flight runs to its end, cleanly.
+    let mut events = 1;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("no abort while draining");
+        events += frame
+            .data_ref()
+            .map_or(0, |d| String::from_utf8_lossy(d).matches("data:").count());
+    }
+    assert_eq!(events, 10);
+    let status = dp.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_bounds_the_shutdown() {
+    let up = slow_stream_upstream(1000, Duration::from_millis(100)).await;
+    let mut dp = DataPlane::start(
+        &serde_json::json!({"/s": up.url()}).to_string(),
+        &[("API_PROXY_DRAIN_TIMEOUT", "500ms")],
+    );
+    let response = send(
+        dp.addr,
+        Request::get("/s/x").body(Empty::<Bytes>::new()).unwrap(),
+    )
+    .await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    let start = Instant::now();
+    dp.signal("TERM");
+    let status = dp.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The cut-off stream is visibly truncated, not finished cleanly.
+    let mut aborted = false;
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            aborted = true;
+            break;
+        }
+    }
+    assert!(
+        aborted,
+        "a stream cut by the drain deadline must not end cleanly"
+    );
+    drop(up);
+}
