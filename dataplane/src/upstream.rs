@@ -247,3 +247,52 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupEr
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: io::ErrorKind) -> Box<dyn StdError + Send + Sync> {
+        Box::new(io::Error::new(kind, "test"))
+    }
+
+    #[test]
+    fn only_refused_or_reset_connects_are_retried() {
+        assert!(is_retryable(&*io(io::ErrorKind::ConnectionRefused)));
+        assert!(is_retryable(&*io(io::ErrorKind::ConnectionReset)));
+        assert!(!is_retryable(&*io(io::ErrorKind::TimedOut)));
+        assert!(!is_retryable(&*io(io::ErrorKind::InvalidData)));
+        let tls: Box<dyn StdError + Send + Sync> = Box::new(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::General("bad cert".into()),
+        ));
+        assert!(!is_retryable(&*tls));
+    }
+
+    #[test]
+    fn connect_errors_are_classified_by_cause() {
+        let policy = io::Error::other(PolicyDenied {
+            host: "h".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+        });
+        assert_eq!(
+            ConnectError::classify(&policy).kind,
+            UpstreamErrorKind::Policy
+        );
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::General("x".into()),
+        );
+        assert_eq!(ConnectError::classify(&tls).kind, UpstreamErrorKind::Tls);
+        let timeout = io::Error::new(io::ErrorKind::TimedOut, "connect timeout");
+        assert_eq!(
+            ConnectError::classify(&timeout).kind,
+            UpstreamErrorKind::Timeout
+        );
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            ConnectError::classify(&refused).kind,
+            UpstreamErrorKind::Connect
+        );
+    }
+}
