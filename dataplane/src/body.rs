@@ -59,6 +59,28 @@ impl IdleTimer {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         sleep.as_mut().poll(cx).is_ready()
     }
+
+    /// Polls `body` for its next frame; a body silent for the whole timeout
+    /// ends in [`BodyError::Idle`], a failing one in `on_error(e)`.
+    fn poll_frame(
+        &mut self,
+        body: &mut Incoming,
+        cx: &mut Context<'_>,
+        on_error: fn(hyper::Error) -> BodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.on_frame();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(on_error(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if self.poll_expired(cx) => {
+                Poll::Ready(Some(Err(BodyError::Idle(self.timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// The client's request body on its way upstream.
@@ -97,26 +119,18 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle.on_frame();
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    this.received += n;
-                    this.bytes.inc_by(n);
-                    if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
-                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
-                    }
+        let polled = this.idle.poll_frame(&mut this.inner, cx, BodyError::Client);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                this.received += n;
+                this.bytes.inc_by(n);
+                if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
+                    return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending if this.idle.poll_expired(cx) => {
-                Poll::Ready(Some(Err(BodyError::Idle(this.idle.timeout))))
-            }
-            Poll::Pending => Poll::Pending,
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -193,18 +207,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    idle.on_frame();
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending if idle.poll_expired(cx) => {
-                    Poll::Ready(Some(Err(BodyError::Idle(idle.timeout))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Kind::Upstream { body, idle } => idle.poll_frame(body, cx, BodyError::Upstream),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -139,6 +139,14 @@ impl DataPlane {
         self.metrics().await.get(key).copied().unwrap_or(0.0)
     }
 
+    /// Waits until the sample `key` reads `value`.
+    pub async fn wait_metric(&self, key: &str, value: f64) {
+        crate::eventually(key, Duration::from_secs(3), || async {
+            (self.metric(key).await == value).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until the open descriptors are back to `baseline`.
     pub async fn assert_fds_return_to(&self, baseline: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);

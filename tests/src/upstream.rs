@@ -90,6 +90,16 @@ impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Waits until `n` connections have been accepted.
+    pub async fn wait_accepted(&self, n: usize) {
+        crate::eventually(
+            "upstream connections",
+            std::time::Duration::from_secs(3),
+            || async { (self.counters.accepted() >= n).then_some(()) },
+        )
+        .await;
+    }
 }
 
 impl Drop for Upstream {
@@ -129,28 +139,23 @@ where
     }
 }
 
+/// Serves HTTP/1.1 and HTTP/2 on one connection with `handler`.
+async fn serve_http<I>(io: I, handler: Handler)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await;
+}
+
 /// An HTTP/1.1 + h2c upstream running `handler` for every request.
 pub async fn http(handler: Handler) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counters = Arc::new(Counters::default());
-    let task = tokio::spawn(accept_loop(listener, counters.clone(), move |stream| {
-        let handler = handler.clone();
-        async move {
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        }
-    }));
-    Upstream {
-        addr,
-        counters,
-        task,
-    }
+    raw(move |stream| serve_http(stream, handler.clone())).await
 }
 
 /// A raw TCP upstream: `on_conn` gets each accepted stream.
@@ -174,30 +179,37 @@ where
 /// for 127.0.0.1 and `localhost` signed by `ca`.
 pub async fn https(handler: Handler, ca: &crate::tls::TestCa) -> Upstream {
     let acceptor = ca.acceptor();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counters = Arc::new(Counters::default());
-    let task = tokio::spawn(accept_loop(listener, counters.clone(), move |stream| {
-        let handler = handler.clone();
-        let acceptor = acceptor.clone();
+    raw(move |stream| {
+        let (handler, acceptor) = (handler.clone(), acceptor.clone());
         async move {
-            let Ok(tls) = acceptor.accept(stream).await else {
-                return;
-            };
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await;
+            if let Ok(tls) = acceptor.accept(stream).await {
+                serve_http(tls, handler).await;
+            }
         }
-    }));
-    Upstream {
-        addr,
-        counters,
-        task,
-    }
+    })
+    .await
+}
+
+/// A `text/event-stream` upstream sending `events` events (`data: event i`)
+/// `gap` apart.
+pub async fn sse(events: usize, gap: std::time::Duration) -> Upstream {
+    http(handler(move |_req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..events {
+                let event = Bytes::from(format!("data: event {i}\n\n"));
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap()
+    }))
+    .await
 }
 
 /// Handler that answers with what it received: method, URI, version,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::{get_reply, send};
 use apiproxy_tests::upstream::{self, channel_body, full, handler};
-use apiproxy_tests::{eventually, DataPlane};
+use apiproxy_tests::DataPlane;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -68,6 +68,22 @@ where
     })
     .await;
     (up, rx)
+}
+
+/// The upstream saw its connection closed less than a second after `left`.
+async fn assert_closed_within_a_second(
+    closed: &mut mpsc::UnboundedReceiver<Instant>,
+    left: Instant,
+) {
+    let closed_at = tokio::time::timeout(Duration::from_secs(2), closed.recv())
+        .await
+        .expect("upstream saw the close")
+        .unwrap();
+    let took = closed_at.duration_since(left);
+    assert!(
+        took < Duration::from_secs(1),
+        "upstream saw the close after {took:?}"
+    );
 }
 
 /// Reads a response body to its end: `Ok(bytes)` if it ended cleanly.
@@ -141,12 +157,10 @@ async fn upstream_resets_mid_body() {
         result.is_err(),
         "a truncated body must not end cleanly: {result:?}"
     );
-    eventually("reset counted", Duration::from_secs(2), || async {
-        (dp.metric(r#"apiproxy_upstream_errors_total{kind="reset",prefix="/r"}"#)
-            .await
-            == 1.0)
-            .then_some(())
-    })
+    dp.wait_metric(
+        r#"apiproxy_upstream_errors_total{kind="reset",prefix="/r"}"#,
+        1.0,
+    )
     .await;
     drop(up);
     dp.assert_fds_return_to(baseline).await;
@@ -289,30 +303,12 @@ async fn client_aborts_before_the_head() {
         .write_all(b"GET /a/x HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    eventually(
-        "upstream got the request",
-        Duration::from_secs(2),
-        || async { (up.counters.accepted() == 1).then_some(()) },
-    )
-    .await;
+    up.wait_accepted(1).await;
     let left = Instant::now();
     drop(client);
-    let closed_at = tokio::time::timeout(Duration::from_secs(2), closed.recv())
-        .await
-        .expect("upstream saw the close")
-        .unwrap();
-    assert!(
-        closed_at.duration_since(left) < Duration::from_secs(1),
-        "took {:?}",
-        closed_at.duration_since(left)
-    );
-    eventually("cancel counted", Duration::from_secs(2), || async {
-        (dp.metric(r#"apiproxy_client_cancelled_total{prefix="/a"}"#)
-            .await
-            == 1.0)
-            .then_some(())
-    })
-    .await;
+    assert_closed_within_a_second(&mut closed, left).await;
+    dp.wait_metric(r#"apiproxy_client_cancelled_total{prefix="/a"}"#, 1.0)
+        .await;
     assert_eq!(dp.metric("apiproxy_inflight_requests").await, 0.0);
     dp.assert_fds_return_to(baseline).await;
 }
@@ -334,22 +330,9 @@ async fn client_aborts_mid_stream() {
     assert_eq!(first.data_ref().unwrap().as_ref(), b"data:1");
     let left = Instant::now();
     drop(body);
-    let closed_at = tokio::time::timeout(Duration::from_secs(2), closed.recv())
-        .await
-        .expect("upstream saw the close")
-        .unwrap();
-    assert!(
-        closed_at.duration_since(left) < Duration::from_secs(1),
-        "took {:?}",
-        closed_at.duration_since(left)
-    );
-    eventually("cancel counted", Duration::from_secs(2), || async {
-        (dp.metric(r#"apiproxy_client_cancelled_total{prefix="/m"}"#)
-            .await
-            == 1.0)
-            .then_some(())
-    })
-    .await;
+    assert_closed_within_a_second(&mut closed, left).await;
+    dp.wait_metric(r#"apiproxy_client_cancelled_total{prefix="/m"}"#, 1.0)
+        .await;
     dp.assert_fds_return_to(baseline).await;
 }
 
@@ -364,24 +347,11 @@ async fn client_aborts_mid_upload() {
         .await
         .unwrap();
     client.write_all(&[b'z'; 64 * 1024]).await.unwrap();
-    eventually(
-        "upstream got the request",
-        Duration::from_secs(2),
-        || async { (up.counters.accepted() == 1).then_some(()) },
-    )
-    .await;
+    up.wait_accepted(1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let left = Instant::now();
     drop(client);
-    let closed_at = tokio::time::timeout(Duration::from_secs(2), closed.recv())
-        .await
-        .expect("upstream saw the close")
-        .unwrap();
-    assert!(
-        closed_at.duration_since(left) < Duration::from_secs(1),
-        "took {:?}",
-        closed_at.duration_since(left)
-    );
+    assert_closed_within_a_second(&mut closed, left).await;
     assert_eq!(
         up.counters.accepted(),
         1,

@@ -4,35 +4,11 @@
 use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::{get, get_reply, send};
-use apiproxy_tests::upstream::{self, channel_body, echo_handler, handler};
+use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane};
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-
-async fn slow_stream_upstream(events: usize, gap: Duration) -> upstream::Upstream {
-    upstream::http(handler(move |_req: Request<Incoming>| async move {
-        let (tx, body) = channel_body();
-        tokio::spawn(async move {
-            for i in 0..events {
-                if tx
-                    .send(Ok(Bytes::from(format!("data: {i}\n\n"))))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::time::sleep(gap).await;
-            }
-        });
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap()
-    }))
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_live_on_their_own_port() {
@@ -138,7 +114,7 @@ async fn toml_mappings_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_streams_then_exits_zero() {
-    let up = slow_stream_upstream(10, Duration::from_millis(150)).await;
+    let up = upstream::sse(10, Duration::from_millis(150)).await;
     let mut dp = DataPlane::start(&serde_json::json!({"/s": up.url()}).to_string(), &[]);
     let response = send(
         dp.addr,
@@ -176,7 +152,7 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_bounds_the_shutdown() {
-    let up = slow_stream_upstream(1000, Duration::from_millis(100)).await;
+    let up = upstream::sse(1000, Duration::from_millis(100)).await;
     let mut dp = DataPlane::start(
         &serde_json::json!({"/s": up.url()}).to_string(),
         &[("API_PROXY_DRAIN_TIMEOUT", "500ms")],

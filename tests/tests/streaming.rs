@@ -17,32 +17,9 @@ fn one_mapping(prefix: &str, target: &str) -> String {
 }
 
 /// An SSE upstream sending `n` events `gap` apart.
-async fn sse_upstream(n: usize, gap: Duration) -> upstream::Upstream {
-    upstream::http(handler(move |_req: Request<Incoming>| async move {
-        let (tx, body) = channel_body();
-        tokio::spawn(async move {
-            for i in 0..n {
-                if tx
-                    .send(Ok(Bytes::from(format!("data: event {i}\n\n"))))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::time::sleep(gap).await;
-            }
-        });
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap()
-    }))
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_one_by_one() {
-    let up = sse_upstream(5, Duration::from_millis(200)).await;
+    let up = upstream::sse(5, Duration::from_millis(200)).await;
     let dp = DataPlane::start(&one_mapping("/sse", &up.url()), &[]);
     let start = Instant::now();
     let response = send(
@@ -78,7 +55,7 @@ async fn sse_events_arrive_one_by_one() {
 async fn a_stream_longer_than_every_timeout_runs_to_the_end() {
     // 3 s of events 300 ms apart, with 1 s idle and 1 s header timeouts: only
     // silence ends a stream, never its total length.
-    let up = sse_upstream(10, Duration::from_millis(300)).await;
+    let up = upstream::sse(10, Duration::from_millis(300)).await;
     let dp = DataPlane::start(
         &one_mapping("/sse", &up.url()),
         &[
