@@ -5,6 +5,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// The fixed hop-by-hop set; `Connection` must stay first.
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -36,36 +37,58 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Transfer-Encoding`, and `Upgrade` unless `upgrading`. When upgrading,
 /// `Upgrade` stays and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrading && name == header::UPGRADE) {
-                headers.remove(name);
+    // One pass over the names first: most messages carry nothing
+    // hop-by-hop, or only `Connection: keep-alive`, and a lookup per rule
+    // would cost more than the whole scan.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            present |= TE_BIT;
+        } else if name == header::UPGRADE {
+            present |= UPGRADE_BIT;
+        }
+    }
+    if present & 1 != 0 {
+        // `Connection` (index 0) names more headers to remove.
+        if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
+            for token in values
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+            {
+                let token = token.trim();
+                if !(upgrading && token.eq_ignore_ascii_case("upgrade")) && !token.is_empty() {
+                    headers.remove(token);
+                }
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    let te_is_trailers = headers.get_all(header::TE).iter().all(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.trim().eq_ignore_ascii_case("trailers"))
-    });
-    if !te_is_trailers {
-        headers.remove(header::TE);
+    if present & TE_BIT != 0 {
+        let te_is_trailers = headers.get_all(header::TE).iter().all(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if !te_is_trailers {
+            headers.remove(header::TE);
+        }
     }
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }
+
+const TE_BIT: u16 = 1 << 14;
+const UPGRADE_BIT: u16 = 1 << 15;
 
 /// A `text/event-stream` response gets `X-Accel-Buffering: no` and
 /// `Cache-Control: no-cache` unless the upstream set them, so buffering

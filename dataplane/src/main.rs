@@ -86,3 +86,9 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+// jemalloc: fewer instructions per allocation than glibc malloc on the
+// request path, and far less memory held after connection bursts.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

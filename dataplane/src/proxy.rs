@@ -59,7 +59,7 @@ impl Proxy {
             return Err(self.unmatched(req.uri().path(), start));
         };
         let route = route.clone();
-        let upstream_url = route.upstream_url(rest, req.uri().query());
+        let upstream_uri = route.upstream_uri(rest, req.uri().query());
         drop(snapshot);
         let mut record =
             RequestRecord::start(route.metrics.clone(), &self.state.metrics.inflight, start);
@@ -79,7 +79,7 @@ impl Proxy {
             route.metrics.request_bytes.clone(),
         );
         let upstream_req =
-            match self.upstream_request(parts, body, &route, &upstream_url, upgrading, client) {
+            match self.upstream_request(parts, body, &route, upstream_uri, upgrading, client) {
                 Ok(r) => r,
                 Err(e) => return Err(finish_with(record, e)),
             };
@@ -148,12 +148,12 @@ impl Proxy {
         mut parts: Parts,
         body: RequestBody,
         route: &Route,
-        url: &str,
+        uri: Result<Uri, http::Error>,
         upgrading: bool,
         client: SocketAddr,
     ) -> Result<Request<RequestBody>, ProxyError> {
-        parts.uri = Uri::try_from(url)
-            .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
+        parts.uri =
+            uri.map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
         parts.version = Version::HTTP_11;
         // hyper's per-connection state (upgrade handles and the like) stays here.
         parts.extensions = Extensions::new();

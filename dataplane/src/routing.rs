@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use apiproxy_shared::{validate_mapping, Target};
-use http::HeaderValue;
+use http::{HeaderValue, Uri};
 use tracing::warn;
 
 use crate::metrics::{Metrics, PrefixMetrics};
@@ -20,8 +20,9 @@ use crate::metrics::{Metrics, PrefixMetrics};
 pub struct Route {
     pub prefix: Arc<str>,
     pub target: Target,
-    /// `scheme://authority` + base path: the upstream URL's fixed start.
-    pub base_url: String,
+    /// Scheme and authority of every upstream URL, parsed once.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
     /// `Host` header value for the upstream request.
     pub host: HeaderValue,
     pub metrics: Arc<PrefixMetrics>,
@@ -129,8 +130,10 @@ impl Route {
         let host = HeaderValue::from_str(&target.authority).map_err(|_| {
             apiproxy_shared::MappingError::Target("host is not a valid header value")
         })?;
+        let invalid = |_| apiproxy_shared::MappingError::Target("not a valid URL");
         Ok(Route {
-            base_url: target.to_string(),
+            scheme: target.scheme.as_str().parse().map_err(invalid)?,
+            authority: target.authority.parse().map_err(invalid)?,
             prefix: Arc::from(prefix),
             host,
             metrics: metrics.prefix(prefix),
@@ -139,21 +142,27 @@ impl Route {
     }
 
     /// Upstream URL: target + rest of the path + `?` + raw query. Nothing is
-    /// decoded or re-encoded; an empty result path is sent as `/`.
-    pub fn upstream_url(&self, rest: &str, query: Option<&str>) -> String {
-        let mut url = String::with_capacity(
-            self.base_url.len() + rest.len() + query.map_or(0, |q| q.len() + 2),
-        );
-        url.push_str(&self.base_url);
-        url.push_str(rest);
-        if self.target.base_path.is_empty() && rest.is_empty() {
-            url.push('/');
+    /// decoded or re-encoded; an empty result path is sent as `/`. Only the
+    /// path and query are parsed per request: scheme and authority were
+    /// parsed when the snapshot was built.
+    pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let base = &self.target.base_path;
+        let mut path =
+            String::with_capacity(base.len() + rest.len() + query.map_or(1, |q| q.len() + 2));
+        path.push_str(base);
+        path.push_str(rest);
+        if path.is_empty() {
+            path.push('/');
         }
         if let Some(q) = query {
-            url.push('?');
-            url.push_str(q);
+            path.push('?');
+            path.push_str(q);
         }
-        url
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()?)
     }
 }
 
@@ -252,7 +261,7 @@ mod tests {
         ]);
         let url = |path: &str, q: Option<&str>| {
             let (r, rest) = s.lookup(path).unwrap();
-            r.upstream_url(rest, q)
+            r.upstream_uri(rest, q).unwrap().to_string()
         };
         assert_eq!(
             url("/gemini/v1beta/models", Some("key=K")),
@@ -328,7 +337,7 @@ mod tests {
             let path = format!("/p{rest}");
             let (r, found_rest) = s.lookup(&path).unwrap();
             prop_assert_eq!(found_rest, rest.as_str());
-            let url = r.upstream_url(found_rest, q.as_deref());
+            let url = r.upstream_uri(found_rest, q.as_deref()).unwrap().to_string();
             let expected = format!("https://h/base{rest}{}", q.as_ref().map(|q| format!("?{q}")).unwrap_or_default());
             prop_assert_eq!(url, expected);
         }
