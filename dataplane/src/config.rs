@@ -161,6 +161,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     pub workers: usize,
     pub source: Source,
+    pub snapshot_cache: Option<PathBuf>,
+    pub resync_interval: Duration,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub idle_timeout: Duration,
@@ -234,9 +236,6 @@ impl Config {
                 )
             }
         };
-        if let Source::Redis { .. } = source {
-            return invalid("API_PROXY_REDIS_URL: Redis mode is not available in this build yet; use API_PROXY_MAPPINGS_FILE".into());
-        }
         if args.controlplane_url.is_some()
             && env.get("API_PROXY_NODE_TOKEN").is_none_or(|t| t.is_empty())
         {
@@ -267,6 +266,8 @@ impl Config {
             metrics_listen: args.metrics_listen,
             workers,
             source,
+            snapshot_cache: args.snapshot_cache,
+            resync_interval: args.resync_interval,
             connect_timeout: args.connect_timeout,
             response_header_timeout: args.response_header_timeout,
             idle_timeout: args.idle_timeout,

@@ -60,7 +60,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
                 .flat_map(|v| v.split(','))
             {
                 let token = token.trim();
-                if !(upgrading && token.eq_ignore_ascii_case("upgrade")) && !token.is_empty() {
+                let keep = token.is_empty() || (upgrading && token.eq_ignore_ascii_case("upgrade"));
+                if !keep {
                     headers.remove(token);
                 }
             }

@@ -14,8 +14,10 @@ pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod record;
+pub mod redis_source;
 pub mod routing;
 pub mod server;
+pub mod snapshot_cache;
 pub mod state;
 pub mod telemetry;
 pub mod tunnel;
@@ -32,6 +34,8 @@ pub use config::{Config, ConfigError, Source, EXIT_CONFIG};
 use crate::file_source::FileSource;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::redis_source::RedisSource;
+use crate::snapshot_cache::SnapshotCache;
 use crate::state::RoutingState;
 use crate::tunnel::Tunnels;
 use crate::upstream::{Upstream, UpstreamSettings};
@@ -43,13 +47,30 @@ pub enum StartupError {
     Mappings(#[from] file_source::FileError),
     #[error(transparent)]
     Tls(#[from] upstream::TlsSetupError),
+    #[error(transparent)]
+    Redis(#[from] redis_source::RedisSetupError),
+}
+
+/// Where snapshots come from; both feed the same [`RoutingState`].
+enum MappingSource {
+    File(FileSource),
+    Redis(Box<RedisSource>),
+}
+
+impl MappingSource {
+    async fn run(self, shutdown: CancellationToken) {
+        match self {
+            MappingSource::File(file) => file.watch(shutdown).await,
+            MappingSource::Redis(redis) => redis.run(shutdown).await,
+        }
+    }
 }
 
 /// A data plane with its first snapshot loaded, ready to bind and run.
 pub struct DataPlane {
     config: Config,
     state: Arc<RoutingState>,
-    source: FileSource,
+    source: MappingSource,
     upstream: Upstream,
 }
 
@@ -62,10 +83,16 @@ impl DataPlane {
             ca_file: config.ca_file.as_deref(),
         })?;
         let source = match &config.source {
-            Source::File(path) => FileSource::load(path.clone(), state.clone())?,
-            Source::Redis { .. } => {
-                unreachable!("refused by Config::parse until the Redis source exists")
+            Source::File(path) => {
+                MappingSource::File(FileSource::load(path.clone(), state.clone())?)
             }
+            Source::Redis { url, prefix } => MappingSource::Redis(Box::new(RedisSource::new(
+                url,
+                prefix,
+                state.clone(),
+                config.snapshot_cache.clone().map(SnapshotCache::new),
+                config.resync_interval,
+            )?)),
         };
         Ok(DataPlane {
             config,
@@ -107,7 +134,7 @@ impl DataPlane {
                 .map_or_else(|e| e.to_string(), |a| a.to_string())
         };
         info!(proxy_addr = %local(&proxy_listener), metrics_addr = %local(&ops_listener), "serving");
-        let watcher = tokio::spawn(source.watch(background.child_token()));
+        let watcher = tokio::spawn(source.run(background.child_token()));
         let ops = tokio::spawn(ops::serve(
             ops_listener,
             state.clone(),

@@ -158,11 +158,11 @@ impl Route {
             path.push('?');
             path.push_str(q);
         }
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path)
-            .build()?)
+            .build()
     }
 }
 

@@ -3,6 +3,12 @@
 //! Wire types and validation only: nothing in this crate does I/O, so both
 //! sides (and their tests) apply exactly the same rules.
 
+pub mod content_hash;
 pub mod mapping;
+pub mod redis_keys;
+pub mod update;
 
+pub use content_hash::content_hash;
 pub use mapping::{validate_mapping, validate_prefix, Mapping, MappingError, Scheme, Target};
+pub use redis_keys::RedisKeys;
+pub use update::{UpdateMessage, UpdateOp};

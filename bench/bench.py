@@ -1,0 +1,741 @@
+#!/usr/bin/env python3
+"""Benchmark apiproxy-dataplane against nginx on one machine (python3 stdlib only).
+
+  bench.py throughput [--conns 64,1000] [--duration 5] [--rounds 6] [--body-size 1024]
+  bench.py stream     [--size-mib 1024] [--nginx-buffer 64k]
+  bench.py sse        [--streams 10] [--events 20] [--gap-ms 20]
+  bench.py instr      [--n1 2000] [--n2 6000]
+  common options:     --binary PATH --out DIR --port-offset N --skip-dataplane --keep
+
+Load generators, origins and this script run on CPU 0; every proxy runs on
+CPU 1 in its own session (setsid), hence its own scheduler autogroup, so
+proxies loaded at the same time get equal shares of CPU 1. Everything listens
+on 127.0.0.1. Every process started here is stopped by its PID (SIGTERM, then
+SIGKILL), also on Ctrl-C or an error. Methodology: README.md.
+"""
+import argparse, asyncio, json, os, re, resource, shutil, signal, socket
+import statistics, subprocess, sys, tempfile, threading, time
+
+HOST = "127.0.0.1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_BINARY = os.path.join(os.path.dirname(HERE), "target", "release", "apiproxy-dataplane")
+CACHE = "/tmp/apiproxy-bench-cache"  # big test files, kept between runs
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIN = (os.cpu_count() or 1) >= 2
+LOAD_CPU, PROXY_CPU = "0", "1"
+BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "nginx-b": 18184,
+              "nginx-buf": 18185, "dataplane": 18190, "metrics": 18199}
+P = dict(BASE_PORTS)  # after --port-offset
+LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
+NOFILE = [65536]      # fd limit children get (ulimit -n), set in run()
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+
+def pinned(cpu, argv):
+    return (["taskset", "-c", cpu] if PIN else []) + list(argv)
+
+
+def spawn(argv):
+    """Start a client on the load CPU (same session as us: Ctrl-C reaches it too)."""
+    p = subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    LIVE.add(p)
+    return p
+
+
+def collect(p, timeout):
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=10)
+    LIVE.discard(p)
+    return p.returncode, out, err
+
+
+# ------------------------------------------------------------------ /proc sampling
+def proc_tree(root):
+    """root and its descendants (nginx: master + worker)."""
+    kids = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                s = f.read()
+            kids.setdefault(int(s[s.rindex(")") + 2:].split()[1]), []).append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    out, todo = [], [root]
+    while todo and len(out) < 1000:
+        out.append(todo.pop())
+        todo.extend(kids.get(out[-1], []))
+    return out
+
+
+def cpu_ticks(pids):
+    """Sum of utime + stime (a process's stat covers all of its threads)."""
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                s = f.read()
+            total += sum(int(x) for x in s[s.rindex(")") + 2:].split()[11:13])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/status" % p) as f:
+                total += next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total
+
+
+def cpu_busy():
+    """{cpu: (busy ticks, total ticks)} from /proc/stat; busy excludes idle and iowait."""
+    out = {}
+    with open("/proc/stat") as f:
+        for m in re.finditer(r"^cpu(\d+) (.*)$", f.read(), re.M):
+            v = [int(x) for x in m.group(2).split()[:8]]
+            out[int(m.group(1))] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+class RssSampler(threading.Thread):
+    """Summed VmRSS of a process tree every `interval` s: first sample and peak."""
+
+    def __init__(self, root, interval):
+        super().__init__(daemon=True)
+        self.pids, self.interval, self.halt = proc_tree(root), interval, threading.Event()
+        self.first = self.peak = rss_kib(self.pids)
+        self.start()
+
+    def run(self):
+        while not self.halt.wait(self.interval):
+            self.peak = max(self.peak, rss_kib(self.pids))
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+        self.peak = max(self.peak, rss_kib(self.pids))
+        return self.peak
+
+
+# ------------------------------------------------------------------ servers
+class Stack:
+    """The servers of one run; configs and logs in a fresh `mktemp -d` directory."""
+
+    def __init__(self, a):
+        self.a, self.procs = a, []
+        self.dir = tempfile.mkdtemp(prefix="apiproxy-bench.")
+        os.chmod(self.dir, 0o755)  # nginx workers run as nobody when started as root
+
+    def start(self, name, argv, cpu, port, env=None, wait=15.0):
+        """Start argv pinned to `cpu` in a new session, wait until `port` accepts."""
+        with open(os.path.join(self.dir, name + ".log"), "ab") as logf:
+            p = subprocess.Popen(pinned(cpu, argv), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                 env=dict(os.environ, **(env or {})), start_new_session=True)
+        p.name = name
+        self.procs.append(p)
+        deadline = time.monotonic() + wait
+        while True:
+            if p.poll() is not None:
+                raise RuntimeError("%s exited (rc %s): see %s/%s.log" % (name, p.returncode, self.dir, name))
+            try:
+                socket.create_connection((HOST, port), timeout=0.5).close()
+                return p
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("%s: port %d not listening after %.0f s" % (name, port, wait))
+                time.sleep(0.05)
+
+    def stop(self, p, timeout=10.0):
+        """SIGTERM the PID, SIGKILL after `timeout`; then SIGKILL any of its
+        descendants still in the process group we created for it."""
+        tree = proc_tree(p.pid)[1:] if p.poll() is None else []
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log("%s (pid %d) still running %.0f s after SIGTERM: SIGKILL" % (p.name, p.pid, timeout))
+                p.kill()
+                p.wait(10)
+            if p.returncode not in (0, -signal.SIGTERM):
+                log("%s (pid %d) exited with status %s: see %s/%s.log" % (p.name, p.pid, p.returncode, self.dir, p.name))
+        for q in tree:
+            try:
+                if os.getpgid(q) == p.pid:
+                    os.kill(q, signal.SIGKILL)
+            except OSError:
+                pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for c in list(LIVE):
+            c.kill()
+            collect(c, 10)
+        for p in reversed(self.procs):
+            self.stop(p)
+
+    def nginx(self, name, port, cpu, conns, http, wrap=(), extra_g=""):
+        """One nginx, 1 worker, foreground (`daemon off`), everything under self.dir."""
+        tmp = os.path.join(self.dir, "tmp-" + name)
+        conf = f"""worker_processes 1;
+worker_rlimit_nofile {NOFILE[0]};
+pid {self.dir}/{name}.pid;
+events {{ worker_connections {conns}; }}
+http {{
+    access_log off; server_tokens off; tcp_nodelay on;
+    keepalive_timeout 65s; keepalive_requests 1000000;
+    client_max_body_size 0;
+    client_body_temp_path {tmp}-body; proxy_temp_path {tmp}-proxy; fastcgi_temp_path {tmp}-fcgi;
+    uwsgi_temp_path {tmp}-uwsgi; scgi_temp_path {tmp}-scgi;
+{http}}}
+"""
+        path = os.path.join(self.dir, name + ".conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        argv = list(wrap) + ["nginx", "-p", self.dir, "-e", os.path.join(self.dir, name + ".error.log"),
+                             "-c", path, "-g", "daemon off;" + extra_g]
+        return self.start(name, argv, cpu, port, wait=120.0 if wrap else 15.0)
+
+    def upstream(self, body_size=1024, big=None):
+        """Origin nginx on the load CPU: any path -> 200 with a fixed body of
+        body_size bytes; /big -> the file `big` (stream)."""
+        if body_size <= 4096:
+            root = 'return 200 "%s";' % ("x" * body_size)
+        else:
+            with open(os.path.join(self.dir, "body.bin"), "wb") as f:
+                f.write(b"x" * body_size)
+            os.chmod(f.name, 0o644)
+            root = "alias %s;" % f.name
+        big = "location = /big { alias %s; }" % big if big else ""
+        http = (f"    sendfile on; default_type application/octet-stream;\n"
+                f"    server {{ listen {HOST}:{P['upstream']} backlog=4096;\n"
+                f"        location / {{ {root} }}\n        {big}\n    }}\n")
+        return self.nginx("upstream", P["upstream"], LOAD_CPU, 16384, http)
+
+    def nginx_proxy(self, name, routes, buffer_size=None, wrap=(), extra_g=""):
+        """nginx reverse proxy on the proxy CPU; routes = {location prefix: origin port}."""
+        buf = " proxy_buffer_size %s; proxy_buffers 4 %s;" % (buffer_size, buffer_size) if buffer_size else ""
+        http = "".join(f"    upstream up{port} {{ server {HOST}:{port}; keepalive 1024;"
+                       " keepalive_requests 1000000; keepalive_timeout 60s; }\n" for port in set(routes.values()))
+        http += f"    server {{ listen {HOST}:{P[name]} backlog=4096;\n"
+        http += "".join(f"        location {prefix} {{ proxy_pass http://up{port}; proxy_http_version 1.1;"
+                        f' proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off;{buf} }}\n'
+                        for prefix, port in routes.items())
+        return self.nginx(name, P[name], PROXY_CPU, 4096, http + "    }\n", wrap, extra_g)
+
+    def dataplane(self, routes, wrap=()):
+        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port}."""
+        if not os.access(self.a.binary, os.X_OK):
+            raise SystemExit("no data plane binary at %s (cargo build --release -p apiproxy-dataplane; "
+                             "or --binary PATH; or --skip-dataplane)" % self.a.binary)
+        mappings = os.path.join(self.dir, "mappings.json")
+        with open(mappings, "w") as f:
+            json.dump({k: "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
+        env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P["dataplane"]),
+               "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P["metrics"]), "API_PROXY_WORKERS": "1",
+               "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn"}
+        return self.start("dataplane", list(wrap) + [self.a.binary], PROXY_CPU, P["dataplane"], env,
+                          wait=120.0 if wrap else 15.0)
+
+    def helper(self, kind):
+        """This script as a helper server (`_sink` / `_sse`) on the load CPU."""
+        return self.start(kind, [sys.executable, os.path.abspath(__file__), "_" + kind, "--port", str(P[kind])],
+                          LOAD_CPU, P[kind])
+
+
+def on_sigterm(*_):
+    raise KeyboardInterrupt  # unwinds through run()'s finally
+
+
+def run(a, fn):
+    """Check ports, raise the fd limit, run fn(stack), always stop everything."""
+    for name, port in P.items():
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                raise SystemExit("port %d (%s) is in use: stop that process or pass --port-offset N" % (port, name))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # inherited by nginx, wrk and the data plane (ulimit -n)
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (65536, hard if hard == resource.RLIM_INFINITY else max(hard, 65536)))
+    except (ValueError, OSError):  # not allowed to raise the hard limit: go as high as it allows
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log("fd limit %d (the hard limit; 65536 wanted)" % hard)
+    NOFILE[0] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    signal.signal(signal.SIGTERM, on_sigterm)
+    st, ok = Stack(a), False
+    try:
+        fn(a, st)
+        ok = True
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        st.stop_all()
+        if ok and not a.keep:
+            shutil.rmtree(st.dir, ignore_errors=True)
+        else:
+            log("configs and logs kept in " + st.dir)
+
+
+def save(a, kind, data, text):
+    """Print the table; write it and the raw results to --out."""
+    os.makedirs(a.out, exist_ok=True)
+    base = os.path.join(a.out, "%s-%s" % (kind, time.strftime("%Y%m%d-%H%M%S")))
+    env = {"argv": sys.argv, "nproc": os.cpu_count(), "pinned": PIN, "uname": " ".join(os.uname()),
+           "binary": a.binary, "binary_mtime": os.path.getmtime(a.binary) if os.path.exists(a.binary) else None}
+    with open(base + ".json", "w") as f:
+        json.dump({"kind": kind, "env": env, "results": data}, f, indent=1)
+    with open(base + ".txt", "w") as f:
+        f.write(text + "\n")
+    print(text + "\n", flush=True)
+    log("saved %s.json and .txt" % base)
+
+
+def table(headers, rows):
+    w = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    fmt = lambda r: "  ".join(str(x).rjust(n) for x, n in zip(r, w))  # noqa: E731
+    return "\n".join([fmt(headers), fmt(["-" * n for n in w])] + [fmt(r) for r in rows])
+
+
+def med(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def pct(v, p):  # nearest-rank percentile
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round((len(v) - 1) * p / 100.0)))] if v else float("nan")
+
+
+# ------------------------------------------------------------------ throughput
+def parse_wrk(out):
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+    r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+         "requests": int(re.search(r"(\d+) requests in", out).group(1))}
+    for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+        r["p%s_ms" % p] = float(v) * unit[u]
+    errs = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["errors"] = sum(map(int, errs.groups() if errs else ())) + int(non2xx.group(1) if non2xx else 0)
+    return r
+
+
+def wrk_all(urls, conns, secs):
+    """One `wrk -t1 --latency` per target, all running at the same time."""
+    procs = {n: spawn(["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--timeout", "10s", "--latency", u])
+             for n, u in urls.items()}
+    res = {}
+    for n, p in procs.items():
+        rc, out, err = collect(p, secs + 60)
+        try:
+            res[n] = parse_wrk(out)
+        except AttributeError:
+            raise RuntimeError("wrk against %s failed (rc %s): %s %s" % (n, rc, out[-400:], err[-400:]))
+    return res
+
+
+def cmd_throughput(a, st):
+    st.upstream(a.body_size)
+    routes = {"/": P["upstream"]}
+    roots = {"nginx": st.nginx_proxy("nginx", routes).pid, "nginx-b": st.nginx_proxy("nginx-b", routes).pid}
+    if not a.skip_dataplane:
+        roots["dataplane"] = st.dataplane(routes).pid
+    names, data, text = list(roots), {}, []
+    urls = {n: "http://%s:%d/" % (HOST, P[n]) for n in names}
+    for conns in a.conns:
+        log("%d conns: %d s warm-up" % (conns, a.warmup))
+        wrk_all(urls, conns, a.warmup)
+        rounds = []
+        for r in range(a.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]  # rotate who starts first
+            samplers = {n: RssSampler(roots[n], 0.2) for n in names}
+            t0, c0 = {n: cpu_ticks(proc_tree(roots[n])) for n in names}, cpu_busy()
+            res = wrk_all({n: urls[n] for n in order}, conns, a.duration)
+            c1 = cpu_busy()
+            for n in names:
+                ticks = cpu_ticks(proc_tree(roots[n])) - t0[n]
+                res[n]["cpu_us_per_req"] = ticks * 1e6 / CLK_TCK / max(1, res[n]["requests"])
+                res[n]["rss_peak_kib"] = samplers[n].stop()
+            res["cpu_busy_pct"] = {c: 100.0 * (c1[c][0] - c0[c][0]) / max(1, c1[c][1] - c0[c][1]) for c in c1}
+            rounds.append(res)
+            log("%d conns, round %d/%d: %s" % (conns, r + 1, a.rounds,
+                                              ", ".join("%s %.0f rps" % (n, res[n]["rps"]) for n in names)))
+        data[conns] = rounds
+        text.append(summarize_throughput(a, conns, names, rounds))
+    save(a, "throughput", data, "\n\n".join(text))
+
+
+def summarize_throughput(a, conns, names, rounds):
+    rows = []
+    for n in names:
+        get = lambda k: [r[n][k] for r in rounds]  # noqa: E731
+        ratios = [r[n]["rps"] / r["nginx"]["rps"] for r in rounds]  # paired: same round
+        rows.append([n, "%.0f" % med(get("rps")), "%.2f" % med(get("p50_ms")), "%.2f" % med(get("p99_ms")),
+                     "1 (ref)" if n == "nginx" else "%.3f (%.3f-%.3f)" % (med(ratios), min(ratios), max(ratios)),
+                     "%.1f" % med(get("cpu_us_per_req")), "%.1f" % (max(get("rss_peak_kib")) / 1024),
+                     sum(get("errors"))])
+    aa = [r["nginx-b"]["rps"] / r["nginx"]["rps"] for r in rounds]
+    busy = {c: med([r["cpu_busy_pct"][c] for r in rounds]) for c in rounds[0]["cpu_busy_pct"]}
+    warn = PIN and busy.get(int(PROXY_CPU), 100) < 95
+    return ("== throughput: %d conns, %d x %d s rounds, all targets loaded at once, GET / (%d B body)\n"
+            % (conns, a.rounds, a.duration, a.body_size)
+            + table(["target", "rps(med)", "p50 ms", "p99 ms", "ratio/nginx (min-max)", "cpu us/req",
+                     "RSS peak MiB", "errors"], rows)
+            + "\nA/A noise floor: nginx-b/nginx = %.3f (%.3f-%.3f) over %d rounds" % (med(aa), min(aa), max(aa), len(aa))
+            + "\nCPU busy (median of rounds): " + ", ".join("cpu%d %.0f%%" % kv for kv in sorted(busy.items()))
+            + ("  WARNING: proxy CPU not saturated, ratios are compressed" if warn else ""))
+
+
+# ------------------------------------------------------------------ stream
+def big_file(mib):
+    os.makedirs(CACHE, exist_ok=True)
+    os.chmod(CACHE, 0o755)
+    path = os.path.join(CACHE, "zero-%dmib.bin" % mib)
+    if not (os.path.exists(path) and os.path.getsize(path) == mib << 20):
+        log("creating " + path)
+        with open(path + ".tmp", "wb") as f:
+            for _ in range(mib):
+                f.write(bytes(1 << 20))
+        os.replace(path + ".tmp", path)
+    os.chmod(path, 0o644)
+    return path
+
+
+def curl_transfer(url, upload, size, resp):
+    """Download (upload=None) or POST the file `upload`; returns MiB/s."""
+    argv = ["curl", "-sS", "--max-time", "600", "-o", resp, "-w", "%{http_code} %{size_upload} "
+            "%{size_download} %{time_total}"]
+    if upload:  # -T streams the file with a Content-Length; an empty Expect: skips 100-continue
+        argv += ["-X", "POST", "-T", upload, "-H", "Expect:", "-H", "Content-Type: application/octet-stream"]
+    rc, out, err = collect(spawn(argv + [url]), 660)
+    code, up, down, secs = out.split() if rc == 0 else ("curl rc %d" % rc, 0, 0, 1)
+    moved = int(float(up if upload else down))
+    if code != "200" or moved != size:
+        raise RuntimeError("%s: status %s, %s of %d bytes %s" % (url, code, moved, size, err.strip()))
+    if upload:
+        with open(resp) as f:
+            got = int(f.read().split()[0])  # the sink answers with the byte count it received
+        if got != size:
+            raise RuntimeError("%s: the sink received %d of %d bytes" % (url, got, size))
+    return size / float(secs) / (1 << 20)
+
+
+def cmd_stream(a, st):
+    path, size = big_file(a.size_mib), a.size_mib << 20
+    st.upstream(big=path)
+    st.helper("sink")
+    routes = {"/": P["upstream"], "/sink": P["sink"]}
+    roots = {"direct": None, "nginx": st.nginx_proxy("nginx", routes).pid}
+    if a.nginx_buffer:
+        roots["nginx-buf"] = st.nginx_proxy("nginx-buf", routes, buffer_size=a.nginx_buffer).pid
+    if not a.skip_dataplane:
+        roots["dataplane"] = st.dataplane(routes).pid
+    label = {"nginx-buf": "nginx buffer %s" % a.nginx_buffer}
+    rows, data = [], []
+    for direction in ("download", "upload"):
+        for n, root in roots.items():
+            port = P[n] if root else P["upstream" if direction == "download" else "sink"]
+            url = "http://%s:%d%s" % (HOST, port, "/big" if direction == "download" else "/sink")
+            s = RssSampler(root, 0.05) if root else None
+            mibs = curl_transfer(url, path if direction == "upload" else None, size, os.path.join(st.dir, "resp"))
+            r = {"target": n, "direction": direction, "mib_per_s": mibs}
+            mem = ["-", "-", "-"]
+            if s:
+                s.stop()
+                r.update(rss_before_kib=s.first, rss_peak_kib=s.peak)
+                mem = ["%.1f" % (s.first / 1024), "%.1f" % (s.peak / 1024), "%+.1f" % ((s.peak - s.first) / 1024)]
+            data.append(r)
+            rows.append([direction, label.get(n, n), "%.0f" % mibs] + mem)
+            log("%s via %s: %.0f MiB/s" % (direction, n, mibs))
+    save(a, "stream", data, "== stream: %d MiB body, one transfer at a time (curl), RSS sampled every 50 ms\n"
+         % a.size_mib + table(["direction", "target", "MiB/s", "RSS before MiB", "RSS peak MiB", "growth MiB"], rows))
+
+
+async def sink_conn(loop, conn):
+    """Upload sink, one connection: for each request, discard the body
+    (Content-Length or chunked) and answer 200 with the number of bytes."""
+    buf, pend = bytearray(256 << 10), bytearray()
+    view = memoryview(buf)
+
+    async def line():
+        while b"\r\n" not in pend:
+            if len(pend) > 65536:
+                raise ValueError("line too long")
+            n = await loop.sock_recv_into(conn, view)
+            if not n:
+                raise EOFError
+            pend.extend(view[:n])
+        ln, _, rest = bytes(pend).partition(b"\r\n")
+        pend[:] = rest
+        return ln
+
+    async def skip(n):  # already-buffered bytes first, then 256 KiB reads
+        k = min(n, len(pend))
+        del pend[:k]
+        n -= k
+        while n > 0:
+            got = await loop.sock_recv_into(conn, view[:min(n, len(buf))])
+            if not got:
+                raise EOFError
+            n -= got
+
+    try:
+        while True:
+            head = [await line()]
+            while head[-1]:
+                head.append(await line())
+            h = b"\n".join(head).lower()
+            if b"expect: 100-continue" in h:
+                await loop.sock_sendall(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+            got = 0
+            if b"transfer-encoding: chunked" in h:
+                for _ in range(1 << 40):
+                    n = int((await line()).split(b";")[0], 16)
+                    if n == 0:
+                        while await line():  # trailers
+                            pass
+                        break
+                    await skip(n + 2)  # data + CRLF
+                    got += n
+            else:
+                m = re.search(rb"content-length:\s*(\d+)", h)
+                got = int(m.group(1)) if m else 0
+                await skip(got)
+            body = b"%d\n" % got
+            await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    except (EOFError, ConnectionError, ValueError):
+        pass
+    finally:
+        conn.close()
+
+
+async def serve_sink(port):
+    loop = asyncio.get_running_loop()
+    ls = socket.create_server((HOST, port), backlog=512, reuse_port=False)
+    ls.setblocking(False)
+    while True:
+        conn, _ = await loop.sock_accept(ls)
+        conn.setblocking(False)
+        loop.create_task(sink_conn(loop, conn))
+
+
+# ------------------------------------------------------------------ sse
+async def sse_origin_conn(reader, writer):
+    """SSE origin: GET <any path>?n=N&gap_ms=G -> chunked text/event-stream with
+    N events G ms apart, each `data: {"i": k, "t": CLOCK_MONOTONIC ns at send}`."""
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:  # keep-alive: proxies reuse upstream connections
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            q = dict(re.findall(r"[?&](\w+)=(\d+)", head.split("\r\n")[0]))
+            n, gap = min(int(q.get("n", 10)), 100000), int(q.get("gap_ms", 20)) / 1000.0
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            for i in range(n):
+                await asyncio.sleep(gap)
+                ev = b'data: {"i":%d,"t":%d}\n\n' % (i, time.monotonic_ns())
+                writer.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_sse(port):
+    async with await asyncio.start_server(sse_origin_conn, HOST, port, backlog=512) as srv:
+        await srv.serve_forever()
+
+
+class Dechunk:
+    """Incremental decoder of a chunked HTTP/1.1 body: feed(bytes) -> data bytes."""
+
+    def __init__(self):
+        self.buf, self.left, self.done = b"", 0, False  # left: data + CRLF still due
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while not self.done:
+            if self.left:
+                piece = self.buf[:self.left]
+                out.append(piece[:max(0, self.left - 2)])  # the last 2 bytes due are the CRLF
+                self.buf, self.left = self.buf[len(piece):], self.left - len(piece)
+                if self.left:
+                    break
+            k = self.buf.find(b"\r\n")
+            if k < 0:
+                break
+            size = int(self.buf[:k].split(b";")[0], 16)
+            self.buf, self.left, self.done = self.buf[k + 2:], size + 2, size == 0
+        return b"".join(out)
+
+
+async def sse_client(port, path, timeout, delay):
+    """One stream on a fresh connection, opened after `delay` s; returns each event's lag in ms."""
+    await asyncio.sleep(delay)
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.write(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+                 % (path.encode(), HOST.encode(), port))
+    head, dec, events, lags = b"", None, b"", []
+    deadline = time.monotonic() + timeout
+    try:
+        while not (dec and dec.done):
+            data = await asyncio.wait_for(reader.read(65536), max(0.01, deadline - time.monotonic()))
+            now = time.monotonic_ns()
+            if not data:
+                break
+            if dec is None:
+                head += data
+                if b"\r\n\r\n" not in head:
+                    continue
+                h, _, data = head.partition(b"\r\n\r\n")
+                if not h.startswith(b"HTTP/1.1 200") or b"transfer-encoding: chunked" not in h.lower():
+                    raise RuntimeError("port %d: unexpected response head %r" % (port, h[:300]))
+                dec = Dechunk()
+            events += dec.feed(data)
+            while b"\n\n" in events:
+                ev, _, events = events.partition(b"\n\n")
+                if ev.startswith(b"data: "):
+                    lags.append((now - json.loads(ev[6:])["t"]) / 1e6)
+    finally:
+        writer.close()
+    return lags
+
+
+def cmd_sse(a, st):
+    st.helper("sse")
+    routes = {"/": P["upstream"], "/sse": P["sse"]}  # nothing is sent to "/" here
+    st.nginx_proxy("nginx", routes)
+    ports = {"direct": P["sse"], "nginx": P["nginx"]}
+    if not a.skip_dataplane:
+        st.dataplane(routes)
+        ports["dataplane"] = P["dataplane"]
+
+    async def streams(port, n, events, gap_ms):
+        # start times spread over one gap, so the streams' events do not all fall due at once
+        path, timeout = "/sse?n=%d&gap_ms=%d" % (events, gap_ms), events * gap_ms / 1000.0 + 15
+        return await asyncio.gather(*[sse_client(port, path, timeout, k * gap_ms / 1000.0 / n) for k in range(n)])
+
+    data, rows = {}, []
+    for name, port in ports.items():  # one target at a time
+        asyncio.run(streams(port, 2, 2, 1))  # warm-up: upstream connections, first-use costs
+        lags = [x for s in asyncio.run(streams(port, a.streams, a.events, a.gap_ms)) for x in s]
+        if len(lags) != a.streams * a.events:
+            raise RuntimeError("%s: got %d of %d events" % (name, len(lags), a.streams * a.events))
+        d = data[name] = {"p50_ms": med(lags), "p99_ms": pct(lags, 99), "max_ms": max(lags), "lags_ms": lags}
+        added = lambda k: "-" if name == "direct" else "%+.3f" % (d[k] - data["direct"][k])  # noqa: E731
+        rows.append([name, len(lags), "%.3f" % d["p50_ms"], "%.3f" % d["p99_ms"], "%.3f" % d["max_ms"],
+                     added("p50_ms"), added("p99_ms")])
+    save(a, "sse", data, "== sse: %d concurrent streams x %d events, %d ms apart; lag = receive - send time\n"
+         % (a.streams, a.events, a.gap_ms)
+         + table(["target", "events", "lag p50 ms", "lag p99 ms", "max ms", "added p50", "added p99"], rows))
+
+
+# ------------------------------------------------------------------ instr
+def callgrind_total(path):
+    with open(path) as f:
+        for ln in f:
+            if ln.startswith(("summary:", "totals:")):
+                return int(ln.split()[1])
+    raise RuntimeError("no summary:/totals: line in " + path)
+
+
+def cmd_instr(a, st):
+    """Ir(n2) - Ir(n1) cancels start-up, shutdown and connection set-up costs."""
+    st.upstream()
+    routes = {"/": P["upstream"]}
+    data, rows = {}, []
+    for name in ["nginx"] + ([] if a.skip_dataplane else ["dataplane"]):
+        ir = {}
+        for n in (a.n1, a.n2):
+            out = os.path.join(st.dir, "callgrind.%s.%d" % (name, n))
+            wrap = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+            log("%s under callgrind: %d requests" % (name, n))
+            p = (st.nginx_proxy(name, routes, wrap=wrap, extra_g=" master_process off;") if name == "nginx"
+                 else st.dataplane(routes, wrap=wrap))
+            try:
+                rc, so, se = collect(spawn(["h2load", "--h1", "-n", str(n), "-c", "8", "-t", "1",
+                                            "http://%s:%d/" % (HOST, P[name])]), 900)
+                if not re.search(r"requests: %d total.* %d succeeded" % (n, n), so):
+                    raise RuntimeError("h2load against %s: %s %s" % (name, so[-600:], se[-300:]))
+            finally:
+                st.stop(p, timeout=120)  # callgrind writes its file when the process exits
+            ir[n] = callgrind_total(out)
+        per = (ir[a.n2] - ir[a.n1]) / float(a.n2 - a.n1)
+        data[name] = {"ir": ir, "ir_per_req": per}
+        rows.append([name, ir[a.n1], ir[a.n2], "%.0f" % per, "%.3f" % (per / data["nginx"]["ir_per_req"])])
+    save(a, "instr", data, "== instr: callgrind user-space instructions per request, GET /, h2load --h1 -c 8\n"
+         "Ir/req = (Ir(n=%d) - Ir(n=%d)) / %d; kernel work (syscalls, TCP) is not counted\n"
+         % (a.n2, a.n1, a.n2 - a.n1) + table(["target", "Ir(n=%d)" % a.n1, "Ir(n=%d)" % a.n2, "Ir/req",
+                                              "ratio/nginx"], rows))
+
+
+# ------------------------------------------------------------------ main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name, help_):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--binary", default=DEFAULT_BINARY, help="data plane binary (default: %(default)s)")
+        p.add_argument("--out", default="/tmp/apiproxy-bench", help="results dir (default: %(default)s)")
+        p.add_argument("--port-offset", type=int, default=0, help="add N to every port")
+        p.add_argument("--skip-dataplane", action="store_true", help="nginx only (to check the harness)")
+        p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+        return p
+
+    t = add("throughput", "rps, latency, CPU/request, RSS vs nginx; all targets loaded at once")
+    t.add_argument("--conns", type=lambda s: [int(x) for x in s.split(",")], default=[64, 1000])
+    t.add_argument("--duration", type=int, default=5, help="seconds per round")
+    t.add_argument("--rounds", type=int, default=6)
+    t.add_argument("--warmup", type=int, default=2, help="warm-up seconds per conns value")
+    t.add_argument("--body-size", type=int, default=1024)
+    s = add("stream", "big download / upload: MiB/s and proxy RSS")
+    s.add_argument("--size-mib", type=int, default=1024)
+    s.add_argument("--nginx-buffer", help="also an nginx with proxy_buffer_size/proxy_buffers of this size, e.g. 64k")
+    e = add("sse", "server-sent events: per-event lag each proxy adds")
+    e.add_argument("--streams", type=int, default=10)
+    e.add_argument("--events", type=int, default=20)
+    e.add_argument("--gap-ms", type=int, default=20)
+    i = add("instr", "callgrind: user-space instructions per request")
+    i.add_argument("--n1", type=int, default=2000)
+    i.add_argument("--n2", type=int, default=6000)
+    for helper in ("_sink", "_sse"):  # helper servers started by the subcommands
+        sub.add_parser(helper).add_argument("--port", type=int, required=True)
+    a = ap.parse_args()
+
+    if a.cmd in ("_sink", "_sse"):  # runs until SIGTERM (default action: exit)
+        asyncio.run((serve_sink if a.cmd == "_sink" else serve_sse)(a.port))
+        return
+    P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
+    need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"]}[a.cmd]
+    missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
+    if missing:
+        raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
+    if PIN:
+        os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script (samplers, SSE clients) stays off the proxy CPU
+    else:
+        log("fewer than 2 CPUs: running unpinned")
+    run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr}[a.cmd])
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        log("interrupted: stopped every process this run started")
+        sys.exit(130)

@@ -1,0 +1,56 @@
+//! The announcement published on the updates channel after every change.
+//!
+//! Receivers treat any payload as "re-read the mappings": the message only
+//! says that something changed, the hash in Redis says what. The structured
+//! form helps logs and lets a receiver skip a version it already has.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateOp {
+    Upsert,
+    Delete,
+    Replace,
+}
+
+/// `{"version": N, "op": "upsert"|"delete"|"replace", "prefix": "/x"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateMessage {
+    pub version: u64,
+    pub op: UpdateOp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+impl UpdateMessage {
+    /// Parses a payload; `None` for anything else (the Go version publishes
+    /// the bare string `mapping_added`), which still means "re-read".
+    pub fn parse(payload: &[u8]) -> Option<UpdateMessage> {
+        serde_json::from_slice(payload).ok()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_tolerates_anything_else() {
+        let m = UpdateMessage {
+            version: 7,
+            op: UpdateOp::Upsert,
+            prefix: Some("/x".into()),
+        };
+        assert_eq!(m.to_json(), r#"{"version":7,"op":"upsert","prefix":"/x"}"#);
+        assert_eq!(UpdateMessage::parse(m.to_json().as_bytes()), Some(m));
+        let replace = UpdateMessage::parse(br#"{"version":8,"op":"replace"}"#).unwrap();
+        assert_eq!(replace.prefix, None);
+        assert_eq!(UpdateMessage::parse(b"mapping_added"), None);
+        assert_eq!(UpdateMessage::parse(b""), None);
+    }
+}
