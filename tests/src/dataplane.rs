@@ -40,10 +40,20 @@ impl DataPlane {
         let dir = TempDir::new("dp");
         let file = dir.path("mappings.json");
         std::fs::write(&file, mappings).expect("write mappings");
+        let file = file.to_str().expect("utf-8 path").to_owned();
+        DataPlane::spawn(dir, &[("API_PROXY_MAPPINGS_FILE", &file)], env)
+    }
+
+    /// Starts a data plane in Redis mode. It listens at once; readiness
+    /// follows Redis (or the snapshot cache).
+    pub fn start_redis(url: &str, env: &[(&str, &str)]) -> DataPlane {
+        DataPlane::spawn(TempDir::new("dp"), &[("API_PROXY_REDIS_URL", url)], env)
+    }
+
+    fn spawn(dir: TempDir, source: &[(&str, &str)], env: &[(&str, &str)]) -> DataPlane {
         let mut cmd = Command::new(binary("apiproxy-dataplane"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("API_PROXY_MAPPINGS_FILE", &file)
             .env("API_PROXY_LISTEN", "127.0.0.1:0")
             .env("API_PROXY_METRICS_LISTEN", "127.0.0.1:0")
             .env("API_PROXY_LOG_FORMAT", "json")
@@ -54,7 +64,7 @@ impl DataPlane {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
+        for (k, v) in source.iter().chain(env) {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn apiproxy-dataplane");
@@ -137,6 +147,25 @@ impl DataPlane {
 
     pub async fn metric(&self, key: &str) -> f64 {
         self.metrics().await.get(key).copied().unwrap_or(0.0)
+    }
+
+    /// `/readyz` status code.
+    pub async fn readyz(&self) -> u16 {
+        crate::client::get(&format!("http://{}/readyz", self.metrics_addr))
+            .await
+            .0
+    }
+
+    /// Waits until `path` answers `status` through the proxy.
+    pub async fn wait_status(&self, path: &str, status: u16) {
+        crate::eventually(
+            &format!("{path} -> {status}"),
+            Duration::from_secs(5),
+            || async {
+                (crate::client::get_reply(self.addr, path).await.status == status).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Waits until the sample `key` reads `value`.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dataplane;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 

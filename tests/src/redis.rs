@@ -1,0 +1,248 @@
+//! A real `redis-server` per test, on its own free port, and a TCP chaos
+//! proxy that can cut and restore the link to it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::TempDir;
+
+/// A `redis-server` child process; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir: TempDir::new("redis"),
+        };
+        // Redis has no "port 0": pick a free port; retry if another process
+        // takes it between our probe and Redis's bind.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", self.dir.0.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false; // exited: port taken
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes like the control plane does: change + version bump in one
+/// transaction, then the announcement. Returns the new version.
+pub async fn upsert(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    prefix: &str,
+    target: &str,
+) -> u64 {
+    let (version,): (u64,) = redis::pipe()
+        .atomic()
+        .hset(&keys.mappings, prefix, target)
+        .ignore()
+        .incr(&keys.version, 1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    announce(conn, keys, version, UpdateOp::Upsert, Some(prefix)).await;
+    version
+}
+
+pub async fn delete(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    prefix: &str,
+) -> u64 {
+    let (version,): (u64,) = redis::pipe()
+        .atomic()
+        .hdel(&keys.mappings, prefix)
+        .ignore()
+        .incr(&keys.version, 1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    announce(conn, keys, version, UpdateOp::Delete, Some(prefix)).await;
+    version
+}
+
+async fn announce(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    version: u64,
+    op: UpdateOp,
+    prefix: Option<&str>,
+) {
+    let message = UpdateMessage {
+        version,
+        op,
+        prefix: prefix.map(str::to_owned),
+    };
+    let _: () = redis::cmd("PUBLISH")
+        .arg(&keys.updates)
+        .arg(message.to_json())
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// A TCP proxy in front of a server; `cut()` drops every connection and
+/// refuses new ones until `restore()`.
+pub struct ChaosProxy {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut_tx: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    pub async fn start(target: SocketAddr) -> ChaosProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut_tx, cut_rx) = watch::channel(0u64);
+        let flag = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = cut_rx.clone();
+                cut.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let mut client = client;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        ChaosProxy {
+            addr,
+            up,
+            cut_tx,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut_tx.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
