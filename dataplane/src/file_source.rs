@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::routing::Snapshot;
 use crate::state::RoutingState;
 
 /// How often the file's metadata is checked: changes apply within 1 s.
@@ -105,7 +104,10 @@ impl FileSource {
 
     fn apply(&mut self, entries: BTreeMap<String, String>) {
         self.version += 1;
-        let snapshot = Snapshot::build(&entries, self.version, &self.state.metrics);
+        let snapshot = self
+            .state
+            .current()
+            .next(&entries, self.version, &self.state.metrics);
         self.state.apply(snapshot);
         self.last_entries = entries;
     }

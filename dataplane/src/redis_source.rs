@@ -193,8 +193,13 @@ impl RedisSource {
         Ok(())
     }
 
+    /// Builds and swaps in the snapshot, then writes the cache. This runs on
+    /// the sync thread (see `MappingSource::run`), never on a request worker.
     fn apply(&mut self, entries: BTreeMap<String, String>, version: u64, hash: String) {
-        let snapshot = Snapshot::build(&entries, version, &self.state.metrics);
+        let snapshot = self
+            .state
+            .current()
+            .next(&entries, version, &self.state.metrics);
         self.state.apply(snapshot);
         if let Some(cache) = &self.cache {
             let cached = CachedSnapshot {

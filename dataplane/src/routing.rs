@@ -20,6 +20,8 @@ use crate::metrics::{Metrics, PrefixMetrics};
 pub struct Route {
     pub prefix: Arc<str>,
     pub target: Target,
+    /// The target exactly as configured, to recognise an unchanged entry.
+    raw_target: Box<str>,
     /// Scheme and authority of every upstream URL, parsed once.
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
@@ -48,24 +50,38 @@ impl Snapshot {
         P: AsRef<str>,
         T: AsRef<str>,
     {
+        Snapshot::default().next(entries, version, metrics)
+    }
+
+    /// Builds the snapshot that follows this one. Routes whose prefix and
+    /// target did not change are shared, not rebuilt, so a reload of 10,000
+    /// mappings that changes one costs hash inserts, not 10,000 validations
+    /// and metric-series lookups.
+    pub fn next<I, P, T>(&self, entries: I, version: u64, metrics: &Metrics) -> Snapshot
+    where
+        I: IntoIterator<Item = (P, T)>,
+        P: AsRef<str>,
+        T: AsRef<str>,
+    {
         let mut snapshot = Snapshot {
             version,
             ..Snapshot::default()
         };
         for (prefix, target) in entries {
             let (prefix, target) = (prefix.as_ref(), target.as_ref());
-            match Route::new(prefix, target, metrics) {
-                Ok(route) => {
-                    snapshot.max_depth = snapshot.max_depth.max(depth(prefix));
-                    snapshot
-                        .routes
-                        .insert(route.prefix.clone(), Arc::new(route));
-                }
-                Err(error) => {
-                    warn!(prefix, target, %error, "skipping invalid mapping");
-                    snapshot.invalid_entries += 1;
-                }
-            }
+            let route = match self.routes.get(prefix) {
+                Some(same) if &*same.raw_target == target => same.clone(),
+                _ => match Route::new(prefix, target, metrics) {
+                    Ok(route) => Arc::new(route),
+                    Err(error) => {
+                        warn!(prefix, target, %error, "skipping invalid mapping");
+                        snapshot.invalid_entries += 1;
+                        continue;
+                    }
+                },
+            };
+            snapshot.max_depth = snapshot.max_depth.max(depth(prefix));
+            snapshot.routes.insert(route.prefix.clone(), route);
         }
         snapshot
     }
@@ -126,6 +142,7 @@ impl Route {
         metrics: &Metrics,
     ) -> Result<Route, apiproxy_shared::MappingError> {
         let mapping = validate_mapping(prefix, target)?;
+        let target_raw = target;
         let target = Target::parse(&mapping.target)?;
         let host = HeaderValue::from_str(&target.authority).map_err(|_| {
             apiproxy_shared::MappingError::Target("host is not a valid header value")
@@ -137,6 +154,7 @@ impl Route {
             prefix: Arc::from(prefix),
             host,
             metrics: metrics.prefix(prefix),
+            raw_target: target_raw.into(),
             target,
         })
     }
@@ -239,6 +257,23 @@ mod tests {
         );
         assert_eq!(route_for(&s, "/"), Some(("/".into(), "/")));
         assert_eq!(route_for(&s, "/openai/x"), Some(("/openai".into(), "/x")));
+    }
+
+    #[test]
+    fn next_snapshot_shares_unchanged_routes() {
+        let metrics = Metrics::new();
+        let first = Snapshot::build([("/a", "http://a"), ("/b", "http://b")], 1, &metrics);
+        let second = first.next([("/a", "http://a"), ("/b", "http://changed")], 2, &metrics);
+        let (a1, _) = first.lookup("/a").unwrap();
+        let (a2, _) = second.lookup("/a").unwrap();
+        assert!(Arc::ptr_eq(a1, a2), "unchanged route is shared");
+        let (b2, _) = second.lookup("/b").unwrap();
+        assert_eq!(b2.target.to_string(), "http://changed");
+        assert_eq!(second.version, 2);
+        assert!(second
+            .next([("/a", "http://a")], 3, &metrics)
+            .lookup("/b")
+            .is_none());
     }
 
     #[test]

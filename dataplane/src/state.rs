@@ -37,6 +37,12 @@ impl RoutingState {
             .then(|| self.snapshot.load())
     }
 
+    /// The current snapshot (empty before the first), to build the next
+    /// one from.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
     /// Swaps in a new snapshot whole and updates the config gauges.
     pub fn apply(&self, snapshot: Snapshot) {
         let m = &self.metrics;
