@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiproxy_shared::{content_hash, RedisKeys, UpdateMessage};
+use apiproxy_shared::{content_hash, RedisKeys, UpdateMessage, UpdateOp};
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -57,8 +57,18 @@ pub struct RedisSource {
     state: Arc<RoutingState>,
     cache: Option<SnapshotCache>,
     resync: Duration,
-    /// What is applied now: its version and content hash.
-    applied: Option<(u64, String)>,
+    /// What is applied now.
+    applied: Option<Applied>,
+    /// The cache lags the applied snapshot (written at most once per
+    /// resync interval after incremental changes).
+    cache_dirty: bool,
+}
+
+/// The applied state: its version and raw entries (compared with each full
+/// read, and written to the cache).
+struct Applied {
+    version: u64,
+    entries: BTreeMap<String, String>,
 }
 
 impl RedisSource {
@@ -83,6 +93,7 @@ impl RedisSource {
             cache,
             resync,
             applied: None,
+            cache_dirty: false,
         })
     }
 
@@ -92,7 +103,7 @@ impl RedisSource {
         let mut first_attempt = true;
         loop {
             let result = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.flush_cache(),
                 result = self.session(&mut backoff) => result,
             };
             let error = match result {
@@ -110,7 +121,7 @@ impl RedisSource {
             let delay = backoff.next_delay();
             debug!(?delay, "reconnecting to Redis");
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.flush_cache(),
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -142,14 +153,76 @@ impl RedisSource {
                         update = UpdateMessage::parse(next.get_payload_bytes()).or(update);
                         coalesced += 1;
                     }
-                    if let (Some(u), Some((applied, _))) = (&update, &self.applied) {
-                        debug!(version = u.version, applied, coalesced, "update announced");
+                    match update {
+                        // One announced change, the very next version: read
+                        // just that entry instead of the whole hash.
+                        Some(u) if coalesced == 0 => self.follow(&mut conn, &u).await?,
+                        _ => self.reload(&mut conn, "announced").await?,
                     }
-                    self.reload(&mut conn, "announced").await?;
                 }
-                _ = resync.tick() => self.reload(&mut conn, "resync").await?,
+                _ = resync.tick() => {
+                    self.reload(&mut conn, "resync").await?;
+                    self.flush_cache();
+                }
             }
         }
+    }
+
+    /// Applies one announced change with a one-field read when it is the
+    /// version right after ours; anything else falls back to a full read.
+    async fn follow(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        update: &UpdateMessage,
+    ) -> Result<(), SyncError> {
+        let next_version = self.applied.as_ref().map(|a| a.version + 1);
+        let prefix = match (&update.prefix, update.op) {
+            (Some(prefix), UpdateOp::Upsert | UpdateOp::Delete)
+                if next_version == Some(update.version) =>
+            {
+                prefix
+            }
+            _ => return self.reload(conn, "announced").await,
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hget(&self.keys.mappings, prefix)
+            .get(&self.keys.version);
+        let (target, version): (Option<String>, Option<u64>) =
+            match within(pipe.query_async(conn)).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    self.state.metrics.config_reload(false);
+                    return Err(e);
+                }
+            };
+        // Another change landed meanwhile: only a full read is exact.
+        if version != Some(update.version) {
+            return self.reload(conn, "announced").await;
+        }
+        let Some(applied) = self.applied.as_mut() else {
+            return self.reload(conn, "announced").await;
+        };
+        match &target {
+            Some(t) => applied.entries.insert(prefix.clone(), t.clone()),
+            None => applied.entries.remove(prefix),
+        };
+        applied.version = update.version;
+        let snapshot = self.state.current().with_change(
+            prefix,
+            target.as_deref(),
+            update.version,
+            applied.entries.len(),
+            &self.state.metrics,
+        );
+        debug!(
+            version = update.version,
+            prefix, "applying one announced change"
+        );
+        self.state.apply(snapshot);
+        self.state.metrics.config_stale.set(0);
+        self.cache_dirty = true;
+        Ok(())
     }
 
     /// Reads the hash and the version in one transaction and applies them if
@@ -172,46 +245,59 @@ impl RedisSource {
                 }
             };
         let version = version.unwrap_or(0);
-        let hash = content_hash(entries.iter().map(|(p, t)| (p.as_str(), t.as_str())));
         self.state.metrics.config_stale.set(0);
         if self
             .applied
             .as_ref()
-            .is_some_and(|(v, h)| *v == version && *h == hash)
+            .is_some_and(|a| a.version == version && a.entries == entries)
         {
             return Ok(());
         }
         if self
             .applied
             .as_ref()
-            .is_some_and(|(v, h)| *v == version && *h != hash)
+            .is_some_and(|a| a.version == version && a.entries != entries)
         {
             info!(version, "mappings changed in Redis without a version bump");
         }
         debug!(why, version, "applying mappings from Redis");
-        self.apply(entries, version, hash);
+        self.apply(entries, version);
         Ok(())
     }
 
     /// Builds and swaps in the snapshot, then writes the cache. This runs on
     /// the sync thread (see `MappingSource::run`), never on a request worker.
-    fn apply(&mut self, entries: BTreeMap<String, String>, version: u64, hash: String) {
+    fn apply(&mut self, entries: BTreeMap<String, String>, version: u64) {
         let snapshot = self
             .state
             .current()
             .next(&entries, version, &self.state.metrics);
         self.state.apply(snapshot);
-        if let Some(cache) = &self.cache {
-            let cached = CachedSnapshot {
-                version,
-                hash: hash.clone(),
-                mappings: entries,
-            };
-            if let Err(error) = cache.store(&cached) {
-                warn!(%error, "could not write the snapshot cache");
-            }
+        self.applied = Some(Applied { version, entries });
+        self.cache_dirty = true;
+        self.flush_cache();
+    }
+
+    /// Writes the applied snapshot to the cache file if it lags.
+    fn flush_cache(&mut self) {
+        let (Some(cache), Some(applied), true) = (&self.cache, &self.applied, self.cache_dirty)
+        else {
+            return;
+        };
+        let cached = CachedSnapshot {
+            version: applied.version,
+            hash: content_hash(
+                applied
+                    .entries
+                    .iter()
+                    .map(|(p, t)| (p.as_str(), t.as_str())),
+            ),
+            mappings: applied.entries.clone(),
+        };
+        match cache.store(&cached) {
+            Ok(()) => self.cache_dirty = false,
+            Err(error) => warn!(%error, "could not write the snapshot cache"),
         }
-        self.applied = Some((version, hash));
     }
 
     /// Redis is down at boot: a valid cache makes the node ready (and
@@ -229,7 +315,10 @@ impl RedisSource {
                     Snapshot::build(&cached.mappings, cached.version, &self.state.metrics);
                 self.state.apply(snapshot);
                 self.state.metrics.config_stale.set(1);
-                self.applied = Some((cached.version, cached.hash));
+                self.applied = Some(Applied {
+                    version: cached.version,
+                    entries: cached.mappings,
+                });
             }
             Err(error) => {
                 error!(%error, "refusing the snapshot cache; not ready until Redis answers")

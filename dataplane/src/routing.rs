@@ -86,6 +86,39 @@ impl Snapshot {
         snapshot
     }
 
+    /// The snapshot after one announced change (`target` `None`: deleted),
+    /// sharing every other route. `raw_entries` is how many raw entries the
+    /// source now holds, so the invalid count stays exact.
+    pub fn with_change(
+        &self,
+        prefix: &str,
+        target: Option<&str>,
+        version: u64,
+        raw_entries: usize,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let mut routes = self.routes.clone();
+        routes.remove(prefix);
+        let mut max_depth = self.max_depth;
+        if let Some(target) = target {
+            match Route::new(prefix, target, metrics) {
+                Ok(route) => {
+                    // An upper bound is enough: it only lets lookups skip
+                    // candidates deeper than any prefix.
+                    max_depth = max_depth.max(depth(prefix));
+                    routes.insert(route.prefix.clone(), Arc::new(route));
+                }
+                Err(error) => warn!(prefix, target, %error, "skipping invalid mapping"),
+            }
+        }
+        Snapshot {
+            invalid_entries: raw_entries.saturating_sub(routes.len()),
+            routes,
+            max_depth,
+            version,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }
@@ -274,6 +307,29 @@ mod tests {
             .next([("/a", "http://a")], 3, &metrics)
             .lookup("/b")
             .is_none());
+    }
+
+    #[test]
+    fn with_change_edits_one_route_and_keeps_counts_exact() {
+        let metrics = Metrics::new();
+        let first = Snapshot::build([("/a", "http://a"), ("/bad", "ftp://x")], 1, &metrics);
+        assert_eq!(first.invalid_entries, 1);
+        let added = first.with_change("/b/c", Some("http://b"), 2, 3, &metrics);
+        assert_eq!(
+            (added.len(), added.invalid_entries, added.version),
+            (2, 1, 2)
+        );
+        assert!(Arc::ptr_eq(
+            first.lookup("/a").unwrap().0,
+            added.lookup("/a").unwrap().0
+        ));
+        assert_eq!(added.lookup("/b/c/d").unwrap().1, "/d");
+        let deleted = added.with_change("/a", None, 3, 2, &metrics);
+        assert!(deleted.lookup("/a").is_none());
+        let fixed = deleted.with_change("/bad", Some("http://ok"), 4, 2, &metrics);
+        assert_eq!((fixed.len(), fixed.invalid_entries), (2, 0));
+        let broken = fixed.with_change("/a", Some("nope"), 5, 3, &metrics);
+        assert_eq!((broken.len(), broken.invalid_entries), (2, 1));
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //!    `INCR` in one transaction, then `PUBLISH`) until both nodes route it,
 //!    over 100 changes;
 //! 2. reload disturbance: request latency on a node holding 10,000
-//!    mappings, with and without a full reload every 100 ms (wrk).
+//!    mappings, with and without a change every 100 ms (wrk). Each change
+//!    is announced with its prefix and applied from a one-field read;
+//!    `FULL_RELOAD=1` announces it the Go way (`mapping_added`), so each
+//!    change is a full re-read of all 10,000. `RELOAD_EVERY_MS` sets the
+//!    interval.
 //!
 //! ```sh
 //! cargo build --release -p apiproxy-dataplane
@@ -112,8 +116,15 @@ async fn main() {
         pipe.hset(&keys.mappings, format!("/svc{i}/v1"), up.url())
             .ignore();
     }
+    pipe.incr(&keys.version, 1).ignore();
     let _: () = pipe.query_async(&mut conn).await.unwrap();
-    upsert(&mut conn, &keys, "/svc0/v1", &up.url()).await;
+    // A bulk load is announced without a prefix: nodes re-read everything.
+    let _: () = redis::cmd("PUBLISH")
+        .arg(&keys.updates)
+        .arg("bulk-load")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let node = &nodes[0];
     node.wait_status("/svc9999/v1/x", 200).await;
     let addr = node.addr;
@@ -127,6 +138,7 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(100),
     );
+    let full_reload = std::env::var("FULL_RELOAD").is_ok_and(|v| v == "1");
     let writer = {
         let mut conn = redis.conn().await;
         let keys = keys.clone();
@@ -134,7 +146,27 @@ async fn main() {
         tokio::spawn(async move {
             let mut i = 0u64;
             loop {
-                upsert(&mut conn, &keys, "/svc1/v1", &format!("{target}/r{i}")).await;
+                if full_reload {
+                    // The Go version's way: no prefix in the announcement,
+                    // so every node re-reads all 10,000 entries.
+                    let _: () = redis::pipe()
+                        .atomic()
+                        .hset(&keys.mappings, "/svc1/v1", format!("{target}/r{i}"))
+                        .ignore()
+                        .incr(&keys.version, 1)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    let _: () = redis::cmd("PUBLISH")
+                        .arg(&keys.updates)
+                        .arg("mapping_added")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                } else {
+                    upsert(&mut conn, &keys, "/svc1/v1", &format!("{target}/r{i}")).await;
+                }
                 i += 1;
                 tokio::time::sleep(reload_every).await;
             }
@@ -150,7 +182,15 @@ async fn main() {
         "  without reloads: p99 {:.2} ms, {:.0} req/s",
         quiet.0, quiet.1
     );
-    println!("  with a full reload every {reload_every:?} ({reloads} reloads): p99 {:.2} ms, {:.0} req/s",
-        busy.0, busy.1);
+    println!(
+        "  with a change every {reload_every:?}{} ({reloads} applied): p99 {:.2} ms, {:.0} req/s",
+        if full_reload {
+            ", each a full re-read"
+        } else {
+            ""
+        },
+        busy.0,
+        busy.1
+    );
     println!("  p99 ratio: {:.2}", busy.0 / quiet.0);
 }
