@@ -110,6 +110,7 @@ impl DataPlane {
                 state.clone(),
                 config.snapshot_cache.clone().map(SnapshotCache::new),
                 config.resync_interval,
+                config.ca_file.as_deref(),
             )?)),
         };
         Ok(DataPlane {

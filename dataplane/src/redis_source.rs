@@ -30,6 +30,8 @@ pub enum RedisSetupError {
     /// The URL itself is never printed: it may hold a password.
     #[error("API_PROXY_REDIS_URL: not a valid redis:// or rediss:// URL ({0})")]
     Url(String),
+    #[error("API_PROXY_CA_FILE: cannot read {0}")]
+    CaFile(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,14 +80,28 @@ impl RedisSource {
         state: Arc<RoutingState>,
         cache: Option<SnapshotCache>,
         resync: Duration,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<RedisSource, RedisSetupError> {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(RedisSetupError::Url(
                 "scheme must be redis:// or rediss://".into(),
             ));
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?;
+        let client = match (url.starts_with("rediss://"), ca_file) {
+            // A private CA for Redis over TLS: API_PROXY_CA_FILE becomes
+            // the trust roots of the Redis connection.
+            (true, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| RedisSetupError::CaFile(format!("{}: {e}", path.display())))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url, certs)
+            }
+            _ => redis::Client::open(url),
+        }
+        .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?;
         Ok(RedisSource {
             client,
             keys: RedisKeys::new(prefix),
@@ -384,6 +400,7 @@ mod tests {
             state.clone(),
             None,
             Duration::from_secs(1),
+            None,
         )
         .err()
         .unwrap();
@@ -393,7 +410,8 @@ mod tests {
             "apiproxy",
             state,
             None,
-            Duration::from_secs(1)
+            Duration::from_secs(1),
+            None,
         )
         .is_ok());
     }

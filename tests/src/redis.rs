@@ -18,6 +18,11 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// Extra `redis-server` arguments (auth, TLS).
+    args: Vec<String>,
+    tls: bool,
+    /// Certificate files of a TLS server, removed with it.
+    _files: Option<TempDir>,
 }
 
 fn free_port() -> u16 {
@@ -30,10 +35,19 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[], false)
+    }
+
+    /// Starts with extra arguments, e.g. `["--requirepass", "pw"]`. With
+    /// `tls`, the port is a TLS port (the arguments must name the files).
+    pub fn start_with(args: &[&str], tls: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: 0,
             dir: TempDir::new("redis"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            tls,
+            _files: None,
         };
         // Redis has no "port 0": pick a free port; retry if another process
         // takes it between our probe and Redis's bind.
@@ -46,18 +60,43 @@ impl RedisServer {
         panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
     }
 
+    /// A TLS-only server with a certificate for `localhost` from `ca`.
+    pub fn start_tls(ca: &crate::tls::TestCa) -> RedisServer {
+        let dir = TempDir::new("redis-tls");
+        let (cert, key, ca_file) = (
+            dir.path("cert.pem"),
+            dir.path("key.pem"),
+            dir.path("ca.pem"),
+        );
+        std::fs::write(&cert, &ca.server_cert_pem).unwrap();
+        std::fs::write(&key, &ca.server_key_pem).unwrap();
+        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+        let args = [
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca_file.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ];
+        let mut server = RedisServer::start_with(&args, true);
+        server._files = Some(dir);
+        server
+    }
+
     fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tls-port", "0"]
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .args(["--dir", self.dir.0.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -79,7 +118,16 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        if self.tls {
+            format!("rediss://localhost:{}/", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+    }
+
+    /// The CA file a client needs for a TLS server.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self._files.as_ref().map(|d| d.path("ca.pem"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -108,12 +156,30 @@ impl RedisServer {
         }
     }
 
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
+    /// A connection with the given URL, trusting the test CA for TLS.
+    pub async fn conn_to(&self, url: &str) -> redis::aio::MultiplexedConnection {
+        let client = match self.ca_file() {
+            Some(ca) => {
+                let root_cert = Some(std::fs::read(ca).unwrap());
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert,
+                    },
+                )
+                .unwrap()
+            }
+            None => redis::Client::open(url).unwrap(),
+        };
+        client
             .get_multiplexed_async_connection()
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.conn_to(&self.url()).await
     }
 }
 

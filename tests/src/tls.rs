@@ -8,6 +8,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub struct TestCa {
     pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
     server_cert: CertificateDer<'static>,
     server_key: Vec<u8>,
 }
@@ -24,6 +26,8 @@ impl TestCa {
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         TestCa {
             ca_pem: ca.pem(),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
             server_cert: cert.der().clone(),
             server_key: key.serialize_der(),
         }

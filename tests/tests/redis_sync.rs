@@ -274,3 +274,70 @@ async fn ten_thousand_mappings() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_acl_user_are_honoured() {
+    let keys = RedisKeys::default();
+    let up = upstream::http(echo_handler()).await;
+    // The Go version's style: one password for the default user.
+    let with_password = RedisServer::start_with(&["--requirepass", "s3cret-default"], false);
+    // An ACL user with its own password.
+    let with_user = RedisServer::start_with(
+        &["--user", "alice", "on", ">alice-pw", "~*", "&*", "+@all"],
+        false,
+    );
+    let urls = [
+        format!("redis://:s3cret-default@127.0.0.1:{}/", with_password.port),
+        format!("redis://alice:alice-pw@127.0.0.1:{}/", with_user.port),
+    ];
+    let mut nodes = Vec::new();
+    for (server, url) in [(&with_password, &urls[0]), (&with_user, &urls[1])] {
+        upsert(&mut server.conn_to(url).await, &keys, "/auth", &up.url()).await;
+        let node = DataPlane::start_redis(url, &[]);
+        node.wait_status("/auth/x", 200).await;
+        nodes.push(node);
+    }
+
+    // A wrong password: never ready, and no password is ever logged.
+    let wrong = DataPlane::start_redis(
+        &format!("redis://alice:wrong-pw@127.0.0.1:{}/", with_user.port),
+        &[],
+    );
+    apiproxy_tests::eventually("auth failure logged", Duration::from_secs(5), || async {
+        wrong
+            .logs()
+            .iter()
+            .any(|l| l.contains("Redis unreachable"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(wrong.readyz().await, 503);
+    nodes.push(wrong);
+    for node in &nodes {
+        assert!(
+            !node
+                .logs()
+                .iter()
+                .any(|l| l.contains("-pw") || l.contains("s3cret")),
+            "a password reached the logs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let ca = apiproxy_tests::tls::TestCa::new();
+    let redis = RedisServer::start_tls(&ca);
+    let keys = RedisKeys::default();
+    let up = upstream::http(echo_handler()).await;
+    upsert(&mut redis.conn().await, &keys, "/tls", &up.url()).await;
+    let ca_file = redis.ca_file().unwrap();
+    let node = DataPlane::start_redis(
+        &redis.url(),
+        &[("API_PROXY_CA_FILE", ca_file.to_str().unwrap())],
+    );
+    node.wait_status("/tls/x", 200).await;
+    // Changes follow over TLS too.
+    upsert(&mut redis.conn().await, &keys, "/tls2", &up.url()).await;
+    node.wait_status("/tls2/x", 200).await;
+}
