@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use apiproxy_shared::RedisKeys;
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::redis::{upsert, RedisServer};
+use apiproxy_tests::redis::{publish, upsert, RedisServer};
 use apiproxy_tests::upstream::{self, full, handler};
 use apiproxy_tests::DataPlane;
 
@@ -119,12 +119,7 @@ async fn main() {
     pipe.incr(&keys.version, 1).ignore();
     let _: () = pipe.query_async(&mut conn).await.unwrap();
     // A bulk load is announced without a prefix: nodes re-read everything.
-    let _: () = redis::cmd("PUBLISH")
-        .arg(&keys.updates)
-        .arg("bulk-load")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    publish(&mut conn, &keys, "bulk-load").await;
     let node = &nodes[0];
     node.wait_status("/svc9999/v1/x", 200).await;
     let addr = node.addr;
@@ -158,12 +153,7 @@ async fn main() {
                         .query_async(&mut conn)
                         .await
                         .unwrap();
-                    let _: () = redis::cmd("PUBLISH")
-                        .arg(&keys.updates)
-                        .arg("mapping_added")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
+                    publish(&mut conn, &keys, "mapping_added").await;
                 } else {
                     upsert(&mut conn, &keys, "/svc1/v1", &format!("{target}/r{i}")).await;
                 }

@@ -246,6 +246,52 @@ async fn announce(
         .unwrap();
 }
 
+/// Writes the Go version's way: the hash only, no version bump, no
+/// announcement (see [`publish`]).
+pub async fn hset_plain(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    prefix: &str,
+    target: &str,
+) {
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.mappings)
+        .arg(prefix)
+        .arg(target)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Deletes from the hash only, like an operator at `redis-cli`.
+pub async fn hdel_plain(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    prefix: &str,
+) {
+    let _: () = redis::cmd("HDEL")
+        .arg(&keys.mappings)
+        .arg(prefix)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Publishes a raw payload on the updates channel (the Go version sends
+/// `mapping_added`).
+pub async fn publish(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    payload: &str,
+) {
+    let _: () = redis::cmd("PUBLISH")
+        .arg(&keys.updates)
+        .arg(payload)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// A TCP proxy in front of a server; `cut()` drops every connection and
 /// refuses new ones until `restore()`.
 pub struct ChaosProxy {

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use apiproxy_shared::RedisKeys;
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::redis::{delete, upsert, ChaosProxy, RedisServer};
+use apiproxy_tests::redis::{
+    delete, hdel_plain, hset_plain, publish, upsert, ChaosProxy, RedisServer,
+};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{DataPlane, TempDir};
 
@@ -175,57 +177,23 @@ async fn data_written_the_go_way_and_direct_edits_are_picked_up() {
     let mut conn = redis.conn().await;
     let up = upstream::http(echo_handler()).await;
     // The Go version: a plain hash, no version key, "mapping_added" announcements.
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.mappings)
-        .arg("/go")
-        .arg(up.url())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    hset_plain(&mut conn, &keys, "/go", &up.url()).await;
     let node = DataPlane::start_redis(&redis.url(), &[FAST_RESYNC]);
     node.wait_status("/go/x", 200).await;
     assert_eq!(node.metric("apiproxy_config_version").await, 0.0);
 
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.mappings)
-        .arg("/added")
-        .arg(up.url())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("PUBLISH")
-        .arg(&keys.updates)
-        .arg("mapping_added")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    hset_plain(&mut conn, &keys, "/added", &up.url()).await;
+    publish(&mut conn, &keys, "mapping_added").await;
     node.wait_status("/added/x", 200).await;
 
     // An edit straight in Redis, no version bump, no announcement: the
     // periodic resync finds it.
-    let _: () = redis::cmd("HDEL")
-        .arg(&keys.mappings)
-        .arg("/go")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    hdel_plain(&mut conn, &keys, "/go").await;
     node.wait_status("/go/x", 404).await;
 
     // Invalid entries are skipped and counted; the rest applies.
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.mappings)
-        .arg("no-slash")
-        .arg("http://x")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.mappings)
-        .arg("/ftp")
-        .arg("ftp://x")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    hset_plain(&mut conn, &keys, "no-slash", "http://x").await;
+    hset_plain(&mut conn, &keys, "/ftp", "ftp://x").await;
     node.wait_metric("apiproxy_config_invalid_entries", 2.0)
         .await;
     assert_eq!(get_reply(node.addr, "/added/x").await.status, 200);
