@@ -397,3 +397,31 @@ async fn oversized_bodies_get_413() {
     drop(up);
     dp.assert_fds_return_to(baseline).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_that_never_completes_hits_the_connect_timeout() {
+    // TCP connects, but the "TLS server" never answers the ClientHello: the
+    // connect timeout covers TCP and TLS together.
+    let (up, mut closed) = scripted(|s: TcpStream| async move { Some(s) }).await;
+    let target = format!("https://127.0.0.1:{}", up.addr.port());
+    let dp = DataPlane::start(
+        &one_mapping("/tls", &target),
+        &[("API_PROXY_CONNECT_TIMEOUT", "500ms")],
+    );
+    let baseline = dp.open_fds();
+    let start = Instant::now();
+    let reply = get_reply(dp.addr, "/tls/x").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.headers["x-apiproxy-error"], "upstream_timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(2), closed.recv())
+        .await
+        .expect("upstream closed")
+        .unwrap();
+    assert_eq!(up.counters.accepted(), 1, "timeouts are never retried");
+    dp.assert_fds_return_to(baseline).await;
+}
