@@ -1,0 +1,231 @@
+//! Control-plane configuration (SPEC §2): flags with environment
+//! fallbacks; the secrets `ADMIN_TOKEN` and `API_PROXY_NODE_TOKEN` come from
+//! the environment only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The `.env.example` placeholder, refused as a real token.
+pub const PLACEHOLDER_TOKEN: &str = "change-me-to-a-long-random-secret";
+const MIN_TOKEN_LEN: usize = 16;
+
+/// apiproxy control plane: mapping API over Redis, admin console and
+/// cluster stats. The admin secret comes from ADMIN_TOKEN (environment only).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "apiproxy-controlplane", version, about, long_about = None)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Console, admin API, /stats, /metrics and health.
+    #[arg(
+        long,
+        env = "API_PROXY_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8001",
+        global = true
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// redis://[user]:[pass]@host:port/db or rediss://.
+    #[arg(
+        long,
+        env = "API_PROXY_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// Namespace of every Redis key and channel.
+    #[arg(
+        long,
+        env = "API_PROXY_REDIS_PREFIX",
+        value_name = "NAME",
+        default_value = "apiproxy",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// A node with no stats batch for this long is `down`.
+    #[arg(long, env = "API_PROXY_NODE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub node_timeout: Duration,
+
+    /// false: /stats and the dashboard data need admin auth too.
+    #[arg(long, env = "API_PROXY_PUBLIC_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, global = true)]
+    pub public_stats: bool,
+
+    /// Mark the session cookie Secure (set when served over TLS).
+    #[arg(long, env = "API_PROXY_COOKIE_SECURE", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set, global = true)]
+    pub cookie_secure: bool,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(
+        long,
+        env = "API_PROXY_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Write the default mappings into an empty hash (needs only API_PROXY_REDIS_URL).
+    Init,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 10s, 5m)"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin_listen: SocketAddr,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub node_timeout: Duration,
+    pub public_stats: bool,
+    pub cookie_secure: bool,
+    pub log_format: LogFormat,
+    pub admin_token: String,
+    pub node_token: Option<String>,
+    pub init_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Info(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Info(_) => 0,
+            ConfigError::Invalid(_) => EXIT_CONFIG,
+        }
+    }
+}
+
+impl Config {
+    pub fn parse<I, T>(args: I, env: &HashMap<String, String>) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = Args::try_parse_from(args).map_err(|e| match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                ConfigError::Info(e.to_string())
+            }
+            _ => ConfigError::Invalid(
+                e.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            ),
+        })?;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let init_only = matches!(args.command, Some(Command::Init));
+        let Some(redis_url) = args.redis_url.filter(|u| !u.is_empty()) else {
+            return invalid("API_PROXY_REDIS_URL must be set (redis://host:6379/0)");
+        };
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return invalid("API_PROXY_REDIS_URL: must start with redis:// or rediss://");
+        }
+        let admin_token = env.get("ADMIN_TOKEN").cloned().unwrap_or_default();
+        if !init_only {
+            if admin_token.is_empty() {
+                return invalid("ADMIN_TOKEN must be set (environment only, at least 16 bytes)");
+            }
+            if admin_token == PLACEHOLDER_TOKEN {
+                return invalid(
+                    "ADMIN_TOKEN is still the .env.example placeholder: set a real secret",
+                );
+            }
+            if admin_token.len() < MIN_TOKEN_LEN {
+                return invalid("ADMIN_TOKEN is shorter than 16 bytes");
+            }
+        }
+        if args.node_timeout.is_zero() {
+            return invalid("API_PROXY_NODE_TIMEOUT: must be greater than zero");
+        }
+        Ok(Config {
+            admin_listen: args.admin_listen,
+            redis_url,
+            redis_prefix: args.redis_prefix,
+            node_timeout: args.node_timeout,
+            public_stats: args.public_stats,
+            cookie_secure: args.cookie_secure,
+            log_format: args.log_format,
+            admin_token,
+            node_token: env
+                .get("API_PROXY_NODE_TOKEN")
+                .filter(|t| !t.is_empty())
+                .cloned(),
+            init_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(
+            std::iter::once("apiproxy-controlplane").chain(args.iter().copied()),
+            &env,
+        )
+    }
+
+    const URL: [&str; 2] = ["--redis-url", "redis://127.0.0.1:6379/"];
+
+    #[test]
+    fn admin_token_rules() {
+        for (token, needle) in [
+            ("", "ADMIN_TOKEN must be set"),
+            ("short", "shorter than 16"),
+            (PLACEHOLDER_TOKEN, "placeholder"),
+        ] {
+            let err = parse(&URL, &[("ADMIN_TOKEN", token)]).unwrap_err();
+            assert_eq!(err.exit_code(), EXIT_CONFIG);
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let ok = parse(&URL, &[("ADMIN_TOKEN", "a-very-long-admin-token")]).unwrap();
+        assert_eq!(ok.admin_listen, "0.0.0.0:8001".parse().unwrap());
+        assert!(ok.public_stats && !ok.cookie_secure);
+        assert_eq!(ok.node_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn init_needs_only_the_redis_url() {
+        let c = parse(&["init", "--redis-url", "redis://h/"], &[]).unwrap();
+        assert!(c.init_only);
+        assert!(parse(&["init"], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("API_PROXY_REDIS_URL"));
+    }
+}

@@ -1,0 +1,73 @@
+//! The API's error type: every error body is `{"success": false, "error":
+//! "…"}`; 5xx are logged once and never show internals to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("too many failed logins; try again later")]
+    TooManyRequests { retry_after: u64 },
+    #[error("Redis is unavailable")]
+    Unavailable(#[source] redis::RedisError),
+}
+
+impl AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists(_) => AppError::Conflict(e.to_string()),
+            StoreError::Missing(_) => AppError::NotFound(e.to_string()),
+            StoreError::Redis(e) => AppError::Unavailable(e),
+        }
+    }
+}
+
+impl From<redis::RedisError> for AppError {
+    fn from(e: redis::RedisError) -> Self {
+        AppError::Unavailable(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Unavailable(source) = &self {
+            tracing::error!(error = %source, "Redis request failed");
+        }
+        let status = self.status();
+        let body = Json(serde_json::json!({"success": false, "error": self.to_string()}));
+        let mut response = (status, body).into_response();
+        if let AppError::TooManyRequests { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}

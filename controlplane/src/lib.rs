@@ -1,0 +1,89 @@
+//! apiproxy control plane: the admin API over Redis (SPEC §5), written
+//! through the shared crate's key names and validation rules.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError, EXIT_CONFIG};
+
+use crate::api::AppState;
+use crate::auth::{LoginLimiter, Secret, Sessions};
+use crate::store::Store;
+
+/// Longest wait for Redis on any request: the API answers 503 rather than
+/// hanging when Redis is away.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The default mappings `init` writes into an empty hash (SPEC §2).
+pub const DEFAULT_MAPPINGS: [(&str, &str); 15] = [
+    ("/openai", "https://api.openai.com"),
+    ("/claude", "https://api.anthropic.com"),
+    ("/gemini", "https://generativelanguage.googleapis.com"),
+    ("/xai", "https://api.x.ai"),
+    ("/groq", "https://api.groq.com/openai"),
+    ("/cohere", "https://api.cohere.ai"),
+    ("/together", "https://api.together.xyz"),
+    ("/fireworks", "https://api.fireworks.ai"),
+    ("/openrouter", "https://openrouter.ai/api"),
+    ("/cerebras", "https://api.cerebras.ai"),
+    ("/huggingface", "https://api-inference.huggingface.co"),
+    ("/novita", "https://api.novita.ai"),
+    ("/portkey", "https://api.portkey.ai"),
+    ("/telegram", "https://api.telegram.org"),
+    ("/discord", "https://discord.com/api"),
+];
+
+/// A Redis connection that reconnects by itself and is made lazily, so
+/// the control plane starts (and reports not-ready) while Redis is down.
+pub fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url)
+        .map_err(|e| format!("API_PROXY_REDIS_URL: invalid ({:?})", e.kind()))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(2);
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+        format!(
+            "API_PROXY_REDIS_URL: cannot set up the connection ({:?})",
+            e.kind()
+        )
+    })
+}
+
+/// The whole HTTP application for `config` over `conn`.
+pub fn app(config: &Config, conn: ConnectionManager) -> Router {
+    let state = AppState {
+        store: Store::new(conn.clone(), &config.redis_prefix),
+        sessions: Sessions::new(conn, &config.redis_prefix),
+        admin: Secret::new(&config.admin_token),
+        limiter: LoginLimiter::default(),
+        cookie_secure: config.cookie_secure,
+    };
+    api::router(Arc::new(state))
+}
+
+/// Serves until `shutdown`, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}

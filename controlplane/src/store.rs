@@ -1,0 +1,272 @@
+//! Mappings in Redis (SPEC §4), written atomically: each change, its
+//! version bump and its audit entry happen in one Lua script; the
+//! announcement is published after it. Readers (the data planes) never see
+//! a change without its version, nor a version without its change.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde::Serialize;
+
+/// Audit entries kept (approximately) in the stream.
+const AUDIT_MAX_LEN: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a mapping for {0} already exists")]
+    Exists(String),
+    #[error("no mapping for {0}")]
+    Missing(String),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One audit entry (SPEC §5).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub time: u64,
+    pub op: String,
+    pub prefix: String,
+    pub old_target: Option<String>,
+    pub new_target: Option<String>,
+    pub actor: String,
+}
+
+// KEYS: mappings, version, audit. ARGV: prefix, target, actor, time, maxlen.
+const CREATE: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[4], 'op', 'create',
+  'prefix', ARGV[1], 'old_target', '', 'new_target', ARGV[2], 'actor', ARGV[3])
+return v";
+
+const UPDATE: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[4], 'op', 'update',
+  'prefix', ARGV[1], 'old_target', old, 'new_target', ARGV[2], 'actor', ARGV[3])
+return v";
+
+// ARGV: prefix, (unused), actor, time, maxlen.
+const DELETE: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local v = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[4], 'op', 'delete',
+  'prefix', ARGV[1], 'old_target', old, 'new_target', '', 'actor', ARGV[3])
+return v";
+
+// ARGV: actor, time, maxlen, then prefix/target pairs of the new set.
+const REPLACE: &str = r"
+local old = {}
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
+local new = {}
+for i = 4, #ARGV, 2 do new[ARGV[i]] = ARGV[i + 1] end
+local function audit(op, prefix, before, after)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'time', ARGV[2], 'op', op,
+    'prefix', prefix, 'old_target', before or '', 'new_target', after or '', 'actor', ARGV[1])
+end
+for prefix, target in pairs(old) do
+  if new[prefix] == nil then audit('delete', prefix, target, nil) end
+end
+for prefix, target in pairs(new) do
+  if old[prefix] == nil then audit('create', prefix, nil, target)
+  elseif old[prefix] ~= target then audit('update', prefix, old[prefix], target) end
+end
+redis.call('DEL', KEYS[1])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return redis.call('INCR', KEYS[2])";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The mapping store of one Redis namespace.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: RedisKeys,
+}
+
+impl Store {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Store {
+        Store {
+            conn,
+            keys: RedisKeys::new(prefix),
+        }
+    }
+
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    /// All mappings and the version, read in one transaction.
+    pub async fn list(&self) -> Result<(BTreeMap<String, String>, u64), StoreError> {
+        let mut conn = self.conn.clone();
+        let (map, version): (BTreeMap<String, String>, Option<u64>) = redis::pipe()
+            .atomic()
+            .hgetall(&self.keys.mappings)
+            .get(&self.keys.version)
+            .query_async(&mut conn)
+            .await?;
+        Ok((map, version.unwrap_or(0)))
+    }
+
+    pub async fn get(&self, prefix: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hget(&self.keys.mappings, prefix).await?)
+    }
+
+    async fn change(
+        &self,
+        script: &str,
+        prefix: &str,
+        target: &str,
+        actor: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let version: i64 = Script::new(script)
+            .key(&self.keys.mappings)
+            .key(&self.keys.version)
+            .key(&self.keys.audit)
+            .arg(prefix)
+            .arg(target)
+            .arg(actor)
+            .arg(now_ms())
+            .arg(AUDIT_MAX_LEN)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(u64::try_from(version).ok())
+    }
+
+    pub async fn create(&self, prefix: &str, target: &str, actor: &str) -> Result<u64, StoreError> {
+        let v = self
+            .change(CREATE, prefix, target, actor)
+            .await?
+            .ok_or_else(|| StoreError::Exists(prefix.into()))?;
+        self.announce(v, UpdateOp::Upsert, Some(prefix)).await;
+        Ok(v)
+    }
+
+    pub async fn update(&self, prefix: &str, target: &str, actor: &str) -> Result<u64, StoreError> {
+        let v = self
+            .change(UPDATE, prefix, target, actor)
+            .await?
+            .ok_or_else(|| StoreError::Missing(prefix.into()))?;
+        self.announce(v, UpdateOp::Upsert, Some(prefix)).await;
+        Ok(v)
+    }
+
+    pub async fn delete(&self, prefix: &str, actor: &str) -> Result<u64, StoreError> {
+        let v = self
+            .change(DELETE, prefix, "", actor)
+            .await?
+            .ok_or_else(|| StoreError::Missing(prefix.into()))?;
+        self.announce(v, UpdateOp::Delete, Some(prefix)).await;
+        Ok(v)
+    }
+
+    /// Replaces the whole set atomically with one version bump.
+    pub async fn replace(
+        &self,
+        mappings: &BTreeMap<String, String>,
+        actor: &str,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let script = Script::new(REPLACE);
+        let mut invocation = script.key(&self.keys.mappings);
+        invocation
+            .key(&self.keys.version)
+            .key(&self.keys.audit)
+            .arg(actor)
+            .arg(now_ms())
+            .arg(AUDIT_MAX_LEN);
+        for (prefix, target) in mappings {
+            invocation.arg(prefix).arg(target);
+        }
+        let v: u64 = invocation.invoke_async(&mut conn).await?;
+        self.announce(v, UpdateOp::Replace, None).await;
+        Ok(v)
+    }
+
+    /// Writes the given mappings only when the hash is empty (`init`).
+    /// Returns the new version, or `None` when the hash held anything.
+    pub async fn init_defaults(
+        &self,
+        defaults: &[(&str, &str)],
+        actor: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let len: u64 = conn.hlen(&self.keys.mappings).await?;
+        if len > 0 {
+            return Ok(None);
+        }
+        let map: BTreeMap<String, String> = defaults
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        self.replace(&map, actor).await.map(Some)
+    }
+
+    /// Publishes the change. A lost announcement is not fatal: nodes also
+    /// re-read on their resync interval.
+    async fn announce(&self, version: u64, op: UpdateOp, prefix: Option<&str>) {
+        let message = UpdateMessage {
+            version,
+            op,
+            prefix: prefix.map(str::to_owned),
+        };
+        let mut conn = self.conn.clone();
+        if let Err(error) = conn
+            .publish::<_, _, ()>(&self.keys.updates, message.to_json())
+            .await
+        {
+            tracing::warn!(%error, version, "could not announce a mapping change; nodes will catch up on resync");
+        }
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrevrange_count(&self.keys.audit, "+", "-", limit)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let field = |name: &str| entry.get::<String>(name).filter(|v| !v.is_empty());
+                AuditEntry {
+                    time: field("time").and_then(|t| t.parse().ok()).unwrap_or(0),
+                    op: field("op").unwrap_or_default(),
+                    prefix: field("prefix").unwrap_or_default(),
+                    old_target: field("old_target"),
+                    new_target: field("new_target"),
+                    actor: field("actor").unwrap_or_default(),
+                    id: entry.id,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}

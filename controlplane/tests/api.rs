@@ -1,0 +1,540 @@
+//! The admin API in-process (tower `oneshot`) against a real `redis-server`:
+//! every route, status code and validation rule of SPEC §5.
+
+use std::collections::HashMap;
+
+use apiproxy_controlplane::{app, redis_connection, Config};
+use apiproxy_tests::redis::{hset_plain, RedisServer};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+struct Api {
+    router: Router,
+    redis: RedisServer,
+}
+
+impl Api {
+    fn start() -> Api {
+        let redis = RedisServer::start();
+        let env: HashMap<String, String> = [("ADMIN_TOKEN".to_owned(), TOKEN.to_owned())].into();
+        let url = redis.url();
+        let config =
+            Config::parse(["apiproxy-controlplane", "--redis-url", url.as_str()], &env).unwrap();
+        let router = app(&config, redis_connection(&url).unwrap());
+        Api { router, redis }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value, header::HeaderMap) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(auth) = auth {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
+        let response = self.router.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value, headers)
+    }
+
+    async fn admin(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .call(
+                method,
+                uri,
+                Some(&format!("Bearer {TOKEN}")),
+                body.map(|b| b.to_string()),
+            )
+            .await;
+        (s, v)
+    }
+}
+
+#[tokio::test]
+async fn every_admin_route_needs_auth() {
+    let api = Api::start();
+    for (method, uri) in [
+        ("GET", "/api/mappings"),
+        ("POST", "/api/mappings"),
+        ("PUT", "/api/mappings"),
+        ("GET", "/api/mappings/openai"),
+        ("PUT", "/api/mappings/openai"),
+        ("DELETE", "/api/mappings/openai"),
+        ("GET", "/api/audit"),
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong-token-wrong-token"),
+            Some(TOKEN),
+            Some("Basic abc"),
+        ] {
+            let (status, body, _) = api.call(method, uri, auth, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} {auth:?}");
+            assert_eq!(
+                body,
+                json!({"success": false, "error": "authentication required"})
+            );
+        }
+    }
+    assert_eq!(
+        api.admin("GET", "/api/mappings", None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn crud_follows_the_spec_table() {
+    let api = Api::start();
+    let (s, body) = api
+        .admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/openai", "target": "https://api.openai.com/"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(body["success"], true);
+    assert_eq!(
+        body["mapping"],
+        json!({"prefix": "/openai", "target": "https://api.openai.com"})
+    );
+    assert_eq!(body["version"], 1);
+    assert!(body["message"].is_string());
+
+    let (s, body) = api
+        .admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/openai", "target": "https://x.example"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(body["success"], false);
+
+    let (s, body) = api.admin("GET", "/api/mappings/openai", None).await;
+    assert_eq!(
+        (s, &body["mapping"]["target"]),
+        (StatusCode::OK, &json!("https://api.openai.com"))
+    );
+    assert_eq!(
+        api.admin("GET", "/api/mappings/nothing", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (s, body) = api
+        .admin(
+            "PUT",
+            "/api/mappings/openai",
+            Some(json!({"target": "https://proxy.example/v1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body["mapping"],
+        json!({"prefix": "/openai", "target": "https://proxy.example/v1"})
+    );
+    assert_eq!(body["version"], 2);
+    assert_eq!(
+        api.admin(
+            "PUT",
+            "/api/mappings/nothing",
+            Some(json!({"target": "https://a.b"}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Multi-segment prefixes and the prefix "/" itself.
+    assert_eq!(
+        api.admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/google/v1", "target": "https://g.example"}))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/", "target": "http://default.example"}))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    let (s, body) = api.admin("GET", "/api/mappings/google/v1", None).await;
+    assert_eq!(
+        (s, &body["mapping"]["prefix"]),
+        (StatusCode::OK, &json!("/google/v1"))
+    );
+    let (s, body) = api.admin("GET", "/api/mappings/%2F", None).await;
+    assert_eq!(
+        (s, &body["mapping"]["prefix"]),
+        (StatusCode::OK, &json!("/"))
+    );
+
+    let (s, body) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["count"], 3);
+    assert_eq!(body["version"], 4);
+    assert_eq!(body["mappings"]["/google/v1"], "https://g.example");
+
+    let (s, body) = api.admin("DELETE", "/api/mappings/google/v1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"success": true, "prefix": "/google/v1", "version": 5})
+    );
+    assert_eq!(
+        api.admin("DELETE", "/api/mappings/google/v1", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.admin("DELETE", "/api/mappings/%2F", None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let api = Api::start();
+    let cases = [
+        (
+            json!({"prefix": "openai", "target": "https://a.b"}),
+            "prefix",
+        ),
+        (json!({"prefix": "/a/", "target": "https://a.b"}), "prefix"),
+        (json!({"prefix": "/a b", "target": "https://a.b"}), "prefix"),
+        (json!({"prefix": "/a?x", "target": "https://a.b"}), "prefix"),
+        (
+            json!({"prefix": "/a/../b", "target": "https://a.b"}),
+            "prefix",
+        ),
+        (
+            json!({"prefix": "/a%2F", "target": "https://a.b"}),
+            "prefix",
+        ),
+        (
+            json!({"prefix": format!("/{}", "a".repeat(300)), "target": "https://a.b"}),
+            "prefix",
+        ),
+        (json!({"prefix": "/a", "target": "ftp://a.b"}), "target"),
+        (
+            json!({"prefix": "/a", "target": "https://user:pw@a.b"}),
+            "target",
+        ),
+        (
+            json!({"prefix": "/a", "target": "https://a.b/?q=1"}),
+            "target",
+        ),
+        (
+            json!({"prefix": "/a", "target": "https://a.b/#f"}),
+            "target",
+        ),
+        (
+            json!({"prefix": "/a", "target": "api.openai.com"}),
+            "target",
+        ),
+        (json!({"prefix": "/a", "target": 5}), "target"),
+        (json!({"prefix": "/a"}), "target"),
+        (
+            json!({"prefix": "/a", "target": "https://a.b", "extra": 1}),
+            "extra",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, reply) = api.admin("POST", "/api/mappings", Some(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reply["success"], false);
+        assert!(
+            reply["error"].as_str().unwrap().contains(field),
+            "{body}: {reply}"
+        );
+    }
+    let (s, reply, _) = api
+        .call(
+            "POST",
+            "/api/mappings",
+            Some(&format!("Bearer {TOKEN}")),
+            Some("{not json".into()),
+        )
+        .await;
+    assert_eq!(
+        (s, &reply["success"]),
+        (StatusCode::BAD_REQUEST, &json!(false))
+    );
+    let big = json!({"prefix": "/a", "target": format!("https://a.b/{}", "x".repeat(70_000))})
+        .to_string();
+    let (s, reply, _) = api
+        .call(
+            "POST",
+            "/api/mappings",
+            Some(&format!("Bearer {TOKEN}")),
+            Some(big),
+        )
+        .await;
+    assert_eq!(
+        (s, &reply["success"]),
+        (StatusCode::PAYLOAD_TOO_LARGE, &json!(false))
+    );
+    // Nothing was written by any of them.
+    assert_eq!(api.admin("GET", "/api/mappings", None).await.1["count"], 0);
+}
+
+#[tokio::test]
+async fn replace_all_is_one_version_and_audits_each_change() {
+    let api = Api::start();
+    api.admin(
+        "POST",
+        "/api/mappings",
+        Some(json!({"prefix": "/keep", "target": "https://k.example"})),
+    )
+    .await;
+    api.admin(
+        "POST",
+        "/api/mappings",
+        Some(json!({"prefix": "/drop", "target": "https://d.example"})),
+    )
+    .await;
+    api.admin(
+        "POST",
+        "/api/mappings",
+        Some(json!({"prefix": "/edit", "target": "https://e.example"})),
+    )
+    .await;
+    let (s, body) = api
+        .admin("PUT", "/api/mappings", Some(json!({"mappings": {"/keep": "https://k.example", "/edit": "https://e2.example", "/new": "https://n.example"}})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 4);
+    let (_, list) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(
+        list["mappings"],
+        json!({"/keep": "https://k.example", "/edit": "https://e2.example", "/new": "https://n.example"})
+    );
+
+    let (_, audit) = api.admin("GET", "/api/audit?limit=10", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(
+        entries.len(),
+        6,
+        "3 creates + delete /drop, update /edit, create /new: {audit}"
+    );
+    let ops: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["op"].as_str().unwrap(), e["prefix"].as_str().unwrap()))
+        .collect();
+    assert!(
+        ops[..3].contains(&("delete", "/drop"))
+            && ops[..3].contains(&("update", "/edit"))
+            && ops[..3].contains(&("create", "/new"))
+    );
+    assert_eq!(
+        &ops[3..],
+        &[
+            ("create", "/edit"),
+            ("create", "/drop"),
+            ("create", "/keep")
+        ],
+        "newest first"
+    );
+    let update = entries.iter().find(|e| e["op"] == "update").unwrap();
+    assert_eq!(update["old_target"], "https://e.example");
+    assert_eq!(update["new_target"], "https://e2.example");
+    assert!(update["time"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(update["actor"].is_string() && update["id"].is_string());
+
+    // An invalid entry refuses the whole replacement.
+    let (s, body) = api
+        .admin(
+            "PUT",
+            "/api/mappings",
+            Some(json!({"mappings": {"/ok": "https://a.b", "bad": "https://a.b"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("prefix"));
+    assert_eq!(
+        api.admin("GET", "/api/mappings", None).await.1["version"],
+        4
+    );
+}
+
+#[tokio::test]
+async fn login_sessions_logout_and_lockout() {
+    let api = Api::start();
+    let (s, body, headers) = api
+        .call(
+            "POST",
+            "/api/admin/login",
+            None,
+            Some(json!({"token": TOKEN}).to_string()),
+        )
+        .await;
+    assert_eq!((s, body), (StatusCode::OK, json!({"success": true})));
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && !cookie.contains("Secure")
+    );
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie must not hold the token"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    let with_cookie = |method: &'static str, uri: &'static str| {
+        let session = session.clone();
+        let router = api.router.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::COOKIE, session)
+                .body(Body::empty())
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(with_cookie("GET", "/api/mappings").await, StatusCode::OK);
+    assert_eq!(
+        with_cookie("POST", "/api/admin/logout").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        with_cookie("GET", "/api/mappings").await,
+        StatusCode::UNAUTHORIZED,
+        "logout ends the session"
+    );
+
+    // Ten failures within a minute lock the address out, even for the right token.
+    for _ in 0..10 {
+        let (s, _, _) = api
+            .call(
+                "POST",
+                "/api/admin/login",
+                None,
+                Some(json!({"token": "wrong"}).to_string()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, body, headers) = api
+        .call(
+            "POST",
+            "/api/admin/login",
+            None,
+            Some(json!({"token": TOKEN}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["success"], false);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn concurrent_writes_lose_nothing() {
+    let api = Api::start();
+    // Two POSTs of one prefix: exactly one 201 and one 409.
+    let body = Some(json!({"prefix": "/race", "target": "https://a.b"}));
+    let (a, b) = tokio::join!(
+        api.admin("POST", "/api/mappings", body.clone()),
+        api.admin("POST", "/api/mappings", body)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT]);
+    // 50 concurrent edits: 50 version bumps.
+    let edits = (0..50).map(|i| {
+        api.admin(
+            "PUT",
+            "/api/mappings/race",
+            Some(json!({"target": format!("https://t{i}.example")})),
+        )
+    });
+    let results = futures_util::future::join_all(edits).await;
+    assert!(results.iter().all(|(s, _)| *s == StatusCode::OK));
+    assert_eq!(
+        api.admin("GET", "/api/mappings", None).await.1["version"],
+        51
+    );
+}
+
+#[tokio::test]
+async fn go_version_data_is_listed_and_editable() {
+    let api = Api::start();
+    let mut conn = api.redis.conn().await;
+    let keys = apiproxy_shared::RedisKeys::default();
+    hset_plain(&mut conn, &keys, "/newapi", "https://new.example").await;
+    let (s, body) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(
+        (s, &body["mappings"]["/newapi"], &body["version"]),
+        (StatusCode::OK, &json!("https://new.example"), &json!(0))
+    );
+    // The Go README's curl examples.
+    assert_eq!(
+        api.admin(
+            "PUT",
+            "/api/mappings/newapi",
+            Some(json!({"target": "https://newer.example"}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.admin("DELETE", "/api/mappings/newapi", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(api.admin("GET", "/api/mappings", None).await.1["count"], 0);
+}
+
+#[tokio::test]
+async fn health_and_readiness_follow_redis() {
+    let mut api = Api::start();
+    assert_eq!(
+        api.call("GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+    api.redis.kill();
+    let (s, body, _) = api.call("GET", "/readyz", None, None).await;
+    assert_eq!(
+        (s, &body["ready"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!(false))
+    );
+    assert_eq!(
+        api.call("GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    let (s, body) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(
+        (s, &body["success"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!(false))
+    );
+}
