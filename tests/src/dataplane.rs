@@ -24,6 +24,59 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Spawns a workspace binary with a clean environment plus `env`,
+/// collecting its (JSON) log lines; returns the child, the logs and the
+/// first log line that has all of `addr_fields`, parsed.
+pub(crate) fn spawn_logged(
+    name: &str,
+    dir: &TempDir,
+    env: &[(&str, &str)],
+    args: &[&str],
+    addr_fields: &'static [&'static str],
+) -> (Child, Arc<Mutex<Vec<String>>>, Vec<SocketAddr>) {
+    let mut cmd = Command::new(binary(name));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .current_dir(&dir.0)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let addrs: Option<Vec<SocketAddr>> = addr_fields
+                    .iter()
+                    .map(|f| v[*f].as_str().and_then(|a| a.parse().ok()))
+                    .collect();
+                if let Some(addrs) = addrs {
+                    let _ = tx.send(addrs);
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addrs) => (child, logs, addrs),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "{name} did not start; logs:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
+        }
+    }
+}
+
 /// A running `apiproxy-dataplane`, stopped (SIGKILL) on drop if still alive.
 pub struct DataPlane {
     child: Child,
@@ -51,53 +104,25 @@ impl DataPlane {
     }
 
     fn spawn(dir: TempDir, source: &[(&str, &str)], env: &[(&str, &str)]) -> DataPlane {
-        let mut cmd = Command::new(binary("apiproxy-dataplane"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("API_PROXY_LISTEN", "127.0.0.1:0")
-            .env("API_PROXY_METRICS_LISTEN", "127.0.0.1:0")
-            .env("API_PROXY_LOG_FORMAT", "json")
-            .env("API_PROXY_WORKERS", "2")
-            .env("API_PROXY_TARGET_POLICY", "any")
-            .env("RUST_LOG", "info")
-            .current_dir(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in source.iter().chain(env) {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn apiproxy-dataplane");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let (Some(p), Some(m)) =
-                        (v["proxy_addr"].as_str(), v["metrics_addr"].as_str())
-                    {
-                        let _ = tx.send((p.parse().unwrap(), m.parse().unwrap()));
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addrs) => addrs,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "data plane did not start; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let defaults = [
+            ("API_PROXY_LISTEN", "127.0.0.1:0"),
+            ("API_PROXY_METRICS_LISTEN", "127.0.0.1:0"),
+            ("API_PROXY_LOG_FORMAT", "json"),
+            ("API_PROXY_WORKERS", "2"),
+            ("API_PROXY_TARGET_POLICY", "any"),
+        ];
+        let all: Vec<(&str, &str)> = defaults.iter().chain(source).chain(env).copied().collect();
+        let (child, logs, addrs) = spawn_logged(
+            "apiproxy-dataplane",
+            &dir,
+            &all,
+            &[],
+            &["proxy_addr", "metrics_addr"],
+        );
         DataPlane {
             child,
-            addr,
-            metrics_addr,
+            addr: addrs[0],
+            metrics_addr: addrs[1],
             logs,
             dir,
         }

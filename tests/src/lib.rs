@@ -3,6 +3,7 @@
 //! clients that can misbehave on purpose.
 
 pub mod client;
+pub mod controlplane;
 pub mod dataplane;
 pub mod redis;
 pub mod tls;

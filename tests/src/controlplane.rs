@@ -1,0 +1,74 @@
+//! The real control-plane binary as a child process.
+
+use std::net::SocketAddr;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::client::{call, Reply};
+use crate::dataplane::spawn_logged;
+use crate::TempDir;
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+pub struct ControlPlane {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl ControlPlane {
+    pub fn start(redis_url: &str, env: &[(&str, &str)]) -> ControlPlane {
+        let dir = TempDir::new("cp");
+        let base = [
+            ("API_PROXY_REDIS_URL", redis_url),
+            ("API_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("API_PROXY_LOG_FORMAT", "json"),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
+        let all: Vec<(&str, &str)> = base.iter().chain(env).copied().collect();
+        let (child, logs, addrs) =
+            spawn_logged("apiproxy-controlplane", &dir, &all, &[], &["admin_addr"]);
+        ControlPlane {
+            child,
+            addr: addrs[0],
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// An admin API call with the bearer token.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "controlplane")
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        call(self.addr, req.body(Full::new(body)).unwrap()).await
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
