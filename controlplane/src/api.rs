@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use apiproxy_shared::validate_mapping;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
 };
@@ -17,10 +17,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa::OpenApi;
 
 use crate::auth::{LoginLimiter, Secret, Sessions, SESSION_COOKIE, SESSION_TTL};
 use crate::error::AppError;
+use crate::model::{
+    AllMappings, AuditList, ErrorBody, Login, Mapping, MappingChanged, MappingDeleted,
+    MappingFound, MappingList, NewMapping, NewTarget, Readiness, Success,
+};
 use crate::store::Store;
 
 /// Request bodies over this are refused with 413.
@@ -49,8 +53,9 @@ pub fn router(state: Shared) -> Router {
         .merge(admin)
         .route("/api/admin/login", post(login))
         .route("/api/admin/logout", post(logout))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -145,101 +150,112 @@ fn check(prefix: &str, target: &str) -> Result<(String, String), AppError> {
     Ok((m.prefix, m.target))
 }
 
-async fn list(State(state): State<Shared>) -> Result<Json<Value>, AppError> {
+#[utoipa::path(get, path = "/api/mappings", tag = "mappings", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = MappingList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn list(State(state): State<Shared>) -> Result<Json<MappingList>, AppError> {
     let (mappings, version) = state.store.list().await?;
-    Ok(Json(
-        json!({"success": true, "count": mappings.len(), "mappings": mappings, "version": version}),
-    ))
+    Ok(Json(MappingList {
+        success: true,
+        count: mappings.len(),
+        mappings,
+        version,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewMapping {
-    prefix: String,
-    target: String,
-}
-
+#[utoipa::path(post, path = "/api/mappings", tag = "mappings", request_body = NewMapping, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, body = MappingChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create(
     State(state): State<Shared>,
     ClientAddr(actor): ClientAddr,
     ApiJson(body): ApiJson<NewMapping>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<(StatusCode, Json<MappingChanged>), AppError> {
     let (prefix, target) = check(&body.prefix, &body.target)?;
     let version = state
         .store
         .create(&prefix, &target, &actor.to_string())
         .await?;
     tracing::info!(%prefix, %target, %actor, version, "mapping created");
+    let message = format!("mapping {prefix} created");
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({"success": true, "message": format!("mapping {prefix} created"),
-                    "mapping": {"prefix": prefix, "target": target}, "version": version}),
-        ),
+        Json(MappingChanged {
+            success: true,
+            message,
+            mapping: Mapping { prefix, target },
+            version,
+        }),
     ))
 }
 
+#[utoipa::path(get, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),
+    params(("prefix" = String, Path, description = "the prefix without its leading slash; may hold slashes; %2F is the prefix /")),
+    responses((status = 200, body = MappingFound), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_one(
     State(state): State<Shared>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<MappingFound>, AppError> {
     let prefix = prefix_from_path(&raw);
     match state.store.get(&prefix).await? {
-        Some(target) => Ok(Json(
-            json!({"success": true, "mapping": {"prefix": prefix, "target": target}}),
-        )),
+        Some(target) => Ok(Json(MappingFound {
+            success: true,
+            mapping: Mapping { prefix, target },
+        })),
         None => Err(AppError::NotFound(format!("no mapping for {prefix}"))),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTarget {
-    target: String,
-}
-
+#[utoipa::path(put, path = "/api/mappings/{prefix}", tag = "mappings", request_body = NewTarget, security(("bearer" = []), ("session" = [])),
+    params(("prefix" = String, Path, description = "the prefix without its leading slash")),
+    responses((status = 200, body = MappingChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn update(
     State(state): State<Shared>,
     ClientAddr(actor): ClientAddr,
     Path(raw): Path<String>,
     ApiJson(body): ApiJson<NewTarget>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<MappingChanged>, AppError> {
     let (prefix, target) = check(&prefix_from_path(&raw), &body.target)?;
     let version = state
         .store
         .update(&prefix, &target, &actor.to_string())
         .await?;
     tracing::info!(%prefix, %target, %actor, version, "mapping updated");
-    Ok(Json(
-        json!({"success": true, "message": format!("mapping {prefix} updated"),
-                   "mapping": {"prefix": prefix, "target": target}, "version": version}),
-    ))
+    let message = format!("mapping {prefix} updated");
+    Ok(Json(MappingChanged {
+        success: true,
+        message,
+        mapping: Mapping { prefix, target },
+        version,
+    }))
 }
 
+#[utoipa::path(delete, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),
+    params(("prefix" = String, Path, description = "the prefix without its leading slash")),
+    responses((status = 200, body = MappingDeleted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete(
     State(state): State<Shared>,
     ClientAddr(actor): ClientAddr,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<MappingDeleted>, AppError> {
     let prefix = prefix_from_path(&raw);
     let version = state.store.delete(&prefix, &actor.to_string()).await?;
     tracing::info!(%prefix, %actor, version, "mapping deleted");
-    Ok(Json(
-        json!({"success": true, "prefix": prefix, "version": version}),
-    ))
+    Ok(Json(MappingDeleted {
+        success: true,
+        prefix,
+        version,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AllMappings {
-    mappings: BTreeMap<String, String>,
-}
-
+#[utoipa::path(put, path = "/api/mappings", tag = "mappings", request_body = AllMappings, security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = MappingList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn replace_all(
     State(state): State<Shared>,
     ClientAddr(actor): ClientAddr,
     ApiJson(body): ApiJson<AllMappings>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<MappingList>, AppError> {
     let mut checked = BTreeMap::new();
     for (prefix, target) in &body.mappings {
         let (prefix, target) = check(prefix, target)
@@ -248,30 +264,36 @@ async fn replace_all(
     }
     let version = state.store.replace(&checked, &actor.to_string()).await?;
     tracing::info!(count = checked.len(), %actor, version, "mappings replaced");
-    Ok(Json(
-        json!({"success": true, "count": checked.len(), "mappings": checked, "version": version}),
-    ))
+    Ok(Json(MappingList {
+        success: true,
+        count: checked.len(),
+        mappings: checked,
+        version,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct AuditQuery {
+    /// How many entries, newest first (1 to 1000, default 100).
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn audit(
     State(state): State<Shared>,
-    Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, AppError> {
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditList>, AppError> {
+    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(json!({"entries": state.store.audit(limit).await?})))
+    Ok(Json(AuditList {
+        entries: state.store.audit(limit).await?,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Login {
-    token: String,
-}
-
+#[utoipa::path(post, path = "/api/admin/login", tag = "session", request_body = Login,
+    responses((status = 200, body = Success, description = "sets the session cookie"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn login(
     State(state): State<Shared>,
     ClientAddr(ip): ClientAddr,
@@ -292,7 +314,7 @@ async fn login(
         "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_TTL.as_secs()
     );
-    let mut response = Json(json!({"success": true})).into_response();
+    let mut response = Json(Success { success: true }).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).expect("ASCII cookie"),
@@ -300,11 +322,13 @@ async fn login(
     Ok(response)
 }
 
+#[utoipa::path(post, path = "/api/admin/logout", tag = "session",
+    responses((status = 200, body = Success, description = "ends the session and clears the cookie"), (status = 503, body = ErrorBody)))]
 async fn logout(State(state): State<Shared>, headers: HeaderMap) -> Result<Response, AppError> {
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         state.sessions.delete(id).await?;
     }
-    let mut response = Json(json!({"success": true})).into_response();
+    let mut response = Json(Success { success: true }).into_response();
     let expired = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -313,13 +337,64 @@ async fn logout(State(state): State<Shared>, headers: HeaderMap) -> Result<Respo
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness, description = "Redis unreachable")))]
 async fn readyz(State(state): State<Shared>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(json!({"ready": true})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": e.to_string()})),
-        )
-            .into_response(),
+        Ok(()) => Json(Readiness {
+            ready: true,
+            reason: None,
+        })
+        .into_response(),
+        Err(e) => {
+            let body = Readiness {
+                ready: false,
+                reason: Some(e.to_string()),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "this document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The OpenAPI 3 document of every route above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "apiproxy control plane", description = "Admin API: mappings in Redis, audit, sessions."),
+    paths(list, create, replace_all, get_one, update, delete, audit, login, logout, healthz, readyz, openapi),
+    modifiers(&SecuritySchemes)
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(SESSION_COOKIE))),
+        );
     }
 }

@@ -61,7 +61,10 @@ impl IntoResponse for AppError {
             tracing::error!(error = %source, "Redis request failed");
         }
         let status = self.status();
-        let body = Json(serde_json::json!({"success": false, "error": self.to_string()}));
+        let body = Json(crate::model::ErrorBody {
+            success: false,
+            error: self.to_string(),
+        });
         let mut response = (status, body).into_response();
         if let AppError::TooManyRequests { retry_after } = self {
             response

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod model;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -25,7 +25,7 @@ pub enum StoreError {
 }
 
 /// One audit entry (SPEC §5).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     pub time: u64,

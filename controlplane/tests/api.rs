@@ -538,3 +538,51 @@ async fn health_and_readiness_follow_redis() {
         (StatusCode::SERVICE_UNAVAILABLE, &json!(false))
     );
 }
+
+#[tokio::test]
+async fn openapi_document_covers_every_route() {
+    let api = Api::start();
+    let (s, doc, _) = api.call("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/mappings", &["get", "post", "put"][..]),
+        ("/api/mappings/{prefix}", &["get", "put", "delete"]),
+        ("/api/audit", &["get"]),
+        ("/api/admin/login", &["post"]),
+        ("/api/admin/logout", &["post"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/api/openapi.json", &["get"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths[path].get(*m).is_some(),
+                "{m} {path} missing from the document"
+            );
+        }
+    }
+    // And every documented operation is really routed (no 404/405).
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let uri = path.replace("{prefix}", "some/prefix");
+            let (status, _, _) = api
+                .call(
+                    &method.to_uppercase(),
+                    &uri,
+                    Some(&format!("Bearer {TOKEN}")),
+                    None,
+                )
+                .await;
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {status}"
+            );
+            assert!(
+                status != StatusCode::NOT_FOUND || path.contains("{prefix}"),
+                "{method} {path}: {status}"
+            );
+        }
+    }
+}
