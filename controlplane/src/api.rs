@@ -273,9 +273,11 @@ async fn replace_all(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
-    /// How many entries, newest first (1 to 1000, default 100).
-    limit: Option<usize>,
+    /// How many entries, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
 }
 
 #[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery), security(("bearer" = []), ("session" = [])),
@@ -285,7 +287,10 @@ async fn audit(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditList>, AppError> {
     let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = match q.limit.unwrap_or(100) {
+        n @ 1..=1000 => n as usize,
+        _ => return Err(AppError::BadRequest("limit: must be from 1 to 1000".into())),
+    };
     Ok(Json(AuditList {
         entries: state.store.audit(limit).await?,
     }))
