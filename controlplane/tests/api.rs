@@ -21,11 +21,15 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
+        Api::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> Api {
         let redis = RedisServer::start();
         let env: HashMap<String, String> = [("ADMIN_TOKEN".to_owned(), TOKEN.to_owned())].into();
         let url = redis.url();
-        let config =
-            Config::parse(["apiproxy-controlplane", "--redis-url", url.as_str()], &env).unwrap();
+        let args = ["apiproxy-controlplane", "--redis-url", url.as_str()];
+        let config = Config::parse(args.into_iter().chain(flags.iter().copied()), &env).unwrap();
         let router = app(&config, redis_connection(&url).unwrap());
         Api { router, redis }
     }
@@ -585,4 +589,20 @@ async fn openapi_document_covers_every_route() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn cookie_secure_flag_marks_the_session_cookie() {
+    let api = Api::start_with(&["--cookie-secure", "true"]);
+    let (s, _, headers) = api
+        .call(
+            "POST",
+            "/api/admin/login",
+            None,
+            Some(json!({"token": TOKEN}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
 }

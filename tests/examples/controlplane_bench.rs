@@ -72,16 +72,28 @@ async fn main() {
     // Change to routed, two data planes, starting from a small set.
     let up = upstream::http(handler(|_req| async { http::Response::new(full("ok")) })).await;
     let reset = serde_json::json!({"mappings": {"/warm": up.url()}});
-    assert_eq!(cp.admin("PUT", "/api/mappings", Some(reset)).await.status, 200);
+    assert_eq!(
+        cp.admin("PUT", "/api/mappings", Some(reset)).await.status,
+        200
+    );
     let env = [("API_PROXY_WORKERS", "1")];
-    let nodes = [DataPlane::start_redis(&redis.url(), &env), DataPlane::start_redis(&redis.url(), &env)];
+    let nodes = [
+        DataPlane::start_redis(&redis.url(), &env),
+        DataPlane::start_redis(&redis.url(), &env),
+    ];
     for node in &nodes {
         node.wait_status("/warm/x", 200).await;
     }
     let mut times = Vec::new();
     for i in 0..100 {
         let t = Instant::now();
-        let reply = cp.admin("POST", "/api/mappings", Some(serde_json::json!({"prefix": format!("/routed{i}"), "target": up.url()}))).await;
+        let reply = cp
+            .admin(
+                "POST",
+                "/api/mappings",
+                Some(serde_json::json!({"prefix": format!("/routed{i}"), "target": up.url()})),
+            )
+            .await;
         assert_eq!(reply.status, 201);
         let path = format!("/routed{i}/x");
         let mut done = [false, false];
@@ -91,7 +103,10 @@ async fn main() {
                     done[n] = true;
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(5), "change {i} not routed within 5 s");
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "change {i} not routed within 5 s"
+            );
         }
         times.push(t.elapsed());
     }

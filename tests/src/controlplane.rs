@@ -62,6 +62,14 @@ impl ControlPlane {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    pub fn signal(&self, sig: &str) {
+        crate::dataplane::send_signal(self.pid(), sig);
+    }
+
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        crate::dataplane::wait_exit(&mut self.child, timeout)
+    }
 }
 
 impl Drop for ControlPlane {

@@ -67,6 +67,11 @@ async fn a_mapping_made_in_the_api_is_routed_within_a_second() {
     // The token never reaches the logs.
     assert!(!cp.logs().iter().any(|l| l.contains(ADMIN_TOKEN)));
     assert!(cp.logs().iter().any(|l| l.contains("mapping created")));
+
+    // SIGTERM: a clean stop.
+    let mut cp = cp;
+    cp.signal("TERM");
+    assert_eq!(cp.wait_exit(Duration::from_secs(5)).code(), Some(0));
 }
 
 fn run_controlplane(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
