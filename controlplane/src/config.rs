@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-pub const EXIT_CONFIG: i32 = 64;
+use apiproxy_shared::cli::{parse_args, parse_duration};
+pub use apiproxy_shared::cli::{ConfigError, LogFormat, EXIT_CONFIG};
+use clap::{Parser, Subcommand};
 
 /// The `.env.example` placeholder, refused as a real token.
 pub const PLACEHOLDER_TOKEN: &str = "change-me-to-a-long-random-secret";
@@ -82,16 +82,6 @@ pub enum Command {
     Init,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 10s, 5m)"))
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub admin_listen: SocketAddr,
@@ -106,42 +96,13 @@ pub struct Config {
     pub init_only: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Info(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl ConfigError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ConfigError::Info(_) => 0,
-            ConfigError::Invalid(_) => EXIT_CONFIG,
-        }
-    }
-}
-
 impl Config {
     pub fn parse<I, T>(args: I, env: &HashMap<String, String>) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args = Args::try_parse_from(args).map_err(|e| match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                ConfigError::Info(e.to_string())
-            }
-            _ => ConfigError::Invalid(
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-            ),
-        })?;
+        let args: Args = parse_args(args)?;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         let init_only = matches!(args.command, Some(Command::Init));
         let Some(redis_url) = args.redis_url.filter(|u| !u.is_empty()) else {

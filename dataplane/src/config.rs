@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use apiproxy_shared::cli::{parse_args, parse_duration};
+pub use apiproxy_shared::cli::{ConfigError, LogFormat, EXIT_CONFIG};
+use clap::Parser;
 
 use crate::policy::TargetPolicy;
-
-/// Exit code for every configuration error (`EX_USAGE`).
-pub const EXIT_CONFIG: i32 = 64;
 
 /// apiproxy data plane: a transparent streaming reverse proxy.
 ///
@@ -137,16 +136,6 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 10s, 5m)"))
-}
-
 /// Where the mappings come from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -175,25 +164,6 @@ pub struct Config {
     pub enable_stats: bool,
 }
 
-/// A configuration error: one line that names the variable or flag.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// `--help` or `--version`: print it and exit 0.
-    #[error("{0}")]
-    Info(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl ConfigError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ConfigError::Info(_) => 0,
-            ConfigError::Invalid(_) => EXIT_CONFIG,
-        }
-    }
-}
-
 impl Config {
     /// Parses flags (`args`, program name first) with clap's own
     /// environment fallbacks, and the environment-only settings from `env`.
@@ -202,12 +172,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args = Args::try_parse_from(args).map_err(|e| match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                ConfigError::Info(e.to_string())
-            }
-            _ => ConfigError::Invalid(first_line(&e.to_string())),
-        })?;
+        let args: Args = parse_args(args)?;
         Config::from_args(args, env)
     }
 
@@ -280,12 +245,6 @@ impl Config {
             enable_stats: args.enable_stats,
         })
     }
-}
-
-/// clap's messages run over several lines (usage, a hint); the first one
-/// names the flag and the problem, which is what an operator needs.
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_owned()
 }
 
 #[cfg(test)]

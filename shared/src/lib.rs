@@ -3,6 +3,7 @@
 //! Wire types and validation only: nothing in this crate does I/O, so both
 //! sides (and their tests) apply exactly the same rules.
 
+pub mod cli;
 pub mod content_hash;
 pub mod mapping;
 pub mod redis_keys;
