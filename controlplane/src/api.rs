@@ -56,6 +56,8 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/openapi.json", get(openapi))
+        .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -113,9 +115,12 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Bearer token or a valid session cookie; else 401.
+/// Bearer token or a valid session cookie; else 401. A wrong bearer token
+/// counts as a failed login, so guessing through any admin route is
+/// throttled like guessing through the login.
 async fn require_admin(
     State(state): State<Shared>,
+    ClientAddr(ip): ClientAddr,
     req: Request,
     next: Next,
 ) -> Result<Response, AppError> {
@@ -125,7 +130,17 @@ async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let authorised = match (bearer, cookie(headers, SESSION_COOKIE)) {
-        (Some(token), _) => state.admin.matches(token.trim()),
+        (Some(token), _) => {
+            state
+                .limiter
+                .check(ip)
+                .map_err(|retry_after| AppError::TooManyRequests { retry_after })?;
+            let ok = state.admin.matches(token.trim());
+            if !ok {
+                state.limiter.failed(ip);
+            }
+            ok
+        }
         (None, Some(id)) => state.sessions.is_valid(id).await?,
         (None, None) => false,
     };
@@ -135,13 +150,19 @@ async fn require_admin(
     Ok(next.run(req).await)
 }
 
-/// `{prefix}` in a path is the prefix without its leading slash; `%2F`
-/// (decoded to `/`) addresses the prefix `/` itself.
-fn prefix_from_path(raw: &str) -> String {
-    if raw == "/" {
-        "/".to_owned()
-    } else {
-        format!("/{raw}")
+/// `{prefix}` in a path is the prefix without its leading slash and may
+/// hold slashes; `%2F` (decoded to `/`) addresses the prefix `/` itself. A
+/// path that does not decode is a 400 in the API's JSON format.
+pub struct PrefixPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| AppError::BadRequest(format!("prefix: {}", e.body_text())))?;
+        Ok(PrefixPath(if raw == "/" { raw } else { format!("/{raw}") }))
     }
 }
 
@@ -151,7 +172,7 @@ fn check(prefix: &str, target: &str) -> Result<(String, String), AppError> {
 }
 
 #[utoipa::path(get, path = "/api/mappings", tag = "mappings", security(("bearer" = []), ("session" = [])),
-    responses((status = 200, body = MappingList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = MappingList), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(State(state): State<Shared>) -> Result<Json<MappingList>, AppError> {
     let (mappings, version) = state.store.list().await?;
     Ok(Json(MappingList {
@@ -163,7 +184,7 @@ async fn list(State(state): State<Shared>) -> Result<Json<MappingList>, AppError
 }
 
 #[utoipa::path(post, path = "/api/mappings", tag = "mappings", request_body = NewMapping, security(("bearer" = []), ("session" = [])),
-    responses((status = 201, body = MappingChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 201, body = MappingChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create(
     State(state): State<Shared>,
@@ -190,12 +211,11 @@ async fn create(
 
 #[utoipa::path(get, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),
     params(("prefix" = String, Path, description = "the prefix without its leading slash; may hold slashes; %2F is the prefix /")),
-    responses((status = 200, body = MappingFound), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = MappingFound), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_one(
     State(state): State<Shared>,
-    Path(raw): Path<String>,
+    PrefixPath(prefix): PrefixPath,
 ) -> Result<Json<MappingFound>, AppError> {
-    let prefix = prefix_from_path(&raw);
     match state.store.get(&prefix).await? {
         Some(target) => Ok(Json(MappingFound {
             success: true,
@@ -207,15 +227,15 @@ async fn get_one(
 
 #[utoipa::path(put, path = "/api/mappings/{prefix}", tag = "mappings", request_body = NewTarget, security(("bearer" = []), ("session" = [])),
     params(("prefix" = String, Path, description = "the prefix without its leading slash")),
-    responses((status = 200, body = MappingChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = MappingChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn update(
     State(state): State<Shared>,
     ClientAddr(actor): ClientAddr,
-    Path(raw): Path<String>,
+    PrefixPath(prefix): PrefixPath,
     ApiJson(body): ApiJson<NewTarget>,
 ) -> Result<Json<MappingChanged>, AppError> {
-    let (prefix, target) = check(&prefix_from_path(&raw), &body.target)?;
+    let (prefix, target) = check(&prefix, &body.target)?;
     let version = state
         .store
         .update(&prefix, &target, &actor.to_string())
@@ -232,13 +252,12 @@ async fn update(
 
 #[utoipa::path(delete, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),
     params(("prefix" = String, Path, description = "the prefix without its leading slash")),
-    responses((status = 200, body = MappingDeleted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = MappingDeleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete(
     State(state): State<Shared>,
     ClientAddr(actor): ClientAddr,
-    Path(raw): Path<String>,
+    PrefixPath(prefix): PrefixPath,
 ) -> Result<Json<MappingDeleted>, AppError> {
-    let prefix = prefix_from_path(&raw);
     let version = state.store.delete(&prefix, &actor.to_string()).await?;
     tracing::info!(%prefix, %actor, version, "mapping deleted");
     Ok(Json(MappingDeleted {
@@ -249,7 +268,7 @@ async fn delete(
 }
 
 #[utoipa::path(put, path = "/api/mappings", tag = "mappings", request_body = AllMappings, security(("bearer" = []), ("session" = [])),
-    responses((status = 200, body = MappingList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = MappingList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn replace_all(
     State(state): State<Shared>,
@@ -281,7 +300,7 @@ struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery), security(("bearer" = []), ("session" = [])),
-    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn audit(
     State(state): State<Shared>,
     query: Result<Query<AuditQuery>, QueryRejection>,

@@ -54,17 +54,23 @@ impl Secret {
 
 /// Sessions in Redis, so every control-plane replica knows them and a
 /// restart logs no one out.
+/// Each session records (as a digest) which admin token opened it, so
+/// changing `ADMIN_TOKEN` ends every session opened with the old one.
 #[derive(Clone)]
 pub struct Sessions {
     conn: ConnectionManager,
     prefix: String,
+    token_digest: String,
 }
 
 impl Sessions {
-    pub fn new(conn: ConnectionManager, redis_prefix: &str) -> Sessions {
+    pub fn new(conn: ConnectionManager, redis_prefix: &str, admin_token: &str) -> Sessions {
         Sessions {
             conn,
             prefix: format!("{redis_prefix}:session:"),
+            token_digest: hex(&sha256(
+                format!("apiproxy-session:{admin_token}").as_bytes(),
+            )),
         }
     }
 
@@ -83,7 +89,9 @@ impl Sessions {
         })?;
         let id = hex(&bytes);
         let mut conn = self.conn.clone();
-        let _: () = conn.set_ex(self.key(&id), 1, SESSION_TTL.as_secs()).await?;
+        let _: () = conn
+            .set_ex(self.key(&id), &self.token_digest, SESSION_TTL.as_secs())
+            .await?;
         Ok(id)
     }
 
@@ -92,7 +100,8 @@ impl Sessions {
             return Ok(false);
         }
         let mut conn = self.conn.clone();
-        conn.exists(self.key(id)).await
+        let stored: Option<String> = conn.get(self.key(id)).await?;
+        Ok(stored.is_some_and(|d| d == self.token_digest))
     }
 
     pub async fn delete(&self, id: &str) -> redis::RedisResult<()> {

@@ -67,7 +67,7 @@ pub fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
 pub fn app(config: &Config, conn: ConnectionManager) -> Router {
     let state = AppState {
         store: Store::new(conn.clone(), &config.redis_prefix),
-        sessions: Sessions::new(conn, &config.redis_prefix),
+        sessions: Sessions::new(conn, &config.redis_prefix, &config.admin_token),
         admin: Secret::new(&config.admin_token),
         limiter: LoginLimiter::default(),
         cookie_secure: config.cookie_secure,

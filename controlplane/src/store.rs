@@ -39,38 +39,43 @@ pub struct AuditEntry {
 // KEYS: mappings, version, audit. ARGV: prefix, target, actor, time, maxlen.
 const CREATE: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[4], 'op', 'create',
   'prefix', ARGV[1], 'old_target', '', 'new_target', ARGV[2], 'actor', ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return v";
 
 const UPDATE: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[4], 'op', 'update',
   'prefix', ARGV[1], 'old_target', old, 'new_target', ARGV[2], 'actor', ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return v";
 
 // ARGV: prefix, (unused), actor, time, maxlen.
 const DELETE: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return -1 end
-redis.call('HDEL', KEYS[1], ARGV[1])
 local v = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'time', ARGV[4], 'op', 'delete',
   'prefix', ARGV[1], 'old_target', old, 'new_target', '', 'actor', ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
 return v";
 
-// ARGV: actor, time, maxlen, then prefix/target pairs of the new set.
+// ARGV: actor, time, maxlen, only_if_empty ("1": do nothing unless the
+// hash is empty, for `init`), then prefix/target pairs of the new set.
+// The version is bumped first: if that fails (a non-integer version key),
+// nothing else has changed.
 const REPLACE: &str = r"
+if ARGV[4] == '1' and redis.call('HLEN', KEYS[1]) > 0 then return -1 end
+local v = redis.call('INCR', KEYS[2])
 local old = {}
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
 local new = {}
-for i = 4, #ARGV, 2 do new[ARGV[i]] = ARGV[i + 1] end
+for i = 5, #ARGV, 2 do new[ARGV[i]] = ARGV[i + 1] end
 local function audit(op, prefix, before, after)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'time', ARGV[2], 'op', op,
     'prefix', prefix, 'old_target', before or '', 'new_target', after or '', 'actor', ARGV[1])
@@ -83,8 +88,8 @@ for prefix, target in pairs(new) do
   elseif old[prefix] ~= target then audit('update', prefix, old[prefix], target) end
 end
 redis.call('DEL', KEYS[1])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return redis.call('INCR', KEYS[2])";
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return v";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -183,6 +188,35 @@ impl Store {
         mappings: &BTreeMap<String, String>,
         actor: &str,
     ) -> Result<u64, StoreError> {
+        let v = self
+            .run_replace(mappings, actor, false)
+            .await?
+            .expect("unconditional replace");
+        Ok(v)
+    }
+
+    /// Writes the given mappings only when the hash is empty (`init`); the
+    /// emptiness check is inside the script, so a concurrent create or a
+    /// second `init` cannot be overwritten. `None` when the hash held
+    /// anything.
+    pub async fn init_defaults(
+        &self,
+        defaults: &[(&str, &str)],
+        actor: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let map: BTreeMap<String, String> = defaults
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        self.run_replace(&map, actor, true).await
+    }
+
+    async fn run_replace(
+        &self,
+        mappings: &BTreeMap<String, String>,
+        actor: &str,
+        only_if_empty: bool,
+    ) -> Result<Option<u64>, StoreError> {
         let mut conn = self.conn.clone();
         let script = Script::new(REPLACE);
         let mut invocation = script.key(&self.keys.mappings);
@@ -191,32 +225,17 @@ impl Store {
             .key(&self.keys.audit)
             .arg(actor)
             .arg(now_ms())
-            .arg(AUDIT_MAX_LEN);
+            .arg(AUDIT_MAX_LEN)
+            .arg(if only_if_empty { "1" } else { "0" });
         for (prefix, target) in mappings {
             invocation.arg(prefix).arg(target);
         }
-        let v: u64 = invocation.invoke_async(&mut conn).await?;
-        self.announce(v, UpdateOp::Replace, None).await;
-        Ok(v)
-    }
-
-    /// Writes the given mappings only when the hash is empty (`init`).
-    /// Returns the new version, or `None` when the hash held anything.
-    pub async fn init_defaults(
-        &self,
-        defaults: &[(&str, &str)],
-        actor: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut conn = self.conn.clone();
-        let len: u64 = conn.hlen(&self.keys.mappings).await?;
-        if len > 0 {
+        let v: i64 = invocation.invoke_async(&mut conn).await?;
+        let Ok(v) = u64::try_from(v) else {
             return Ok(None);
-        }
-        let map: BTreeMap<String, String> = defaults
-            .iter()
-            .map(|(p, t)| (p.to_string(), t.to_string()))
-            .collect();
-        self.replace(&map, actor).await.map(Some)
+        };
+        self.announce(v, UpdateOp::Replace, None).await;
+        Ok(Some(v))
     }
 
     /// Publishes the change. A lost announcement is not fatal: nodes also

@@ -606,3 +606,103 @@ async fn cookie_secure_flag_marks_the_session_cookie() {
     let cookie = headers[header::SET_COOKIE].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
 }
+
+#[tokio::test]
+async fn sessions_end_when_the_admin_token_changes() {
+    let api = Api::start();
+    let (_, _, headers) = api
+        .call(
+            "POST",
+            "/api/admin/login",
+            None,
+            Some(json!({"token": TOKEN}).to_string()),
+        )
+        .await;
+    let session = headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The same Redis, a control plane restarted with another token.
+    let env: HashMap<String, String> = [(
+        "ADMIN_TOKEN".to_owned(),
+        "another-admin-token-987654321".to_owned(),
+    )]
+    .into();
+    let url = api.redis.url();
+    let config =
+        Config::parse(["apiproxy-controlplane", "--redis-url", url.as_str()], &env).unwrap();
+    let rotated = app(&config, redis_connection(&url).unwrap());
+    let status = |router: Router| {
+        let session = session.clone();
+        async move {
+            let req = Request::get("/api/mappings")
+                .header(header::COOKIE, session)
+                .body(Body::empty())
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(status(api.router.clone()).await, StatusCode::OK);
+    assert_eq!(status(rotated).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn guessing_the_bearer_token_is_throttled_too() {
+    let api = Api::start();
+    for _ in 0..10 {
+        assert_eq!(
+            api.call(
+                "GET",
+                "/api/mappings",
+                Some("Bearer guess-guess-guess-guess"),
+                None
+            )
+            .await
+            .0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (s, body, headers) = api
+        .call(
+            "GET",
+            "/api/mappings",
+            Some(&format!("Bearer {TOKEN}")),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &body["success"]),
+        (StatusCode::TOO_MANY_REQUESTS, &json!(false))
+    );
+    assert!(headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_format() {
+    let api = Api::start();
+    let (s, body, _) = api.call("GET", "/api/nothing", None, None).await;
+    assert_eq!(
+        (s, &body["success"]),
+        (StatusCode::NOT_FOUND, &json!(false))
+    );
+    let (s, body, _) = api
+        .call(
+            "PATCH",
+            "/api/mappings",
+            Some(&format!("Bearer {TOKEN}")),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &body["success"]),
+        (StatusCode::METHOD_NOT_ALLOWED, &json!(false))
+    );
+    let (s, body) = api.admin("GET", "/api/mappings/%FF", None).await;
+    assert_eq!(
+        (s, &body["success"]),
+        (StatusCode::BAD_REQUEST, &json!(false))
+    );
+}

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,6 +84,30 @@ impl IdleTimer {
     }
 }
 
+/// Why the client's request body stopped, kept outside the error chain:
+/// an HTTP/2 upstream connection turns a body error into a stream reset
+/// and drops the cause, yet the client must still get 413 or 400, not 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    TooLarge(u64),
+    Idle(Duration),
+    /// The client's side broke (it went away mid-upload).
+    Client,
+}
+
+impl BodyFailure {
+    pub fn of(error: &BodyError) -> BodyFailure {
+        match error {
+            BodyError::TooLarge(limit) => BodyFailure::TooLarge(*limit),
+            BodyError::Idle(d) => BodyFailure::Idle(*d),
+            BodyError::Client(_) | BodyError::Upstream(_) => BodyFailure::Client,
+        }
+    }
+}
+
+/// Where a request body records its failure for the proxy to read.
+pub type FailureSlot = Arc<OnceLock<BodyFailure>>;
+
 /// The client's request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
@@ -91,22 +116,28 @@ pub struct RequestBody {
     limit: Option<u64>,
     received: u64,
     bytes: prometheus::IntCounter,
+    failure: Option<FailureSlot>,
 }
 
 impl RequestBody {
+    /// The body and, when there is a body to stream at all, the slot it
+    /// records a failure in.
     pub fn new(
         inner: Incoming,
         idle: Duration,
         limit: Option<u64>,
         bytes: prometheus::IntCounter,
-    ) -> Self {
-        RequestBody {
+    ) -> (Self, Option<FailureSlot>) {
+        let failure = (!inner.is_end_stream()).then(FailureSlot::default);
+        let body = RequestBody {
             inner,
             idle: IdleTimer::new(idle),
             limit,
             received: 0,
             bytes,
-        }
+            failure: failure.clone(),
+        };
+        (body, failure)
     }
 }
 
@@ -119,16 +150,19 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let polled = this.idle.poll_frame(&mut this.inner, cx, BodyError::Client);
+        let mut polled = this.idle.poll_frame(&mut this.inner, cx, BodyError::Client);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
                 this.received += n;
                 this.bytes.inc_by(n);
                 if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
-                    return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    polled = Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
                 }
             }
+        }
+        if let (Poll::Ready(Some(Err(e))), Some(slot)) = (&polled, &this.failure) {
+            let _ = slot.set(BodyFailure::of(e));
         }
         polled
     }

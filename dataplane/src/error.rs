@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
-use crate::body::{BodyError, ProxyBody};
+use crate::body::{BodyError, BodyFailure, ProxyBody};
 use crate::metrics::UpstreamErrorKind;
 use crate::upstream::ConnectError;
 
@@ -100,19 +100,27 @@ pub enum SendFailure {
     ClientGone,
 }
 
-/// Classifies an error of the upstream client by walking its causes.
-pub fn classify_send_error(err: &(dyn StdError + 'static)) -> SendFailure {
+/// Classifies an error of the upstream client: first by what the request
+/// body recorded (`failure`), then by walking the error's causes.
+pub fn classify_send_error(
+    err: &(dyn StdError + 'static),
+    failure: Option<BodyFailure>,
+) -> SendFailure {
+    let failure = failure.or_else(|| find_cause::<BodyError>(err).map(BodyFailure::of));
+    match failure {
+        Some(BodyFailure::TooLarge(limit)) => {
+            return SendFailure::Respond(ProxyError::PayloadTooLarge(limit))
+        }
+        Some(BodyFailure::Idle(d)) => {
+            return SendFailure::Respond(ProxyError::BadRequest(format!(
+                "request body sent no data for {d:?} (idle timeout)"
+            )))
+        }
+        Some(BodyFailure::Client) => return SendFailure::ClientGone,
+        None => {}
+    }
     if let Some(connect) = find_cause::<ConnectError>(err) {
         return SendFailure::Respond(ProxyError::upstream(connect.kind, connect.to_string()));
-    }
-    if let Some(body) = find_cause::<BodyError>(err) {
-        return match body {
-            BodyError::TooLarge(limit) => SendFailure::Respond(ProxyError::PayloadTooLarge(*limit)),
-            BodyError::Idle(d) => SendFailure::Respond(ProxyError::BadRequest(format!(
-                "request body sent no data for {d:?} (idle timeout)"
-            ))),
-            BodyError::Client(_) | BodyError::Upstream(_) => SendFailure::ClientGone,
-        };
     }
     let kind = match find_cause::<hyper::Error>(err) {
         Some(e) if e.is_parse() || e.is_parse_status() => UpstreamErrorKind::Protocol,

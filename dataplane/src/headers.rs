@@ -16,10 +16,19 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// True when a request asks to switch protocols: it carries `Upgrade` and
-/// `Connection: upgrade`.
+/// True when a request asks to switch to WebSocket: it carries `Upgrade:
+/// websocket` and `Connection: upgrade`. Other upgrades (`h2c` above all)
+/// are not tunnelled: an h2c tunnel would let the client send requests for
+/// any path on the upstream, past the prefix, the dot-segment check and the
+/// body limit. Their `Upgrade` header is removed like any hop-by-hop one.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    let websocket = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+    websocket && connection_has(headers, "upgrade")
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -225,9 +234,17 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_needs_both_headers() {
+    fn upgrade_needs_both_headers_and_websocket() {
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+        assert!(!is_upgrade_request(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
     }
 
     #[test]

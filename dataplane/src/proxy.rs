@@ -53,10 +53,14 @@ impl Proxy {
         client: SocketAddr,
         start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        refuse_foreign_targets(&req)?;
-        let snapshot = self.state.snapshot().ok_or(ProxyError::NotReady)?;
+        if let Err(e) = refuse_foreign_targets(&req) {
+            return Err(self.unmatched(e, start));
+        }
+        let Some(snapshot) = self.state.snapshot() else {
+            return Err(self.unmatched(ProxyError::NotReady, start));
+        };
         let Some((route, rest)) = snapshot.lookup(req.uri().path()) else {
-            return Err(self.unmatched(req.uri().path(), start));
+            return Err(self.unmatched(ProxyError::NoMapping(req.uri().path().to_owned()), start));
         };
         let route = route.clone();
         let upstream_uri = route.upstream_uri(rest, req.uri().query());
@@ -72,7 +76,7 @@ impl Proxy {
         let upgrading = headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let body = RequestBody::new(
+        let (body, body_failure) = RequestBody::new(
             body,
             self.idle_timeout,
             self.max_request_body,
@@ -94,7 +98,8 @@ impl Proxy {
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
-                return match classify_send_error(&err) {
+                let failure = body_failure.as_ref().and_then(|slot| slot.get().copied());
+                return match classify_send_error(&err, failure) {
                     SendFailure::Respond(e) => {
                         log_upstream_failure(&route, &e, &err);
                         Err(finish_with(record, e))
@@ -126,7 +131,8 @@ impl Proxy {
                 self.tunnels
                     .spawn(client_upgrade, upstream_upgrade, route.prefix.clone());
                 record.finish(Outcome::Completed);
-                let (parts, _) = response.into_parts();
+                let (mut parts, _) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers, true);
                 return Ok(Response::from_parts(parts, ProxyBody::empty()));
             }
         }
@@ -165,14 +171,14 @@ impl Proxy {
         Ok(Request::from_parts(parts, body))
     }
 
-    /// No mapping: 404, counted under `prefix="none"`.
-    fn unmatched(&self, path: &str, start: Instant) -> ProxyError {
-        let record = RequestRecord::start(
-            self.state.metrics.unmatched().clone(),
-            &self.state.metrics.inflight,
-            start,
-        );
-        finish_with(record, ProxyError::NoMapping(path.to_owned()))
+    /// A request answered before any mapping applied (refused, not ready,
+    /// no mapping): counted under `prefix="none"`.
+    fn unmatched(&self, error: ProxyError, start: Instant) -> ProxyError {
+        let metrics = &self.state.metrics;
+        finish_with(
+            RequestRecord::start(metrics.unmatched().clone(), &metrics.inflight, start),
+            error,
+        )
     }
 }
 

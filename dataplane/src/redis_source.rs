@@ -116,7 +116,7 @@ impl RedisSource {
     /// Follows Redis until `shutdown`, reconnecting with jittered backoff.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
-        let mut first_attempt = true;
+        let mut tried_cache = false;
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return self.flush_cache(),
@@ -127,13 +127,15 @@ impl RedisSource {
                 Err(error) => error,
             };
             self.state.metrics.config_stale.set(1);
-            if first_attempt {
+            // The cache is only for a node that has nothing yet: once a
+            // snapshot came from Redis, the cache can only be older.
+            if self.applied.is_none() && !tried_cache {
                 warn!(%error, "Redis unreachable at start");
                 self.boot_from_cache();
+                tried_cache = true;
             } else {
                 warn!(%error, "lost Redis; serving the last snapshot and reconnecting");
             }
-            first_attempt = false;
             let delay = backoff.next_delay();
             debug!(?delay, "reconnecting to Redis");
             tokio::select! {
@@ -204,7 +206,7 @@ impl RedisSource {
         pipe.atomic()
             .hget(&self.keys.mappings, prefix)
             .get(&self.keys.version);
-        let (target, version): (Option<String>, Option<u64>) =
+        let (target, version): (Option<Vec<u8>>, Option<Vec<u8>>) =
             match within(pipe.query_async(conn)).await {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -212,8 +214,9 @@ impl RedisSource {
                     return Err(e);
                 }
             };
+        let target = target.map(|t| lossy(&t));
         // Another change landed meanwhile: only a full read is exact.
-        if version != Some(update.version) {
+        if parse_version(version.as_deref()) != update.version {
             return self.reload(conn, "announced").await;
         }
         let Some(applied) = self.applied.as_mut() else {
@@ -252,7 +255,9 @@ impl RedisSource {
         pipe.atomic()
             .hgetall(&self.keys.mappings)
             .get(&self.keys.version);
-        let (entries, version): (BTreeMap<String, String>, Option<u64>) =
+        // Raw bytes: one entry that is not UTF-8 must not fail the whole
+        // read; it becomes an invalid entry, skipped and counted.
+        let (raw, version): (RawEntries, Option<Vec<u8>>) =
             match within(pipe.query_async(conn)).await {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -260,7 +265,9 @@ impl RedisSource {
                     return Err(e);
                 }
             };
-        let version = version.unwrap_or(0);
+        let entries: BTreeMap<String, String> =
+            raw.iter().map(|(p, t)| (lossy(p), lossy(t))).collect();
+        let version = parse_version(version.as_deref());
         self.state.metrics.config_stale.set(0);
         if self
             .applied
@@ -339,6 +346,32 @@ impl RedisSource {
             Err(error) => {
                 error!(%error, "refusing the snapshot cache; not ready until Redis answers")
             }
+        }
+    }
+}
+
+/// The hash as Redis sends it: field and value bytes.
+type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Bytes from Redis as text; invalid UTF-8 becomes U+FFFD, which no
+/// prefix or target accepts, so the entry is refused by validation.
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The version key as a number; missing (the Go version never wrote one)
+/// or not a number counts as 0.
+fn parse_version(raw: Option<&[u8]>) -> u64 {
+    match raw.map(|v| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    }) {
+        None => 0,
+        Some(Some(v)) => v,
+        Some(None) => {
+            warn!("the mappings version key is not a number; reading it as 0");
+            0
         }
     }
 }

@@ -74,7 +74,7 @@ impl Snapshot {
                 _ => match Route::new(prefix, target, metrics) {
                     Ok(route) => Arc::new(route),
                     Err(error) => {
-                        warn!(prefix, target, %error, "skipping invalid mapping");
+                        warn!(prefix, %error, "skipping invalid mapping (target not logged: it may hold credentials)");
                         snapshot.invalid_entries += 1;
                         continue;
                     }
@@ -108,7 +108,9 @@ impl Snapshot {
                     max_depth = max_depth.max(depth(prefix));
                     routes.insert(route.prefix.clone(), Arc::new(route));
                 }
-                Err(error) => warn!(prefix, target, %error, "skipping invalid mapping"),
+                Err(error) => {
+                    warn!(prefix, %error, "skipping invalid mapping (target not logged: it may hold credentials)")
+                }
             }
         }
         Snapshot {

@@ -425,3 +425,36 @@ async fn tls_handshake_that_never_completes_hits_the_connect_timeout() {
     assert_eq!(up.counters.accepted(), 1, "timeouts are never retried");
     dp.assert_fds_return_to(baseline).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_to_an_http2_upstream_still_gets_413() {
+    // Over HTTP/2 the upstream connection turns a body error into a stream
+    // reset; the client must still learn that its body was too large.
+    let ca = apiproxy_tests::tls::TestCa::new();
+    let up = upstream::https(upstream::echo_handler(), &ca).await;
+    let dir = apiproxy_tests::TempDir::new("ca");
+    let ca_file = dir.path("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let target = format!("https://localhost:{}", up.addr.port());
+    let dp = DataPlane::start(
+        &one_mapping("/h2", &target),
+        &[
+            ("API_PROXY_CA_FILE", ca_file.to_str().unwrap()),
+            ("API_PROXY_MAX_REQUEST_BODY", "1000"),
+        ],
+    );
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let _ = tx.send(Ok(Bytes::from(vec![1u8; 400]))).await;
+        }
+    });
+    let response = send(dp.addr, Request::post("/h2/up").body(body).unwrap()).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["x-apiproxy-error"], "payload_too_large");
+    assert_eq!(
+        dp.metric(r#"apiproxy_upstream_errors_total{kind="reset",prefix="/h2"}"#)
+            .await,
+        0.0
+    );
+}

@@ -66,8 +66,18 @@ async fn redis_killed_and_restarted_then_later_changes_still_arrive() {
     let keys = RedisKeys::default();
     let up = upstream::http(echo_handler()).await;
     upsert(&mut redis.conn().await, &keys, "/a", &up.url()).await;
-    let node = DataPlane::start_redis(&redis.url(), &[FAST_RESYNC]);
+    // With a cache configured: losing Redis later must not roll the node
+    // back to the cached snapshot.
+    let dir = TempDir::new("cache");
+    let cache = dir.path("snapshot.json");
+    let node = DataPlane::start_redis(
+        &redis.url(),
+        &[("API_PROXY_SNAPSHOT_CACHE", cache.to_str().unwrap())],
+    );
     node.wait_status("/a/x", 200).await;
+    // Applied from a one-field read: the cache lags until the next resync.
+    upsert(&mut redis.conn().await, &keys, "/late", &up.url()).await;
+    node.wait_status("/late/x", 200).await;
 
     redis.kill();
     node.wait_metric("apiproxy_config_stale", 1.0).await;
@@ -76,6 +86,11 @@ async fn redis_killed_and_restarted_then_later_changes_still_arrive() {
         assert_eq!(get_reply(node.addr, "/a/x").await.status, 200);
     }
     assert_eq!(node.readyz().await, 200);
+    assert_eq!(
+        get_reply(node.addr, "/late/x").await.status,
+        200,
+        "no rollback to the cache"
+    );
 
     redis.restart(); // empty: the node must apply what the new Redis holds
     let mut conn = redis.conn().await;

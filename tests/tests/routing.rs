@@ -127,7 +127,7 @@ async fn no_mapping_and_refused_targets_get_json_errors() {
     assert_eq!(
         dp.metric(r#"apiproxy_requests_total{prefix="none",status_class="4xx"}"#)
             .await,
-        1.0
+        7.0
     );
 }
 
