@@ -105,8 +105,46 @@ impl BodyFailure {
     }
 }
 
-/// Where a request body records its failure for the proxy to read.
-pub type FailureSlot = Arc<OnceLock<BodyFailure>>;
+/// What a streaming request body tells the proxy: why it failed, and when
+/// it last moved. The response-header timeout counts from the last byte
+/// sent, so an upload in progress is never cut, and one the upstream
+/// stopped reading still ends.
+#[derive(Debug)]
+pub struct BodyState {
+    pub failure: OnceLock<BodyFailure>,
+    origin: tokio::time::Instant,
+    /// Milliseconds after `origin` of the last frame taken from the client.
+    last_frame_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for BodyState {
+    fn default() -> Self {
+        BodyState {
+            failure: OnceLock::new(),
+            origin: tokio::time::Instant::now(),
+            last_frame_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl BodyState {
+    fn moved(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_frame_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When the body last moved (its creation if it never did).
+    pub fn last_moved(&self) -> tokio::time::Instant {
+        self.origin
+            + Duration::from_millis(
+                self.last_frame_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+}
+
+pub type FailureSlot = Arc<BodyState>;
 
 /// The client's request body on its way upstream.
 #[derive(Debug)]
@@ -161,8 +199,14 @@ impl Body for RequestBody {
                 }
             }
         }
-        if let (Poll::Ready(Some(Err(e))), Some(slot)) = (&polled, &this.failure) {
-            let _ = slot.set(BodyFailure::of(e));
+        if let Some(slot) = &this.failure {
+            match &polled {
+                Poll::Ready(Some(Err(e))) => {
+                    let _ = slot.failure.set(BodyFailure::of(e));
+                }
+                Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => slot.moved(),
+                _ => {}
+            }
         }
         polled
     }

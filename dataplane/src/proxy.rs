@@ -93,12 +93,15 @@ impl Proxy {
         } else {
             &self.upstream.main
         };
-        let sent =
-            tokio::time::timeout(self.response_header_timeout, client.request(upstream_req)).await;
+        let sent = self
+            .await_head(client.request(upstream_req), body_failure.as_deref())
+            .await;
         let mut response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => {
-                let failure = body_failure.as_ref().and_then(|slot| slot.get().copied());
+            Some(Ok(response)) => response,
+            Some(Err(err)) => {
+                let failure = body_failure
+                    .as_ref()
+                    .and_then(|slot| slot.failure.get().copied());
                 return match classify_send_error(&err, failure) {
                     SendFailure::Respond(e) => {
                         log_upstream_failure(&route, &e, &err);
@@ -111,7 +114,7 @@ impl Proxy {
                     }
                 };
             }
-            Err(_) => {
+            None => {
                 let e = ProxyError::upstream(
                     UpstreamErrorKind::Timeout,
                     format!(
@@ -144,6 +147,32 @@ impl Proxy {
             parts,
             ProxyBody::upstream(body, self.idle_timeout, record),
         ))
+    }
+
+    /// Waits for the response head: `None` when the response-header
+    /// timeout passed. It counts from the last byte of the request body
+    /// taken from the client (from the start when there is no body), so a
+    /// long upload is never cut while it moves.
+    async fn await_head<F: std::future::Future>(
+        &self,
+        response: F,
+        body: Option<&crate::body::BodyState>,
+    ) -> Option<F::Output> {
+        let timeout = self.response_header_timeout;
+        tokio::pin!(response);
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                out = &mut response => return Some(out),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let extended = body.map(|b| b.last_moved() + timeout);
+                    match extended {
+                        Some(later) if later > tokio::time::Instant::now() => deadline = later,
+                        _ => return None,
+                    }
+                }
+            }
+        }
     }
 
     /// Rewrites the client's request for the upstream: absolute URL,

@@ -458,3 +458,58 @@ async fn oversized_body_to_an_http2_upstream_still_gets_413() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_not_cut_by_the_response_header_timeout() {
+    // The header timeout (1 s) runs from when the body was sent whole; the
+    // upload itself takes ~2 s and is guarded by the idle timeout only.
+    let up = upstream::http(upstream::echo_handler()).await;
+    let dp = DataPlane::start(
+        &one_mapping("/up", &up.url()),
+        &[
+            ("API_PROXY_RESPONSE_HEADER_TIMEOUT", "1s"),
+            ("API_PROXY_IDLE_TIMEOUT", "3s"),
+        ],
+    );
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let _ = tx.send(Ok(Bytes::from(vec![7u8; 1000]))).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let start = Instant::now();
+    let response = send(dp.addr, Request::post("/up/slow").body(body).unwrap()).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "the upload took {:?}",
+        start.elapsed()
+    );
+    let echo: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["body_len"], 4000);
+
+    // Sent whole, then no answer: 504 about one header timeout later.
+    let (silent, _closed) = scripted(|mut s: TcpStream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await; // the body
+        Some(s)
+    })
+    .await;
+    let dp = DataPlane::start(
+        &one_mapping("/s", &silent.url()),
+        &[("API_PROXY_RESPONSE_HEADER_TIMEOUT", "1s")],
+    );
+    let start = Instant::now();
+    let req = Request::post("/s/x")
+        .body(http_body_util::Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let reply = apiproxy_tests::client::call(dp.addr, req).await;
+    assert_eq!(reply.status, 504);
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        start.elapsed()
+    );
+}
