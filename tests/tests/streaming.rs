@@ -234,3 +234,28 @@ async fn no_tunnel_without_a_101() {
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("upgrade").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upgrade_requests_are_not_tunnelled() {
+    // An h2c tunnel would let the client reach any path on the upstream;
+    // the proxy strips the upgrade and forwards a plain request.
+    let up = upstream::http(upstream::echo_handler()).await;
+    let dp = DataPlane::start(&one_mapping("/api", &up.url()), &[]);
+    let req = Request::get("/api/x")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = send(dp.addr, req).await;
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["uri"], "/x");
+    for hop in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            echo["headers"].get(hop).is_none(),
+            "{hop} reached the upstream: {echo}"
+        );
+    }
+}
