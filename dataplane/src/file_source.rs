@@ -45,8 +45,17 @@ pub fn read_entries(path: &Path) -> Result<BTreeMap<String, String>, FileError> 
 fn parse_entries(text: &str, path: &Path) -> Result<BTreeMap<String, String>, String> {
     let json = || serde_json::from_str::<BTreeMap<String, String>>(text).map_err(|e| e.to_string());
     let toml = || {
-        toml::from_str::<BTreeMap<String, String>>(text)
-            .map_err(|e| e.to_string().trim().replace('\n', " "))
+        // Only the message and the line number: toml's own rendering quotes
+        // the offending line, which may hold a secret in a target.
+        toml::from_str::<BTreeMap<String, String>>(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            }
+        })
     };
     match path.extension().and_then(|e| e.to_str()) {
         Some("toml") => toml(),
@@ -161,6 +170,14 @@ mod tests {
         assert_eq!(toml, json);
         let guessed = parse_entries("\"/a\" = \"http://b\"", Path::new("mappings")).unwrap();
         assert_eq!(guessed["/a"], "http://b");
+    }
+
+    #[test]
+    fn toml_errors_do_not_quote_the_file() {
+        let text = "\"/a\" = \"https://user:secret@h\"\n\"/b\" = oops-secret\n";
+        let err = parse_entries(text, Path::new("m.toml")).unwrap_err();
+        assert!(err.starts_with("line 2: "), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]
