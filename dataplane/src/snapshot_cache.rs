@@ -101,7 +101,12 @@ impl SnapshotCache {
                 .open(&tmp)?;
             file.write_all(&json)?;
             file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            std::fs::rename(&tmp, &self.path)?;
+            // The rename itself is durable only once the directory is synced.
+            match self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
