@@ -144,8 +144,12 @@ async fn boot_with_redis_down_serves_a_valid_cache_and_refuses_a_corrupt_one() {
     // A first node writes the cache.
     let node = DataPlane::start_redis(&redis.url(), &[cache_env]);
     node.wait_status("/cached/x", 200).await;
+    // The cache is written right after the snapshot is applied.
+    apiproxy_tests::eventually("cache written", Duration::from_secs(3), || async {
+        cache.exists().then_some(())
+    })
+    .await;
     drop(node);
-    assert!(cache.exists());
 
     // Redis down: a new node boots from the cache, ready but stale.
     redis.kill();
