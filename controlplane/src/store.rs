@@ -112,10 +112,6 @@ impl Store {
         }
     }
 
-    pub fn keys(&self) -> &RedisKeys {
-        &self.keys
-    }
-
     /// All mappings and the version, read in one transaction.
     pub async fn list(&self) -> Result<(BTreeMap<String, String>, u64), StoreError> {
         let mut conn = self.conn.clone();
@@ -283,9 +279,5 @@ impl Store {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
-    }
-
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
     }
 }

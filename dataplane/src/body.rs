@@ -261,12 +261,6 @@ impl ProxyBody {
         }
     }
 
-    /// Attaches the record that this body finishes when it ends.
-    pub fn with_record(mut self, record: RequestRecord) -> Self {
-        self.record = Some(record);
-        self
-    }
-
     fn finish(&mut self, outcome: Outcome) {
         if let Some(mut record) = self.record.take() {
             record.finish(outcome);

@@ -129,13 +129,6 @@ impl Snapshot {
         self.routes.is_empty()
     }
 
-    /// The mappings as `prefix -> target`, for logs and tests.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, String)> {
-        self.routes
-            .values()
-            .map(|r| (&*r.prefix, r.target.to_string()))
-    }
-
     /// Longest prefix of `path` that matches on a segment boundary: the path
     /// equals the prefix or continues with `/` after it. Returns the route
     /// and the rest of the path after the prefix.

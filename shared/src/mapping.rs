@@ -42,13 +42,6 @@ impl Scheme {
             Scheme::Https => "https",
         }
     }
-
-    pub fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
 }
 
 /// A target URL split into the parts the proxy needs to build an upstream

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiproxy_tests::client::get_reply;
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, full, handler};
@@ -96,18 +95,7 @@ async fn main() {
             .await;
         assert_eq!(reply.status, 201);
         let path = format!("/routed{i}/x");
-        let mut done = [false, false];
-        while done != [true, true] {
-            for (n, node) in nodes.iter().enumerate() {
-                if !done[n] && get_reply(node.addr, &path).await.status == 200 {
-                    done[n] = true;
-                }
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "change {i} not routed within 5 s"
-            );
-        }
+        apiproxy_tests::dataplane::wait_all_route(&nodes, &path).await;
         times.push(t.elapsed());
     }
     times.sort();

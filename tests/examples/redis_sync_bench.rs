@@ -20,7 +20,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use apiproxy_shared::RedisKeys;
-use apiproxy_tests::client::get_reply;
 use apiproxy_tests::redis::{publish, upsert, RedisServer};
 use apiproxy_tests::upstream::{self, full, handler};
 use apiproxy_tests::DataPlane;
@@ -87,18 +86,7 @@ async fn main() {
         let path = format!("/prop{i}/x");
         let start = Instant::now();
         upsert(&mut conn, &keys, &format!("/prop{i}"), &up.url()).await;
-        let mut done = [false, false];
-        while done != [true, true] {
-            for (n, node) in nodes.iter().enumerate() {
-                if !done[n] && get_reply(node.addr, &path).await.status == 200 {
-                    done[n] = true;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "change {i} not routed within 5 s"
-            );
-        }
+        apiproxy_tests::dataplane::wait_all_route(&nodes, &path).await;
         times.push(start.elapsed());
     }
     times.sort();

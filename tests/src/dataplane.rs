@@ -77,6 +77,25 @@ pub(crate) fn spawn_logged(
     }
 }
 
+/// Polls every node without pause until all of them answer 200 for
+/// `path`: how the benchmarks time a change reaching the fleet. Panics
+/// after 5 s.
+pub async fn wait_all_route(nodes: &[DataPlane], path: &str) {
+    let start = Instant::now();
+    let mut done = vec![false; nodes.len()];
+    while done.iter().any(|d| !d) {
+        for (n, node) in nodes.iter().enumerate() {
+            if !done[n] && crate::client::get_reply(node.addr, path).await.status == 200 {
+                done[n] = true;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{path} not routed by every node within 5 s"
+        );
+    }
+}
+
 /// A running `apiproxy-dataplane`, stopped (SIGKILL) on drop if still alive.
 pub struct DataPlane {
     child: Child,
