@@ -7,9 +7,11 @@ pub mod cli;
 pub mod content_hash;
 pub mod mapping;
 pub mod redis_keys;
+pub mod stats;
 pub mod update;
 
 pub use content_hash::content_hash;
 pub use mapping::{validate_mapping, validate_prefix, Mapping, MappingError, Scheme, Target};
 pub use redis_keys::RedisKeys;
+pub use stats::{EndpointDelta, Gauges, StatsBatch};
 pub use update::{UpdateMessage, UpdateOp};
