@@ -1,14 +1,14 @@
-//! The admin API (SPEC §5): mapping CRUD, audit, login and logout, health.
+//! The admin API (SPEC §5): mapping CRUD, audit, login and logout, health;
+//! the router that also serves the stats routes of [`crate::stats_api`].
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use apiproxy_shared::validate_mapping;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
-};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,37 +20,58 @@ use serde::Deserialize;
 use utoipa::OpenApi;
 
 use crate::auth::{LoginLimiter, Secret, Sessions, SESSION_COOKIE, SESSION_TTL};
+use crate::cluster_metrics::ClusterMetrics;
 use crate::error::AppError;
 use crate::model::{
     AllMappings, AuditList, ErrorBody, Login, Mapping, MappingChanged, MappingDeleted,
     MappingFound, MappingList, NewMapping, NewTarget, Readiness, Success,
 };
+use crate::stats_api;
+use crate::stats_store::StatsStore;
 use crate::store::Store;
 
-/// Request bodies over this are refused with 413.
+/// Admin request bodies over this are refused with 413 (SPEC §5).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub struct AppState {
     pub store: Store,
+    pub stats: StatsStore,
     pub sessions: Sessions,
     pub admin: Secret,
+    /// `API_PROXY_NODE_TOKEN`; `None`: every stats push is refused.
+    pub node: Option<Secret>,
     pub limiter: LoginLimiter,
     pub cookie_secure: bool,
+    /// `false`: `/stats` needs admin auth.
+    pub public_stats: bool,
+    /// A node with no batch for this long is `down`.
+    pub node_timeout: Duration,
+    pub metrics: ClusterMetrics,
 }
 
 pub type Shared = Arc<AppState>;
 
 pub fn router(state: Shared) -> Router {
-    let admin = Router::new()
+    let stats = Router::new().route("/stats", get(stats_api::stats));
+    let (admin, public) = if state.public_stats {
+        (Router::new(), stats)
+    } else {
+        (stats, Router::new())
+    };
+    let admin = admin
         .route("/api/mappings", get(list).post(create).put(replace_all))
         .route(
             "/api/mappings/{*prefix}",
             get(get_one).put(update).delete(delete),
         )
         .route("/api/audit", get(audit))
+        .route("/api/nodes", get(stats_api::nodes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(admin)
+        .merge(public)
+        .route("/internal/stats", post(stats_api::push))
+        .route("/metrics", get(stats_api::metrics))
         .route("/api/admin/login", post(login))
         .route("/api/admin/logout", post(logout))
         .route("/healthz", get(healthz))
@@ -58,35 +79,60 @@ pub fn router(state: Shared) -> Router {
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
-/// JSON body whose rejections are API errors: malformed JSON, wrong types
-/// and unknown fields are 400 with serde's message (it names the field),
-/// an oversized body 413.
-pub struct ApiJson<T>(pub T);
+/// JSON body of at most `LIMIT` bytes, whose rejections are API errors:
+/// over the limit 413; a missing JSON content type, malformed JSON, wrong
+/// types and unknown fields 400 with serde's message (it names the field).
+/// The limit is part of the type, so each route states its own; this is
+/// the API's only body extractor.
+pub struct ApiJson<T, const LIMIT: usize = BODY_LIMIT>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+impl<S, T, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT>
 where
     T: DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = AppError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+    async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
+        if !is_json(req.headers()) {
+            return Err(AppError::BadRequest(
+                "expected a request with Content-Type: application/json".into(),
+            ));
         }
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|e| {
+                if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                    AppError::PayloadTooLarge { limit: LIMIT }
+                } else {
+                    AppError::BadRequest("the request body could not be read".into())
+                }
+            })?;
+        let Json(value) =
+            Json::<T>::from_bytes(&bytes).map_err(|e| AppError::BadRequest(e.body_text()))?;
+        Ok(ApiJson(value))
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> AppError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return AppError::PayloadTooLarge;
-    }
-    AppError::BadRequest(rejection.body_text())
+/// `application/json` or a `+json` type, parameters (`; charset=…`) aside.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The client's address, the audit log's `actor`.
@@ -115,6 +161,15 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// Bearer token or a valid session cookie; else 401. A wrong bearer token
 /// counts as a failed login, so guessing through any admin route is
 /// throttled like guessing through the login.
@@ -125,17 +180,13 @@ async fn require_admin(
     next: Next,
 ) -> Result<Response, AppError> {
     let headers = req.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let authorised = match (bearer, cookie(headers, SESSION_COOKIE)) {
+    let authorised = match (bearer(headers), cookie(headers, SESSION_COOKIE)) {
         (Some(token), _) => {
             state
                 .limiter
                 .check(ip)
                 .map_err(|retry_after| AppError::TooManyRequests { retry_after })?;
-            let ok = state.admin.matches(token.trim());
+            let ok = state.admin.matches(token);
             if !ok {
                 state.limiter.failed(ip);
             }
@@ -305,7 +356,7 @@ async fn audit(
     State(state): State<Shared>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditList>, AppError> {
-    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let Query(q) = query?;
     let limit = match q.limit.unwrap_or(100) {
         n @ 1..=1000 => n as usize,
         _ => return Err(AppError::BadRequest("limit: must be from 1 to 1000".into())),
@@ -393,8 +444,9 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 /// The OpenAPI 3 document of every route above.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "apiproxy control plane", description = "Admin API: mappings in Redis, audit, sessions."),
-    paths(list, create, replace_all, get_one, update, delete, audit, login, logout, healthz, readyz, openapi),
+    info(title = "apiproxy control plane", description = "Admin API: mappings in Redis, audit, sessions; cluster stats and the data planes' stats pushes."),
+    paths(list, create, replace_all, get_one, update, delete, audit, login, logout, healthz, readyz, openapi,
+        stats_api::push, stats_api::stats, stats_api::nodes, stats_api::metrics),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
@@ -406,15 +458,19 @@ impl utoipa::Modify for SecuritySchemes {
         use utoipa::openapi::security::{
             ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
         };
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
+        let bearer = |secret: &str| {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("ADMIN_TOKEN"))
+                    .description(Some(secret))
                     .build(),
-            ),
+            )
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", bearer("ADMIN_TOKEN"));
+        components.add_security_scheme(
+            "node",
+            bearer("API_PROXY_NODE_TOKEN: data-plane stats pushes"),
         );
         components.add_security_scheme(
             "session",

@@ -1,10 +1,12 @@
 //! The API's error type: every error body is `{"success": false, "error":
 //! "…"}`; 5xx are logged once and never show internals to the client.
 
+use axum::extract::rejection::QueryRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::stats_store::ApplyError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +21,9 @@ pub enum AppError {
     Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("request body larger than 64 KiB")]
-    PayloadTooLarge,
+    /// The body is over the route's limit (bytes).
+    #[error("request body larger than {} KiB", .limit / 1024)]
+    PayloadTooLarge { limit: usize },
     #[error("too many failed logins; try again later")]
     TooManyRequests { retry_after: u64 },
     #[error("Redis is unavailable")]
@@ -35,7 +38,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -49,6 +52,22 @@ impl From<StoreError> for AppError {
             StoreError::Missing(_) => AppError::NotFound(e.to_string()),
             StoreError::Redis(e) => AppError::Unavailable(e),
         }
+    }
+}
+
+impl From<ApplyError> for AppError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::TooLarge(_) => AppError::BadRequest(e.to_string()),
+            ApplyError::Redis(e) => AppError::Unavailable(e),
+        }
+    }
+}
+
+/// A query string that does not parse: 400 naming the parameter.
+impl From<QueryRejection> for AppError {
+    fn from(e: QueryRejection) -> Self {
+        AppError::BadRequest(e.body_text())
     }
 }
 

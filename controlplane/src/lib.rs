@@ -1,11 +1,17 @@
 //! apiproxy control plane: the admin API over Redis (SPEC §5), written
-//! through the shared crate's key names and validation rules.
+//! through the shared crate's key names and validation rules, and the
+//! cluster stats the data planes push (SPEC §6).
 
 pub mod api;
 pub mod auth;
+pub mod batch_schema;
+pub mod cluster_metrics;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod stats_api;
+pub mod stats_report;
+pub mod stats_store;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -21,6 +27,8 @@ pub use config::{Config, ConfigError, EXIT_CONFIG};
 
 use crate::api::AppState;
 use crate::auth::{LoginLimiter, Secret, Sessions};
+use crate::cluster_metrics::ClusterMetrics;
+use crate::stats_store::StatsStore;
 use crate::store::Store;
 
 /// Longest wait for Redis on any request: the API answers 503 rather than
@@ -67,10 +75,15 @@ pub fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
 pub fn app(config: &Config, conn: ConnectionManager) -> Router {
     let state = AppState {
         store: Store::new(conn.clone(), &config.redis_prefix),
+        stats: StatsStore::new(conn.clone(), &config.redis_prefix),
         sessions: Sessions::new(conn, &config.redis_prefix, &config.admin_token),
         admin: Secret::new(&config.admin_token),
+        node: config.node_token.as_deref().map(Secret::new),
         limiter: LoginLimiter::default(),
         cookie_secure: config.cookie_secure,
+        public_stats: config.public_stats,
+        node_timeout: config.node_timeout,
+        metrics: ClusterMetrics::new(),
     };
     api::router(Arc::new(state))
 }

@@ -91,7 +91,8 @@ redis.call('DEL', KEYS[1])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return v";
 
-fn now_ms() -> u64 {
+/// The control plane's clock, unix ms.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -1,75 +1,15 @@
 //! The admin API in-process (tower `oneshot`) against a real `redis-server`:
 //! every route, status code and validation rule of SPEC §5.
 
-use std::collections::HashMap;
+mod support;
 
-use apiproxy_controlplane::{app, redis_connection, Config};
-use apiproxy_tests::redis::{hset_plain, RedisServer};
+use apiproxy_tests::redis::hset_plain;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::json;
+use support::{Api, TOKEN};
 use tower::ServiceExt;
-
-const TOKEN: &str = "test-admin-token-0123456789";
-
-struct Api {
-    router: Router,
-    redis: RedisServer,
-}
-
-impl Api {
-    fn start() -> Api {
-        Api::start_with(&[])
-    }
-
-    fn start_with(flags: &[&str]) -> Api {
-        let redis = RedisServer::start();
-        let env: HashMap<String, String> = [("ADMIN_TOKEN".to_owned(), TOKEN.to_owned())].into();
-        let url = redis.url();
-        let args = ["apiproxy-controlplane", "--redis-url", url.as_str()];
-        let config = Config::parse(args.into_iter().chain(flags.iter().copied()), &env).unwrap();
-        let router = app(&config, redis_connection(&url).unwrap());
-        Api { router, redis }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        auth: Option<&str>,
-        body: Option<String>,
-    ) -> (StatusCode, Value, header::HeaderMap) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(auth) = auth {
-            req = req.header(header::AUTHORIZATION, auth);
-        }
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
-        let response = self.router.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value, headers)
-    }
-
-    async fn admin(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let (s, v, _) = self
-            .call(
-                method,
-                uri,
-                Some(&format!("Bearer {TOKEN}")),
-                body.map(|b| b.to_string()),
-            )
-            .await;
-        (s, v)
-    }
-}
 
 #[tokio::test]
 async fn every_admin_route_needs_auth() {
@@ -82,6 +22,7 @@ async fn every_admin_route_needs_auth() {
         ("PUT", "/api/mappings/openai"),
         ("DELETE", "/api/mappings/openai"),
         ("GET", "/api/audit"),
+        ("GET", "/api/nodes"),
     ] {
         for auth in [
             None,
@@ -559,6 +500,10 @@ async fn openapi_document_covers_every_route() {
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/api/openapi.json", &["get"]),
+        ("/internal/stats", &["post"]),
+        ("/stats", &["get"]),
+        ("/api/nodes", &["get"]),
+        ("/metrics", &["get"]),
     ] {
         for m in methods {
             assert!(
@@ -593,7 +538,7 @@ async fn openapi_document_covers_every_route() {
 
 #[tokio::test]
 async fn cookie_secure_flag_marks_the_session_cookie() {
-    let api = Api::start_with(&["--cookie-secure", "true"]);
+    let api = Api::start_with(&["--cookie-secure", "true"], &[]);
     let (s, _, headers) = api
         .call(
             "POST",
@@ -626,15 +571,11 @@ async fn sessions_end_when_the_admin_token_changes() {
         .unwrap()
         .to_owned();
     // The same Redis, a control plane restarted with another token.
-    let env: HashMap<String, String> = [(
-        "ADMIN_TOKEN".to_owned(),
-        "another-admin-token-987654321".to_owned(),
-    )]
-    .into();
-    let url = api.redis.url();
-    let config =
-        Config::parse(["apiproxy-controlplane", "--redis-url", url.as_str()], &env).unwrap();
-    let rotated = app(&config, redis_connection(&url).unwrap());
+    let rotated = Api::router_on(
+        &api.redis,
+        &[],
+        &[("ADMIN_TOKEN", "another-admin-token-987654321")],
+    );
     let status = |router: Router| {
         let session = session.clone();
         async move {

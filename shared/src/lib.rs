@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod content_hash;
 pub mod mapping;
+pub mod prometheus_text;
 pub mod redis_keys;
 pub mod stats;
 pub mod update;

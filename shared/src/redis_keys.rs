@@ -1,6 +1,10 @@
 //! Redis key and channel names (SPEC §4), all under one configurable prefix
 //! (`API_PROXY_REDIS_PREFIX`, default `apiproxy`). The Go version used the
 //! same names, so both can share one Redis.
+//!
+//! The `stats` and `node` keys are where the control plane aggregates the
+//! data planes' pushes (SPEC §5, §6); every control-plane replica reads and
+//! writes the same ones, so they are part of the contract too.
 
 /// Default namespace of every key and channel.
 pub const DEFAULT_PREFIX: &str = "apiproxy";
@@ -16,6 +20,15 @@ pub struct RedisKeys {
     pub updates: String,
     /// Stream: one entry per change.
     pub audit: String,
+    /// Hash: cluster-wide counters (total, errors, cancelled, unmatched,
+    /// bytes_in, bytes_out).
+    pub stats_totals: String,
+    /// Set: every prefix that has a [`RedisKeys::stats_endpoint`] hash.
+    pub stats_endpoints: String,
+    /// Set: node ids that have pushed; a member whose
+    /// [`RedisKeys::node`] hash expired is gone.
+    pub nodes: String,
+    namespace: String,
 }
 
 impl RedisKeys {
@@ -25,7 +38,38 @@ impl RedisKeys {
             version: format!("{prefix}:mappings:version"),
             updates: format!("{prefix}:mappings:updates"),
             audit: format!("{prefix}:audit"),
+            stats_totals: format!("{prefix}:stats:totals"),
+            stats_endpoints: format!("{prefix}:stats:endpoints"),
+            nodes: format!("{prefix}:nodes"),
+            namespace: prefix.to_owned(),
         }
+    }
+
+    /// Hash: one mapping prefix's counters and histograms.
+    pub fn stats_endpoint(&self, prefix: &str) -> String {
+        format!("{}:stats:endpoint:{prefix}", self.namespace)
+    }
+
+    /// String: the last `seq` applied from one boot of one node. A boot id
+    /// never holds `:`, so the boot id is what follows the last `:`.
+    pub fn stats_seq(&self, node_id: &str, boot_id: &str) -> String {
+        format!("{}:stats:seq:{node_id}:{boot_id}", self.namespace)
+    }
+
+    /// Hash: the per-minute series bucket starting at `t` (unix seconds,
+    /// a multiple of 60).
+    pub fn stats_minute(&self, t: u64) -> String {
+        format!("{}:stats:minute:{t}", self.namespace)
+    }
+
+    /// Hash: the per-hour series bucket starting at `t` (a multiple of 3600).
+    pub fn stats_hour(&self, t: u64) -> String {
+        format!("{}:stats:hour:{t}", self.namespace)
+    }
+
+    /// Hash: what one node last reported.
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.namespace)
     }
 }
 
@@ -47,5 +91,18 @@ mod tests {
         assert_eq!(k.updates, "apiproxy:mappings:updates");
         assert_eq!(k.audit, "apiproxy:audit");
         assert_eq!(RedisKeys::new("team-a").mappings, "team-a:mappings");
+    }
+
+    #[test]
+    fn stats_names_follow_the_contract() {
+        let k = RedisKeys::new("p");
+        assert_eq!(k.stats_totals, "p:stats:totals");
+        assert_eq!(k.stats_endpoints, "p:stats:endpoints");
+        assert_eq!(k.nodes, "p:nodes");
+        assert_eq!(k.stats_endpoint("/openai"), "p:stats:endpoint:/openai");
+        assert_eq!(k.stats_seq("dp-1", "b-1"), "p:stats:seq:dp-1:b-1");
+        assert_eq!(k.stats_minute(1_700_000_040), "p:stats:minute:1700000040");
+        assert_eq!(k.stats_hour(1_699_999_200), "p:stats:hour:1699999200");
+        assert_eq!(k.node("dp-1"), "p:node:dp-1");
     }
 }

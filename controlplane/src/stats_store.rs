@@ -1,0 +1,363 @@
+//! Cluster stats in Redis (SPEC §5, §6): each data-plane batch applied
+//! exactly once, and the reads behind `/stats`, `/api/nodes` and `/metrics`.
+//!
+//! A batch is applied by one Lua script, so the dedup check and every write
+//! it implies happen atomically: two control-plane replicas (or one
+//! replica racing with itself) can never both apply the same `(node_id,
+//! boot_id, seq)`. Which writes a batch implies is decided in Rust
+//! ([`writes`]), where it is unit-tested; the script only checks the
+//! sequence number and then runs the writes.
+//!
+//! Layout (`{p}` is the Redis prefix):
+//! - `{p}:stats:seq:{node_id}:{boot_id}` string: last applied seq (7 days).
+//! - `{p}:stats:totals` hash: total, errors, cancelled, unmatched,
+//!   bytes_in, bytes_out.
+//! - `{p}:stats:endpoint:{prefix}` hash (+ set `{p}:stats:endpoints`):
+//!   count, error_count, cancelled, bytes_in, bytes_out, latency_sum_ms,
+//!   last_request (unix ms), `1xx`…`5xx`, latency buckets `l0`…`l18`,
+//!   TTFB buckets `t0`…`t18`.
+//! - `{p}:stats:minute:{t}` (25 h) and `{p}:stats:hour:{t}` (31 days)
+//!   hashes: `c`, `e`, `b0`…`b18` over all endpoints, and the same with
+//!   the prefix appended (`c/openai`) per endpoint.
+//! - `{p}:node:{node_id}` hash (1 h, refreshed by each batch) and the set
+//!   `{p}:nodes`.
+
+mod writes;
+
+use std::collections::{BTreeMap, HashMap};
+
+use apiproxy_shared::stats::{BUCKETS, STATUS_CLASSES};
+use apiproxy_shared::{RedisKeys, StatsBatch};
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+pub use writes::MAX_DELTA;
+
+/// Series buckets `/stats` returns: 24 h of minutes, 30 days of hours.
+pub const MINUTE_BUCKETS: u64 = 1440;
+pub const HOUR_BUCKETS: u64 = 720;
+
+/// Field names shared by the writes and the reads.
+mod field {
+    pub(super) const LAST_REQUEST: &str = "last_request";
+    pub(super) const REQUESTS_TOTAL: &str = "requests_total";
+
+    pub(super) fn latency(i: usize) -> String {
+        format!("l{i}")
+    }
+
+    pub(super) fn ttfb(i: usize) -> String {
+        format!("t{i}")
+    }
+
+    pub(super) fn series_bucket(i: usize) -> String {
+        format!("b{i}")
+    }
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    New,
+    /// Its seq was already applied for this node and boot: nothing written.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The batch would add more than [`MAX_DELTA`] to a counter (400).
+    #[error("`{0}` adds more than 2^50 in one batch")]
+    TooLarge(String),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A hash as read back: field → value.
+pub type Counters = HashMap<String, String>;
+
+/// One number of a hash read back; missing or unreadable counts as 0
+/// (a hand-edited value should not take the whole page down).
+pub fn num(hash: &Counters, field: &str) -> u64 {
+    hash.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// One endpoint's totals since the stats began.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointTotals {
+    pub count: u64,
+    pub error_count: u64,
+    pub cancelled: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub latency_sum_ms: u64,
+    /// Unix ms of the last batch that carried a request; 0: none.
+    pub last_request: u64,
+    /// Per class, in [`STATUS_CLASSES`] order.
+    pub status: [u64; STATUS_CLASSES.len()],
+    pub latency: [u64; BUCKETS],
+    pub ttfb: [u64; BUCKETS],
+}
+
+impl EndpointTotals {
+    fn from_hash(h: &Counters) -> EndpointTotals {
+        EndpointTotals {
+            count: num(h, "count"),
+            error_count: num(h, "error_count"),
+            cancelled: num(h, "cancelled"),
+            bytes_in: num(h, "bytes_in"),
+            bytes_out: num(h, "bytes_out"),
+            latency_sum_ms: num(h, "latency_sum_ms"),
+            last_request: num(h, field::LAST_REQUEST),
+            status: STATUS_CLASSES.map(|class| num(h, class)),
+            latency: std::array::from_fn(|i| num(h, &field::latency(i))),
+            ttfb: std::array::from_fn(|i| num(h, &field::ttfb(i))),
+        }
+    }
+}
+
+/// What a node last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub boot_id: String,
+    pub seq: u64,
+    pub config_version: u64,
+    pub config_hash: String,
+    /// Unix ms of its last applied batch.
+    pub last_seen: u64,
+    pub inflight: u64,
+    pub rss_bytes: u64,
+    pub uptime_s: u64,
+    pub requests_total: u64,
+}
+
+impl NodeRecord {
+    fn from_hash(node_id: String, h: &Counters) -> NodeRecord {
+        let text = |f: &str| h.get(f).cloned().unwrap_or_default();
+        NodeRecord {
+            node_id,
+            boot_id: text("boot_id"),
+            seq: num(h, "seq"),
+            config_version: num(h, "config_version"),
+            config_hash: text("config_hash"),
+            last_seen: num(h, "last_seen"),
+            inflight: num(h, "inflight"),
+            rss_bytes: num(h, "rss_bytes"),
+            uptime_s: num(h, "uptime_s"),
+            requests_total: num(h, field::REQUESTS_TOTAL),
+        }
+    }
+}
+
+/// One series bucket (minute or hour) that holds anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesBucket {
+    /// Bucket start, unix seconds.
+    pub t: u64,
+    pub count: u64,
+    pub errors: u64,
+    pub latency: [u64; BUCKETS],
+}
+
+/// The series `/stats` shows, oldest first, and the two newest minutes'
+/// request counts over all endpoints (for the request rate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub minute: Vec<SeriesBucket>,
+    pub hour: Vec<SeriesBucket>,
+    pub this_minute: u64,
+    pub last_minute: u64,
+}
+
+/// The stats and node registry of one Redis namespace.
+#[derive(Clone)]
+pub struct StatsStore {
+    conn: ConnectionManager,
+    keys: RedisKeys,
+    apply: Script,
+}
+
+impl StatsStore {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> StatsStore {
+        StatsStore {
+            conn,
+            keys: RedisKeys::new(prefix),
+            apply: Script::new(writes::APPLY),
+        }
+    }
+
+    /// Applies `batch` once (one EVALSHA); a repeat of an applied
+    /// `(node_id, boot_id, seq)` writes nothing.
+    pub async fn apply(&self, batch: &StatsBatch, now_ms: u64) -> Result<Applied, ApplyError> {
+        let writes = writes::plan(&self.keys, batch, now_ms);
+        if let Some(field) = writes.too_large {
+            return Err(ApplyError::TooLarge(field));
+        }
+        let mut invocation = self.apply.prepare_invoke();
+        for key in &writes.keys {
+            invocation.key(key);
+        }
+        for arg in &writes.args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        let outcome: String = invocation.invoke_async(&mut conn).await?;
+        Ok(if outcome == "duplicate" {
+            Applied::Duplicate
+        } else {
+            Applied::New
+        })
+    }
+
+    /// The cluster totals and every endpoint's, sorted by prefix (two
+    /// round trips: the set of endpoints, then their hashes).
+    pub async fn endpoints(
+        &self,
+    ) -> redis::RedisResult<(Counters, BTreeMap<String, EndpointTotals>)> {
+        let mut conn = self.conn.clone();
+        let (totals, prefixes): (Counters, Vec<String>) = redis::pipe()
+            .hgetall(&self.keys.stats_totals)
+            .smembers(&self.keys.stats_endpoints)
+            .query_async(&mut conn)
+            .await?;
+        let hashes = self
+            .hashes(prefixes.iter().map(|p| self.keys.stats_endpoint(p)))
+            .await?;
+        let endpoints = prefixes
+            .into_iter()
+            .zip(hashes)
+            .map(|(prefix, h)| (prefix, EndpointTotals::from_hash(&h)))
+            .collect();
+        Ok((totals, endpoints))
+    }
+
+    /// Every node still registered, sorted by id, and the current mappings
+    /// version. Ids whose hash has expired are dropped from the set here.
+    pub async fn nodes(&self) -> redis::RedisResult<(Vec<NodeRecord>, u64)> {
+        let mut conn = self.conn.clone();
+        let (mut ids, version): (Vec<String>, Option<u64>) = redis::pipe()
+            .smembers(&self.keys.nodes)
+            .get(&self.keys.version)
+            .query_async(&mut conn)
+            .await?;
+        ids.sort();
+        let hashes = self.hashes(ids.iter().map(|id| self.keys.node(id))).await?;
+        let mut gone = Vec::new();
+        let mut nodes = Vec::new();
+        for (id, h) in ids.into_iter().zip(hashes) {
+            if h.is_empty() {
+                gone.push(id);
+            } else {
+                nodes.push(NodeRecord::from_hash(id, &h));
+            }
+        }
+        // A node that pushes again between the read and this SREM drops out
+        // of the set until its next batch adds it back (seconds later).
+        if !gone.is_empty() {
+            let _: () = redis::cmd("SREM")
+                .arg(&self.keys.nodes)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok((nodes, version.unwrap_or(0)))
+    }
+
+    /// HGETALL of every key, in one round trip.
+    async fn hashes(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> redis::RedisResult<Vec<Counters>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hgetall(key);
+        }
+        if pipe.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await
+    }
+
+    /// The last 24 h of minutes and 30 days of hours up to `now_s`, of
+    /// one endpoint or (`None`) all of them, in one round trip: HMGET of
+    /// just the fields needed, never the whole (per-endpoint) hashes.
+    pub async fn series(&self, now_s: u64, endpoint: Option<&str>) -> redis::RedisResult<Series> {
+        let suffix = endpoint.unwrap_or("");
+        let mut fields = vec![format!("c{suffix}"), format!("e{suffix}")];
+        fields.extend((0..BUCKETS).map(|i| format!("{}{suffix}", field::series_bucket(i))));
+        let minutes = bucket_starts(now_s, 60, MINUTE_BUCKETS);
+        let hours = bucket_starts(now_s, 3600, HOUR_BUCKETS);
+        let mut pipe = redis::pipe();
+        for &t in &minutes {
+            pipe.cmd("HMGET")
+                .arg(self.keys.stats_minute(t))
+                .arg(&fields);
+        }
+        for &t in &hours {
+            pipe.cmd("HMGET").arg(self.keys.stats_hour(t)).arg(&fields);
+        }
+        let this_minute = minutes[minutes.len() - 1];
+        for t in [this_minute, this_minute.saturating_sub(60)] {
+            pipe.cmd("HGET").arg(self.keys.stats_minute(t)).arg("c");
+        }
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let rate: Vec<Option<u64>> = replies
+            .split_off(minutes.len() + hours.len())
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        let hour_replies = replies.split_off(minutes.len());
+        Ok(Series {
+            minute: buckets_from(&minutes, replies)?,
+            hour: buckets_from(&hours, hour_replies)?,
+            this_minute: rate[0].unwrap_or(0),
+            last_minute: rate[1].unwrap_or(0),
+        })
+    }
+}
+
+/// Starts of the `n` buckets of `width` seconds up to the one holding
+/// `now_s`, oldest first.
+fn bucket_starts(now_s: u64, width: u64, n: u64) -> Vec<u64> {
+    let newest = now_s / width * width;
+    (0..n)
+        .rev()
+        .filter_map(|back| newest.checked_sub(back * width))
+        .collect()
+}
+
+/// The non-empty buckets among HMGET replies of `c`, `e`, `b0`…`b18`.
+fn buckets_from(
+    starts: &[u64],
+    replies: Vec<redis::Value>,
+) -> redis::RedisResult<Vec<SeriesBucket>> {
+    let mut out = Vec::new();
+    for (&t, reply) in starts.iter().zip(replies) {
+        let values: Vec<Option<u64>> = redis::from_redis_value(reply)?;
+        let count = values[0].unwrap_or(0);
+        if count == 0 {
+            continue;
+        }
+        out.push(SeriesBucket {
+            t,
+            count,
+            errors: values[1].unwrap_or(0),
+            latency: std::array::from_fn(|i| values[2 + i].unwrap_or(0)),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_starts_are_aligned_and_oldest_first() {
+        assert_eq!(bucket_starts(125, 60, 3), vec![0, 60, 120]);
+        assert_eq!(bucket_starts(59, 60, 3), vec![0], "never before the epoch");
+        assert_eq!(bucket_starts(7200, 3600, 2), vec![3600, 7200]);
+    }
+}

@@ -1,0 +1,327 @@
+//! What applying one batch writes (the layout is in the parent module),
+//! decided in Rust and unit-tested here; the Lua script [`APPLY`] checks
+//! the sequence number and then runs the list, all atomically.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apiproxy_shared::{EndpointDelta, RedisKeys, StatsBatch};
+
+use super::field;
+
+// How long each key is kept after the last batch that wrote it.
+const SEQ_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const NODE_TTL: Duration = Duration::from_secs(3600);
+const MINUTE_TTL: Duration = Duration::from_secs(25 * 3600);
+const HOUR_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// Most one batch may add to any one counter. Redis counters are signed
+/// 64-bit and HINCRBY fails on overflow (a failed script is not rolled
+/// back), so each batch is bounded far below that: 8192 batches at the
+/// limit before a counter could overflow, where a real node adds a few
+/// thousand per batch.
+pub const MAX_DELTA: u64 = 1 << 50;
+
+// KEYS[1]: the seq key; KEYS[2]: the node hash; then the keys the writes
+// name by index. ARGV[1]: seq; ARGV[2]: seq TTL (s); ARGV[3]: boot_id;
+// then the writes, four arguments each: op, key index, field or member
+// (or TTL for `expire`), value. [`plan`] builds both lists.
+//
+// Sequence numbers are compared as decimal strings (length, then bytes)
+// because Lua numbers are doubles and a u64 seq may not fit one.
+pub(super) const APPLY: &str = r"
+local function le(a, b) return #a < #b or (#a == #b and a <= b) end
+local last = redis.call('GET', KEYS[1])
+if last and le(ARGV[1], last) then return 'duplicate' end
+-- Recorded before the writes: should one fail, the rest of this batch is
+-- lost rather than its first part counted twice when the node resends.
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+-- requests_total counts since the node booted.
+if redis.call('HGET', KEYS[2], 'boot_id') ~= ARGV[3] then
+  redis.call('HDEL', KEYS[2], 'requests_total')
+end
+for i = 4, #ARGV, 4 do
+  local op, key, a, b = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+  if op == 'incr' then redis.call('HINCRBY', key, a, b)
+  elseif op == 'set' then redis.call('HSET', key, a, b)
+  elseif op == 'add' then redis.call('SADD', key, a)
+  elseif op == 'expire' then redis.call('EXPIRE', key, a)
+  else return redis.error_reply('unknown op ' .. op) end
+end
+return 'applied'";
+
+/// The writes one batch implies, in order, as the script's KEYS and ARGV.
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    pub(super) keys: Vec<String>,
+    pub(super) args: Vec<String>,
+    /// The first counter that would grow by more than [`MAX_DELTA`].
+    pub(super) too_large: Option<String>,
+}
+
+impl Writes {
+    /// Declares a key; returns its 1-based index for the script.
+    fn key(&mut self, name: String) -> usize {
+        self.keys.push(name);
+        self.keys.len()
+    }
+
+    fn op(&mut self, op: &str, key: usize, a: &str, b: String) {
+        self.args
+            .extend([op.to_owned(), key.to_string(), a.to_owned(), b]);
+    }
+
+    /// HINCRBY, left out when there is nothing to add.
+    fn incr(&mut self, key: usize, field: &str, by: u64) {
+        if by > MAX_DELTA && self.too_large.is_none() {
+            self.too_large = Some(field.to_owned());
+        }
+        if by > 0 {
+            self.op("incr", key, field, by.to_string());
+        }
+    }
+
+    fn set(&mut self, key: usize, field: &str, value: impl ToString) {
+        self.op("set", key, field, value.to_string());
+    }
+
+    fn add(&mut self, key: usize, member: &str) {
+        self.op("add", key, member, String::new());
+    }
+
+    fn expire(&mut self, key: usize, ttl: Duration) {
+        self.op("expire", key, &ttl.as_secs().to_string(), String::new());
+    }
+}
+
+/// Counters of one endpoint's hash that a delta adds to.
+fn endpoint_counters(e: &EndpointDelta) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = [
+        ("count", e.requests),
+        ("error_count", e.errors),
+        ("cancelled", e.cancelled),
+        ("bytes_in", e.bytes_in),
+        ("bytes_out", e.bytes_out),
+        ("latency_sum_ms", e.latency_sum_ms),
+    ]
+    .into_iter()
+    .map(|(f, n)| (f.to_owned(), n))
+    .collect();
+    out.extend(e.status.iter().map(|(class, n)| (class.clone(), *n)));
+    out.extend(buckets(&e.latency_buckets, field::latency));
+    out.extend(buckets(&e.ttfb_buckets, field::ttfb));
+    out
+}
+
+/// Counters of a series bucket (minute or hour) that a delta adds to.
+fn series_counters(e: &EndpointDelta) -> Vec<(String, u64)> {
+    let mut out = vec![("c".to_owned(), e.requests), ("e".to_owned(), e.errors)];
+    out.extend(buckets(&e.latency_buckets, field::series_bucket));
+    out
+}
+
+fn buckets<'a>(
+    counts: &'a [u64],
+    name: fn(usize) -> String,
+) -> impl Iterator<Item = (String, u64)> + 'a {
+    counts.iter().enumerate().map(move |(i, n)| (name(i), *n))
+}
+
+/// Adds `pairs` into `sums`, saturating (a saturated sum is over the limit).
+fn accumulate(sums: &mut BTreeMap<String, u64>, pairs: &[(String, u64)]) {
+    for (field, n) in pairs {
+        let sum = sums.entry(field.clone()).or_default();
+        *sum = sum.saturating_add(*n);
+    }
+}
+
+/// The writes that apply `batch` at `now_ms` (the control plane's clock).
+/// Series buckets are chosen by that clock, not by `sent_at`: a batch
+/// resent after an outage lands in the minute it is applied.
+pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes {
+    let now_s = now_ms / 1000;
+    let mut w = Writes {
+        args: vec![
+            batch.seq.to_string(),
+            SEQ_TTL.as_secs().to_string(),
+            batch.boot_id.clone(),
+        ],
+        ..Writes::default()
+    };
+    w.key(keys.stats_seq(&batch.node_id, &batch.boot_id));
+    let node = w.key(keys.node(&batch.node_id));
+    let nodes = w.key(keys.nodes.clone());
+    let totals = w.key(keys.stats_totals.clone());
+    let endpoints = w.key(keys.stats_endpoints.clone());
+    let minute = w.key(keys.stats_minute(now_s / 60 * 60));
+    let hour = w.key(keys.stats_hour(now_s / 3600 * 3600));
+
+    let mut sums = BTreeMap::new();
+    let mut series_sums = BTreeMap::new();
+    for (prefix, e) in &batch.endpoints {
+        let counters = endpoint_counters(e);
+        let series = series_counters(e);
+        accumulate(&mut sums, &counters);
+        accumulate(&mut series_sums, &series);
+        let hash = w.key(keys.stats_endpoint(prefix));
+        w.add(endpoints, prefix);
+        for (f, n) in &counters {
+            w.incr(hash, f, *n);
+        }
+        if e.requests > 0 {
+            w.set(hash, field::LAST_REQUEST, now_ms);
+        }
+        for (f, n) in &series {
+            let per_endpoint = format!("{f}{prefix}");
+            w.incr(minute, &per_endpoint, *n);
+            w.incr(hour, &per_endpoint, *n);
+        }
+    }
+    let sum = |f: &str| sums.get(f).copied().unwrap_or(0);
+    let requests = sum("count");
+    for (f, n) in [
+        ("total", requests),
+        ("errors", sum("error_count")),
+        ("cancelled", sum("cancelled")),
+        ("unmatched", batch.unmatched),
+        ("bytes_in", sum("bytes_in")),
+        ("bytes_out", sum("bytes_out")),
+    ] {
+        w.incr(totals, f, n);
+    }
+    for (f, n) in &series_sums {
+        w.incr(minute, f, *n);
+        w.incr(hour, f, *n);
+    }
+    w.expire(minute, MINUTE_TTL);
+    w.expire(hour, HOUR_TTL);
+
+    w.set(node, "boot_id", &batch.boot_id);
+    w.set(node, "seq", batch.seq);
+    w.set(node, "config_version", batch.config_version);
+    w.set(node, "config_hash", &batch.config_hash);
+    w.set(node, "last_seen", now_ms);
+    w.set(node, "inflight", batch.gauges.inflight);
+    w.set(node, "rss_bytes", batch.gauges.rss_bytes);
+    w.set(node, "uptime_s", batch.gauges.uptime_s);
+    w.incr(
+        node,
+        field::REQUESTS_TOTAL,
+        requests.saturating_add(batch.unmatched),
+    );
+    w.expire(node, NODE_TTL);
+    w.add(nodes, &batch.node_id);
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use apiproxy_shared::stats::BUCKETS;
+    use apiproxy_shared::Gauges;
+
+    use super::*;
+
+    fn delta(requests: u64, bucket: usize) -> EndpointDelta {
+        let mut latency_buckets = vec![0; BUCKETS];
+        latency_buckets[bucket] = requests;
+        EndpointDelta {
+            requests,
+            errors: 1,
+            status: BTreeMap::from([("2xx".to_owned(), requests - 1), ("5xx".to_owned(), 1)]),
+            bytes_in: 10,
+            latency_buckets,
+            ttfb_buckets: vec![0; BUCKETS],
+            ..EndpointDelta::default()
+        }
+    }
+
+    fn batch() -> StatsBatch {
+        StatsBatch {
+            node_id: "dp-1".into(),
+            boot_id: "boot".into(),
+            seq: 7,
+            sent_at: 0,
+            interval_s: 2.0,
+            config_version: 3,
+            config_hash: "h".into(),
+            gauges: Gauges {
+                inflight: 2,
+                rss_bytes: 1000,
+                uptime_s: 5,
+            },
+            unmatched: 4,
+            endpoints: BTreeMap::from([
+                ("/a".to_owned(), delta(3, 2)),
+                ("/b".to_owned(), delta(5, 2)),
+            ]),
+        }
+    }
+
+    /// The writes as (op, key, field, value) for assertions.
+    fn ops(w: &Writes) -> Vec<(String, String, String, String)> {
+        assert_eq!(w.args[..3], ["7", "604800", "boot"]);
+        w.args[3..]
+            .chunks(4)
+            .map(|c| {
+                let key = w.keys[c[1].parse::<usize>().unwrap() - 1].clone();
+                (c[0].clone(), key, c[2].clone(), c[3].clone())
+            })
+            .collect()
+    }
+
+    fn has(w: &Writes, op: &str, key: &str, field: &str, value: &str) -> bool {
+        ops(w)
+            .iter()
+            .any(|o| o == &(op.into(), key.into(), field.into(), value.into()))
+    }
+
+    #[test]
+    fn a_batch_writes_totals_endpoints_series_and_the_node() {
+        let keys = RedisKeys::new("p");
+        let now_ms = 1_700_000_123_456;
+        let w = plan(&keys, &batch(), now_ms);
+        assert_eq!(w.keys[0], "p:stats:seq:dp-1:boot");
+        assert_eq!(w.keys[1], "p:node:dp-1");
+        assert!(w.too_large.is_none());
+        for (op, key, field, value) in [
+            ("incr", "p:stats:totals", "total", "8"),
+            ("incr", "p:stats:totals", "errors", "2"),
+            ("incr", "p:stats:totals", "unmatched", "4"),
+            ("incr", "p:stats:totals", "bytes_in", "20"),
+            ("add", "p:stats:endpoints", "/a", ""),
+            ("incr", "p:stats:endpoint:/a", "count", "3"),
+            ("incr", "p:stats:endpoint:/a", "5xx", "1"),
+            ("incr", "p:stats:endpoint:/b", "l2", "5"),
+            (
+                "set",
+                "p:stats:endpoint:/b",
+                "last_request",
+                "1700000123456",
+            ),
+            ("incr", "p:stats:minute:1700000100", "c", "8"),
+            ("incr", "p:stats:minute:1700000100", "b2", "8"),
+            ("incr", "p:stats:minute:1700000100", "c/a", "3"),
+            ("incr", "p:stats:hour:1699999200", "e/b", "1"),
+            ("expire", "p:stats:minute:1700000100", "90000", ""),
+            ("set", "p:node:dp-1", "config_version", "3"),
+            ("set", "p:node:dp-1", "last_seen", "1700000123456"),
+            ("incr", "p:node:dp-1", "requests_total", "12"),
+            ("expire", "p:node:dp-1", "3600", ""),
+            ("add", "p:nodes", "dp-1", ""),
+        ] {
+            assert!(has(&w, op, key, field, value), "{op} {key} {field} {value}");
+        }
+        // Zero counters are not written at all.
+        assert!(!ops(&w).iter().any(|o| o.2 == "cancelled" || o.2 == "t0"));
+    }
+
+    #[test]
+    fn an_oversized_counter_is_named() {
+        let mut b = batch();
+        b.endpoints.get_mut("/a").unwrap().bytes_out = MAX_DELTA;
+        assert!(plan(&RedisKeys::default(), &b, 0).too_large.is_none());
+        b.endpoints.get_mut("/b").unwrap().bytes_out = 1;
+        let w = plan(&RedisKeys::default(), &b, 0);
+        assert_eq!(w.too_large.as_deref(), Some("bytes_out"));
+    }
+}

@@ -1,0 +1,473 @@
+//! The stats path in-process against a real `redis-server`: pushes in
+//! (`POST /internal/stats`), applied exactly once; `/stats`,
+//! `/api/nodes` and `/metrics` out (SPEC §5, §6).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apiproxy_shared::stats::BUCKETS;
+use apiproxy_shared::{EndpointDelta, Gauges, RedisKeys, StatsBatch};
+use axum::http::{header, StatusCode};
+use serde_json::{json, Value};
+use support::{Api, Client, NODE_TOKEN, TOKEN};
+
+const MIB: u64 = 1024 * 1024;
+
+/// `requests` requests, `errors` of them 5xx, all in latency bucket
+/// `bucket`; 100 bytes in and 1000 out each, 40 ms each on average.
+fn delta(requests: u64, errors: u64, bucket: usize) -> EndpointDelta {
+    let mut latency_buckets = vec![0; BUCKETS];
+    latency_buckets[bucket] = requests;
+    EndpointDelta {
+        requests,
+        errors,
+        status: BTreeMap::from([
+            ("2xx".to_owned(), requests - errors),
+            ("5xx".to_owned(), errors),
+        ]),
+        cancelled: 0,
+        bytes_in: requests * 100,
+        bytes_out: requests * 1000,
+        latency_sum_ms: requests * 40,
+        ttfb_buckets: latency_buckets.clone(),
+        latency_buckets,
+    }
+}
+
+fn batch(
+    node_id: &str,
+    boot_id: &str,
+    seq: u64,
+    endpoints: &[(&str, EndpointDelta)],
+) -> StatsBatch {
+    StatsBatch {
+        node_id: node_id.into(),
+        boot_id: boot_id.into(),
+        seq,
+        sent_at: 1_700_000_000,
+        interval_s: 2.0,
+        config_version: 0,
+        config_hash: "cbf29ce484222325".into(),
+        gauges: Gauges {
+            inflight: 1,
+            rss_bytes: 10 * MIB,
+            uptime_s: 60,
+        },
+        unmatched: 0,
+        endpoints: endpoints
+            .iter()
+            .map(|(p, d)| (p.to_string(), d.clone()))
+            .collect(),
+    }
+}
+
+async fn push_raw(api: &Client, body: String) -> (StatusCode, Value) {
+    let auth = format!("Bearer {NODE_TOKEN}");
+    let (s, v, _) = api
+        .call("POST", "/internal/stats", Some(&auth), Some(body))
+        .await;
+    (s, v)
+}
+
+async fn push(api: &Client, b: &StatsBatch) -> StatusCode {
+    let (s, body) = push_raw(api, serde_json::to_string(b).unwrap()).await;
+    if s == StatusCode::NO_CONTENT {
+        assert_eq!(body, json!(""), "204 has no body");
+    }
+    s
+}
+
+async fn stats(api: &Client, query: &str) -> Value {
+    let (s, v, _) = api.call("GET", &format!("/stats{query}"), None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+fn sum(series: &Value, field: &str) -> u64 {
+    series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[field].as_u64().unwrap())
+        .sum()
+}
+
+async fn node(api: &Client, id: &str) -> Value {
+    let (s, v) = api.admin("GET", "/api/nodes", None).await;
+    assert_eq!(s, StatusCode::OK);
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_batch_is_applied_once_per_node_boot_and_seq() {
+    let mut api = Api::start();
+    let mut first = batch("dp-1", "boot-a", 1, &[("/openai", delta(10, 1, 3))]);
+    first.unmatched = 2;
+    assert_eq!(push(&api, &first).await, StatusCode::NO_CONTENT);
+    assert_eq!(stats(&api, "").await["total"], 10);
+
+    // A resend (the ack was lost), even with a new sent_at: not applied again.
+    first.sent_at += 5;
+    assert_eq!(push(&api, &first).await, StatusCode::NO_CONTENT);
+    let s = stats(&api, "").await;
+    assert_eq!((&s["total"], &s["unmatched"]), (&json!(10), &json!(2)));
+
+    let mut second = first.clone();
+    second.seq = 2;
+    assert_eq!(push(&api, &second).await, StatusCode::NO_CONTENT);
+    assert_eq!(stats(&api, "").await["total"], 20);
+    assert_eq!(node(&api, "dp-1").await["requests_total"], 24);
+
+    // An older seq of the same boot is a duplicate too.
+    assert_eq!(push(&api, &first).await, StatusCode::NO_CONTENT);
+    assert_eq!(stats(&api, "").await["total"], 20);
+
+    // The node restarted: a new boot starts again at seq 1.
+    let mut rebooted = first.clone();
+    rebooted.boot_id = "boot-b".into();
+    assert_eq!(push(&api, &rebooted).await, StatusCode::NO_CONTENT);
+    let s = stats(&api, "").await;
+    assert_eq!((&s["total"], &s["unmatched"]), (&json!(30), &json!(6)));
+    let n = node(&api, "dp-1").await;
+    assert_eq!(n["boot_id"], "boot-b");
+    assert_eq!(n["requests_total"], 12, "counted since the new boot");
+
+    // Redis away: 503, so the node keeps the batch and resends it.
+    api.redis.kill();
+    second.boot_id = "boot-b".into();
+    assert_eq!(push(&api, &second).await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn pushes_need_the_node_token() {
+    let api = Api::start();
+    let body = serde_json::to_string(&batch("dp-1", "b", 1, &[("/a", delta(1, 0, 0))])).unwrap();
+    for auth in [
+        None,
+        Some("Bearer wrong-node-token-0000000".to_owned()),
+        Some(format!("Bearer {TOKEN}")),
+        Some(NODE_TOKEN.to_owned()),
+        Some("Basic abc".to_owned()),
+    ] {
+        let (s, v, _) = api
+            .call(
+                "POST",
+                "/internal/stats",
+                auth.as_deref(),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(
+            v,
+            json!({"success": false, "error": "authentication required"})
+        );
+    }
+    // The token is checked before the body is looked at.
+    let (s, _, _) = api
+        .call("POST", "/internal/stats", None, Some("{not json".into()))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(stats(&api, "").await["total"], 0);
+
+    // No API_PROXY_NODE_TOKEN: every push is refused, the right one too.
+    let closed = Api::start_with(&[], &[("API_PROXY_NODE_TOKEN", "")]);
+    assert_eq!(push_raw(&closed, body).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn push_bodies_are_checked() {
+    let api = Api::start();
+    let valid = batch("dp-1", "b", 1, &[("/a", delta(1, 0, 0))]);
+    let as_json = |b: &StatsBatch| serde_json::to_value(b).unwrap();
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let mut v = as_json(&valid);
+    v["seq"] = json!("one");
+    cases.push((v, "seq"));
+    let mut v = as_json(&valid);
+    v["bogus"] = json!(1);
+    cases.push((v, "bogus"));
+    let mut v = as_json(&valid);
+    v["endpoints"]["/a"]["bytes_in"] = json!(-1);
+    cases.push((v, "bytes_in"));
+    let mut v = as_json(&valid);
+    v.as_object_mut().unwrap().remove("gauges");
+    cases.push((v, "gauges"));
+    let mut v = as_json(&valid);
+    v["endpoints"]["/a"]["latency_buckets"] = json!([1, 2]);
+    cases.push((v, "latency_buckets"));
+    let mut v = as_json(&valid);
+    v["seq"] = json!(0);
+    cases.push((v, "seq"));
+    let mut v = as_json(&valid);
+    v["boot_id"] = json!("a:b");
+    cases.push((v, "boot_id"));
+    let mut v = as_json(&valid);
+    v["endpoints"]["/a"]["bytes_out"] = json!((1u64 << 50) + 1);
+    cases.push((v, "bytes_out"));
+    for (body, field) in cases {
+        let (s, reply) = push_raw(&api, body.to_string()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reply["success"], false);
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(field), "{field}: {error}");
+    }
+    assert_eq!(
+        push_raw(&api, "{not json".into()).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Over the admin API's 64 KiB but within the push limit of 1 MiB.
+    let many: Vec<(String, EndpointDelta)> = (0..400)
+        .map(|i| (format!("/endpoint-{i}"), delta(1, 0, 0)))
+        .collect();
+    let many: Vec<(&str, EndpointDelta)> =
+        many.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let big = batch("dp-1", "b", 1, &many);
+    assert!(serde_json::to_string(&big).unwrap().len() > 64 * 1024);
+    assert_eq!(push(&api, &big).await, StatusCode::NO_CONTENT);
+
+    let mut over = as_json(&valid);
+    over["config_hash"] = json!("x".repeat(1024 * 1024));
+    let (s, reply) = push_raw(&api, over.to_string()).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        reply["error"].as_str().unwrap().contains("1024 KiB"),
+        "{reply}"
+    );
+
+    let s = stats(&api, "").await;
+    assert_eq!(s["total"], 400, "only the valid batch was applied");
+}
+
+#[tokio::test]
+async fn stats_add_up_batches_from_several_nodes() {
+    let api = Api::start();
+    let mut openai = delta(10, 2, 3); // (25, 50] ms
+    openai.cancelled = 1;
+    let mut a1 = batch("dp-1", "a", 1, &[("/openai", openai)]);
+    a1.unmatched = 3;
+    let a2 = batch("dp-1", "a", 2, &[("/claude", delta(5, 0, 5))]); // (100, 250] ms
+    let mut b1 = batch("dp-2", "b", 1, &[("/openai", delta(20, 1, 4))]); // (50, 100] ms
+    b1.unmatched = 1;
+    b1.gauges.rss_bytes = 20 * MIB;
+    for b in [&a1, &a2, &b1] {
+        assert_eq!(push(&api, b).await, StatusCode::NO_CONTENT);
+    }
+    let s = stats(&api, "").await;
+    assert_eq!(s["total"], 35);
+    assert_eq!(s["errors"], 3);
+    assert_eq!(s["unmatched"], 4);
+    assert_eq!(s["cancelled"], 1);
+    let o = &s["endpoints"]["/openai"];
+    assert_eq!(o["count"], 30);
+    assert_eq!(o["error_count"], 3);
+    assert_eq!(o["bytes_in"], 3000);
+    assert_eq!(o["bytes_out"], 30_000);
+    assert!(o["last_request"].as_u64().unwrap() > 1_600_000_000_000);
+    let (p50, p99) = (o["p50_ms"].as_f64().unwrap(), o["p99_ms"].as_f64().unwrap());
+    assert!(
+        25.0 < p50 && p50 <= 100.0 && p50 <= p99 && p99 <= 100.0,
+        "{o}"
+    );
+    let c = &s["endpoints"]["/claude"];
+    assert_eq!(c["count"], 5);
+    assert!(
+        (100.0..=250.0).contains(&c["p50_ms"].as_f64().unwrap()),
+        "{c}"
+    );
+
+    let perf = &s["performance"];
+    assert_eq!(perf["avg_response_time_ms"], 40.0);
+    assert_eq!(perf["error_rate"], 8.571, "3 / 35 in percent");
+    assert_eq!(perf["memory_usage_mb"], 30.0);
+    let p99 = perf["p99_response_time_ms"].as_f64().unwrap();
+    assert!((100.0..=250.0).contains(&p99), "{perf}");
+    assert!(perf["requests_per_sec"].as_f64().unwrap() > 0.0, "{perf}");
+    assert_eq!(s["nodes"], json!({"up": 2, "stale": 0, "down": 0}));
+
+    for series in ["minute", "hour"] {
+        let buckets = &s["series"][series];
+        assert_eq!(sum(buckets, "count"), 35, "{series}: {buckets}");
+        assert_eq!(sum(buckets, "errors"), 3);
+        let t = buckets[0]["t"].as_u64().unwrap();
+        assert_eq!(t % if series == "minute" { 60 } else { 3600 }, 0);
+        assert!(buckets[0]["p99_ms"].as_f64().unwrap() > 0.0);
+    }
+    let claude = stats(&api, "?endpoint=/claude").await;
+    assert_eq!(sum(&claude["series"]["minute"], "count"), 5);
+    assert_eq!(sum(&claude["series"]["hour"], "errors"), 0);
+    assert_eq!(claude["total"], 35, "the filter is for the series only");
+    let none = stats(&api, "?endpoint=/nothing").await;
+    assert_eq!(none["series"], json!({"minute": [], "hour": []}));
+    let (status, body, _) = api.call("GET", "/stats?endpoint=nothing", None, None).await;
+    assert_eq!(
+        (status, &body["success"]),
+        (StatusCode::BAD_REQUEST, &json!(false))
+    );
+
+    // Another control-plane replica on the same Redis reports the same.
+    assert_eq!(stats(&api.replica(), "").await["endpoints"], s["endpoints"]);
+}
+
+#[tokio::test]
+async fn nodes_are_up_stale_or_down() {
+    let api = Api::start_with(&["--node-timeout", "1s"], &[]);
+    let (s, created) = api
+        .admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/a", "target": "https://a.example"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(created["version"], 1);
+    let mut down = batch("c-down", "b", 1, &[]);
+    down.config_version = 1;
+    assert_eq!(push(&api, &down).await, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut up = batch("a-up", "b", 1, &[("/a", delta(3, 0, 0))]);
+    up.config_version = 1;
+    up.gauges = Gauges {
+        inflight: 4,
+        rss_bytes: 5 * MIB,
+        uptime_s: 99,
+    };
+    let stale = batch("b-stale", "b", 1, &[]);
+    assert_eq!(push(&api, &up).await, StatusCode::NO_CONTENT);
+    assert_eq!(push(&api, &stale).await, StatusCode::NO_CONTENT);
+
+    let (s, list) = api.admin("GET", "/api/nodes", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let nodes = list["nodes"].as_array().unwrap();
+    let states: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|n| (n["node_id"].as_str().unwrap(), n["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [("a-up", "up"), ("b-stale", "stale"), ("c-down", "down")]
+    );
+    let a = &nodes[0];
+    assert_eq!(a["boot_id"], "b");
+    assert_eq!(a["config_version"], 1);
+    assert_eq!(a["config_hash"], "cbf29ce484222325");
+    assert_eq!(a["inflight"], 4);
+    assert_eq!(a["rss_bytes"], 5 * MIB);
+    assert_eq!(a["uptime_s"], 99);
+    assert_eq!(a["requests_total"], 3);
+    assert!(a["last_seen"].as_u64().unwrap() > 1_600_000_000_000);
+
+    let s = stats(&api, "").await;
+    assert_eq!(s["nodes"], json!({"up": 1, "stale": 1, "down": 1}));
+    assert_eq!(
+        s["performance"]["memory_usage_mb"], 15.0,
+        "the down node is left out"
+    );
+
+    // A node whose record expired is gone from the list and the set.
+    let keys = RedisKeys::default();
+    let mut conn = api.redis.conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(keys.node("c-down"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.admin("GET", "/api/nodes", None).await.1["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let member: bool = redis::cmd("SISMEMBER")
+        .arg(&keys.nodes)
+        .arg("c-down")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!member);
+}
+
+#[tokio::test]
+async fn metrics_export_the_cluster_totals() {
+    let api = Api::start();
+    let mut a = batch("dp-1", "a", 1, &[("/openai", delta(10, 2, 3))]);
+    a.unmatched = 7;
+    a.endpoints.get_mut("/openai").unwrap().cancelled = 1;
+    let b = batch("dp-2", "b", 1, &[("/openai", delta(5, 0, 0))]);
+    assert_eq!(push(&api, &a).await, StatusCode::NO_CONTENT);
+    assert_eq!(push(&api, &b).await, StatusCode::NO_CONTENT);
+    let (s, text, headers) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = text.as_str().unwrap();
+    for line in [
+        r#"apiproxy_cluster_requests_total{prefix="/openai"} 15"#,
+        r#"apiproxy_cluster_errors_total{prefix="/openai"} 2"#,
+        r#"apiproxy_cluster_cancelled_total{prefix="/openai"} 1"#,
+        r#"apiproxy_cluster_request_bytes_total{prefix="/openai"} 1500"#,
+        r#"apiproxy_cluster_response_bytes_total{prefix="/openai"} 15000"#,
+        r#"apiproxy_cluster_request_duration_seconds_bucket{prefix="/openai",le="0.005"} 5"#,
+        r#"apiproxy_cluster_request_duration_seconds_bucket{prefix="/openai",le="0.05"} 15"#,
+        r#"apiproxy_cluster_request_duration_seconds_sum{prefix="/openai"} 0.6"#,
+        r#"apiproxy_cluster_request_duration_seconds_count{prefix="/openai"} 15"#,
+        "apiproxy_cluster_unmatched_requests_total 7",
+        r#"apiproxy_cluster_nodes{state="up"} 2"#,
+        r#"apiproxy_cluster_nodes{state="down"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    assert!(text.contains("process_resident_memory_bytes"));
+    assert!(
+        !text.contains("apiproxy_requests_total"),
+        "the data plane's names stay theirs"
+    );
+}
+
+#[tokio::test]
+async fn private_stats_need_admin_auth() {
+    let api = Api::start_with(&["--public-stats", "false"], &[]);
+    let (s, body, _) = api.call("GET", "/stats", None, None).await;
+    assert_eq!(
+        (s, &body["success"]),
+        (StatusCode::UNAUTHORIZED, &json!(false))
+    );
+    let (s, body) = api.admin("GET", "/stats", None).await;
+    assert_eq!((s, &body["total"]), (StatusCode::OK, &json!(0)));
+    // Public by default.
+    assert_eq!(
+        Api::start().call("GET", "/stats", None, None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_a_batch_apply_once() {
+    let api = Api::start();
+    // Two replicas on one Redis, ten copies each, all at once.
+    let replica = api.replica();
+    let b = batch("dp-1", "boot", 1, &[("/openai", delta(7, 1, 2))]);
+    let pushes = (0..20).map(|i| push(if i % 2 == 0 { &api } else { &replica }, &b));
+    let statuses = futures_util::future::join_all(pushes).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::NO_CONTENT),
+        "{statuses:?}"
+    );
+    let s = stats(&api, "").await;
+    assert_eq!((&s["total"], &s["errors"]), (&json!(7), &json!(1)));
+    assert_eq!(s["endpoints"]["/openai"]["bytes_in"], 700);
+    assert_eq!(sum(&s["series"]["minute"], "count"), 7);
+    assert_eq!(node(&api, "dp-1").await["requests_total"], 7);
+}
