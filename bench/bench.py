@@ -5,6 +5,7 @@
   bench.py stream     [--size-mib 1024] [--nginx-buffer 64k]
   bench.py sse        [--streams 10] [--events 20] [--gap-ms 20]
   bench.py instr      [--n1 2000] [--n2 6000]
+  bench.py stats      [--conns 64,1000] [--duration 5] [--rounds 6]  (stats on + pushing vs off)
   common options:     --binary PATH --out DIR --port-offset N --skip-dataplane --keep
 
 Load generators, origins and this script run on CPU 0; every proxy runs on
@@ -14,17 +15,20 @@ on 127.0.0.1. Every process started here is stopped by its PID (SIGTERM, then
 SIGKILL), also on Ctrl-C or an error. Methodology: README.md.
 """
 import argparse, asyncio, json, os, re, resource, shutil, signal, socket
-import statistics, subprocess, sys, tempfile, threading, time
+import statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 HOST = "127.0.0.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_BINARY = os.path.join(os.path.dirname(HERE), "target", "release", "apiproxy-dataplane")
+DEFAULT_CP_BINARY = os.path.join(os.path.dirname(HERE), "target", "release", "apiproxy-controlplane")
 CACHE = "/tmp/apiproxy-bench-cache"  # big test files, kept between runs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PIN = (os.cpu_count() or 1) >= 2
 LOAD_CPU, PROXY_CPU = "0", "1"
 BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "nginx-b": 18184,
-              "nginx-buf": 18185, "dataplane": 18190, "metrics": 18199}
+              "nginx-buf": 18185, "dataplane": 18190, "metrics": 18199,
+              "stats-off": 18191, "metrics-off": 18198, "stats-off-b": 18192, "metrics-off-b": 18197,
+              "redis": 18379, "controlplane": 18101}
 P = dict(BASE_PORTS)  # after --port-offset
 LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
 NOFILE = [65536]      # fd limit children get (ulimit -n), set in run()
@@ -234,18 +238,18 @@ http {{
                         for prefix, port in routes.items())
         return self.nginx(name, P[name], PROXY_CPU, 4096, http + "    }\n", wrap, extra_g)
 
-    def dataplane(self, routes, wrap=()):
+    def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None):
         """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port}."""
         if not os.access(self.a.binary, os.X_OK):
             raise SystemExit("no data plane binary at %s (cargo build --release -p apiproxy-dataplane; "
                              "or --binary PATH; or --skip-dataplane)" % self.a.binary)
-        mappings = os.path.join(self.dir, "mappings.json")
+        mappings = os.path.join(self.dir, name + "-mappings.json")
         with open(mappings, "w") as f:
             json.dump({k: "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
-        env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P["dataplane"]),
-               "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P["metrics"]), "API_PROXY_WORKERS": "1",
-               "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn"}
-        return self.start("dataplane", list(wrap) + [self.a.binary], PROXY_CPU, P["dataplane"], env,
+        env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P[name]),
+               "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P[metrics]), "API_PROXY_WORKERS": "1",
+               "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", **(extra_env or {})}
+        return self.start(name, list(wrap) + [self.a.binary], PROXY_CPU, P[name], env,
                           wait=120.0 if wrap else 15.0)
 
     def helper(self, kind):
@@ -349,6 +353,14 @@ def cmd_throughput(a, st):
     roots = {"nginx": st.nginx_proxy("nginx", routes).pid, "nginx-b": st.nginx_proxy("nginx-b", routes).pid}
     if not a.skip_dataplane:
         roots["dataplane"] = st.dataplane(routes).pid
+    data, text = measure(a, roots, "nginx", "nginx-b")
+    save(a, "throughput", data, "\n\n".join(text))
+
+
+def measure(a, roots, ref, twin):
+    """Loads every target of `roots` at once for each --conns value; ratios
+    are against `ref`, and `twin` (an identical copy of ref) is the A/A
+    noise floor."""
     names, data, text = list(roots), {}, []
     urls = {n: "http://%s:%d/" % (HOST, P[n]) for n in names}
     for conns in a.conns:
@@ -370,27 +382,59 @@ def cmd_throughput(a, st):
             log("%d conns, round %d/%d: %s" % (conns, r + 1, a.rounds,
                                               ", ".join("%s %.0f rps" % (n, res[n]["rps"]) for n in names)))
         data[conns] = rounds
-        text.append(summarize_throughput(a, conns, names, rounds))
-    save(a, "throughput", data, "\n\n".join(text))
+        text.append(summarize_throughput(a, conns, names, rounds, ref, twin))
+    return data, text
 
 
-def summarize_throughput(a, conns, names, rounds):
+def cmd_stats(a, st):
+    """Stats cost: a data plane recording and pushing every 2 s to a real
+    control plane (over a real Redis) against identical ones with
+    API_PROXY_ENABLE_STATS=false, all loaded at once."""
+    if not os.access(a.cp_binary, os.X_OK):
+        raise SystemExit("no control plane binary at %s (cargo build --release -p apiproxy-controlplane)"
+                         % a.cp_binary)
+    st.upstream(a.body_size)
+    routes = {"/": P["upstream"]}
+    st.start("redis", ["redis-server", "--port", str(P["redis"]), "--bind", HOST, "--save", "",
+                       "--appendonly", "no", "--dir", st.dir], LOAD_CPU, P["redis"])
+    token = "bench-node-token-0123456789"
+    st.start("controlplane", [a.cp_binary], LOAD_CPU, P["controlplane"],
+             {"API_PROXY_REDIS_URL": "redis://%s:%d/" % (HOST, P["redis"]),
+              "API_PROXY_ADMIN_LISTEN": "%s:%d" % (HOST, P["controlplane"]),
+              "ADMIN_TOKEN": "bench-admin-token-0123456789", "API_PROXY_NODE_TOKEN": token, "RUST_LOG": "warn"})
+    off = {"API_PROXY_ENABLE_STATS": "false"}
+    roots = {"stats-off": st.dataplane(routes, name="stats-off", metrics="metrics-off", extra_env=off).pid,
+             "stats-off-b": st.dataplane(routes, name="stats-off-b", metrics="metrics-off-b", extra_env=off).pid,
+             "dataplane": st.dataplane(routes, extra_env={
+                 "API_PROXY_CONTROLPLANE_URL": "http://%s:%d" % (HOST, P["controlplane"]),
+                 "API_PROXY_NODE_TOKEN": token, "API_PROXY_NODE_ID": "bench", "API_PROXY_STATS_INTERVAL": "2s"}).pid}
+    data, text = measure(a, roots, "stats-off", "stats-off-b")
+    # The pushes really happened and were applied: the cluster total.
+    with urllib.request.urlopen("http://%s:%d/stats" % (HOST, P["controlplane"]), timeout=10) as r:
+        total = json.load(r)["total"]
+    pushed = "control plane /stats total after the run: %d requests (from the stats-on node)" % total
+    log(pushed)
+    text.append(pushed)
+    save(a, "stats", data, "\n\n".join(text))
+
+
+def summarize_throughput(a, conns, names, rounds, ref="nginx", twin="nginx-b"):
     rows = []
     for n in names:
         get = lambda k: [r[n][k] for r in rounds]  # noqa: E731
-        ratios = [r[n]["rps"] / r["nginx"]["rps"] for r in rounds]  # paired: same round
+        ratios = [r[n]["rps"] / r[ref]["rps"] for r in rounds]  # paired: same round
         rows.append([n, "%.0f" % med(get("rps")), "%.2f" % med(get("p50_ms")), "%.2f" % med(get("p99_ms")),
-                     "1 (ref)" if n == "nginx" else "%.3f (%.3f-%.3f)" % (med(ratios), min(ratios), max(ratios)),
+                     "1 (ref)" if n == ref else "%.3f (%.3f-%.3f)" % (med(ratios), min(ratios), max(ratios)),
                      "%.1f" % med(get("cpu_us_per_req")), "%.1f" % (max(get("rss_peak_kib")) / 1024),
                      sum(get("errors"))])
-    aa = [r["nginx-b"]["rps"] / r["nginx"]["rps"] for r in rounds]
+    aa = [r[twin]["rps"] / r[ref]["rps"] for r in rounds]
     busy = {c: med([r["cpu_busy_pct"][c] for r in rounds]) for c in rounds[0]["cpu_busy_pct"]}
     warn = PIN and busy.get(int(PROXY_CPU), 100) < 95
     return ("== throughput: %d conns, %d x %d s rounds, all targets loaded at once, GET / (%d B body)\n"
             % (conns, a.rounds, a.duration, a.body_size)
-            + table(["target", "rps(med)", "p50 ms", "p99 ms", "ratio/nginx (min-max)", "cpu us/req",
+            + table(["target", "rps(med)", "p50 ms", "p99 ms", "ratio/%s (min-max)" % ref, "cpu us/req",
                      "RSS peak MiB", "errors"], rows)
-            + "\nA/A noise floor: nginx-b/nginx = %.3f (%.3f-%.3f) over %d rounds" % (med(aa), min(aa), max(aa), len(aa))
+            + "\nA/A noise floor: %s/%s = %.3f (%.3f-%.3f) over %d rounds" % (twin, ref, med(aa), min(aa), max(aa), len(aa))
             + "\nCPU busy (median of rounds): " + ", ".join("cpu%d %.0f%%" % kv for kv in sorted(busy.items()))
             + ("  WARNING: proxy CPU not saturated, ratios are compressed" if warn else ""))
 
@@ -711,6 +755,13 @@ def main():
     e.add_argument("--streams", type=int, default=10)
     e.add_argument("--events", type=int, default=20)
     e.add_argument("--gap-ms", type=int, default=20)
+    q = add("stats", "stats on and pushing vs stats off: data planes only, loaded at once")
+    q.add_argument("--conns", type=lambda s: [int(x) for x in s.split(",")], default=[64, 1000])
+    q.add_argument("--duration", type=int, default=5, help="seconds per round")
+    q.add_argument("--rounds", type=int, default=6)
+    q.add_argument("--warmup", type=int, default=2, help="warm-up seconds per conns value")
+    q.add_argument("--body-size", type=int, default=1024)
+    q.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
     i = add("instr", "callgrind: user-space instructions per request")
     i.add_argument("--n1", type=int, default=2000)
     i.add_argument("--n2", type=int, default=6000)
@@ -722,7 +773,8 @@ def main():
         asyncio.run((serve_sink if a.cmd == "_sink" else serve_sse)(a.port))
         return
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
-    need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"]}[a.cmd]
+    need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
+            "stats": ["wrk", "redis-server"]}[a.cmd]
     missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
@@ -730,7 +782,8 @@ def main():
         os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script (samplers, SSE clients) stays off the proxy CPU
     else:
         log("fewer than 2 CPUs: running unpinned")
-    run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr}[a.cmd])
+    run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr,
+            "stats": cmd_stats}[a.cmd])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # `apt-get update` + `apt-get install` only when a package is missing.
 set -euo pipefail
 
-pkgs=(nginx-light wrk nghttp2-client curl valgrind procps util-linux python3)
+pkgs=(nginx-light wrk nghttp2-client curl valgrind procps util-linux python3 redis-server)
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics::UpstreamErrorKind;
 use crate::record::{Outcome, RequestRecord};
+use crate::stats::PrefixStats;
 
 /// Why a body stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +154,8 @@ pub struct RequestBody {
     idle: IdleTimer,
     limit: Option<u64>,
     received: u64,
-    bytes: prometheus::IntCounter,
+    /// Counts the bytes taken.
+    stats: Arc<PrefixStats>,
     failure: Option<FailureSlot>,
 }
 
@@ -164,7 +166,7 @@ impl RequestBody {
         inner: Incoming,
         idle: Duration,
         limit: Option<u64>,
-        bytes: prometheus::IntCounter,
+        stats: Arc<PrefixStats>,
     ) -> (Self, Option<FailureSlot>) {
         let failure = (!inner.is_end_stream()).then(FailureSlot::default);
         let body = RequestBody {
@@ -172,7 +174,7 @@ impl RequestBody {
             idle: IdleTimer::new(idle),
             limit,
             received: 0,
-            bytes,
+            stats,
             failure: failure.clone(),
         };
         (body, failure)
@@ -193,7 +195,7 @@ impl Body for RequestBody {
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
                 this.received += n;
-                this.bytes.inc_by(n);
+                this.stats.bytes_in(n);
                 if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
                     polled = Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
                 }
@@ -284,7 +286,7 @@ impl Body for ProxyBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(record)) = (frame.data_ref(), &this.record) {
-                    record.metrics().response_bytes.inc_by(data.len() as u64);
+                    record.stats().bytes_out(data.len() as u64);
                 }
             }
             Poll::Ready(Some(Err(e))) => this.finish(Outcome::Failed(upstream_body_error_kind(e))),

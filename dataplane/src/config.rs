@@ -11,6 +11,8 @@ use apiproxy_shared::cli::{parse_args, parse_duration};
 pub use apiproxy_shared::cli::{ConfigError, LogFormat, EXIT_CONFIG};
 use clap::Parser;
 
+use apiproxy_shared::stats::MAX_ID_LEN;
+
 use crate::policy::TargetPolicy;
 
 /// apiproxy data plane: a transparent streaming reverse proxy.
@@ -162,6 +164,62 @@ pub struct Config {
     pub target_policy: TargetPolicy,
     pub log_format: LogFormat,
     pub enable_stats: bool,
+    /// Where and how stats batches go; `None`: no push.
+    pub stats_push: Option<StatsPush>,
+}
+
+/// The stats push settings (`API_PROXY_CONTROLPLANE_URL` and friends).
+#[derive(Debug, Clone)]
+pub struct StatsPush {
+    /// `…/internal/stats` on the control plane.
+    pub url: http::Uri,
+    pub token: NodeToken,
+    pub node_id: String,
+    pub interval: Duration,
+}
+
+/// `API_PROXY_NODE_TOKEN`; its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct NodeToken(pub String);
+
+impl std::fmt::Debug for NodeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeToken(<redacted>)")
+    }
+}
+
+/// The push endpoint under the control plane's base URL.
+fn parse_controlplane_url(url: &str) -> Result<http::Uri, ConfigError> {
+    let invalid = |why: &str| {
+        ConfigError::Invalid(format!(
+            "API_PROXY_CONTROLPLANE_URL: {why} (e.g. http://controlplane:8001)"
+        ))
+    };
+    let base: http::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    if !matches!(base.scheme_str(), Some("http" | "https")) || base.host().is_none() {
+        return Err(invalid("must be an http:// or https:// URL with a host"));
+    }
+    if base.query().is_some() {
+        return Err(invalid("must not have a query"));
+    }
+    format!(
+        "{}://{}{}/internal/stats",
+        base.scheme_str().unwrap_or("http"),
+        base.authority().map_or("", |a| a.as_str()),
+        base.path().trim_end_matches('/')
+    )
+    .parse()
+    .map_err(|_| invalid("not a URL"))
+}
+
+/// The default node id: the host name (the pod or container name).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= MAX_ID_LEN)
+        .unwrap_or_else(|| "dataplane".to_owned())
 }
 
 impl Config {
@@ -201,13 +259,34 @@ impl Config {
                 )
             }
         };
-        if args.controlplane_url.is_some()
-            && env.get("API_PROXY_NODE_TOKEN").is_none_or(|t| t.is_empty())
-        {
-            return invalid(
-                "API_PROXY_NODE_TOKEN must be set when API_PROXY_CONTROLPLANE_URL is set".into(),
-            );
-        }
+        let stats_push = match args.controlplane_url {
+            None => None,
+            Some(url) => Some(StatsPush {
+                url: parse_controlplane_url(&url)?,
+                token: match env.get("API_PROXY_NODE_TOKEN") {
+                    Some(t) if t.bytes().any(|b| !b.is_ascii_graphic()) => {
+                        return invalid(
+                            "API_PROXY_NODE_TOKEN: must be printable ASCII without spaces".into(),
+                        )
+                    }
+                    Some(t) if !t.is_empty() => NodeToken(t.clone()),
+                    _ => return invalid(
+                        "API_PROXY_NODE_TOKEN must be set when API_PROXY_CONTROLPLANE_URL is set"
+                            .into(),
+                    ),
+                },
+                node_id: match args.node_id {
+                    Some(id) if id.is_empty() || id.len() > MAX_ID_LEN => {
+                        return invalid(format!(
+                            "API_PROXY_NODE_ID: must be 1 to {MAX_ID_LEN} bytes"
+                        ))
+                    }
+                    Some(id) => id,
+                    None => host_name(),
+                },
+                interval: args.stats_interval,
+            }),
+        };
         for (name, d) in [
             ("API_PROXY_CONNECT_TIMEOUT", args.connect_timeout),
             (
@@ -243,6 +322,7 @@ impl Config {
             target_policy: args.target_policy,
             log_format: args.log_format,
             enable_stats: args.enable_stats,
+            stats_push,
         })
     }
 }
@@ -311,6 +391,10 @@ mod tests {
                 &["--mappings-file", "m", "--controlplane-url", "http://cp"],
                 "API_PROXY_NODE_TOKEN",
             ),
+            (
+                &["--mappings-file", "m", "--controlplane-url", "ftp://cp"],
+                "API_PROXY_CONTROLPLANE_URL",
+            ),
         ];
         for (args, name) in cases {
             let err = parse(args, &[]).unwrap_err();
@@ -319,6 +403,40 @@ mod tests {
             assert!(msg.contains(name), "{args:?}: {msg}");
             assert!(!msg.contains('\n'), "{args:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn stats_push_settings() {
+        let c = parse(&["--mappings-file", "m"], &[]).unwrap();
+        assert!(c.stats_push.is_none());
+        assert!(c.enable_stats);
+        let c = parse(
+            &[
+                "--mappings-file",
+                "m",
+                "--controlplane-url",
+                "http://cp:8001/",
+                "--node-id",
+                "dp-7",
+                "--stats-interval",
+                "500ms",
+            ],
+            &[("API_PROXY_NODE_TOKEN", "node-secret")],
+        )
+        .unwrap();
+        let push = c.stats_push.unwrap();
+        assert_eq!(push.url, "http://cp:8001/internal/stats");
+        assert_eq!(push.node_id, "dp-7");
+        assert_eq!(push.interval, Duration::from_millis(500));
+        assert!(!format!("{push:?}").contains("node-secret"));
+        let c = parse(
+            &["--mappings-file", "m", "--controlplane-url", "https://cp"],
+            &[("API_PROXY_NODE_TOKEN", "t")],
+        )
+        .unwrap();
+        let push = c.stats_push.unwrap();
+        assert_eq!(push.url, "https://cp/internal/stats");
+        assert!(!push.node_id.is_empty());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod routing;
 pub mod server;
 pub mod snapshot_cache;
 pub mod state;
+pub mod stats;
+pub mod stats_push;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;
@@ -37,6 +39,8 @@ use crate::proxy::Proxy;
 use crate::redis_source::RedisSource;
 use crate::snapshot_cache::SnapshotCache;
 use crate::state::RoutingState;
+use crate::stats::StatsRegistry;
+use crate::stats_push::StatsPusher;
 use crate::tunnel::Tunnels;
 use crate::upstream::{Upstream, UpstreamSettings};
 
@@ -90,11 +94,14 @@ pub struct DataPlane {
     state: Arc<RoutingState>,
     source: MappingSource,
     upstream: Upstream,
+    pusher: Option<StatsPusher>,
 }
 
 impl DataPlane {
     pub fn new(config: Config) -> Result<DataPlane, StartupError> {
-        let state = Arc::new(RoutingState::new(Metrics::new()));
+        // One stats shard per worker thread, so workers never contend.
+        let stats = StatsRegistry::new(config.workers, config.enable_stats);
+        let state = Arc::new(RoutingState::new(Metrics::with_stats(stats)));
         let upstream = Upstream::new(&UpstreamSettings {
             policy: config.target_policy,
             connect_timeout: config.connect_timeout,
@@ -113,11 +120,20 @@ impl DataPlane {
                 config.ca_file.as_deref(),
             )?)),
         };
+        let pusher = match config.stats_push.clone() {
+            Some(push) => Some(StatsPusher::new(
+                push,
+                state.clone(),
+                config.ca_file.as_deref(),
+            )?),
+            None => None,
+        };
         Ok(DataPlane {
             config,
             state,
             source,
             upstream,
+            pusher,
         })
     }
 
@@ -134,6 +150,7 @@ impl DataPlane {
             state,
             source,
             upstream,
+            pusher,
         } = self;
         let background = CancellationToken::new();
         let drain_deadline = CancellationToken::new();
@@ -154,6 +171,9 @@ impl DataPlane {
         };
         info!(proxy_addr = %local(&proxy_listener), metrics_addr = %local(&ops_listener), "serving");
         let watcher = tokio::spawn(source.run(background.child_token()));
+        // Cancelled only after the drain, so the final batch holds every
+        // request that finished.
+        let pusher = pusher.map(|p| tokio::spawn(p.run(background.child_token())));
         let ops = tokio::spawn(ops::serve(
             ops_listener,
             state.clone(),
@@ -172,6 +192,9 @@ impl DataPlane {
         tokio::join!(draining, serving);
         drain_deadline.cancel();
         background.cancel();
+        if let Some(pusher) = pusher {
+            let _ = pusher.await;
+        }
         let _ = tokio::join!(watcher, ops);
         info!("stopped");
     }

@@ -1,23 +1,19 @@
-//! Prometheus metrics (SPEC §3). [`Metrics`] owns its registry; each route
-//! holds a [`PrefixMetrics`] with every labelled series resolved when the
-//! snapshot is built, so the request path only touches atomics.
+//! Prometheus metrics (SPEC §3). [`Metrics`] owns a registry for the
+//! process and config series; the per-prefix request series are rendered
+//! from the [`StatsRegistry`] shards, the same counters the stats pushes
+//! read, so nothing is counted twice and the request path touches only
+//! atomics.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
+use apiproxy_shared::prometheus_text::{escape, head, histogram, sample};
+use apiproxy_shared::stats::STATUS_CLASSES;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Upper bounds of the latency and TTFB histograms, in seconds; the stats
-/// batches use the same ones (SPEC §6).
-pub const LATENCY_BUCKETS: [f64; 18] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1800.0, 3600.0,
-];
-
-/// Label of requests that matched no mapping.
-pub const NO_PREFIX: &str = "none";
+use crate::stats::{PrefixStats, StatsRegistry, Totals};
 
 /// Why talking to the upstream failed (`kind` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +32,7 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 6] = [
+    pub const ALL: [UpstreamErrorKind; 6] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Tls,
         UpstreamErrorKind::Policy,
@@ -57,73 +53,16 @@ impl UpstreamErrorKind {
     }
 }
 
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Every series of one prefix, resolved once.
-#[derive(Debug)]
-pub struct PrefixMetrics {
-    requests: [IntCounter; 5],
-    pub duration: Histogram,
-    pub ttfb: Histogram,
-    upstream_errors: [IntCounter; 6],
-    pub client_cancelled: IntCounter,
-    pub request_bytes: IntCounter,
-    pub response_bytes: IntCounter,
-}
-
-impl PrefixMetrics {
-    /// Counts a finished request under its status class.
-    pub fn request(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[class].inc();
-    }
-
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream_errors[kind as usize].inc();
-    }
-}
-
-/// The labelled per-prefix families.
-#[derive(Debug, Clone)]
-struct PrefixFamilies {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    ttfb: HistogramVec,
-    upstream_errors: IntCounterVec,
-    client_cancelled: IntCounterVec,
-    request_bytes: IntCounterVec,
-    response_bytes: IntCounterVec,
-}
-
-impl PrefixFamilies {
-    fn resolve(&self, prefix: &str) -> Arc<PrefixMetrics> {
-        let p = [prefix];
-        Arc::new(PrefixMetrics {
-            requests: STATUS_CLASSES.map(|class| self.requests.with_label_values(&[prefix, class])),
-            duration: self.duration.with_label_values(&p),
-            ttfb: self.ttfb.with_label_values(&p),
-            upstream_errors: UpstreamErrorKind::ALL.map(|kind| {
-                self.upstream_errors
-                    .with_label_values(&[prefix, kind.as_str()])
-            }),
-            client_cancelled: self.client_cancelled.with_label_values(&p),
-            request_bytes: self.request_bytes.with_label_values(&p),
-            response_bytes: self.response_bytes.with_label_values(&p),
-        })
-    }
-}
-
 /// The data plane's metrics and the registry that exports them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    families: PrefixFamilies,
-    pub inflight: IntGauge,
+    stats: Arc<StatsRegistry>,
     pub config_version: IntGauge,
     pub config_stale: IntGauge,
     pub config_invalid_entries: IntGauge,
+    pub stats_push_failures: IntCounter,
     config_reloads: IntCounterVec,
-    unmatched: Arc<PrefixMetrics>,
 }
 
 impl Default for Metrics {
@@ -133,15 +72,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics with request stats recorded by one thread.
     pub fn new() -> Metrics {
+        Metrics::with_stats(StatsRegistry::new(1, true))
+    }
+
+    pub fn with_stats(stats: StatsRegistry) -> Metrics {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(v.clone()))
-                .expect("unique metric");
-            v
-        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -149,52 +86,17 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
-        let histogram_vec = |name: &str, help: &str| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-            let v = HistogramVec::new(opts, &["prefix"]).expect("valid metric");
-            registry
-                .register(Box::new(v.clone()))
-                .expect("unique metric");
-            v
-        };
-        let requests = counter_vec(
-            "apiproxy_requests_total",
-            "Requests finished, by mapping prefix and status class.",
-            &["prefix", "status_class"],
-        );
-        let duration = histogram_vec(
-            "apiproxy_request_duration_seconds",
-            "Time from request received to response body finished.",
-        );
-        let ttfb = histogram_vec(
-            "apiproxy_time_to_first_byte_seconds",
-            "Time from request received to response head sent to the client.",
-        );
-        let upstream_errors = counter_vec(
-            "apiproxy_upstream_errors_total",
-            "Failures talking to the upstream, by kind.",
-            &["prefix", "kind"],
-        );
-        let client_cancelled = counter_vec(
-            "apiproxy_client_cancelled_total",
-            "Requests the client abandoned before the response ended.",
-            &["prefix"],
-        );
-        let request_bytes = counter_vec(
-            "apiproxy_request_bytes_total",
-            "Request body bytes received from clients.",
-            &["prefix"],
-        );
-        let response_bytes = counter_vec(
-            "apiproxy_response_bytes_total",
-            "Response body bytes sent to clients.",
-            &["prefix"],
-        );
-        let config_reloads = counter_vec(
-            "apiproxy_config_reloads_total",
-            "Attempts to load a new mappings snapshot.",
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "apiproxy_config_reloads_total",
+                "Attempts to load a new mappings snapshot.",
+            ),
             &["result"],
-        );
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_reloads.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new("apiproxy_build_info", "Build information."),
             &["version"],
@@ -213,20 +115,7 @@ impl Metrics {
             ))
             .expect("unique metric");
 
-        let families = PrefixFamilies {
-            requests,
-            duration,
-            ttfb,
-            upstream_errors,
-            client_cancelled,
-            request_bytes,
-            response_bytes,
-        };
         let metrics = Metrics {
-            inflight: gauge(
-                "apiproxy_inflight_requests",
-                "Requests whose response has not finished.",
-            ),
             config_version: gauge(
                 "apiproxy_config_version",
                 "Version of the applied mappings snapshot.",
@@ -239,9 +128,19 @@ impl Metrics {
                 "apiproxy_config_invalid_entries",
                 "Entries skipped in the current snapshot because they are invalid.",
             ),
+            stats_push_failures: {
+                let c = IntCounter::new(
+                    "apiproxy_stats_push_failures_total",
+                    "Stats batches the control plane did not acknowledge.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             registry,
-            unmatched: families.resolve(NO_PREFIX),
-            families,
+            stats: Arc::new(stats),
             config_reloads,
         };
         // Export the reload series from the start so dashboards see zeros.
@@ -250,14 +149,24 @@ impl Metrics {
         metrics
     }
 
-    /// Resolves every series of `prefix` (done when a snapshot is built).
-    pub fn prefix(&self, prefix: &str) -> Arc<PrefixMetrics> {
-        self.families.resolve(prefix)
+    /// The stats of `prefix` (looked up when a snapshot is built).
+    pub fn prefix(&self, prefix: &str) -> Arc<PrefixStats> {
+        self.stats.prefix(prefix)
     }
 
-    /// Series for requests that matched no mapping (`prefix="none"`).
-    pub fn unmatched(&self) -> &Arc<PrefixMetrics> {
-        &self.unmatched
+    /// Stats of requests that matched no mapping (`prefix="none"`).
+    pub fn unmatched(&self) -> &Arc<PrefixStats> {
+        self.stats.unmatched()
+    }
+
+    /// The request stats, for the pusher.
+    pub fn stats(&self) -> &Arc<StatsRegistry> {
+        &self.stats
+    }
+
+    /// Requests whose response has not finished.
+    pub fn inflight(&self) -> i64 {
+        self.stats.inflight()
     }
 
     pub fn config_reload(&self, ok: bool) {
@@ -272,36 +181,144 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
+        let _ = write!(
+            buf,
+            "# HELP apiproxy_inflight_requests Requests whose response has not finished.\n\
+             # TYPE apiproxy_inflight_requests gauge\napiproxy_inflight_requests {}\n",
+            self.inflight()
+        );
+        let stats = &self.stats;
+        if stats.recording() {
+            let mut all = stats.all();
+            all.push(stats.unmatched().clone());
+            let read: Vec<(Arc<str>, Totals)> =
+                all.iter().map(|s| (s.prefix().clone(), s.read())).collect();
+            buf.extend_from_slice(render_prefix_series(&read).as_bytes());
+        }
         buf
     }
 }
 
+/// Reads a prefix's totals into one counter value.
+type Pick = fn(&Totals) -> u64;
+/// Reads a prefix's totals into one histogram: buckets and sum (µs).
+type PickHistogram = fn(&Totals) -> (&[u64], u64);
+
+/// The per-prefix families in the text format, with the label names in
+/// the alphabetical order the prometheus crate uses for its own.
+fn render_prefix_series(all: &[(Arc<str>, Totals)]) -> String {
+    let mut out = String::with_capacity(1024 + all.len() * 4096);
+    let label = |prefix: &str| format!("prefix=\"{}\"", escape(prefix));
+    head(
+        &mut out,
+        "apiproxy_requests_total",
+        "counter",
+        "Requests finished, by mapping prefix and status class.",
+    );
+    for (prefix, t) in all {
+        for (class, n) in STATUS_CLASSES.iter().zip(t.status) {
+            let labels = format!("{},status_class=\"{class}\"", label(prefix));
+            sample(&mut out, "apiproxy_requests_total", &labels, n);
+        }
+    }
+    let histograms: [(&str, &str, PickHistogram); 2] = [
+        (
+            "apiproxy_request_duration_seconds",
+            "Time from request received to response body finished.",
+            |t| (&t.latency, t.latency_sum_us),
+        ),
+        (
+            "apiproxy_time_to_first_byte_seconds",
+            "Time from request received to response head sent to the client.",
+            |t| (&t.ttfb, t.ttfb_sum_us),
+        ),
+    ];
+    for (name, help, pick) in histograms {
+        head(&mut out, name, "histogram", help);
+        for (prefix, t) in all {
+            let (buckets, sum_us) = pick(t);
+            histogram(&mut out, name, &label(prefix), buckets, sum_us as f64 / 1e6);
+        }
+    }
+    head(
+        &mut out,
+        "apiproxy_upstream_errors_total",
+        "counter",
+        "Failures talking to the upstream, by kind.",
+    );
+    for (prefix, t) in all {
+        for (kind, n) in UpstreamErrorKind::ALL.iter().zip(t.upstream_errors) {
+            let labels = format!("kind=\"{}\",{}", kind.as_str(), label(prefix));
+            sample(&mut out, "apiproxy_upstream_errors_total", &labels, n);
+        }
+    }
+    let counters: [(&str, &str, Pick); 3] = [
+        (
+            "apiproxy_client_cancelled_total",
+            "Requests the client abandoned before the response ended.",
+            |t| t.cancelled,
+        ),
+        (
+            "apiproxy_request_bytes_total",
+            "Request body bytes received from clients.",
+            |t| t.bytes_in,
+        ),
+        (
+            "apiproxy_response_bytes_total",
+            "Response body bytes sent to clients.",
+            |t| t.bytes_out,
+        ),
+    ];
+    for (name, help, value) in counters {
+        head(&mut out, name, "counter", help);
+        for (prefix, t) in all {
+            sample(&mut out, name, &label(prefix), value(t));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::stats::Outcome;
 
     #[test]
     fn exports_the_spec_names() {
         let m = Metrics::new();
         let p = m.prefix("/openai");
-        p.request(200);
-        p.request(503);
-        p.upstream_error(UpstreamErrorKind::Reset);
-        p.duration.observe(0.2);
+        p.start();
+        p.start();
+        p.finish(200, Outcome::Completed, Duration::from_millis(200));
+        p.finish(
+            503,
+            Outcome::Failed(UpstreamErrorKind::Reset),
+            Duration::from_millis(1),
+        );
+        p.ttfb(Duration::from_millis(1));
         let text = String::from_utf8(m.encode()).unwrap();
         for needle in [
             r#"apiproxy_requests_total{prefix="/openai",status_class="2xx"} 1"#,
             r#"apiproxy_requests_total{prefix="/openai",status_class="5xx"} 1"#,
+            r#"apiproxy_requests_total{prefix="none",status_class="2xx"} 0"#,
             r#"apiproxy_upstream_errors_total{kind="reset",prefix="/openai"} 1"#,
-            r#"apiproxy_request_duration_seconds_bucket{prefix="/openai",le="3600"} 1"#,
-            "apiproxy_time_to_first_byte_seconds_bucket",
-            "apiproxy_client_cancelled_total",
+            r#"apiproxy_request_duration_seconds_bucket{prefix="/openai",le="0.005"} 1"#,
+            r#"apiproxy_request_duration_seconds_bucket{prefix="/openai",le="0.25"} 2"#,
+            r#"apiproxy_request_duration_seconds_bucket{prefix="/openai",le="+Inf"} 2"#,
+            r#"apiproxy_request_duration_seconds_sum{prefix="/openai"} 0.201"#,
+            r#"apiproxy_request_duration_seconds_count{prefix="/openai"} 2"#,
+            r#"apiproxy_time_to_first_byte_seconds_count{prefix="/openai"} 1"#,
+            "# TYPE apiproxy_request_duration_seconds histogram",
+            r#"apiproxy_client_cancelled_total{prefix="/openai"} 0"#,
             "apiproxy_request_bytes_total",
             "apiproxy_response_bytes_total",
             "apiproxy_inflight_requests 0",
             "apiproxy_config_version 0",
             "apiproxy_config_stale 0",
             "apiproxy_config_invalid_entries 0",
+            "apiproxy_stats_push_failures_total 0",
             r#"apiproxy_config_reloads_total{result="error"} 0"#,
             r#"apiproxy_build_info{version="#,
             "process_resident_memory_bytes",
@@ -312,15 +329,11 @@ mod tests {
     }
 
     #[test]
-    fn status_classes_clamp() {
-        let m = Metrics::new();
-        let p = m.prefix("/x");
-        p.request(101);
-        p.request(404);
-        p.request(999);
+    fn disabled_stats_export_no_request_series() {
+        let m = Metrics::with_stats(StatsRegistry::new(1, false));
         let text = String::from_utf8(m.encode()).unwrap();
-        assert!(text.contains(r#"apiproxy_requests_total{prefix="/x",status_class="1xx"} 1"#));
-        assert!(text.contains(r#"apiproxy_requests_total{prefix="/x",status_class="4xx"} 1"#));
-        assert!(text.contains(r#"apiproxy_requests_total{prefix="/x",status_class="5xx"} 1"#));
+        assert!(!text.contains("apiproxy_requests_total"));
+        assert!(text.contains("apiproxy_inflight_requests 0"));
+        assert!(text.contains("process_open_fds"));
     }
 }

@@ -65,8 +65,7 @@ impl Proxy {
         let route = route.clone();
         let upstream_uri = route.upstream_uri(rest, req.uri().query());
         drop(snapshot);
-        let mut record =
-            RequestRecord::start(route.metrics.clone(), &self.state.metrics.inflight, start);
+        let mut record = RequestRecord::start(route.stats.clone(), start);
 
         if let Some(limit) = self.max_request_body {
             if content_length(&req).is_some_and(|len| len > limit) {
@@ -80,7 +79,7 @@ impl Proxy {
             body,
             self.idle_timeout,
             self.max_request_body,
-            route.metrics.request_bytes.clone(),
+            route.stats.clone(),
         );
         let upstream_req =
             match self.upstream_request(parts, body, &route, upstream_uri, upgrading, client) {
@@ -203,11 +202,8 @@ impl Proxy {
     /// A request answered before any mapping applied (refused, not ready,
     /// no mapping): counted under `prefix="none"`.
     fn unmatched(&self, error: ProxyError, start: Instant) -> ProxyError {
-        let metrics = &self.state.metrics;
-        finish_with(
-            RequestRecord::start(metrics.unmatched().clone(), &metrics.inflight, start),
-            error,
-        )
+        let unmatched = self.state.metrics.unmatched().clone();
+        finish_with(RequestRecord::start(unmatched, start), error)
     }
 }
 

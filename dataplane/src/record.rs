@@ -1,4 +1,4 @@
-//! Accounting of one proxied request: in-flight gauge, status class,
+//! Accounting of one proxied request: in-flight count, status class,
 //! latency, TTFB, cancellations and upstream failures, recorded exactly once
 //! when the response body ends — completed, failed or dropped by a client
 //! that went away.
@@ -6,57 +6,38 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus::IntGauge;
-
-use crate::metrics::{PrefixMetrics, UpstreamErrorKind};
-
-/// How a response ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    /// The upstream failed after the head went out.
-    Failed(UpstreamErrorKind),
-    /// The client went away before the end.
-    Cancelled,
-}
+pub use crate::stats::Outcome;
+use crate::stats::PrefixStats;
 
 /// Lives from the moment a request is routed until its response ends.
 /// Dropping it unfinished counts a client cancellation.
 #[derive(Debug)]
 pub struct RequestRecord {
-    metrics: Arc<PrefixMetrics>,
-    inflight: IntGauge,
+    stats: Arc<PrefixStats>,
     start: Instant,
     status: u16,
     done: bool,
 }
 
 impl RequestRecord {
-    pub fn start(
-        metrics: Arc<PrefixMetrics>,
-        inflight: &IntGauge,
-        start: Instant,
-    ) -> RequestRecord {
-        inflight.inc();
+    pub fn start(stats: Arc<PrefixStats>, start: Instant) -> RequestRecord {
+        stats.start();
         RequestRecord {
-            metrics,
-            inflight: inflight.clone(),
+            stats,
             start,
             status: 0,
             done: false,
         }
     }
 
-    pub fn metrics(&self) -> &Arc<PrefixMetrics> {
-        &self.metrics
+    pub fn stats(&self) -> &Arc<PrefixStats> {
+        &self.stats
     }
 
     /// The response head is on its way to the client.
     pub fn head(&mut self, status: u16) {
         self.status = status;
-        self.metrics
-            .ttfb
-            .observe(self.start.elapsed().as_secs_f64());
+        self.stats.ttfb(self.start.elapsed());
     }
 
     /// The response ended; later calls and the drop do nothing.
@@ -64,17 +45,10 @@ impl RequestRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let m = &self.metrics;
-        match outcome {
-            Outcome::Completed => {}
-            Outcome::Failed(kind) => m.upstream_error(kind),
-            Outcome::Cancelled => m.client_cancelled.inc(),
-        }
         // A request that never got a head was cancelled before the upstream
         // answered: counted as the 499 nginx would log, in the 4xx class.
-        m.request(if self.status == 0 { 499 } else { self.status });
-        m.duration.observe(self.start.elapsed().as_secs_f64());
-        self.inflight.dec();
+        let status = if self.status == 0 { 499 } else { self.status };
+        self.stats.finish(status, outcome, self.start.elapsed());
     }
 }
 

@@ -13,7 +13,8 @@ use apiproxy_shared::{validate_mapping, Target};
 use http::{HeaderValue, Uri};
 use tracing::warn;
 
-use crate::metrics::{Metrics, PrefixMetrics};
+use crate::metrics::Metrics;
+use crate::stats::PrefixStats;
 
 /// One routable mapping with everything the request path needs prepared.
 #[derive(Debug)]
@@ -27,7 +28,8 @@ pub struct Route {
     authority: http::uri::Authority,
     /// `Host` header value for the upstream request.
     pub host: HeaderValue,
-    pub metrics: Arc<PrefixMetrics>,
+    /// Where this prefix's requests are counted.
+    pub stats: Arc<PrefixStats>,
 }
 
 /// An immutable set of routes; replaced whole, never edited.
@@ -121,6 +123,12 @@ impl Snapshot {
         }
     }
 
+    /// [`apiproxy_shared::content_hash`] of the routes as configured, so the
+    /// console can tell whether nodes serve the same set.
+    pub fn content_hash(&self) -> String {
+        apiproxy_shared::content_hash(self.routes.values().map(|r| (&*r.prefix, &*r.raw_target)))
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }
@@ -181,7 +189,7 @@ impl Route {
             authority: target.authority.parse().map_err(invalid)?,
             prefix: Arc::from(prefix),
             host,
-            metrics: metrics.prefix(prefix),
+            stats: metrics.prefix(prefix),
             raw_target: target_raw.into(),
             target,
         })

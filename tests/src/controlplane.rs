@@ -55,6 +55,12 @@ impl ControlPlane {
         call(self.addr, req.body(Full::new(body)).unwrap()).await
     }
 
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

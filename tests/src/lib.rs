@@ -2,6 +2,7 @@
 //! started on `127.0.0.1:0`, real upstream servers on `127.0.0.1:0`, and
 //! clients that can misbehave on purpose.
 
+pub mod browser;
 pub mod client;
 pub mod controlplane;
 pub mod dataplane;
@@ -31,6 +32,16 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A port that was free a moment ago, for a server that must come back on
+/// the same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Directory for one test's files, removed on drop.

@@ -11,7 +11,7 @@ use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::TempDir;
+use crate::{free_port, TempDir};
 
 /// A `redis-server` child process; killed on drop.
 pub struct RedisServer {
@@ -23,14 +23,6 @@ pub struct RedisServer {
     tls: bool,
     /// Certificate files of a TLS server, removed with it.
     _files: Option<TempDir>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl RedisServer {

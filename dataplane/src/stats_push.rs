@@ -1,0 +1,388 @@
+//! Pushes stats batches to the control plane (SPEC §6).
+//!
+//! The counters in [`crate::stats`] only grow. The pusher remembers the
+//! totals the control plane last acknowledged; a batch is the difference
+//! between a fresh read and those. A batch that fails is kept and resent
+//! unchanged (same `seq`, same deltas) until it is acknowledged, while new
+//! requests keep adding to the live counters, so they land in the next
+//! batch. Memory is therefore the acknowledged totals plus one batch,
+//! O(prefixes), however long the control plane is away, and the control
+//! plane, which applies each `(node_id, boot_id, seq)` once, neither loses
+//! nor double-counts anything.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apiproxy_shared::stats::{EndpointDelta, Gauges, StatsBatch, STATUS_CLASSES};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::StatsPush;
+use crate::routing::Snapshot;
+use crate::state::RoutingState;
+use crate::stats::Totals;
+use crate::upstream::{tls_config, TlsSetupError};
+
+/// Longest wait for one push; a slow control plane never holds batches up
+/// for longer than this.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the final flush on shutdown may take.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+type PushClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A batch on its way, with the totals it was computed from: once it is
+/// acknowledged those become the new baseline.
+struct Pending {
+    batch: StatsBatch,
+    reads: Vec<(Arc<str>, Totals)>,
+    unmatched: Totals,
+}
+
+/// How one send ended.
+enum Sent {
+    Acknowledged,
+    /// The control plane refused the batch for good (400, 413): resending
+    /// it cannot help, so it is dropped and logged.
+    Rejected(StatusCode, String),
+    Failed(String),
+}
+
+pub struct StatsPusher {
+    client: PushClient,
+    settings: StatsPush,
+    authorization: HeaderValue,
+    state: Arc<RoutingState>,
+    boot_id: String,
+    started: Instant,
+    seq: u64,
+    acked: HashMap<Arc<str>, Totals>,
+    acked_unmatched: Totals,
+    pending: Option<Pending>,
+    /// The snapshot whose content hash is `hash`: hashing 10,000 mappings
+    /// on every push would be waste.
+    hashed: Option<(Arc<Snapshot>, String)>,
+    failing: bool,
+}
+
+impl StatsPusher {
+    pub fn new(
+        settings: StatsPush,
+        state: Arc<RoutingState>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<StatsPusher, TlsSetupError> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", settings.token.0))
+            .expect("the configuration checked the token's characters");
+        authorization.set_sensitive(true);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(PUSH_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(ca_file)?)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(StatsPusher {
+            client,
+            settings,
+            authorization,
+            state,
+            boot_id: boot_id(),
+            started: Instant::now(),
+            seq: 1,
+            acked: HashMap::new(),
+            acked_unmatched: Totals::default(),
+            pending: None,
+            hashed: None,
+            failing: false,
+        })
+    }
+
+    /// Pushes every interval until `shutdown`, then flushes what is left.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        info!(
+            node_id = %self.settings.node_id,
+            boot_id = %self.boot_id,
+            url = %self.settings.url,
+            interval = ?self.settings.interval,
+            "pushing stats to the control plane"
+        );
+        let mut ticks = tokio::time::interval(self.settings.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.push_once().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // The final flush: a batch still pending, then what came after it.
+        let flush = async {
+            let had_pending = self.pending.is_some();
+            self.push_once().await;
+            if had_pending && self.pending.is_none() {
+                self.push_once().await;
+            }
+        };
+        if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, flush)
+            .await
+            .is_err()
+        {
+            warn!("final stats flush timed out; the last deltas are lost");
+        }
+        if self.pending.is_some() {
+            warn!(seq = self.seq, "final stats batch was not acknowledged");
+        }
+    }
+
+    /// Sends the pending batch, or a new one, once.
+    async fn push_once(&mut self) {
+        let mut pending = match self.pending.take() {
+            Some(p) => p,
+            None => self.next_batch(),
+        };
+        // A resend keeps `seq` and the deltas; only the time and the
+        // gauges are refreshed.
+        pending.batch.sent_at = unix_now();
+        pending.batch.gauges = self.gauges();
+        match self.send(&pending.batch).await {
+            Sent::Acknowledged => {
+                if std::mem::take(&mut self.failing) {
+                    info!(seq = pending.batch.seq, "stats pushes acknowledged again");
+                }
+                self.acknowledge(pending);
+            }
+            Sent::Rejected(status, body) => {
+                self.state.metrics.stats_push_failures.inc();
+                error!(seq = pending.batch.seq, %status, reason = %body, "control plane rejected a stats batch; dropping it");
+                self.acknowledge(pending);
+            }
+            Sent::Failed(why) => {
+                self.state.metrics.stats_push_failures.inc();
+                if !std::mem::replace(&mut self.failing, true) {
+                    warn!(seq = pending.batch.seq, error = %why, "stats push failed; will resend the same batch");
+                } else {
+                    debug!(seq = pending.batch.seq, error = %why, "stats push failed again");
+                }
+                self.pending = Some(pending);
+            }
+        }
+    }
+
+    /// The reads become the baseline the next batch is measured from.
+    fn acknowledge(&mut self, pending: Pending) {
+        for (prefix, totals) in pending.reads {
+            self.acked.insert(prefix, totals);
+        }
+        self.acked_unmatched = pending.unmatched;
+        self.seq += 1;
+    }
+
+    fn next_batch(&mut self) -> Pending {
+        let mut reads = Vec::new();
+        let mut endpoints = BTreeMap::new();
+        let stats = self.state.metrics.stats();
+        for s in stats.all() {
+            let now = s.read();
+            let delta = match self.acked.get(s.prefix()) {
+                Some(acked) => now.since(acked),
+                None => now.clone(),
+            };
+            if delta.is_zero() {
+                continue;
+            }
+            endpoints.insert(s.prefix().to_string(), endpoint_delta(&delta));
+            reads.push((s.prefix().clone(), now));
+        }
+        let unmatched = stats.unmatched().read();
+        let snapshot = self.state.current();
+        let config_hash = match &self.hashed {
+            Some((hashed, hash)) if Arc::ptr_eq(hashed, &snapshot) => hash.clone(),
+            _ => {
+                let hash = snapshot.content_hash();
+                self.hashed = Some((snapshot.clone(), hash.clone()));
+                hash
+            }
+        };
+        let batch = StatsBatch {
+            node_id: self.settings.node_id.clone(),
+            boot_id: self.boot_id.clone(),
+            seq: self.seq,
+            sent_at: unix_now(),
+            interval_s: self.settings.interval.as_secs_f64(),
+            config_version: snapshot.version,
+            config_hash,
+            gauges: Gauges::default(),
+            unmatched: unmatched.since(&self.acked_unmatched).requests(),
+            endpoints,
+        };
+        Pending {
+            batch,
+            reads,
+            unmatched,
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            inflight: u64::try_from(self.state.metrics.inflight()).unwrap_or(0),
+            rss_bytes: rss_bytes().unwrap_or(0),
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    async fn send(&self, batch: &StatsBatch) -> Sent {
+        let body = match serde_json::to_vec(batch) {
+            Ok(body) => body,
+            Err(e) => return Sent::Failed(format!("cannot encode the batch: {e}")),
+        };
+        let request = Request::post(self.settings.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(AUTHORIZATION, self.authorization.clone())
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Sent::Failed(e.to_string()),
+        };
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| crate::error::chain(&e))?;
+            let status = response.status();
+            // Read the (small) body so the connection goes back to the pool.
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, String>((status, body))
+        };
+        match tokio::time::timeout(PUSH_TIMEOUT, exchange).await {
+            Err(_) => Sent::Failed(format!("no answer within {PUSH_TIMEOUT:?}")),
+            Ok(Err(e)) => Sent::Failed(e),
+            Ok(Ok((status, _))) if status.is_success() => Sent::Acknowledged,
+            Ok(Ok((status, body))) => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                if matches!(
+                    status,
+                    StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+                ) {
+                    Sent::Rejected(status, text)
+                } else {
+                    Sent::Failed(format!("control plane answered {status}: {text}"))
+                }
+            }
+        }
+    }
+}
+
+fn endpoint_delta(d: &Totals) -> EndpointDelta {
+    EndpointDelta {
+        requests: d.requests(),
+        errors: d.errors,
+        status: STATUS_CLASSES
+            .iter()
+            .zip(d.status)
+            .filter(|(_, n)| *n > 0)
+            .map(|(class, n)| ((*class).to_owned(), n))
+            .collect(),
+        cancelled: d.cancelled,
+        bytes_in: d.bytes_in,
+        bytes_out: d.bytes_out,
+        latency_sum_ms: d.latency_sum_us / 1000,
+        latency_buckets: d.latency.to_vec(),
+        ttfb_buckets: d.ttfb.to_vec(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A random id for this process start, formatted like a UUID (v4). Two
+/// std `RandomState`s are seeded from the OS's randomness, which is all a
+/// boot id needs; no extra crate for it.
+fn boot_id() -> String {
+    let a = RandomState::new().hash_one((std::process::id(), unix_now()));
+    let b = RandomState::new().hash_one(Instant::now());
+    let (a, b) = (
+        (a & 0xffff_ffff_ffff_0fff) | 0x4000,
+        (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000,
+    );
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Resident set size from `/proc/self/status` (kB there).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_ids_look_like_uuids_and_differ() {
+        let a = boot_id();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, boot_id());
+    }
+
+    #[test]
+    fn rss_is_read() {
+        assert!(rss_bytes().unwrap() > 1024 * 1024);
+    }
+
+    #[test]
+    fn deltas_carry_only_nonzero_classes() {
+        let mut t = Totals::default();
+        t.status[1] = 3;
+        t.status[4] = 1;
+        t.errors = 1;
+        t.latency_sum_us = 2_500;
+        let d = endpoint_delta(&t);
+        assert_eq!(d.requests, 4);
+        assert_eq!(
+            d.status,
+            BTreeMap::from([("2xx".into(), 3), ("5xx".into(), 1)])
+        );
+        assert_eq!(d.latency_sum_ms, 2);
+        assert_eq!(d.latency_buckets.len(), apiproxy_shared::stats::BUCKETS);
+    }
+}

@@ -1,0 +1,161 @@
+//! A real headless Chromium driven through chromedriver (WebDriver), for
+//! the console tests. Debian's `chromium` and `chromium-driver` packages
+//! provide both; `.ci/run` installs them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+use crate::free_port;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver plus one browser session. Dropping it kills chromedriver's
+/// whole process group (the browser included), so a failed test leaves no
+/// Chromium behind.
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(path).exists(),
+                "{path} missing: apt-get install chromium chromium-driver (see .ci/run)"
+            );
+        }
+        let port = free_port();
+        let mut cmd = Command::new(CHROMEDRIVER);
+        cmd.arg(format!("--port={port}"));
+        // For a hung or failing session: where chromedriver should log.
+        if let Ok(path) = std::env::var("APIPROXY_CHROMEDRIVER_LOG") {
+            cmd.arg(format!("--log-path={path}.{port}"))
+                .arg("--verbose");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let driver = cmd.spawn().expect("spawn chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
+                         "--lang=en-US", "--disable-crash-reporter",
+                         "--disable-breakpad", "--no-first-run"],
+            }
+        });
+        let caps = caps.as_object().unwrap().clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no browser session: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        Browser { client, driver }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("navigate");
+    }
+
+    /// Waits (up to 10 s) for the element matching `css` and returns it.
+    pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} not found: {e}"))
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Replaces the value of the input `css` by typing `text`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let input = self.find(css).await;
+        input.clear().await.expect("clear");
+        input.send_keys(text).await.expect("type");
+    }
+
+    /// Runs `script` (a function body; `arguments` as usual) in the page.
+    pub async fn js(&self, script: &str) -> serde_json::Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Polls the page until `script` returns true (10 s at most).
+    pub async fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.js(script).await == json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what}\npage text: {}",
+                self.js("return document.body.innerText").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Text content of the element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.expect("text")
+    }
+
+    /// Saves a PNG of the viewport under `target/ui-screenshots/`, kept as
+    /// a test artifact; returns its path.
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.expect("screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let exe = std::env::current_exe().expect("exe");
+        let dir = exe
+            .ancestors()
+            .nth(3)
+            .expect("target dir")
+            .join("ui-screenshots");
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("write screenshot");
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The group id is chromedriver's PID: this stops it and the
+        // browser it started, and nothing else. The `--` matters: procps
+        // `kill -KILL -1234` reads `-1234` as options and signals group 4.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
+        let _ = self.driver.wait();
+    }
+}
