@@ -70,6 +70,8 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(admin)
         .merge(public)
+        // The console pages are public: they sign in through the API.
+        .merge(crate::assets::router())
         .route("/internal/stats", post(stats_api::push))
         .route("/metrics", get(stats_api::metrics))
         .route("/api/admin/login", post(login))

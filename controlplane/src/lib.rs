@@ -3,6 +3,7 @@
 //! cluster stats the data planes push (SPEC §6).
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod batch_schema;
 pub mod cluster_metrics;

@@ -647,3 +647,32 @@ async fn unknown_routes_and_methods_answer_in_the_error_format() {
         (StatusCode::BAD_REQUEST, &json!(false))
     );
 }
+
+#[tokio::test]
+async fn the_console_is_served_from_the_binary() {
+    let api = Api::start();
+    for (path, kind, needle) in [
+        ("/", "text/html", "dashboard.js"),
+        ("/admin", "text/html", "admin.js"),
+        ("/static/app.css", "text/css", ".topbar"),
+        ("/static/common.js", "text/javascript", "function api("),
+        ("/static/chart.js", "text/javascript", "function drawChart("),
+    ] {
+        let (status, body, headers) = api.call("GET", path, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+        assert!(body.as_str().unwrap().contains(needle), "{path}");
+        // No inline script can run, and no other origin is trusted.
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    let (status, body, _) = api.call("GET", "/static/../Cargo.toml", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["success"], false);
+    let (status, _, _) = api.call("GET", "/static/secret.js", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

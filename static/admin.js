@@ -1,0 +1,346 @@
+// The admin console: sign-in, the mapping table (search, add, edit,
+// delete, bulk delete), import with a diff before replace-all, export, and
+// the audit log. A failed request never loses what the operator typed:
+// dialogs stay open with their input and show the API's error.
+"use strict";
+
+const model = { mappings: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null };
+
+function show(view) {
+  document.getElementById("login-view").hidden = view !== "login";
+  document.getElementById("app-view").hidden = view !== "app";
+  document.getElementById("logout").hidden = view !== "app";
+  if (view === "login") document.getElementById("token").focus();
+}
+
+/** Runs `call`; a 401 means the session ended: back to sign-in, keeping
+ * whatever dialog is open. */
+async function guarded(call) {
+  try {
+    return await call();
+  } catch (e) {
+    if (e.status === 401) {
+      show("login");
+      announce(t("admin.session_expired"), "error");
+    }
+    throw e;
+  }
+}
+
+async function load() {
+  announce(t("common.loading"));
+  try {
+    const [list, audit] = await guarded(() => Promise.all([
+      api("GET", "/api/mappings"),
+      api("GET", "/api/audit?limit=100"),
+    ]));
+    model.mappings = list.mappings;
+    model.version = list.version;
+    model.audit = audit.entries;
+    for (const prefix of [...model.selected]) {
+      if (!(prefix in model.mappings)) model.selected.delete(prefix);
+    }
+    show("app");
+    announce("");
+    render();
+  } catch (e) {
+    if (e.status !== 401) {
+      show("app");
+      announce(t("common.error", e.message), "error");
+    }
+  }
+}
+
+function render() {
+  renderMappings();
+  renderAudit();
+}
+
+function renderMappings() {
+  const query = document.getElementById("search").value.trim().toLowerCase();
+  const all = Object.entries(model.mappings).sort(([a], [b]) => a.localeCompare(b));
+  const rows = all.filter(([p, tg]) => !query || p.toLowerCase().includes(query) || tg.toLowerCase().includes(query));
+  document.getElementById("version").textContent = t("admin.version", model.version, all.length);
+  const body = document.querySelector("#mappings tbody");
+  if (rows.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "empty" }, t(all.length ? "admin.no_match" : "admin.empty"))));
+  } else {
+    body.replaceChildren(...rows.map(([prefix, target]) => el("tr", { dataset: { prefix } },
+      el("td", {}, el("input", {
+        type: "checkbox",
+        "aria-label": `${t("admin.col.select")} ${prefix}`,
+        checked: model.selected.has(prefix),
+        onchange: (ev) => {
+          if (ev.target.checked) model.selected.add(prefix);
+          else model.selected.delete(prefix);
+          renderBulk();
+        },
+      })),
+      el("th", { scope: "row" }, el("code", {}, prefix)),
+      el("td", { class: "target" }, target),
+      el("td", { class: "row-actions" },
+        el("button", { type: "button", class: "small", "aria-label": `${t("admin.edit")} ${prefix}`, onclick: () => openForm(prefix) }, t("admin.edit")),
+        el("button", { type: "button", class: "small danger", "aria-label": `${t("admin.delete")} ${prefix}`, onclick: () => deleteOne(prefix) }, t("admin.delete"))))));
+  }
+  renderBulk();
+}
+
+function renderBulk() {
+  const button = document.getElementById("bulk-delete");
+  button.textContent = t("admin.bulk_delete", model.selected.size);
+  button.disabled = model.selected.size === 0;
+  const all = document.getElementById("select-all");
+  const count = Object.keys(model.mappings).length;
+  all.checked = count > 0 && model.selected.size === count;
+}
+
+function renderAudit() {
+  const body = document.querySelector("#audit tbody");
+  if (model.audit.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, t("admin.audit_empty"))));
+    return;
+  }
+  body.replaceChildren(...model.audit.map((e) => el("tr", {},
+    el("td", {}, formatTime(e.time)),
+    el("td", {}, e.actor),
+    el("td", {}, el("span", { class: `badge op-${e.op}` }, e.op)),
+    el("td", {}, el("code", {}, e.prefix)),
+    el("td", { class: "target" }, `${e.old_target ?? "–"} → ${e.new_target ?? "–"}`))));
+}
+
+// ---- sign-in -------------------------------------------------------------
+
+async function login(ev) {
+  ev.preventDefault();
+  const input = document.getElementById("token");
+  const error = document.getElementById("login-error");
+  error.textContent = "";
+  try {
+    await api("POST", "/api/admin/login", { token: input.value });
+    input.value = "";
+    await load();
+  } catch (e) {
+    if (e.status === 401) error.textContent = t("admin.wrong_token");
+    else if (e.status === 429) error.textContent = t("admin.locked", e.retryAfter || 60);
+    else error.textContent = t("common.error", e.message);
+    input.focus();
+  }
+}
+
+async function logout() {
+  try {
+    await api("POST", "/api/admin/logout");
+  } finally {
+    model.mappings = {};
+    model.selected.clear();
+    show("login");
+  }
+}
+
+// ---- add / edit ----------------------------------------------------------
+
+function openForm(prefix) {
+  model.editing = prefix;
+  const dialog = document.getElementById("mapping-dialog");
+  const prefixInput = document.getElementById("prefix");
+  document.getElementById("mapping-dialog-title").textContent = prefix ? t("admin.form_edit", prefix) : t("admin.form_add");
+  prefixInput.value = prefix || "";
+  prefixInput.readOnly = Boolean(prefix);
+  document.getElementById("target").value = prefix ? model.mappings[prefix] : "";
+  clearFormErrors();
+  dialog.showModal();
+  (prefix ? document.getElementById("target") : prefixInput).focus();
+}
+
+function clearFormErrors() {
+  for (const id of ["prefix-error", "target-error", "form-error"]) document.getElementById(id).textContent = "";
+  for (const id of ["prefix", "target"]) document.getElementById(id).removeAttribute("aria-invalid");
+}
+
+/** Puts the API's message next to the field it names. */
+function showFormError(message) {
+  const field = /^\s*prefix\b|`prefix`/.test(message) ? "prefix" : /^\s*target\b|`target`/.test(message) ? "target" : null;
+  if (field) {
+    document.getElementById(`${field}-error`).textContent = message;
+    const input = document.getElementById(field);
+    input.setAttribute("aria-invalid", "true");
+    input.focus();
+  } else {
+    document.getElementById("form-error").textContent = message;
+  }
+}
+
+async function saveForm(ev) {
+  ev.preventDefault();
+  clearFormErrors();
+  const prefix = document.getElementById("prefix").value.trim();
+  const target = document.getElementById("target").value.trim();
+  try {
+    const reply = await guarded(() => (model.editing
+      ? api("PUT", `/api/mappings/${encodePrefix(model.editing)}`, { target })
+      : api("POST", "/api/mappings", { prefix, target })));
+    document.getElementById("mapping-dialog").close();
+    announce(t("admin.saved", reply.mapping.prefix), "ok");
+    await load();
+  } catch (e) {
+    // The dialog stays open with the input as typed.
+    showFormError(e.message);
+  }
+}
+
+/** `/google/v1` → `google/v1`; the prefix `/` itself is `%2F`. */
+function encodePrefix(prefix) {
+  if (prefix === "/") return "%2F";
+  return prefix.slice(1).split("/").map(encodeURIComponent).join("/");
+}
+
+// ---- delete --------------------------------------------------------------
+
+function confirmDialog(text) {
+  const dialog = document.getElementById("confirm-dialog");
+  document.getElementById("confirm-text").textContent = text;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+    document.getElementById("confirm-ok").focus();
+  });
+}
+
+async function deleteOne(prefix) {
+  if (!(await confirmDialog(t("admin.confirm_delete", prefix)))) return;
+  try {
+    await guarded(() => api("DELETE", `/api/mappings/${encodePrefix(prefix)}`));
+    model.selected.delete(prefix);
+    announce(t("admin.deleted", prefix), "ok");
+  } catch (e) {
+    announce(t("common.error", e.message), "error");
+  }
+  await load();
+}
+
+async function deleteSelected() {
+  const prefixes = [...model.selected].sort();
+  if (!(await confirmDialog(t("admin.confirm_bulk", prefixes.length)))) return;
+  const failed = [];
+  for (const prefix of prefixes) {
+    try {
+      await guarded(() => api("DELETE", `/api/mappings/${encodePrefix(prefix)}`));
+      model.selected.delete(prefix);
+    } catch (e) {
+      if (e.status === 401) return;
+      failed.push(`${prefix} (${e.message})`);
+    }
+  }
+  if (failed.length) announce(t("admin.bulk_failed", failed.length, failed.join(", ")), "error");
+  else announce(t("admin.deleted", prefixes.join(", ")), "ok");
+  await load();
+}
+
+// ---- import / export -----------------------------------------------------
+
+/** Accepts `{"mappings": {...}}` (what export writes) or a bare object. */
+function parseImport(text) {
+  const data = JSON.parse(text);
+  const mappings = data && typeof data === "object" && !Array.isArray(data) && data.mappings ? data.mappings : data;
+  if (!mappings || typeof mappings !== "object" || Array.isArray(mappings)) throw new Error("expected an object");
+  for (const [prefix, target] of Object.entries(mappings)) {
+    if (typeof target !== "string") throw new Error(`${prefix}: target must be a string`);
+  }
+  return mappings;
+}
+
+function diff(current, next) {
+  const added = [];
+  const changed = [];
+  const removed = [];
+  for (const [p, target] of Object.entries(next)) {
+    if (!(p in current)) added.push([p, target]);
+    else if (current[p] !== target) changed.push([p, `${current[p]} → ${target}`]);
+  }
+  for (const [p, target] of Object.entries(current)) if (!(p in next)) removed.push([p, target]);
+  return { added, changed, removed };
+}
+
+async function previewImport() {
+  const error = document.getElementById("import-error");
+  const out = document.getElementById("import-diff");
+  error.textContent = "";
+  out.replaceChildren();
+  model.importing = null;
+  document.getElementById("import-apply").disabled = true;
+  let mappings;
+  try {
+    mappings = parseImport(document.getElementById("import-text").value);
+  } catch (e) {
+    error.textContent = t("admin.import_invalid", e.message);
+    return;
+  }
+  const d = diff(model.mappings, mappings);
+  const section = (key, items) => (items.length
+    ? el("div", { class: `diff ${key}` }, el("h3", {}, `${t(`admin.diff_${key}`)} (${items.length})`),
+      el("ul", {}, items.map(([p, v]) => el("li", {}, el("code", {}, p), " ", v))))
+    : null);
+  const parts = [section("added", d.added), section("changed", d.changed), section("removed", d.removed)].filter(Boolean);
+  out.replaceChildren(...(parts.length ? parts : [el("p", {}, t("admin.diff_none"))]));
+  model.importing = mappings;
+  document.getElementById("import-apply").disabled = false;
+}
+
+async function applyImport(ev) {
+  ev.preventDefault();
+  if (!model.importing) return;
+  const error = document.getElementById("import-error");
+  try {
+    const reply = await guarded(() => api("PUT", "/api/mappings", { mappings: model.importing }));
+    document.getElementById("import-dialog").close();
+    announce(t("admin.imported", reply.count ?? Object.keys(model.importing).length, reply.version ?? ""), "ok");
+    await load();
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
+function exportMappings() {
+  const blob = new Blob([JSON.stringify({ mappings: model.mappings }, null, 2)], { type: "application/json" });
+  const link = el("a", { href: URL.createObjectURL(blob), download: `apiproxy-mappings-v${model.version}.json` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupLanguage(() => { render(); });
+  document.getElementById("login-form").addEventListener("submit", login);
+  document.getElementById("logout").addEventListener("click", logout);
+  document.getElementById("search").addEventListener("input", renderMappings);
+  document.getElementById("add").addEventListener("click", () => openForm(null));
+  document.getElementById("mapping-form").addEventListener("submit", saveForm);
+  document.getElementById("mapping-cancel").addEventListener("click", () => document.getElementById("mapping-dialog").close());
+  document.getElementById("bulk-delete").addEventListener("click", deleteSelected);
+  document.getElementById("select-all").addEventListener("change", (ev) => {
+    model.selected = ev.target.checked ? new Set(Object.keys(model.mappings)) : new Set();
+    renderMappings();
+  });
+  document.getElementById("export").addEventListener("click", exportMappings);
+  document.getElementById("import").addEventListener("click", () => {
+    document.getElementById("import-error").textContent = "";
+    document.getElementById("import-diff").replaceChildren();
+    document.getElementById("import-apply").disabled = true;
+    document.getElementById("import-dialog").showModal();
+  });
+  document.getElementById("import-cancel").addEventListener("click", () => document.getElementById("import-dialog").close());
+  document.getElementById("import-preview").addEventListener("click", previewImport);
+  document.getElementById("import-text").addEventListener("input", () => {
+    document.getElementById("import-apply").disabled = true;
+  });
+  document.getElementById("import-file").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0];
+    if (!file) return;
+    document.getElementById("import-text").value = await file.text();
+    previewImport();
+  });
+  document.getElementById("import-form").addEventListener("submit", applyImport);
+  load();
+});

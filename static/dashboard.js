@@ -1,0 +1,208 @@
+// The dashboard: cards, charts, endpoints with ready-to-paste examples,
+// and the node table. Refreshes itself every few seconds while visible.
+"use strict";
+
+const REFRESH_MS = 5000;
+const state = { stats: null, nodes: null, nodesError: null, mappings: null, version: null, error: null };
+
+/** Where clients reach the data planes; the console cannot know it, so
+ * it is a setting kept in this browser (default: this host, port 8000). */
+function proxyBase() {
+  return (localStorage.getItem("apiproxy.proxyBase") || `${location.protocol}//${location.hostname}:8000`).replace(/\/+$/, "");
+}
+
+async function refresh() {
+  const filter = document.getElementById("endpoint-filter").value;
+  const query = filter ? `?endpoint=${encodeURIComponent(filter)}` : "";
+  try {
+    state.stats = await api("GET", `/stats${query}`);
+    state.error = null;
+  } catch (e) {
+    state.error = e;
+  }
+  // Nodes and the full mapping list need a session; without one the
+  // dashboard still shows the public stats.
+  try {
+    state.nodes = (await api("GET", "/api/nodes")).nodes;
+    state.nodesError = null;
+  } catch (e) {
+    state.nodes = null;
+    state.nodesError = e;
+  }
+  try {
+    const list = await api("GET", "/api/mappings");
+    state.mappings = list.mappings;
+    state.version = list.version;
+  } catch {
+    state.mappings = null;
+  }
+  render();
+}
+
+function render() {
+  const s = state.stats;
+  if (state.error) {
+    announce(state.error.status === 401 ? t("common.signin_needed") : t("common.error", state.error.message), "error");
+  } else {
+    announce("");
+  }
+  renderCards(s);
+  renderCharts(s);
+  renderEndpoints(s);
+  renderNodes();
+  document.getElementById("updated").textContent = t("dash.updated", new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en"));
+}
+
+function renderCards(s) {
+  const set = (id, v) => { document.getElementById(id).textContent = v; };
+  if (!s) return;
+  const endpoints = Object.values(s.endpoints);
+  // The busiest endpoint's median stands for the fleet's (the API gives
+  // p99 over everything, p50 per endpoint).
+  const busiest = endpoints.reduce((a, b) => (b.count > (a ? a.count : -1) ? b : a), null);
+  set("card-total", formatNumber(s.total));
+  set("card-rps", s.performance.requests_per_sec.toFixed(1));
+  set("card-p50", busiest ? formatMs(busiest.p50_ms) : "–");
+  set("card-p99", formatMs(s.performance.p99_response_time_ms));
+  set("card-errors", `${s.performance.error_rate.toFixed(2)} %`);
+  set("card-nodes", `${s.nodes.up} / ${s.nodes.up + s.nodes.stale + s.nodes.down}`);
+}
+
+function renderCharts(s) {
+  const filter = document.getElementById("endpoint-filter");
+  if (s) {
+    const known = new Set([...filter.options].map((o) => o.value));
+    for (const prefix of Object.keys(s.endpoints).sort()) {
+      if (!known.has(prefix)) filter.append(el("option", { value: prefix }, prefix));
+    }
+  }
+  const minute = document.getElementById("chart-minute");
+  const hour = document.getElementById("chart-hour");
+  if (!s || (s.series.minute.length === 0 && s.series.hour.length === 0)) {
+    minute.replaceChildren(el("p", { class: "empty" }, t("dash.no_data")));
+    hour.replaceChildren();
+    return;
+  }
+  drawChart(minute, s.series.minute, { span: 86400, step: 60, label: t("dash.minute_chart") });
+  drawChart(hour, s.series.hour, { span: 30 * 86400, step: 3600, label: t("dash.hour_chart") });
+}
+
+function endpointRows(s) {
+  const rows = new Map();
+  for (const prefix of Object.keys(state.mappings || {})) rows.set(prefix, null);
+  for (const [prefix, e] of Object.entries(s ? s.endpoints : {})) rows.set(prefix, e);
+  return [...rows.entries()].sort(([a], [b]) => a.localeCompare(b));
+}
+
+function renderEndpoints(s) {
+  const body = document.querySelector("#endpoints tbody");
+  const rows = endpointRows(s);
+  if (rows.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "empty" }, t("dash.no_endpoints"))));
+  } else {
+    body.replaceChildren(...rows.map(([prefix, e]) => {
+      const url = proxyBase() + prefix;
+      return el("tr", {},
+        el("th", { scope: "row" }, prefix),
+        el("td", { class: "num" }, formatNumber(e ? e.count : 0)),
+        el("td", { class: "num" }, formatNumber(e ? e.error_count : 0)),
+        el("td", { class: "num" }, e && e.count ? formatMs(e.p50_ms) : "–"),
+        el("td", { class: "num" }, e && e.count ? formatMs(e.p99_ms) : "–"),
+        el("td", {}, el("code", {}, url), " ", copyButton(url, `${t("common.copy")} ${url}`)));
+    }));
+  }
+  renderExamples();
+}
+
+function copyButton(text, label) {
+  const button = el("button", { type: "button", class: "small", "aria-label": label }, t("common.copy"));
+  button.addEventListener("click", async () => {
+    await copyText(text);
+    button.textContent = t("common.copied");
+    setTimeout(() => { button.textContent = t("common.copy"); }, 1500);
+  });
+  return button;
+}
+
+/** The prefix that reaches `host` (from the mappings when signed in),
+ * else the conventional one. */
+function prefixFor(host, fallback) {
+  for (const [prefix, target] of Object.entries(state.mappings || {})) {
+    if (target.includes(host)) return prefix;
+  }
+  return fallback;
+}
+
+function renderExamples() {
+  const base = proxyBase();
+  const openai = prefixFor("api.openai.com", "/openai");
+  const claude = prefixFor("api.anthropic.com", "/claude");
+  const gemini = prefixFor("generativelanguage.googleapis.com", "/gemini");
+  const examples = [
+    ["OpenAI (streaming)", `curl -N ${base}${openai}/v1/chat/completions \\
+  -H "Authorization: Bearer $OPENAI_API_KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}'`],
+    ["Anthropic (streaming)", `curl -N ${base}${claude}/v1/messages \\
+  -H "x-api-key: $ANTHROPIC_API_KEY" \\
+  -H "anthropic-version: 2023-06-01" \\
+  -H "Content-Type: application/json" \\
+  -d '{"model":"claude-3-5-haiku-latest","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Hello"}]}'`],
+    ["Gemini (streaming)", `curl -N "${base}${gemini}/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse" \\
+  -H "x-goog-api-key: $GEMINI_API_KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{"contents":[{"parts":[{"text":"Hello"}]}]}'`],
+  ];
+  document.getElementById("examples").replaceChildren(...examples.map(([title, code]) =>
+    el("figure", { class: "example" },
+      el("figcaption", {}, title, " ", copyButton(code, `${t("common.copy")} ${title}`)),
+      el("pre", {}, el("code", {}, code)))));
+}
+
+function renderNodes() {
+  const body = document.querySelector("#nodes tbody");
+  const banner = document.getElementById("banner");
+  if (!state.nodes) {
+    banner.hidden = true;
+    const text = state.nodesError && state.nodesError.status === 401
+      ? t("common.signin_needed")
+      : t("common.error", state.nodesError ? state.nodesError.message : "");
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, text)));
+    return;
+  }
+  if (state.nodes.length === 0) {
+    banner.hidden = true;
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, t("dash.no_nodes"))));
+    return;
+  }
+  body.replaceChildren(...state.nodes.map((n) => el("tr", { dataset: { node: n.node_id } },
+    el("th", { scope: "row" }, n.node_id),
+    el("td", {}, el("span", { class: `badge ${n.state}` }, t(`state.${n.state}`))),
+    el("td", { class: "num" }, n.config_version),
+    el("td", { class: "num" }, formatNumber(n.inflight)),
+    el("td", { class: "num" }, `${(n.rss_bytes / 1048576).toFixed(1)} MiB`),
+    el("td", { class: "num" }, formatDuration(n.uptime_s)),
+    el("td", {}, formatTime(n.last_seen)))));
+  // Converged: every live node serves the current version.
+  const live = state.nodes.filter((n) => n.state !== "down");
+  const versions = [...new Set(live.map((n) => n.config_version))].sort((a, b) => a - b);
+  const current = state.version;
+  const converged = versions.length <= 1 && (current === null || versions.length === 0 || versions[0] === current);
+  banner.hidden = converged;
+  if (!converged) banner.textContent = t("dash.not_converged", versions.join(", "), current ?? "?");
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const base = document.getElementById("proxy-base");
+  base.value = proxyBase();
+  base.addEventListener("change", () => {
+    localStorage.setItem("apiproxy.proxyBase", base.value);
+    render();
+  });
+  document.getElementById("endpoint-filter").addEventListener("change", refresh);
+  setupLanguage(render);
+  refresh();
+  setInterval(() => {
+    if (!document.hidden) refresh();
+  }, REFRESH_MS);
+});

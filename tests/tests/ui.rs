@@ -1,0 +1,350 @@
+//! The console in a real headless Chromium, against the real control plane,
+//! two real data planes and a real Redis: what an operator clicks must
+//! reach the traffic, and what the traffic does must reach the dashboard.
+//! Screenshots land in `target/ui-screenshots/`.
+
+use std::time::Duration;
+
+use apiproxy_tests::browser::Browser;
+use apiproxy_tests::client::get_reply;
+use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
+use apiproxy_tests::redis::RedisServer;
+use apiproxy_tests::upstream::{self, echo_handler};
+use apiproxy_tests::{eventually, free_port, DataPlane};
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
+
+const NODE_TOKEN: &str = "ui-node-token-0123456789abcdef";
+
+struct Fleet {
+    _redis: RedisServer,
+    cp: ControlPlane,
+    nodes: [DataPlane; 2],
+}
+
+fn fleet() -> Fleet {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cp = ControlPlane::start(
+        &redis.url(),
+        &[
+            ("API_PROXY_ADMIN_LISTEN", &listen),
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+        ],
+    );
+    let url = format!("http://{listen}");
+    let node = |id: &str| {
+        DataPlane::start_redis(
+            &redis.url(),
+            &[
+                ("API_PROXY_CONTROLPLANE_URL", &url),
+                ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+                ("API_PROXY_NODE_ID", id),
+                ("API_PROXY_STATS_INTERVAL", "250ms"),
+            ],
+        )
+    };
+    let nodes = [node("dp-east"), node("dp-west")];
+    Fleet {
+        _redis: redis,
+        cp,
+        nodes,
+    }
+}
+
+/// A script that is true when the mapping table lists exactly `prefixes`.
+fn rows_are(prefixes: &str) -> String {
+    format!(
+        "return [...document.querySelectorAll('#mappings tbody tr[data-prefix]')]\
+         .map(r => r.dataset.prefix).join(',') === '{prefixes}'"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_manages_mappings_in_the_browser() {
+    let f = fleet();
+    let up = upstream::http(echo_handler()).await;
+    let b = Browser::start().await;
+    let base = format!("http://{}", f.cp.addr);
+
+    // Sign-in: a wrong token is refused with a visible error.
+    b.goto(&format!("{base}/admin")).await;
+    b.fill("#token", "not-the-admin-token").await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait_until(
+        "wrong-token error",
+        "return document.getElementById('login-error').textContent === 'Wrong token.'",
+    )
+    .await;
+    assert!(
+        b.js("return document.getElementById('app-view').hidden")
+            .await
+            == true
+    );
+    b.screenshot("admin-login-error").await;
+
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait_until(
+        "signed in",
+        "return !document.getElementById('app-view').hidden",
+    )
+    .await;
+    assert_eq!(b.text("#mappings tbody td.empty").await, "No mappings yet.");
+
+    // The session survives a reload.
+    b.client.refresh().await.unwrap();
+    b.wait_until(
+        "still signed in",
+        "return !document.getElementById('app-view').hidden",
+    )
+    .await;
+
+    // Add: an invalid prefix shows the API's message next to the field and
+    // keeps what was typed.
+    b.click("#add").await;
+    b.fill("#prefix", "echo").await;
+    b.fill("#target", &up.url()).await;
+    b.click("#mapping-form button[type=submit]").await;
+    b.wait_until(
+        "prefix error",
+        "return document.getElementById('prefix-error').textContent.startsWith('prefix')",
+    )
+    .await;
+    assert!(
+        b.js("return document.getElementById('mapping-dialog').open")
+            .await
+            == true
+    );
+    assert_eq!(
+        b.find("#target")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap(),
+        up.url()
+    );
+    // Fixed, it saves and both data planes route it.
+    b.fill("#prefix", "/echo").await;
+    b.click("#mapping-form button[type=submit]").await;
+    b.wait_until("row /echo", &rows_are("/echo")).await;
+    for n in &f.nodes {
+        n.wait_status("/echo/x", 200).await;
+    }
+
+    // Edit the target; the data planes follow.
+    b.click("tr[data-prefix='/echo'] .row-actions button:first-child")
+        .await;
+    b.fill("#target", &format!("{}/v2", up.url())).await;
+    b.click("#mapping-form button[type=submit]").await;
+    for n in &f.nodes {
+        eventually("edit routed", Duration::from_secs(3), || async {
+            (get_reply(n.addr, "/echo/x").await.json()["uri"] == "/v2/x").then_some(())
+        })
+        .await;
+    }
+
+    // Import replaces the whole set, after showing the diff.
+    b.click("#import").await;
+    let import = format!(
+        r#"{{"mappings": {{"/echo": "{0}", "/other": "{0}", "/third": "{0}"}}}}"#,
+        up.url()
+    );
+    b.fill("#import-text", &import).await;
+    b.click("#import-preview").await;
+    b.wait_until(
+        "diff shown",
+        "return document.querySelector('#import-diff .added') !== null \
+         && document.querySelector('#import-diff .changed') !== null",
+    )
+    .await;
+    let diff = b.text("#import-diff").await;
+    assert!(diff.contains("/other") && diff.contains("/third"), "{diff}");
+    b.screenshot("admin-import-diff").await;
+    b.click("#import-apply").await;
+    b.wait_until("imported rows", &rows_are("/echo,/other,/third"))
+        .await;
+    for n in &f.nodes {
+        n.wait_status("/third/x", 200).await;
+    }
+
+    // Delete one, with confirmation.
+    b.click("tr[data-prefix='/other'] button.danger").await;
+    b.wait_until(
+        "confirm dialog",
+        "return document.getElementById('confirm-dialog').open",
+    )
+    .await;
+    b.click("#confirm-ok").await;
+    b.wait_until("row gone", &rows_are("/echo,/third")).await;
+    for n in &f.nodes {
+        n.wait_status("/other/x", 404).await;
+    }
+
+    // Bulk delete of a selection.
+    b.click("tr[data-prefix='/third'] input[type=checkbox]")
+        .await;
+    assert_eq!(b.text("#bulk-delete").await, "Delete selected (1)");
+    b.click("#bulk-delete").await;
+    b.click("#confirm-ok").await;
+    b.wait_until("bulk deleted", &rows_are("/echo")).await;
+
+    // The audit log tells who changed what.
+    let audit = b.text("#audit tbody").await;
+    for op in ["create", "update", "delete"] {
+        assert!(audit.contains(op), "{audit}");
+    }
+    assert!(audit.contains("127.0.0.1"), "{audit}");
+    b.screenshot("admin").await;
+
+    // Sign out ends the session.
+    b.click("#logout").await;
+    b.wait_until(
+        "signed out",
+        "return !document.getElementById('login-view').hidden",
+    )
+    .await;
+    b.client.refresh().await.unwrap();
+    b.wait_until(
+        "login after reload",
+        "return !document.getElementById('login-view').hidden",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_traffic_and_the_fleet() {
+    let f = fleet();
+    let up = upstream::http(echo_handler()).await;
+    let r =
+        f.cp.admin(
+            "POST",
+            "/api/mappings",
+            Some(serde_json::json!({"prefix": "/openai", "target": up.url()})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    for n in &f.nodes {
+        n.wait_status("/openai/v1/models", 200).await;
+    }
+    // Known traffic: 40 through each node (the waits above add a few).
+    for n in &f.nodes {
+        for _ in 0..40 {
+            assert_eq!(get_reply(n.addr, "/openai/v1/models").await.status, 200);
+        }
+    }
+    let served: f64 = {
+        let mut sum = 0.0;
+        for n in &f.nodes {
+            sum += n
+                .metric(r#"apiproxy_requests_total{prefix="/openai",status_class="2xx"}"#)
+                .await;
+        }
+        sum
+    };
+    assert!(served >= 80.0);
+
+    let b = Browser::start().await;
+    let base = format!("http://{}", f.cp.addr);
+    // Sign in first: the node table needs a session.
+    b.goto(&format!("{base}/admin")).await;
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait_until(
+        "signed in",
+        "return !document.getElementById('app-view').hidden",
+    )
+    .await;
+
+    b.goto(&format!("{base}/")).await;
+    // The dashboard refreshes itself until every request is counted.
+    let want = served as u64;
+    b.wait_until(
+        "total counted",
+        &format!(
+            "return document.getElementById('card-total').textContent.replace(/[^0-9]/g, '') === '{want}'"
+        ),
+    )
+    .await;
+    b.wait_until(
+        "both nodes listed",
+        "return document.querySelectorAll('#nodes tbody tr[data-node]').length === 2",
+    )
+    .await;
+    let nodes = b.text("#nodes tbody").await;
+    assert!(
+        nodes.contains("dp-east") && nodes.contains("dp-west"),
+        "{nodes}"
+    );
+    assert!(nodes.contains("up"), "{nodes}");
+    let endpoints = b.text("#endpoints tbody").await;
+    assert!(endpoints.contains("/openai"), "{endpoints}");
+    assert!(b
+        .text("#examples")
+        .await
+        .contains("/openai/v1/chat/completions"));
+    b.wait_until(
+        "chart drawn",
+        "return document.querySelectorAll('#chart-minute rect.bar').length > 0",
+    )
+    .await;
+    assert!(
+        b.js("return document.getElementById('banner').hidden")
+            .await
+            == true,
+        "the fleet is converged"
+    );
+    b.screenshot("dashboard").await;
+
+    // 简体中文.
+    b.click("#lang-switch").await;
+    assert_eq!(b.text("h1").await, "apiproxy 仪表盘");
+    assert_eq!(
+        b.js("return document.documentElement.lang").await,
+        serde_json::json!("zh-CN")
+    );
+    b.screenshot("dashboard-zh").await;
+    b.click("#lang-switch").await;
+
+    // Phone width: nothing overflows the viewport sideways.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.wait_until(
+        "fits a phone",
+        "return document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    b.screenshot("dashboard-phone").await;
+
+    // Keyboard: a real Tab press from the top of the page lands on the
+    // skip link, and every control has an accessible name.
+    b.goto(&format!("{base}/")).await;
+    let tab = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down {
+            value: char::from(Key::Tab),
+        })
+        .then(KeyAction::Up {
+            value: char::from(Key::Tab),
+        });
+    b.client.perform_actions(tab).await.unwrap();
+    assert_eq!(
+        b.js("return document.activeElement.className").await,
+        serde_json::json!("skip")
+    );
+    for page in ["/", "/admin"] {
+        b.goto(&format!("{base}{page}")).await;
+        assert_eq!(
+            b.js(UNLABELLED_CONTROLS).await,
+            serde_json::json!([]),
+            "{page}: controls without an accessible name"
+        );
+    }
+}
+
+/// Visible buttons, links and form fields that a screen reader could not
+/// name (no label, no aria-label, no text).
+const UNLABELLED_CONTROLS: &str = "return [...document.querySelectorAll('button, a[href], input, select, textarea')]\
+    .filter(e => !e.closest('[hidden]') && !e.closest('dialog:not([open])'))\
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())\
+    .map(e => e.outerHTML.slice(0, 80))";
