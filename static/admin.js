@@ -4,7 +4,7 @@
 // dialogs stay open with their input and show the API's error.
 "use strict";
 
-const model = { mappings: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null };
+const model = { mappings: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null, draft: null };
 
 function show(view) {
   document.getElementById("login-view").hidden = view !== "login";
@@ -13,13 +13,23 @@ function show(view) {
   if (view === "login") document.getElementById("token").focus();
 }
 
-/** Runs `call`; a 401 means the session ended: back to sign-in, keeping
- * whatever dialog is open. */
+/** Runs `call`; a 401 means the session ended: back to sign-in. The
+ * mapping form being edited is kept as a draft and reopened, as typed,
+ * after the next sign-in. */
 async function guarded(call) {
   try {
     return await call();
   } catch (e) {
     if (e.status === 401) {
+      const form = document.getElementById("mapping-dialog");
+      if (form.open) {
+        model.draft = {
+          editing: model.editing,
+          prefix: document.getElementById("prefix").value,
+          target: document.getElementById("target").value,
+        };
+      }
+      for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
       show("login");
       announce(t("admin.session_expired"), "error");
     }
@@ -27,7 +37,9 @@ async function guarded(call) {
   }
 }
 
-async function load() {
+/** Loads the mappings and the audit log; `first`: the page just opened,
+ * where no session simply means "sign in", not "your session ended". */
+async function load(first = false) {
   announce(t("common.loading"));
   try {
     const [list, audit] = await guarded(() => Promise.all([
@@ -37,6 +49,7 @@ async function load() {
     model.mappings = list.mappings;
     model.version = list.version;
     model.audit = audit.entries;
+    if (first) announce("");
     for (const prefix of [...model.selected]) {
       if (!(prefix in model.mappings)) model.selected.delete(prefix);
     }
@@ -44,6 +57,7 @@ async function load() {
     announce("");
     render();
   } catch (e) {
+    if (e.status === 401 && first) announce("");
     if (e.status !== 401) {
       show("app");
       announce(t("common.error", e.message), "error");
@@ -56,10 +70,21 @@ function render() {
   renderAudit();
 }
 
-function renderMappings() {
+/** The mappings the search lets through, sorted by prefix. */
+function visibleRows() {
   const query = document.getElementById("search").value.trim().toLowerCase();
-  const all = Object.entries(model.mappings).sort(([a], [b]) => a.localeCompare(b));
-  const rows = all.filter(([p, tg]) => !query || p.toLowerCase().includes(query) || tg.toLowerCase().includes(query));
+  return Object.entries(model.mappings)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .filter(([p, tg]) => !query || p.toLowerCase().includes(query) || tg.toLowerCase().includes(query));
+}
+
+function visiblePrefixes() {
+  return visibleRows().map(([prefix]) => prefix);
+}
+
+function renderMappings() {
+  const all = Object.keys(model.mappings);
+  const rows = visibleRows();
   document.getElementById("version").textContent = t("admin.version", model.version, all.length);
   const body = document.querySelector("#mappings tbody");
   if (rows.length === 0) {
@@ -90,8 +115,8 @@ function renderBulk() {
   button.textContent = t("admin.bulk_delete", model.selected.size);
   button.disabled = model.selected.size === 0;
   const all = document.getElementById("select-all");
-  const count = Object.keys(model.mappings).length;
-  all.checked = count > 0 && model.selected.size === count;
+  const visible = visiblePrefixes();
+  all.checked = visible.length > 0 && visible.every((p) => model.selected.has(p));
 }
 
 function renderAudit() {
@@ -119,6 +144,13 @@ async function login(ev) {
     await api("POST", "/api/admin/login", { token: input.value });
     input.value = "";
     await load();
+    const draft = model.draft;
+    model.draft = null;
+    if (draft) {
+      openForm(draft.editing);
+      document.getElementById("prefix").value = draft.prefix;
+      document.getElementById("target").value = draft.target;
+    }
   } catch (e) {
     if (e.status === 401) error.textContent = t("admin.wrong_token");
     else if (e.status === 429) error.textContent = t("admin.locked", e.retryAfter || 60);
@@ -319,8 +351,9 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("mapping-form").addEventListener("submit", saveForm);
   document.getElementById("mapping-cancel").addEventListener("click", () => document.getElementById("mapping-dialog").close());
   document.getElementById("bulk-delete").addEventListener("click", deleteSelected);
+  // Selects what the search shows, never rows the operator cannot see.
   document.getElementById("select-all").addEventListener("change", (ev) => {
-    model.selected = ev.target.checked ? new Set(Object.keys(model.mappings)) : new Set();
+    model.selected = ev.target.checked ? new Set(visiblePrefixes()) : new Set();
     renderMappings();
   });
   document.getElementById("export").addEventListener("click", exportMappings);
@@ -342,5 +375,5 @@ document.addEventListener("DOMContentLoaded", () => {
     previewImport();
   });
   document.getElementById("import-form").addEventListener("submit", applyImport);
-  load();
+  load(true);
 });

@@ -60,7 +60,7 @@ function drawChart(container, buckets, { span, step, label }) {
     const h = (b.count / maxCount) * plotH;
     const bar = svg("rect", { x: x(b.t), y: pad.top + plotH - h, width: barW, height: h, class: b.errors > 0 ? "bar has-errors" : "bar" });
     const tip = svg("title", {});
-    tip.textContent = `${tick(b.t)} · ${formatNumber(b.count)} · errors ${formatNumber(b.errors)} · p99 ${formatMs(b.p99_ms)}`;
+    tip.textContent = `${tick(b.t)} · ${formatNumber(b.count)} · ${t("dash.col.errors")} ${formatNumber(b.errors)} · p99 ${formatMs(b.p99_ms)}`;
     bar.append(tip);
     root.append(bar);
     if (b.p99_ms !== null && b.p99_ms !== undefined) {

@@ -3,7 +3,9 @@
 "use strict";
 
 const REFRESH_MS = 5000;
-const state = { stats: null, nodes: null, nodesError: null, mappings: null, version: null, error: null };
+const state = { stats: null, nodes: null, nodesError: null, mappings: null, version: null, error: null, diverged: 0 };
+/** Numbers each refresh: a slower, older reply never overwrites a newer one. */
+let refreshes = 0;
 
 /** Where clients reach the data planes; the console cannot know it, so
  * it is a setting kept in this browser (default: this host, port 8000). */
@@ -12,31 +14,36 @@ function proxyBase() {
 }
 
 async function refresh() {
+  const mine = ++refreshes;
   const filter = document.getElementById("endpoint-filter").value;
   const query = filter ? `?endpoint=${encodeURIComponent(filter)}` : "";
-  try {
-    state.stats = await api("GET", `/stats${query}`);
-    state.error = null;
-  } catch (e) {
-    state.error = e;
-  }
   // Nodes and the full mapping list need a session; without one the
   // dashboard still shows the public stats.
-  try {
-    state.nodes = (await api("GET", "/api/nodes")).nodes;
-    state.nodesError = null;
-  } catch (e) {
-    state.nodes = null;
-    state.nodesError = e;
-  }
-  try {
-    const list = await api("GET", "/api/mappings");
-    state.mappings = list.mappings;
-    state.version = list.version;
-  } catch {
-    state.mappings = null;
-  }
+  const [stats, nodes, list] = await Promise.allSettled([
+    api("GET", `/stats${query}`),
+    api("GET", "/api/nodes"),
+    api("GET", "/api/mappings"),
+  ]);
+  if (mine !== refreshes) return;
+  state.stats = stats.status === "fulfilled" ? stats.value : state.stats;
+  state.error = stats.status === "rejected" ? stats.reason : null;
+  state.nodes = nodes.status === "fulfilled" ? nodes.value.nodes : null;
+  state.nodesError = nodes.status === "rejected" ? nodes.reason : null;
+  state.mappings = list.status === "fulfilled" ? list.value.mappings : null;
+  state.version = list.status === "fulfilled" ? list.value.version : null;
+  // Nodes report a change at their next push: only a fleet that stays
+  // apart over two refreshes in a row gets the banner.
+  state.diverged = state.nodes && !fleet().converged ? state.diverged + 1 : 0;
   render();
+}
+
+/** The versions live nodes serve, and whether they all serve the current one. */
+function fleet() {
+  const live = (state.nodes || []).filter((n) => n.state !== "down");
+  const versions = [...new Set(live.map((n) => n.config_version))].sort((a, b) => a - b);
+  const current = state.version;
+  const converged = versions.length === 0 || (versions.length === 1 && (current === null || versions[0] === current));
+  return { versions, converged };
 }
 
 function render() {
@@ -183,13 +190,9 @@ function renderNodes() {
     el("td", { class: "num" }, `${(n.rss_bytes / 1048576).toFixed(1)} MiB`),
     el("td", { class: "num" }, formatDuration(n.uptime_s)),
     el("td", {}, formatTime(n.last_seen)))));
-  // Converged: every live node serves the current version.
-  const live = state.nodes.filter((n) => n.state !== "down");
-  const versions = [...new Set(live.map((n) => n.config_version))].sort((a, b) => a - b);
-  const current = state.version;
-  const converged = versions.length <= 1 && (current === null || versions.length === 0 || versions[0] === current);
-  banner.hidden = converged;
-  if (!converged) banner.textContent = t("dash.not_converged", versions.join(", "), current ?? "?");
+  const { versions } = fleet();
+  banner.hidden = state.diverged < 2;
+  if (!banner.hidden) banner.textContent = t("dash.not_converged", versions.join(", "), state.version ?? "?");
 }
 
 document.addEventListener("DOMContentLoaded", () => {

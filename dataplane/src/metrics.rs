@@ -164,9 +164,10 @@ impl Metrics {
         &self.stats
     }
 
-    /// Requests whose response has not finished.
+    /// Requests whose response has not finished. A scan of the shards can
+    /// see a request's end before its start, so it is clamped at 0.
     pub fn inflight(&self) -> i64 {
-        self.stats.inflight()
+        self.stats.inflight().max(0)
     }
 
     pub fn config_reload(&self, ok: bool) {

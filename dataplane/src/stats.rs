@@ -8,14 +8,13 @@
 //! Counters only grow; a push sends the difference to what the control
 //! plane last acknowledged (see `stats_push`).
 //!
-//! The in-flight count is sharded the same way (per prefix and thread; a
-//! request may start on one worker and end on another, so one shard can go
-//! negative, the sum cannot): `apiproxy_inflight_requests` is a sum too, and
-//! a request touches no line another worker writes. With
-//! `API_PROXY_ENABLE_STATS=false` only the in-flight count moves.
+//! The in-flight count costs one more add: requests started, minus the
+//! requests finished, which the status counters already count (a scan can
+//! see an end before its start, so readers clamp at 0). With
+//! `API_PROXY_ENABLE_STATS=false` only starts and ends are counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +55,10 @@ impl Histogram {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Shard {
-    inflight: AtomicI64,
+    started: AtomicU64,
+    /// Requests finished while stats are off (with stats on, the status
+    /// counters count them).
+    finished_unrecorded: AtomicU64,
     /// By status class, 1xx..5xx.
     status: [AtomicU64; 5],
     errors: AtomicU64,
@@ -68,8 +70,11 @@ struct Shard {
     ttfb: Histogram,
 }
 
-/// The live counters of one prefix.
+/// The live counters of one prefix. Aligned like a shard so that, inside
+/// its `Arc`, the reference count (bumped by every request on every
+/// worker) sits on another cache line than the fields each record reads.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct PrefixStats {
     prefix: Arc<str>,
     /// `false` with stats off: only the in-flight count moves.
@@ -106,7 +111,7 @@ impl PrefixStats {
 
     /// A request started.
     pub fn start(&self) {
-        self.shard().inflight.fetch_add(1, Relaxed);
+        self.shard().started.fetch_add(1, Relaxed);
     }
 
     /// The response head went out `elapsed` after the request arrived.
@@ -120,8 +125,8 @@ impl PrefixStats {
     /// before any head).
     pub fn finish(&self, status: u16, outcome: Outcome, elapsed: Duration) {
         let shard = self.shard();
-        shard.inflight.fetch_sub(1, Relaxed);
         if !self.recording {
+            shard.finished_unrecorded.fetch_add(1, Relaxed);
             return;
         }
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -159,7 +164,18 @@ impl PrefixStats {
 
     /// Requests of this prefix not finished yet.
     pub fn inflight(&self) -> i64 {
-        self.shards.iter().map(|s| s.inflight.load(Relaxed)).sum()
+        // Ends first: a start read after them can only make the sum larger
+        // than the truth for a moment, never count a finished request twice.
+        let ended: u64 = self
+            .shards
+            .iter()
+            .map(|s| {
+                s.status.iter().map(|c| c.load(Relaxed)).sum::<u64>()
+                    + s.finished_unrecorded.load(Relaxed)
+            })
+            .sum();
+        let started: u64 = self.shards.iter().map(|s| s.started.load(Relaxed)).sum();
+        i64::try_from(started).unwrap_or(i64::MAX) - i64::try_from(ended).unwrap_or(i64::MAX)
     }
 
     /// The sum over all shards. Fields are read one by one while requests

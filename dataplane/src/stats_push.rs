@@ -197,16 +197,14 @@ impl StatsPusher {
         let mut endpoints = BTreeMap::new();
         let stats = self.state.metrics.stats();
         for s in stats.all() {
-            let now = s.read();
-            let delta = match self.acked.get(s.prefix()) {
-                Some(acked) => now.since(acked),
-                None => now.clone(),
-            };
-            if delta.is_zero() {
-                continue;
+            if endpoints.len() == MAX_BATCH_ENDPOINTS {
+                // The rest keep their baseline and go in the next batch.
+                break;
             }
-            endpoints.insert(s.prefix().to_string(), endpoint_delta(&delta));
-            reads.push((s.prefix().clone(), now));
+            if let Some((delta, baseline)) = endpoint_batch(s.read(), self.acked.get(s.prefix())) {
+                endpoints.insert(s.prefix().to_string(), delta);
+                reads.push((s.prefix().clone(), baseline));
+            }
         }
         let unmatched = stats.unmatched().read();
         let snapshot = self.state.current();
@@ -293,7 +291,41 @@ impl StatsPusher {
     }
 }
 
-fn endpoint_delta(d: &Totals) -> EndpointDelta {
+/// Most endpoints one batch carries (about 250 KiB of JSON): the control
+/// plane refuses bodies over 1 MiB. Endpoints left out keep their baseline
+/// and go in the next batch.
+const MAX_BATCH_ENDPOINTS: usize = 1_000;
+
+/// One endpoint's delta since `acked`, and the totals that become its
+/// baseline once the batch is acknowledged; `None` when nothing is new.
+///
+/// Shards are read field by field while requests finish, so a read can
+/// hold a request's error (or cancellation) without its status. Counts
+/// beyond the requests stay out of the baseline and go in the next batch:
+/// every batch is valid, nothing is lost.
+fn endpoint_batch(now: Totals, acked: Option<&Totals>) -> Option<(EndpointDelta, Totals)> {
+    let zero = Totals::default();
+    let acked = acked.unwrap_or(&zero);
+    let mut baseline = now;
+    let mut delta = baseline.since(acked);
+    let requests = delta.requests();
+    if delta.errors > requests {
+        delta.errors = requests;
+        baseline.errors = acked.errors + requests;
+    }
+    if delta.cancelled > requests {
+        delta.cancelled = requests;
+        baseline.cancelled = acked.cancelled + requests;
+    }
+    if delta.is_zero() {
+        return None;
+    }
+    // From the totals, not the delta, so the rounding never adds up.
+    let latency_sum_ms = baseline.latency_sum_us / 1000 - acked.latency_sum_us / 1000;
+    Some((endpoint_delta(&delta, latency_sum_ms), baseline))
+}
+
+fn endpoint_delta(d: &Totals, latency_sum_ms: u64) -> EndpointDelta {
     EndpointDelta {
         requests: d.requests(),
         errors: d.errors,
@@ -306,7 +338,7 @@ fn endpoint_delta(d: &Totals) -> EndpointDelta {
         cancelled: d.cancelled,
         bytes_in: d.bytes_in,
         bytes_out: d.bytes_out,
-        latency_sum_ms: d.latency_sum_us / 1000,
+        latency_sum_ms,
         latency_buckets: d.latency.to_vec(),
         ttfb_buckets: d.ttfb.to_vec(),
     }
@@ -376,7 +408,7 @@ mod tests {
         t.status[4] = 1;
         t.errors = 1;
         t.latency_sum_us = 2_500;
-        let d = endpoint_delta(&t);
+        let d = endpoint_delta(&t, 2);
         assert_eq!(d.requests, 4);
         assert_eq!(
             d.status,
@@ -384,5 +416,50 @@ mod tests {
         );
         assert_eq!(d.latency_sum_ms, 2);
         assert_eq!(d.latency_buckets.len(), apiproxy_shared::stats::BUCKETS);
+    }
+
+    #[test]
+    fn a_torn_read_still_makes_a_valid_batch_and_loses_nothing() {
+        // A read that saw a request's error before its status.
+        let mut acked = Totals::default();
+        acked.status[1] = 10;
+        acked.errors = 2;
+        let mut torn = acked.clone();
+        torn.errors += 1;
+        torn.cancelled += 1;
+        assert!(endpoint_batch(torn.clone(), Some(&acked)).is_none());
+        // One more finished request: the error and its status line up.
+        let mut later = torn;
+        later.status[4] += 1;
+        let (delta, baseline) = endpoint_batch(later.clone(), Some(&acked)).unwrap();
+        assert_eq!((delta.requests, delta.errors, delta.cancelled), (1, 1, 1));
+        assert_eq!(baseline, later);
+        // The same with the status seen and the error not yet: the error
+        // comes in the next batch.
+        let mut first = acked.clone();
+        first.status[4] += 2;
+        first.errors += 3; // one error of a request whose status is not in yet
+        let (delta, baseline) = endpoint_batch(first.clone(), Some(&acked)).unwrap();
+        assert_eq!((delta.requests, delta.errors), (2, 2));
+        assert_eq!(baseline.errors, acked.errors + 2);
+        let mut second = first;
+        second.status[4] += 1;
+        let (delta, _) = endpoint_batch(second, Some(&baseline)).unwrap();
+        assert_eq!((delta.requests, delta.errors), (1, 1));
+    }
+
+    #[test]
+    fn latency_sums_do_not_drift_with_rounding() {
+        let mut total_ms = 0;
+        let mut acked = Totals::default();
+        let mut now = Totals::default();
+        for _ in 0..1000 {
+            now.status[1] += 1;
+            now.latency_sum_us += 700; // 0.7 ms each
+            let (delta, baseline) = endpoint_batch(now.clone(), Some(&acked)).unwrap();
+            total_ms += delta.latency_sum_ms;
+            acked = baseline;
+        }
+        assert_eq!(total_ms, 700);
     }
 }

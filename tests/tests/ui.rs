@@ -273,12 +273,12 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
         "return document.querySelectorAll('#nodes tbody tr[data-node]').length === 2",
     )
     .await;
-    let nodes = b.text("#nodes tbody").await;
-    assert!(
-        nodes.contains("dp-east") && nodes.contains("dp-west"),
-        "{nodes}"
-    );
-    assert!(nodes.contains("up"), "{nodes}");
+    for node in ["dp-east", "dp-west"] {
+        let state = b
+            .text(&format!("#nodes tr[data-node='{node}'] .badge"))
+            .await;
+        assert_eq!(state, "up", "{node}");
+    }
     let endpoints = b.text("#endpoints tbody").await;
     assert!(endpoints.contains("/openai"), "{endpoints}");
     assert!(b
@@ -332,8 +332,14 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
         b.js("return document.activeElement.className").await,
         serde_json::json!("skip")
     );
-    for page in ["/", "/admin"] {
+    // On each page once its content is drawn (signed in, so the admin
+    // page shows the mapping table).
+    for (page, drawn) in [
+        ("/", "#endpoints tbody button"),
+        ("/admin", "#mappings tbody tr[data-prefix] button"),
+    ] {
         b.goto(&format!("{base}{page}")).await;
+        b.find(drawn).await;
         assert_eq!(
             b.js(UNLABELLED_CONTROLS).await,
             serde_json::json!([]),
