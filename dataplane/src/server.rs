@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -37,7 +38,9 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `listener` until `shutdown` fires, then stops accepting and lets
-/// in-flight requests finish; returns once they have, or at `drain_timeout`.
+/// in-flight requests finish; returns once they have, or at `drain_timeout`
+/// after closing the connections still open (their requests are then
+/// counted as cancelled before the last stats batch goes out).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -46,6 +49,7 @@ pub async fn serve(
 ) {
     let builder = connection_builder();
     let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -70,11 +74,13 @@ pub async fn serve(
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = conn.await {
                 debug!(%peer, %error, "connection ended with an error");
             }
         });
+        // Reap finished connections so the set holds only open ones.
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     info!(timeout = ?drain_timeout, "listener closed; draining in-flight requests");
@@ -84,6 +90,14 @@ pub async fn serve(
     };
     match tokio::time::timeout(drain_timeout, drained).await {
         Ok(()) => info!("drained"),
-        Err(_) => warn!("drain timeout passed; closing the remaining connections"),
+        Err(_) => {
+            warn!(
+                connections = connections.len(),
+                "drain timeout passed; closing the remaining connections"
+            );
+            connections.abort_all();
+        }
     }
+    // Dropping a connection drops its requests, which records them.
+    while connections.join_next().await.is_some() {}
 }

@@ -125,9 +125,13 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
     body.frame().await.unwrap().unwrap();
 
     dp.signal("TERM");
+    // The signal arrives asynchronously: readiness turns 503 within moments.
     let ready = format!("http://{}/readyz", dp.metrics_addr);
-    let (status, reason) = get(&ready).await;
-    assert_eq!(status, 503);
+    let reason = eventually("readiness 503", Duration::from_secs(1), || async {
+        let (status, reason) = get(&ready).await;
+        (status == 503).then_some(reason)
+    })
+    .await;
     assert!(reason.contains("draining"), "{reason}");
     eventually("listener closed", Duration::from_secs(2), || async {
         tokio::net::TcpStream::connect(dp.addr)

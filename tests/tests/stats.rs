@@ -413,7 +413,15 @@ async fn the_final_batch_is_flushed_on_shutdown() {
     create_mappings(&cp, &up).await;
     // A push interval far longer than the test: only the final flush can
     // deliver these counts.
-    let mut dp = node(&redis, port, "dp-1", &[("API_PROXY_STATS_INTERVAL", "1h")]);
+    let mut dp = node(
+        &redis,
+        port,
+        "dp-1",
+        &[
+            ("API_PROXY_STATS_INTERVAL", "1h"),
+            ("API_PROXY_DRAIN_TIMEOUT", "1s"),
+        ],
+    );
     dp.wait_status("/up/ok", 200).await;
     for _ in 0..7 {
         assert_eq!(get_reply(dp.addr, "/up/ok").await.status, 200);
@@ -421,12 +429,21 @@ async fn the_final_batch_is_flushed_on_shutdown() {
     let served = dp
         .metric(r#"apiproxy_requests_total{prefix="/up",status_class="2xx"}"#)
         .await as u64;
+    // A stream still running when the drain timeout passes: cut, and
+    // counted as cancelled in the final batch.
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    stream
+        .write_all(b"GET /up/slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(stream.read(&mut buf).await.unwrap() > 0);
     assert_eq!(stats(port).await.unwrap()["total"], 0);
     dp.signal("TERM");
     assert_eq!(dp.wait_exit(Duration::from_secs(10)).code(), Some(0));
-    assert_eq!(
-        stats(port).await.unwrap()["endpoints"]["/up"]["count"],
-        served
-    );
+    let s = stats(port).await.unwrap();
+    assert_eq!(s["endpoints"]["/up"]["count"], served + 1, "{s}");
+    assert_eq!(s["cancelled"], 1, "{s}");
+    drop(stream);
     drop(cp);
 }
