@@ -18,6 +18,9 @@ use crate::proxy::Proxy;
 
 /// Slowest a client may be in sending its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest HTTP/1 request head (request line and headers); larger gets 431.
+/// API requests carry a few short headers; nginx allows 32 KiB by default.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -28,6 +31,7 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
         // One write per response is cheaper than writev for small bodies.
         .writev(false);
     builder
