@@ -4,6 +4,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use apiproxy_shared::prometheus_text::{head, sample};
+
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -70,10 +72,30 @@ fn respond(state: &RoutingState, req: &Request<Incoming>) -> Response<ProxyBody>
         "/metrics" => plain(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            state.metrics.encode(),
+            metrics_text(state),
         ),
         _ => plain(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// The metrics plus the runtime's live task count: every connection,
+/// pooled upstream connection, tunnel and background job is a task, so a
+/// leak shows here first (the soak test checks it returns to baseline).
+fn metrics_text(state: &RoutingState) -> Vec<u8> {
+    let mut text = state.metrics.encode();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut out = String::new();
+    head(
+        &mut out,
+        "apiproxy_runtime_tasks",
+        "gauge",
+        "Tasks alive in the proxy's runtime.",
+    );
+    sample(&mut out, "apiproxy_runtime_tasks", "", tasks);
+    text.extend_from_slice(out.as_bytes());
+    text
 }
 
 fn plain(
