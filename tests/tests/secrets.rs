@@ -1,0 +1,170 @@
+//! Secrets never reach the logs: the admin token, the node token, the Redis
+//! password, session cookies and the API keys clients send through the
+//! proxy, at the most verbose log level, across sign-in, API calls, stats
+//! pushes, proxied requests (good and failing) and a Redis outage.
+
+use std::time::Duration;
+
+use apiproxy_tests::client::{call, get_reply};
+use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
+use apiproxy_tests::redis::RedisServer;
+use apiproxy_tests::upstream::{self, echo_handler};
+use apiproxy_tests::{eventually, free_port, DataPlane};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::json;
+
+const NODE_TOKEN: &str = "node-secret-9f8e7d6c5b4a39281706";
+const REDIS_PASSWORD: &str = "redis-secret-0a1b2c3d4e5f6a7b";
+const OPENAI_KEY: &str = "sk-proj-secret-abcdefghijklmnopqrstuvwxyz012345";
+const ANTHROPIC_KEY: &str = "sk-ant-secret-zyxwvutsrqponmlkjihgfedcba98765";
+const CLIENT_COOKIE: &str = "client-session-secret-55aa55aa55aa";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_ever_logged() {
+    let mut redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD], false);
+    let url = format!("redis://:{REDIS_PASSWORD}@{}/", redis.addr());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let debug = ("RUST_LOG", "debug");
+    let cp = ControlPlane::start(
+        &url,
+        &[
+            ("API_PROXY_ADMIN_LISTEN", &listen),
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+            debug,
+        ],
+    );
+    let cp_url = format!("http://{listen}");
+    let dp = DataPlane::start_redis(
+        &url,
+        &[
+            ("API_PROXY_CONTROLPLANE_URL", &cp_url),
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+            ("API_PROXY_STATS_INTERVAL", "100ms"),
+            debug,
+        ],
+    );
+    let up = upstream::http(echo_handler()).await;
+
+    // Sign in (cookie), then use both the cookie and the bearer token.
+    let login = call(
+        cp.addr,
+        Request::post("/api/admin/login")
+            .header("host", "cp")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"token": ADMIN_TOKEN}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(login.status, 200);
+    let cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let session_id = session.split_once('=').unwrap().1.to_owned();
+    let created = call(
+        cp.addr,
+        Request::post("/api/mappings")
+            .header("host", "cp")
+            .header("cookie", &session)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"prefix": "/openai", "target": up.url()}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    // A wrong token and a wrong cookie are refused, and not logged either.
+    let wrong = cp.admin("GET", "/api/mappings", None).await;
+    assert_eq!(wrong.status, 200);
+    let refused = call(
+        cp.addr,
+        Request::post("/api/admin/login")
+            .header("host", "cp")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"token": format!("{ADMIN_TOKEN}-wrong")}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+
+    // Client credentials through the proxy: to a good upstream, to a dead
+    // one, and to no mapping at all.
+    dp.wait_status("/openai/v1/models", 200).await;
+    for path in ["/openai/v1/chat/completions", "/nothing/here"] {
+        let reply = call(
+            dp.addr,
+            Request::post(path)
+                .header("host", "proxy")
+                .header("authorization", format!("Bearer {OPENAI_KEY}"))
+                .header("x-api-key", ANTHROPIC_KEY)
+                .header("cookie", format!("sid={CLIENT_COOKIE}"))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+        .await;
+        assert!(reply.status == 200 || reply.status == 404, "{path}");
+    }
+    drop(up);
+    let failed = call(
+        dp.addr,
+        Request::get("/openai/v1/models")
+            .header("host", "proxy")
+            .header("authorization", format!("Bearer {OPENAI_KEY}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(failed.status, 502);
+
+    // Stats reach the control plane (pushes with the node token).
+    eventually("stats pushed", Duration::from_secs(5), || async {
+        let s = get_reply(cp.addr, "/stats").await.json();
+        (s["total"].as_u64() >= Some(3)).then_some(())
+    })
+    .await;
+    // Redis goes away and comes back: connection errors are logged.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = cp.admin("GET", "/api/mappings", None).await;
+    redis.restart();
+    eventually(
+        "control plane ready again",
+        Duration::from_secs(10),
+        || async { (get_reply(cp.addr, "/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
+
+    let logs: Vec<String> = cp.logs().into_iter().chain(dp.logs()).collect();
+    assert!(
+        logs.len() > 20,
+        "too few log lines to judge: {}",
+        logs.len()
+    );
+    // The paths that carry secrets were really taken: sign-in, the failed
+    // upstream, the Redis outage.
+    for needle in ["failed admin login", "upstream request failed", "Redis"] {
+        assert!(
+            logs.iter().any(|l| l.contains(needle)),
+            "no log line with {needle:?}"
+        );
+    }
+    for secret in [
+        ADMIN_TOKEN,
+        NODE_TOKEN,
+        REDIS_PASSWORD,
+        OPENAI_KEY,
+        ANTHROPIC_KEY,
+        CLIENT_COOKIE,
+        &session_id,
+    ] {
+        if let Some(line) = logs.iter().find(|l| l.contains(secret)) {
+            panic!("a secret reached the logs: {line}");
+        }
+    }
+}
