@@ -250,16 +250,20 @@ async fn create(
         .create(&prefix, &target, &actor.to_string())
         .await?;
     tracing::info!(%prefix, %target, %actor, version, "mapping created");
-    let message = format!("mapping {prefix} created");
     Ok((
         StatusCode::CREATED,
-        Json(MappingChanged {
-            success: true,
-            message,
-            mapping: Mapping { prefix, target },
-            version,
-        }),
+        Json(changed(prefix, target, version, "created")),
     ))
+}
+
+/// The answer to a create or an update.
+fn changed(prefix: String, target: String, version: u64, what: &str) -> MappingChanged {
+    MappingChanged {
+        success: true,
+        message: format!("mapping {prefix} {what}"),
+        mapping: Mapping { prefix, target },
+        version,
+    }
 }
 
 #[utoipa::path(get, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),
@@ -294,13 +298,7 @@ async fn update(
         .update(&prefix, &target, &actor.to_string())
         .await?;
     tracing::info!(%prefix, %target, %actor, version, "mapping updated");
-    let message = format!("mapping {prefix} updated");
-    Ok(Json(MappingChanged {
-        success: true,
-        message,
-        mapping: Mapping { prefix, target },
-        version,
-    }))
+    Ok(Json(changed(prefix, target, version, "updated")))
 }
 
 #[utoipa::path(delete, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),

@@ -154,8 +154,8 @@ pub struct RequestBody {
     idle: IdleTimer,
     limit: Option<u64>,
     received: u64,
-    /// Counts the bytes taken.
-    stats: Arc<PrefixStats>,
+    /// Counts the bytes taken; `None` when there is no body to take.
+    stats: Option<Arc<PrefixStats>>,
     failure: Option<FailureSlot>,
 }
 
@@ -166,9 +166,13 @@ impl RequestBody {
         inner: Incoming,
         idle: Duration,
         limit: Option<u64>,
-        stats: Arc<PrefixStats>,
+        stats: &Arc<PrefixStats>,
     ) -> (Self, Option<FailureSlot>) {
-        let failure = (!inner.is_end_stream()).then(FailureSlot::default);
+        // A request without a body (most GETs) takes no reference: every
+        // clone of a shared Arc is a write other workers contend on.
+        let has_body = !inner.is_end_stream();
+        let failure = has_body.then(FailureSlot::default);
+        let stats = has_body.then(|| stats.clone());
         let body = RequestBody {
             inner,
             idle: IdleTimer::new(idle),
@@ -195,7 +199,9 @@ impl Body for RequestBody {
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
                 this.received += n;
-                this.stats.bytes_in(n);
+                if let Some(stats) = &this.stats {
+                    stats.bytes_in(n);
+                }
                 if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
                     polled = Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
                 }

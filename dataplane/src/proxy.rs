@@ -75,12 +75,8 @@ impl Proxy {
         let upgrading = headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let (body, body_failure) = RequestBody::new(
-            body,
-            self.idle_timeout,
-            self.max_request_body,
-            route.stats.clone(),
-        );
+        let (body, body_failure) =
+            RequestBody::new(body, self.idle_timeout, self.max_request_body, &route.stats);
         let upstream_req =
             match self.upstream_request(parts, body, &route, upstream_uri, upgrading, client) {
                 Ok(r) => r,
