@@ -14,9 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::client_io::ClientIo;
 use crate::proxy::Proxy;
 
-/// Slowest a client may be in sending its request head.
+/// Slowest a client may be in sending its first byte, and then each
+/// request head (hyper keeps the latter, also between keep-alive requests).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest HTTP/1 request head (request line and headers); larger gets 431.
 /// API requests carry a few short headers; nginx allows 32 KiB by default.
@@ -52,6 +54,8 @@ pub async fn serve(
     drain_timeout: Duration,
 ) {
     let builder = connection_builder();
+    // A client that stops reading gets the same grace as a silent body.
+    let idle = proxy.idle_timeout;
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {
@@ -75,7 +79,10 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(ClientIo::new(stream, HEADER_READ_TIMEOUT, idle)),
+                service,
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         connections.spawn(async move {
