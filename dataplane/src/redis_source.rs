@@ -133,8 +133,11 @@ impl RedisSource {
                 warn!(%error, "Redis unreachable at start");
                 self.boot_from_cache();
                 tried_cache = true;
-            } else {
+            } else if backoff.is_fresh() {
                 warn!(%error, "lost Redis; serving the last snapshot and reconnecting");
+            } else {
+                // Once per outage is enough at warn; each retry is debug.
+                debug!(%error, "Redis still unreachable");
             }
             let delay = backoff.next_delay();
             debug!(?delay, "reconnecting to Redis");
@@ -407,6 +410,11 @@ impl Backoff {
     fn reset(&mut self) {
         self.delay = BACKOFF_MIN;
     }
+
+    /// No failed attempt since the last success (or ever).
+    fn is_fresh(&self) -> bool {
+        self.delay == BACKOFF_MIN
+    }
 }
 
 #[cfg(test)]
@@ -420,7 +428,9 @@ mod tests {
         assert!(waits[0] >= BACKOFF_MIN / 2 && waits[0] <= BACKOFF_MIN);
         assert!(waits.iter().all(|w| *w <= BACKOFF_MAX));
         assert!(waits[9] >= BACKOFF_MAX / 2);
+        assert!(!b.is_fresh());
         b.reset();
+        assert!(b.is_fresh());
         assert!(b.next_delay() <= BACKOFF_MIN);
     }
 

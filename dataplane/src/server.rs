@@ -23,6 +23,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest HTTP/1 request head (request line and headers); larger gets 431.
 /// API requests carry a few short headers; nginx allows 32 KiB by default.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams one client connection may have open at once.
+const H2_MAX_STREAMS: u32 = 256;
+/// Streams a client may reset before they are served, at any one time.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams we may reset for protocol errors before the connection goes.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// An HTTP/2 connection is pinged after this long without frames, and
+/// closed when the ping is not answered within the timeout.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -39,7 +49,16 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // Rapid reset (CVE-2023-44487): a client that opens streams and
+        // resets them before they are served gets GOAWAY after this many.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        // And one whose streams keep failing on our side gets GOAWAY too.
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        // A peer that went away without a FIN is found and closed.
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
 

@@ -45,20 +45,23 @@ impl RoutingState {
 
     /// Swaps in a new snapshot whole and updates the config gauges.
     pub fn apply(&self, snapshot: Snapshot) {
-        let m = &self.metrics;
-        m.config_version
-            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
-        m.config_invalid_entries
-            .set(i64::try_from(snapshot.invalid_entries).unwrap_or(i64::MAX));
-        m.config_reload(true);
+        let (version, invalid) = (snapshot.version, snapshot.invalid_entries);
         info!(
-            version = snapshot.version,
+            version,
             mappings = snapshot.len(),
-            invalid = snapshot.invalid_entries,
+            invalid,
             "mappings applied"
         );
+        // Swap first: a scrape that shows version N means requests already
+        // route on N.
         self.snapshot.store(Arc::new(snapshot));
         self.applied.store(true, Ordering::Release);
+        let m = &self.metrics;
+        m.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        m.config_invalid_entries
+            .set(i64::try_from(invalid).unwrap_or(i64::MAX));
+        m.config_reload(true);
     }
 
     pub fn start_draining(&self) {

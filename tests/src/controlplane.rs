@@ -8,11 +8,14 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::client::{call, Reply};
+use crate::client::{call, get_reply, Reply};
 use crate::dataplane::spawn_logged;
 use crate::TempDir;
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// The secret the data planes of the stats tests sign their pushes with.
+pub const NODE_TOKEN: &str = "e2e-node-token-0123456789abcdef";
 
 pub struct ControlPlane {
     child: Child,
@@ -39,6 +42,21 @@ impl ControlPlane {
             logs,
             _dir: dir,
         }
+    }
+
+    /// A control plane that takes stats pushes signed with [`NODE_TOKEN`]
+    /// and calls a node `down` after 2 s of silence, on a fixed `port` so a
+    /// replacement comes back on the same address.
+    pub fn start_for_nodes(redis_url: &str, port: u16) -> ControlPlane {
+        let listen = format!("127.0.0.1:{port}");
+        ControlPlane::start(
+            redis_url,
+            &[
+                ("API_PROXY_ADMIN_LISTEN", &listen),
+                ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+                ("API_PROXY_NODE_TIMEOUT", "2s"),
+            ],
+        )
     }
 
     /// An admin API call with the bearer token.
@@ -76,6 +94,12 @@ impl ControlPlane {
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
         crate::dataplane::wait_exit(&mut self.child, timeout)
     }
+}
+
+/// `GET /stats` from the control plane on `port`; `None` unless 200.
+pub async fn stats(port: u16) -> Option<serde_json::Value> {
+    let reply = get_reply(([127, 0, 0, 1], port).into(), "/stats").await;
+    (reply.status == 200).then(|| reply.json())
 }
 
 impl Drop for ControlPlane {

@@ -122,6 +122,25 @@ impl DataPlane {
         DataPlane::spawn(TempDir::new("dp"), &[("API_PROXY_REDIS_URL", url)], env)
     }
 
+    /// Starts a data plane in Redis mode that pushes stats every 200 ms to
+    /// `controlplane_url` as `node_id`, signed with
+    /// [`crate::controlplane::NODE_TOKEN`]; `extra` may override any of it.
+    pub fn start_pushing(
+        redis_url: &str,
+        controlplane_url: &str,
+        node_id: &str,
+        extra: &[(&str, &str)],
+    ) -> DataPlane {
+        let mut env = vec![
+            ("API_PROXY_CONTROLPLANE_URL", controlplane_url),
+            ("API_PROXY_NODE_TOKEN", crate::controlplane::NODE_TOKEN),
+            ("API_PROXY_NODE_ID", node_id),
+            ("API_PROXY_STATS_INTERVAL", "200ms"),
+        ];
+        env.extend_from_slice(extra);
+        DataPlane::start_redis(redis_url, &env)
+    }
+
     fn spawn(dir: TempDir, source: &[(&str, &str)], env: &[(&str, &str)]) -> DataPlane {
         let defaults = [
             ("API_PROXY_LISTEN", "127.0.0.1:0"),

@@ -134,7 +134,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts again on the same port (empty: no persistence).
+    /// Starts again on the same port and data directory: empty, unless it
+    /// was started with persistence (`--appendonly yes`).
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(5);

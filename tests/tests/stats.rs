@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::controlplane::ControlPlane;
+use apiproxy_tests::controlplane::{stats, ControlPlane, NODE_TOKEN};
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, channel_body, full, handler, Upstream};
 use apiproxy_tests::{eventually, free_port, DataPlane};
@@ -17,8 +17,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const NODE_TOKEN: &str = "e2e-node-token-0123456789abcdef";
 
 /// `/ok` 200, `/missing` 404, `/fail` 503, `/slow` a head and then a body
 /// that never ends (for clients that leave).
@@ -47,27 +45,12 @@ async fn mixed_upstream() -> Upstream {
 }
 
 fn controlplane(redis: &RedisServer, port: u16) -> ControlPlane {
-    let listen = format!("127.0.0.1:{port}");
-    ControlPlane::start(
-        &redis.url(),
-        &[
-            ("API_PROXY_ADMIN_LISTEN", &listen),
-            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
-            ("API_PROXY_NODE_TIMEOUT", "2s"),
-        ],
-    )
+    ControlPlane::start_for_nodes(&redis.url(), port)
 }
 
 fn node(redis: &RedisServer, cp_port: u16, id: &str, extra: &[(&str, &str)]) -> DataPlane {
     let url = format!("http://127.0.0.1:{cp_port}");
-    let mut env = vec![
-        ("API_PROXY_CONTROLPLANE_URL", url.as_str()),
-        ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
-        ("API_PROXY_NODE_ID", id),
-        ("API_PROXY_STATS_INTERVAL", "200ms"),
-    ];
-    env.extend_from_slice(extra);
-    DataPlane::start_redis(&redis.url(), &env)
+    DataPlane::start_pushing(&redis.url(), &url, id, extra)
 }
 
 /// What the clients saw, to compare with `/stats`.
@@ -142,12 +125,6 @@ async fn unmatched_so_far(dp: &DataPlane) -> u64 {
             .unwrap_or(0.0) as u64
         })
         .sum()
-}
-
-async fn stats(cp_port: u16) -> Option<Value> {
-    let addr = ([127, 0, 0, 1], cp_port).into();
-    let reply = get_reply(addr, "/stats").await;
-    (reply.status == 200).then(|| reply.json())
 }
 
 /// Waits until `/stats` shows exactly `e` (it may only get there from
