@@ -34,8 +34,14 @@ impl ControlPlane {
             ("ADMIN_TOKEN", ADMIN_TOKEN),
         ];
         let all: Vec<(&str, &str)> = base.iter().chain(env).copied().collect();
-        let (child, logs, addrs) =
-            spawn_logged("apiproxy-controlplane", &dir, &all, &[], &["admin_addr"]);
+        let (child, logs, addrs) = spawn_logged(
+            "apiproxy-controlplane",
+            &dir,
+            &all,
+            &[],
+            &["admin_addr"],
+            None,
+        );
         ControlPlane {
             child,
             addr: addrs[0],

@@ -26,15 +26,31 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Spawns a workspace binary with a clean environment plus `env`,
 /// collecting its (JSON) log lines; returns the child, the logs and the
-/// first log line that has all of `addr_fields`, parsed.
+/// first log line that has all of `addr_fields`, parsed. With `etc_hosts`,
+/// the binary runs in a private mount namespace where that file is
+/// `/etc/hosts`: its real resolver (getaddrinfo) then answers whatever the
+/// test writes there, and nothing outside the process sees it.
 pub(crate) fn spawn_logged(
     name: &str,
     dir: &TempDir,
     env: &[(&str, &str)],
     args: &[&str],
     addr_fields: &'static [&'static str],
+    etc_hosts: Option<&std::path::Path>,
 ) -> (Child, Arc<Mutex<Vec<String>>>, Vec<SocketAddr>) {
-    let mut cmd = Command::new(binary(name));
+    let mut cmd = match etc_hosts {
+        None => Command::new(binary(name)),
+        Some(hosts) => {
+            // `unshare` execs, then `sh` execs: the child's PID is the
+            // binary's own.
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--", "sh", "-c"])
+                .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+                .arg(hosts)
+                .arg(binary(name));
+            cmd
+        }
+    };
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
@@ -109,17 +125,18 @@ impl DataPlane {
     /// Starts a data plane in standalone mode with `mappings` (JSON object
     /// text) and the extra environment, and waits until it is listening.
     pub fn start(mappings: &str, env: &[(&str, &str)]) -> DataPlane {
-        let dir = TempDir::new("dp");
-        let file = dir.path("mappings.json");
-        std::fs::write(&file, mappings).expect("write mappings");
-        let file = file.to_str().expect("utf-8 path").to_owned();
-        DataPlane::spawn(dir, &[("API_PROXY_MAPPINGS_FILE", &file)], env)
+        DataPlane::start_file(mappings, env, None)
     }
 
     /// Starts a data plane in Redis mode. It listens at once; readiness
     /// follows Redis (or the snapshot cache).
     pub fn start_redis(url: &str, env: &[(&str, &str)]) -> DataPlane {
-        DataPlane::spawn(TempDir::new("dp"), &[("API_PROXY_REDIS_URL", url)], env)
+        DataPlane::spawn(
+            TempDir::new("dp"),
+            &[("API_PROXY_REDIS_URL", url)],
+            env,
+            None,
+        )
     }
 
     /// Starts a data plane in Redis mode that pushes stats every 200 ms to
@@ -141,7 +158,35 @@ impl DataPlane {
         DataPlane::start_redis(redis_url, &env)
     }
 
-    fn spawn(dir: TempDir, source: &[(&str, &str)], env: &[(&str, &str)]) -> DataPlane {
+    /// Starts a data plane in standalone mode whose `/etc/hosts` is the
+    /// file `etc_hosts`, rewritable by the test (in place: the file is
+    /// bind-mounted, so a rename would not be seen). Needs root.
+    pub fn start_with_hosts(
+        mappings: &str,
+        env: &[(&str, &str)],
+        etc_hosts: &std::path::Path,
+    ) -> DataPlane {
+        DataPlane::start_file(mappings, env, Some(etc_hosts))
+    }
+
+    fn start_file(
+        mappings: &str,
+        env: &[(&str, &str)],
+        etc_hosts: Option<&std::path::Path>,
+    ) -> DataPlane {
+        let dir = TempDir::new("dp");
+        let file = dir.path("mappings.json");
+        std::fs::write(&file, mappings).expect("write mappings");
+        let file = file.to_str().expect("utf-8 path").to_owned();
+        DataPlane::spawn(dir, &[("API_PROXY_MAPPINGS_FILE", &file)], env, etc_hosts)
+    }
+
+    fn spawn(
+        dir: TempDir,
+        source: &[(&str, &str)],
+        env: &[(&str, &str)],
+        etc_hosts: Option<&std::path::Path>,
+    ) -> DataPlane {
         let defaults = [
             ("API_PROXY_LISTEN", "127.0.0.1:0"),
             ("API_PROXY_METRICS_LISTEN", "127.0.0.1:0"),
@@ -156,6 +201,7 @@ impl DataPlane {
             &all,
             &[],
             &["proxy_addr", "metrics_addr"],
+            etc_hosts,
         );
         DataPlane {
             child,

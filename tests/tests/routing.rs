@@ -311,3 +311,51 @@ async fn target_policy_is_checked_on_the_resolved_address() {
     assert_eq!(get_reply(dp.addr, "/literal/x").await.status, 200);
     assert_eq!(get_reply(dp.addr, "/metadata/x").await.status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_policy_holds_when_dns_answers_change() {
+    // DNS rebinding: a name that first resolves somewhere allowed and then
+    // to the metadata address. The node's real resolver reads a hosts file
+    // the test rewrites between requests; the upstream closes every
+    // connection, so each request resolves and connects afresh.
+    let up = upstream::http(upstream::handler(|_req| async {
+        http::Response::builder()
+            .header("connection", "close")
+            .body(upstream::full("ok"))
+            .unwrap()
+    }))
+    .await;
+    let dir = apiproxy_tests::TempDir::new("hosts");
+    let hosts = dir.path("hosts");
+    let answer = |ips: &[&str]| {
+        let lines: String = ips.iter().map(|ip| format!("{ip} rebind.test\n")).collect();
+        std::fs::write(&hosts, lines).unwrap();
+    };
+    answer(&["127.0.0.1"]);
+    let dp = DataPlane::start_with_hosts(
+        &mappings(&[("/r", format!("http://rebind.test:{}", up.addr.port()))]),
+        &[("API_PROXY_TARGET_POLICY", "no-link-local")],
+        &hosts,
+    );
+    let refused = r#"apiproxy_upstream_errors_total{kind="policy",prefix="/r"}"#;
+
+    assert_eq!(get_reply(dp.addr, "/r/1").await.status, 200);
+    answer(&["169.254.169.254"]);
+    let reply = get_reply(dp.addr, "/r/2").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.headers["x-apiproxy-error"], "upstream_connect");
+    assert!(reply.text().contains("policy"), "{}", reply.text());
+    assert_eq!(dp.metric(refused).await, 1.0);
+    // A mixed answer dials only the allowed address.
+    answer(&["169.254.169.254", "127.0.0.1"]);
+    assert_eq!(get_reply(dp.addr, "/r/3").await.status, 200);
+    // And the refusal was not cached: allowed again, served again.
+    answer(&["127.0.0.1"]);
+    assert_eq!(get_reply(dp.addr, "/r/4").await.status, 200);
+    assert_eq!(
+        up.counters.accepted(),
+        3,
+        "one connection per allowed request"
+    );
+    assert_eq!(dp.metric(refused).await, 1.0);
+}
