@@ -359,3 +359,72 @@ async fn target_policy_holds_when_dns_answers_change() {
     );
     assert_eq!(dp.metric(refused).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_tricks_and_encoded_slashes_never_choose_the_upstream() {
+    // Only the path picks the upstream: no Host, :authority or forwarding
+    // header can send a request anywhere else, and a prefix is matched on
+    // whole raw segments, so encoded slashes and userinfo-like spellings
+    // are not the prefix.
+    let (a, fallback) = (
+        upstream::http(echo_handler()).await,
+        upstream::http(echo_handler()).await,
+    );
+    let only_a = DataPlane::start(&mappings(&[("/openai", a.url())]), &[]);
+    let with_default = DataPlane::start(
+        &mappings(&[("/openai", a.url()), ("/", fallback.url())]),
+        &[],
+    );
+    let host_of = |up: &upstream::Upstream| format!("127.0.0.1:{}", up.addr.port());
+
+    let tricked = raw(
+        only_a.addr,
+        b"GET /openai/x HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: evil.example\r\n\
+          Forwarded: host=evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(tricked.starts_with("HTTP/1.1 200"), "{tricked}");
+    let echo: serde_json::Value =
+        serde_json::from_str(tricked.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(echo["uri"], "/x");
+    assert_eq!(echo["headers"]["host"][0], host_of(&a).as_str());
+
+    // HTTP/2 carries the authority in the request target itself.
+    let req = Request::get("http://evil.example/openai/h2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = send_h2c(only_a.addr, req).await;
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["uri"], "/h2");
+    assert_eq!(echo["headers"]["host"][0], host_of(&a).as_str());
+
+    for path in [
+        "/openai%2fx",
+        "/openai%2Fv1/models",
+        "/openai@evil.example/x",
+        "/openai.evil.example/x",
+        "//evil.example/openai/x",
+        "/%6fpenai/x",
+    ] {
+        let reply = get_reply(only_a.addr, path).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.text());
+        assert_eq!(reply.headers["x-apiproxy-error"], "no_mapping", "{path}");
+        // With a default route they go there, verbatim, on its own host.
+        let reply = get_reply(with_default.addr, path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert_eq!(reply.json()["uri"], path);
+        assert_eq!(
+            reply.json()["headers"]["host"][0],
+            host_of(&fallback).as_str()
+        );
+    }
+    let to_a = r#"apiproxy_requests_total{prefix="/openai",status_class="2xx"}"#;
+    assert_eq!(
+        only_a.metric(to_a).await,
+        2.0,
+        "only the two real /openai requests"
+    );
+    assert_eq!(with_default.metric(to_a).await, 0.0);
+}
