@@ -114,5 +114,6 @@ impl Drop for ControlPlane {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        crate::assert_no_secrets_logged("apiproxy-controlplane", &self.logs);
     }
 }

@@ -341,5 +341,6 @@ impl Drop for DataPlane {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        crate::assert_no_secrets_logged("apiproxy-dataplane", &self.logs);
     }
 }

@@ -44,6 +44,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Every binary a fixture started is checked, when the fixture is
+/// dropped, for the secrets the fixtures hand out: so a whole test run,
+/// not only `tests/secrets.rs`, shows that no log line carries one.
+pub(crate) fn assert_no_secrets_logged(binary: &str, logs: &std::sync::Mutex<Vec<String>>) {
+    if std::thread::panicking() {
+        return; // the test failed already; a second panic would abort
+    }
+    let logs = logs.lock().unwrap();
+    for secret in [controlplane::ADMIN_TOKEN, controlplane::NODE_TOKEN] {
+        if let Some(line) = logs.iter().find(|line| line.contains(secret)) {
+            panic!("{binary} logged a secret: {line}");
+        }
+    }
+}
+
 /// Directory for one test's files, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
