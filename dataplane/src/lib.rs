@@ -5,7 +5,6 @@
 //! two listeners and calls [`DataPlane::run`]. Tests drive the real binary.
 
 pub mod body;
-pub mod client_io;
 pub mod config;
 pub mod error;
 pub mod file_source;
@@ -25,6 +24,7 @@ pub mod stats_push;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;
+pub mod write_stall;
 
 use std::sync::Arc;
 

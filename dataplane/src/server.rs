@@ -2,23 +2,28 @@
 //! knowledge) on the same port, and drains on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client_io::ClientIo;
 use crate::proxy::Proxy;
+use crate::write_stall::WriteStallTimeout;
 
-/// Slowest a client may be in sending its first byte, and then each
-/// request head (hyper keeps the latter, also between keep-alive requests).
+/// Slowest a client may be in sending its first byte (we keep this one),
+/// and then each request head (hyper keeps that, also between keep-alive
+/// requests).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest HTTP/1 request head (request line and headers); larger gets 431.
 /// API requests carry a few short headers; nginx allows 32 KiB by default.
@@ -33,33 +38,44 @@ const H2_MAX_LOCAL_RESETS: usize = 1024;
 /// closed when the ping is not answered within the timeout.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Wait between looks at a connection that has sent part of the HTTP/2
+/// preface and not yet the rest.
+const PREFACE_RETRY: Duration = Duration::from_millis(5);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        // One write per response is cheaper than writev for small bodies.
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        // Rapid reset (CVE-2023-44487): a client that opens streams and
-        // resets them before they are served gets GOAWAY after this many.
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        // And one whose streams keep failing on our side gets GOAWAY too.
-        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
-        // A peer that went away without a FIN is found and closed.
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
-    builder
+/// The two protocol builders, made once and shared by every connection.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // Exact, checked by the parser; the buffer limit alone is only
+            // approximate (one read may take in a whole oversized head).
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES)
+            // One write per response is cheaper than writev for small bodies.
+            .writev(false);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            // Rapid reset (CVE-2023-44487): a client that opens streams and
+            // resets them before they are served gets GOAWAY after this many.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            // And one whose streams keep failing on our side gets GOAWAY too.
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            // A peer that went away without a FIN is found and closed.
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        Builders { h1, h2 }
+    }
 }
 
 /// Serves `listener` until `shutdown` fires, then stops accepting and lets
@@ -72,10 +88,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) {
-    let builder = connection_builder();
-    // A client that stops reading gets the same grace as a silent body.
-    let idle = proxy.idle_timeout;
-    let graceful = GracefulShutdown::new();
+    let builders = Arc::new(Builders::new());
     let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -92,42 +105,130 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "set_nodelay failed");
         }
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(ClientIo::new(stream, HEADER_READ_TIMEOUT, idle)),
-                service,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(%peer, %error, "connection ended with an error");
-            }
-        });
+        let conn = connection(
+            stream,
+            peer,
+            proxy.clone(),
+            builders.clone(),
+            shutdown.clone(),
+        );
+        connections.spawn(conn);
         // Reap finished connections so the set holds only open ones.
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
     info!(timeout = ?drain_timeout, "listener closed; draining in-flight requests");
     let drained = async {
-        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
         proxy.tunnels.drain().await;
     };
-    match tokio::time::timeout(drain_timeout, drained).await {
-        Ok(()) => info!("drained"),
-        Err(_) => {
-            warn!(
-                connections = connections.len(),
-                "drain timeout passed; closing the remaining connections"
-            );
-            connections.abort_all();
-        }
+    if tokio::time::timeout(drain_timeout, drained).await.is_ok() {
+        info!("drained");
+        return;
     }
+    warn!(
+        connections = connections.len(),
+        "drain timeout passed; closing the remaining connections"
+    );
+    connections.abort_all();
     // Dropping a connection drops its requests, which records them.
     while connections.join_next().await.is_some() {}
+}
+
+/// One client connection, from its first byte to its close.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    shutdown: CancellationToken,
+) {
+    let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+    let h2 = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        sniffed = sniff_h2_preface(&stream, deadline) => match sniffed {
+            Ok(h2) => h2,
+            Err(error) => return debug!(%peer, %error, "connection closed before a request"),
+        },
+    };
+    // A client that stops reading gets the same grace as a silent body.
+    let io = TokioIo::new(WriteStallTimeout::new(stream, proxy.idle_timeout));
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    let served = if h2 {
+        let conn = builders.h2.serve_connection(io, service);
+        // Boxed: HTTP/2 state is large, and HTTP/1 connections (nearly
+        // all of them) should not carry its size in their task.
+        Box::pin(until_closed(
+            conn,
+            &shutdown,
+            http2::Connection::graceful_shutdown,
+        ))
+        .await
+    } else {
+        let conn = builders.h1.serve_connection(io, service).with_upgrades();
+        until_closed(
+            conn,
+            &shutdown,
+            http1::UpgradeableConnection::graceful_shutdown,
+        )
+        .await
+    };
+    if let Err(error) = served {
+        debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Drives `conn` to its end. On shutdown it is asked to finish the request
+/// in flight and close (HTTP/1), or to send GOAWAY and finish its streams
+/// (HTTP/2).
+async fn until_closed<C>(
+    conn: C,
+    shutdown: &CancellationToken,
+    graceful_shutdown: fn(Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut conn = pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        _ = shutdown.cancelled() => {}
+    }
+    graceful_shutdown(conn.as_mut());
+    conn.await
+}
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client speaks h2c: peeks (reads nothing) until its first
+/// bytes differ from the HTTP/2 preface or complete it. A client that
+/// sends nothing by `deadline` is given up; hyper's own header timeout
+/// covers everything after this.
+async fn sniff_h2_preface(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let too_slow = || io::Error::new(io::ErrorKind::TimedOut, "no request head in time");
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .map_err(|_| too_slow())??;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface: peek returns the same bytes until more
+        // arrive, so wait a little rather than spin.
+        if Instant::now() >= deadline {
+            return Err(too_slow());
+        }
+        tokio::time::sleep_until(deadline.min(Instant::now() + PREFACE_RETRY)).await;
+    }
 }

@@ -36,14 +36,21 @@ async fn oversized_heads_and_smuggling_shapes_never_reach_the_upstream() {
         "GET /up/x HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
         "a".repeat(100_000)
     );
+    // Just over the 64 KiB limit, sent at once: the limit is exact, not
+    // whatever one read happens to take in.
+    let just_over = format!(
+        "GET /up/x HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
     let many_headers = format!(
         "GET /up/x HTTP/1.1\r\nhost: a\r\n{}\r\n",
         (0..200)
             .map(|i| format!("x-h{i}: 1\r\n"))
             .collect::<String>()
     );
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 6] = [
         ("a 100 KB header", big_header.as_bytes(), "431"),
+        ("a head just over 64 KiB", just_over.as_bytes(), "431"),
         ("200 headers", many_headers.as_bytes(), "431"),
         (
             "two different Content-Lengths",

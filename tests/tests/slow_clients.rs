@@ -40,7 +40,8 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_heads_meet_the_header_read_timeout() {
     // Slowloris: 50 connections that each send one header line a second
-    // and never finish the head; one more that sends nothing at all.
+    // and never finish the head; one that sends nothing at all; one that
+    // sends half the HTTP/2 preface and stops.
     const SLOW: usize = 50;
     let up = upstream::http(echo_handler()).await;
     let dp = DataPlane::start(&one_mapping("/up", &up.url()), &[]);
@@ -49,13 +50,15 @@ async fn slow_heads_meet_the_header_read_timeout() {
 
     let started = Instant::now();
     let mut clients = Vec::new();
-    for i in 0..=SLOW {
+    for i in 0..SLOW + 2 {
         let addr = dp.addr;
         clients.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(addr).await.unwrap();
             let opened = Instant::now();
             if i < SLOW {
                 stream.write_all(b"GET /up/x HTTP/1.1\r\n").await.unwrap();
+            } else if i == SLOW + 1 {
+                stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
             }
             // Bounded: the test fails long before 60 lines.
             for line in 0..60 {
@@ -97,7 +100,7 @@ async fn slow_heads_meet_the_header_read_timeout() {
     }
     println!(
         "{} slow heads closed after the header timeout; all done {:?} after the first",
-        SLOW + 1,
+        SLOW + 2,
         started.elapsed()
     );
     assert_eq!(
