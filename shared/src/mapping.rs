@@ -140,11 +140,7 @@ fn validate_authority(authority: &str) -> Result<(), MappingError> {
         let (host, after) = rest
             .split_once(']')
             .ok_or(E("IPv6 host is missing its closing ]"))?;
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(E("IPv6 host is not valid"));
         }
         match after {
@@ -294,6 +290,7 @@ mod tests {
             "https://host:65536",
             "https://host:abc",
             "https://[::1",
+            "https://[1.2]",
         ] {
             let err = Target::parse(bad).expect_err(bad);
             assert!(err.to_string().starts_with("target: "), "{bad}: {err}");
@@ -323,24 +320,268 @@ mod tests {
         assert_eq!(serde_json::from_str::<Mapping>(&json).unwrap(), m);
     }
 
-    proptest! {
-        /// Whatever the input, validation never panics, and an accepted
-        /// target re-parses to itself (normalisation is idempotent).
-        #[test]
-        fn target_normalisation_is_idempotent(s in "\\PC{0,64}") {
-            if let Ok(t) = Target::parse(&s) {
-                let again = Target::parse(&t.to_string()).unwrap();
-                prop_assert_eq!(again, t);
+    // Fuzzing. Each property is a `check_*` function run twice: by proptest
+    // on generated inputs, and by a `#[test]` on the kept corpus in
+    // `shared/tests/corpus/` (one input per line; a line starting with `# `
+    // is a comment). Cases: `PROPTEST_CASES` (default 256), so no config
+    // here sets `cases`, which would override it. A failure is saved by
+    // proptest's default `SourceParallel` persistence to
+    // `shared/proptest-regressions/mapping.txt` and replayed first on every
+    // run: commit that file, and add the minimal input to the corpus.
+
+    fn corpus(text: &str) -> impl Iterator<Item = &str> {
+        text.lines()
+            .filter(|line| !line.is_empty() && !line.starts_with("# "))
+    }
+
+    /// An accepted target connects to exactly the host written between
+    /// `://` and the path (user info, `\`, `#` or `?` cannot move it),
+    /// normalises to a fixed point, and round-trips as a mapping.
+    fn check_target(raw: &str) -> Result<(), TestCaseError> {
+        let mapping = validate_mapping("/p", raw);
+        let target = match Target::parse(raw) {
+            Ok(target) => target,
+            Err(error) => {
+                prop_assert!(error.to_string().starts_with("target: "), "{}", error);
+                prop_assert_eq!(mapping, Err(error));
+                return Ok(());
+            }
+        };
+        let Some((scheme, rest)) = raw.split_once("://") else {
+            return Err(TestCaseError::fail("accepted without ://"));
+        };
+        prop_assert_eq!(scheme.to_ascii_lowercase(), target.scheme.as_str());
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        prop_assert_eq!(authority.to_ascii_lowercase(), target.authority.as_str());
+        // `host[:port]`: a name or an IPv6 address in brackets, and a port
+        // the socket layer takes.
+        let host = target.host();
+        prop_assert!(!host.is_empty());
+        let bracketed = if host.contains(':') {
+            prop_assert!(host.parse::<std::net::Ipv6Addr>().is_ok(), "host {}", host);
+            format!("[{host}]")
+        } else {
+            prop_assert!(host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
+            host.to_owned()
+        };
+        let port = target.authority.strip_prefix(&bracketed);
+        prop_assert!(
+            port.is_some_and(|p| p.is_empty()
+                || p.strip_prefix(':')
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .is_some_and(|p| p > 0)),
+            "authority {}",
+            target.authority
+        );
+        prop_assert_eq!(path.trim_end_matches('/'), target.base_path.as_str());
+        prop_assert!(path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'));
+
+        let mapping = mapping.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&mapping.target, &target.to_string());
+        prop_assert_eq!(Target::parse(&mapping.target), Ok(target));
+        prop_assert_eq!(
+            validate_mapping(&mapping.prefix, &mapping.target),
+            Ok(mapping.clone())
+        );
+        let json = serde_json::to_string(&mapping).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Mapping>(&json).unwrap(), mapping);
+        Ok(())
+    }
+
+    /// SPEC §5's prefix rule, read as "one spelling on the wire, nothing a
+    /// URL normaliser could change": `/`, or at most 256 bytes of
+    /// `/`-separated segments that are not empty, `.` or `..`, made of
+    /// unreserved characters, sub-delims, `:` and `@` (no `%`: an encoded
+    /// spelling would be a second one). Accepted exactly then.
+    fn check_prefix(raw: &str) -> Result<(), TestCaseError> {
+        let plain = |s: &str| {
+            !matches!(s, "" | "." | "..")
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b))
+        };
+        let expected = raw == "/"
+            || (raw.len() <= MAX_PREFIX_LEN
+                && raw
+                    .strip_prefix('/')
+                    .is_some_and(|r| r.split('/').all(plain)));
+        match validate_prefix(raw) {
+            Ok(()) => {
+                prop_assert!(expected, "accepted");
+                let mapping = validate_mapping(raw, "http://h");
+                prop_assert_eq!(mapping.map(|m| m.prefix), Ok(raw.to_owned()));
+            }
+            Err(error) => {
+                prop_assert!(!expected, "refused: {}", error);
+                prop_assert!(error.to_string().starts_with("prefix: "), "{}", error);
             }
         }
+        Ok(())
+    }
 
-        /// An accepted prefix never holds a segment a URL could normalise away.
+    #[test]
+    fn target_corpus() {
+        for line in corpus(include_str!("../tests/corpus/targets.txt")) {
+            check_target(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn prefix_corpus() {
+        for line in corpus(include_str!("../tests/corpus/prefixes.txt")) {
+            check_prefix(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        }
+    }
+
+    /// Pieces of URLs that have confused URL parsers, each list split into
+    /// what validation accepts and what it refuses: odd schemes and
+    /// separators, user info, IPv6 and port edge cases, dot segments,
+    /// encoded and back slashes, query and fragment marks, whitespace,
+    /// control characters, non-ASCII.
+    const SCHEMES: (&[&str], &[&str]) = (
+        &["http://", "https://", "HTTP://", "hTtPs://"],
+        &[
+            "ftp://",
+            "ws://",
+            "javascript:",
+            "http:/",
+            "http:",
+            "//",
+            "",
+            "http:\\\\",
+            " http://",
+        ],
+    );
+    const USERINFO: (&[&str], &[&str]) = (&[""], &["user@", "u:p@", "@", ":@", "good.test@"]);
+    const HOSTS: (&[&str], &[&str]) = (
+        &[
+            "api.example.com",
+            "API.Example.COM",
+            "127.0.0.1",
+            "localhost",
+            "a_b",
+            "xn--bcher-kva.test",
+            "[::1]",
+            "[FE80::1:2]",
+            "[::ffff:1.2.3.4]",
+            "-",
+            ".",
+        ],
+        &[
+            "[::1",
+            "::1",
+            "[::1]x",
+            "[::1]80",
+            "[1.2]",
+            "[:]",
+            "[v1.x]",
+            "[fe80::1%25eth0]",
+            "[]",
+            "",
+            "ex ample",
+            "bücher.test",
+            "a\\b",
+            "a%2eb",
+            "h#",
+            "h?",
+            "h\t",
+        ],
+    );
+    const PORTS: (&[&str], &[&str]) = (
+        &["", ":1", ":443", ":65535", ":080"],
+        &[
+            ":0",
+            ":65536",
+            ":",
+            ":99999999999999999999",
+            ":+80",
+            ":8a",
+            "::80",
+        ],
+    );
+    const PATH_PIECES: (&[&str], &[&str]) = (
+        &[
+            "/",
+            "//",
+            ".",
+            "..",
+            "...",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%2F",
+            "%5c",
+            "%252e",
+            "@",
+            ";",
+            ":",
+            "~",
+            "!$&'()*+,=",
+            "a",
+            "V1",
+            "A-b_c",
+            "%",
+            "%zz",
+        ],
+        &["\\", "?", "#", "é", "💥", " ", "\t", "\u{0}", "\u{7f}"],
+    );
+
+    /// Mostly accepted pieces, so that whole inputs are accepted often
+    /// enough for the round-trip checks to run.
+    fn piece(
+        (accepted, refused): (&'static [&'static str], &'static [&'static str]),
+    ) -> impl Strategy<Value = &'static str> {
+        use proptest::sample::select;
+        prop_oneof![6 => select(accepted), 1 => select(refused)]
+    }
+
+    fn hostile_target() -> impl Strategy<Value = String> {
+        let path = proptest::collection::vec(piece(PATH_PIECES), 0..6);
+        let built = (
+            piece(SCHEMES),
+            piece(USERINFO),
+            piece(HOSTS),
+            piece(PORTS),
+            path,
+        )
+            .prop_map(|(s, u, h, p, path)| format!("{s}{u}{h}{p}{}", path.concat()));
+        prop_oneof![6 => built, 1 => any::<String>()]
+    }
+
+    const SEGMENTS: (&[&str], &[&str]) = (
+        &["...", ".a", "a.", "~", "@", ":", ";x=1", "!$&'()*+,="],
+        &[
+            "", ".", "..", "%2e", "%2F", "%", "\\", "?", "#", "é", " ", "\t",
+        ],
+    );
+
+    fn hostile_prefix() -> impl Strategy<Value = String> {
+        use proptest::collection::vec;
+        let segment = prop_oneof![
+            2 => "[a-zA-Z0-9_-]{1,3}",
+            1 => piece(SEGMENTS).prop_map(String::from),
+        ];
+        prop_oneof![
+            6 => vec(segment, 1..5).prop_map(|s| format!("/{}", s.join("/"))),
+            1 => vec(piece(PATH_PIECES), 0..8).prop_map(|p| p.concat()),
+            // Around the 256-byte limit.
+            1 => "(/[a-z]{1,3}){60,90}",
+            1 => any::<String>(),
+        ]
+    }
+
+    proptest! {
         #[test]
-        fn accepted_prefixes_have_only_plain_segments(s in "[/a-z.%?#]{0,24}") {
-            if validate_prefix(&s).is_ok() && s != "/" {
-                prop_assert!(s[1..].split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
-                prop_assert!(!s.contains(['%', '?', '#']));
-            }
+        fn targets_never_panic_and_accepted_ones_round_trip(raw in hostile_target()) {
+            check_target(&raw)?;
+        }
+
+        #[test]
+        fn prefixes_are_accepted_exactly_by_the_spec_rule(raw in hostile_prefix()) {
+            check_prefix(&raw)?;
         }
     }
 }

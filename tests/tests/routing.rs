@@ -92,6 +92,17 @@ async fn no_mapping_and_refused_targets_get_json_errors() {
             "400",
             "bad_request",
         ),
+        // Dot segments an upstream may find behind %2F, \ or ;params.
+        (
+            "GET /openai/..%2F..%2Fadmin HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+        (
+            "GET /openai/..;/x HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
         (
             "GET http://evil.example/openai/x HTTP/1.1\r\nHost: evil.example\r\n\r\n",
             "400",
@@ -127,7 +138,7 @@ async fn no_mapping_and_refused_targets_get_json_errors() {
     assert_eq!(
         dp.metric(r#"apiproxy_requests_total{prefix="none",status_class="4xx"}"#)
             .await,
-        7.0
+        9.0
     );
 }
 
