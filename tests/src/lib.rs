@@ -14,6 +14,11 @@ pub use dataplane::DataPlane;
 
 use std::time::{Duration, Instant};
 
+/// A mappings file with one entry, `{prefix: target}`.
+pub fn one_mapping(prefix: &str, target: &str) -> String {
+    serde_json::json!({ prefix: target }).to_string()
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after
 /// `timeout`. Tests wait for conditions, never for fixed sleeps.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::{get_reply, send};
 use apiproxy_tests::upstream::{self, channel_body, full, handler};
-use apiproxy_tests::DataPlane;
+use apiproxy_tests::{one_mapping, DataPlane};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -14,10 +14,6 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-fn one_mapping(prefix: &str, target: &str) -> String {
-    serde_json::json!({ prefix: target }).to_string()
-}
 
 const TIMEOUTS: [(&str, &str); 2] = [
     ("API_PROXY_RESPONSE_HEADER_TIMEOUT", "1s"),

@@ -10,17 +10,13 @@ use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::get_reply;
 use apiproxy_tests::upstream::{self, channel_body, echo_handler, handler};
-use apiproxy_tests::DataPlane;
+use apiproxy_tests::{one_mapping, DataPlane};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const IDLE: Duration = Duration::from_secs(2);
-
-fn one_mapping(prefix: &str, target: &str) -> String {
-    serde_json::json!({ prefix: target }).to_string()
-}
 
 /// Reads until the peer closes (or resets); returns the bytes read, or
 /// `None` if it was still open after `limit`.

@@ -5,16 +5,12 @@ use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::{get_reply, send};
 use apiproxy_tests::upstream::{self, channel_body, count_body, full, handler};
-use apiproxy_tests::DataPlane;
+use apiproxy_tests::{one_mapping, DataPlane};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn one_mapping(prefix: &str, target: &str) -> String {
-    serde_json::json!({ prefix: target }).to_string()
-}
 
 /// An SSE upstream sending `n` events `gap` apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
