@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::UpstreamErrorKind;
+use crate::pool::Lease;
 use crate::record::{Outcome, RequestRecord};
 use crate::stats::PrefixStats;
 
@@ -233,6 +234,8 @@ impl Body for RequestBody {
 pub struct ProxyBody {
     kind: Kind,
     record: Option<RequestRecord>,
+    /// The upstream connection, back to the pool when the body ended.
+    lease: Option<Lease<RequestBody>>,
 }
 
 #[derive(Debug)]
@@ -248,6 +251,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full((!data.is_empty()).then_some(data)),
             record: None,
+            lease: None,
         }
     }
 
@@ -255,17 +259,33 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
             record: None,
+            lease: None,
         }
     }
 
-    /// The upstream's body, watched for silence longer than `idle`.
-    pub fn upstream(body: Incoming, idle: Duration, record: RequestRecord) -> Self {
+    /// The upstream's body, watched for silence longer than `idle`; its
+    /// connection's `lease` goes back to the pool if it is read whole.
+    pub fn upstream(
+        body: Incoming,
+        idle: Duration,
+        record: RequestRecord,
+        lease: Option<Lease<RequestBody>>,
+    ) -> Self {
         ProxyBody {
             kind: Kind::Upstream {
                 body,
                 idle: IdleTimer::new(idle),
             },
             record: Some(record),
+            lease,
+        }
+    }
+
+    /// The body was read whole: its connection can carry another request.
+    /// (Cut short it cannot, and dropping the lease closes it.)
+    fn release_connection(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
     }
 
@@ -296,7 +316,10 @@ impl Body for ProxyBody {
                 }
             }
             Poll::Ready(Some(Err(e))) => this.finish(Outcome::Failed(upstream_body_error_kind(e))),
-            Poll::Ready(None) => this.finish(Outcome::Completed),
+            Poll::Ready(None) => {
+                this.release_connection();
+                this.finish(Outcome::Completed);
+            }
             Poll::Pending => {}
         }
         polled
@@ -322,6 +345,7 @@ impl Drop for ProxyBody {
         // hyper never polls a body that says it is at its end (empty bodies,
         // HEAD): that is a completed response, not a cancelled one.
         let outcome = if self.is_end_stream() {
+            self.release_connection();
             Outcome::Completed
         } else {
             Outcome::Cancelled

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod record;
 pub mod redis_source;

@@ -17,6 +17,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::error::{chain, classify_send_error, ProxyError, SendFailure};
 use crate::headers;
 use crate::metrics::UpstreamErrorKind;
+use crate::pool::SendError;
 use crate::record::{Outcome, RequestRecord};
 use crate::routing::{has_dot_segment, Route};
 use crate::state::RoutingState;
@@ -89,10 +90,10 @@ impl Proxy {
             &self.upstream.main
         };
         let sent = self
-            .await_head(client.request(upstream_req), body_failure.as_deref())
+            .await_head(client.send(upstream_req), body_failure.as_deref())
             .await;
-        let mut response = match sent {
-            Some(Ok(response)) => response,
+        let (mut response, lease) = match sent {
+            Some(Ok(sent)) => sent,
             Some(Err(err)) => {
                 let failure = body_failure
                     .as_ref()
@@ -140,7 +141,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, self.idle_timeout, record),
+            ProxyBody::upstream(body, self.idle_timeout, record, lease),
         ))
     }
 
@@ -250,7 +251,7 @@ fn finish_with(mut record: RequestRecord, error: ProxyError) -> ProxyError {
     error
 }
 
-fn log_upstream_failure(route: &Route, e: &ProxyError, err: &hyper_util::client::legacy::Error) {
+fn log_upstream_failure(route: &Route, e: &ProxyError, err: &SendError) {
     match e {
         ProxyError::Upstream { kind, .. } => {
             warn!(prefix = %route.prefix, kind = kind.as_str(), error = %chain(err), "upstream request failed")

@@ -1,5 +1,5 @@
-//! The upstream side: pooled keep-alive clients (HTTP/1.1, and HTTP/2 where
-//! TLS ALPN offers it) behind a connector that applies the target policy,
+//! The upstream side: pooled keep-alive connections (HTTP/1.1, and HTTP/2
+//! where TLS ALPN offers it; see [`crate::pool`]) behind a connector that applies the target policy,
 //! the connect timeout over TCP + TLS, and the one allowed retry.
 
 use std::error::Error as StdError;
@@ -15,8 +15,7 @@ use std::time::Duration;
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
@@ -28,11 +27,10 @@ use crate::body::RequestBody;
 use crate::error::find_cause;
 use crate::metrics::UpstreamErrorKind;
 use crate::policy::{PolicyDenied, PolicyResolver, TargetPolicy};
+use crate::pool::Pool;
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-pub type UpstreamClient = Client<Connector, RequestBody>;
 
 /// Connecting to the upstream failed; `kind` says how.
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +153,8 @@ pub struct UpstreamSettings<'a> {
 /// (WebSocket) handshake cannot travel over HTTP/2.
 #[derive(Clone)]
 pub struct Upstream {
-    pub main: UpstreamClient,
-    pub upgrade: UpstreamClient,
+    pub main: Pool<RequestBody>,
+    pub upgrade: Pool<RequestBody>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,43 +175,35 @@ pub enum TlsSetupError {
 impl Upstream {
     pub fn new(settings: &UpstreamSettings<'_>) -> Result<Upstream, TlsSetupError> {
         let tls = tls_config(settings.ca_file)?;
+        Ok(Upstream {
+            main: Pool::new(Connector::new(settings, &tls, true), POOL_IDLE_TIMEOUT),
+            upgrade: Pool::new(Connector::new(settings, &tls, false), POOL_IDLE_TIMEOUT),
+        })
+    }
+}
+
+impl Connector {
+    /// TCP through the policy resolver, then TLS for `https` targets,
+    /// offering HTTP/2 by ALPN when `h2`.
+    pub fn new(settings: &UpstreamSettings<'_>, tls: &rustls::ClientConfig, h2: bool) -> Connector {
         let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(settings.policy));
         http.enforce_http(false);
         http.set_nodelay(true);
         // Our own timeout covers TCP and TLS together; this one is a backstop.
         http.set_connect_timeout(Some(settings.connect_timeout));
-        let connector = |h2: bool| {
-            let builder = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_or_http();
-            let inner = if h2 {
-                builder
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http.clone())
-            } else {
-                builder.enable_http1().wrap_connector(http.clone())
-            };
-            Connector {
-                inner,
-                policy: settings.policy,
-                timeout: settings.connect_timeout,
-            }
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http();
+        let inner = if h2 {
+            builder.enable_http1().enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
         };
-        let client = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                // One write per message is cheaper than writev for the small
-                // bodies that dominate API traffic.
-                .http1_writev(false)
-                .build(connector(h2))
-        };
-        Ok(Upstream {
-            main: client(true),
-            upgrade: client(false),
-        })
+        Connector {
+            inner,
+            policy: settings.policy,
+            timeout: settings.connect_timeout,
+        }
     }
 }
 
