@@ -169,6 +169,7 @@ enum Checkout<B> {
 }
 
 impl<B: SendBody> Pool<B> {
+    /// Must be called inside the runtime: the pool's reaper runs there.
     pub fn new(connector: Connector, idle_timeout: Duration) -> Pool<B> {
         let mut h1 = http1::Builder::new();
         // One write per message is cheaper than writev for the small bodies
@@ -183,9 +184,7 @@ impl<B: SendBody> Pool<B> {
             idle_timeout,
             hosts: Mutex::new(HashMap::new()),
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(reap(Arc::downgrade(&inner)));
-        }
+        tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
     }
 
@@ -253,9 +252,8 @@ impl<B: SendBody> Pool<B> {
         &self,
         conn: Checkout<B>,
         key: &HostKey,
-        req: Request<B>,
+        mut req: Request<B>,
     ) -> Result<(Response<Incoming>, Option<Lease<B>>), Unsent<B>> {
-        let mut req = req;
         match conn {
             Checkout::H2(mut sender) => {
                 if sender.ready().await.is_err() {

@@ -47,13 +47,17 @@ impl<S> WriteStallTimeout<S> {
             self.blocked = false;
             return polled;
         }
-        let deadline = Instant::now() + self.timeout;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !std::mem::replace(&mut self.blocked, true) {
-            sleep.as_mut().reset(deadline);
+        if !self.blocked {
+            // The first block since the last progress starts the deadline;
+            // later polls of the same stall only look at it.
+            self.blocked = true;
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
+        let sleep = self.sleep.as_mut().expect("armed above");
         ready!(sleep.as_mut().poll(cx));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
