@@ -5,6 +5,7 @@
 //! two listeners and calls [`DataPlane::run`]. Tests drive the real binary.
 
 pub mod body;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod file_source;

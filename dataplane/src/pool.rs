@@ -5,7 +5,8 @@
 //! connection goes back on the stack only when its response body was read
 //! to the end (a [`Lease`] dropped with the body), so a checkout finds it
 //! ready at once; one whose body was cut is dropped, which closes it. Idle
-//! connections older than the idle timeout are closed by a reaper.
+//! connections older than the idle timeout are closed by a reaper. Each
+//! host has a [`Budget`] of requests sent at once; the rest queue.
 //!
 //! Why not hyper-util's pool: it spawns a task per request to watch for the
 //! connection's return, boxes its checkout futures and keys its maps with
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
+use crate::budget::{Budget, BudgetLimits};
 use crate::upstream::{ConnectError, Connector};
 
 /// How often idle connections are looked at for expiry.
@@ -66,10 +68,30 @@ where
     type SendError = E;
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// Compared and hashed as the bytes it was spelled with: `Authority`'s own
+/// `Hash` lowercases byte by byte, about a thousand instructions a lookup
+/// on this path (three per request). A mapping spells its host one way;
+/// two spellings would only mean two pools.
+#[derive(Clone, Debug)]
 struct HostKey {
     scheme: Scheme,
     authority: Authority,
+}
+
+impl PartialEq for HostKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority.as_str() == other.authority.as_str()
+            && self.scheme.as_str() == other.scheme.as_str()
+    }
+}
+
+impl Eq for HostKey {}
+
+impl std::hash::Hash for HostKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.scheme.as_str().hash(state);
+        self.authority.as_str().hash(state);
+    }
 }
 
 impl HostKey {
@@ -98,14 +120,21 @@ struct Host<B> {
     /// the coldest ones are left to expire when traffic falls.
     idle: Vec<Idle<B>>,
     h2: Option<http2::SendRequest<B>>,
+    budget: Budget,
 }
 
-impl<B> Default for Host<B> {
-    fn default() -> Self {
+impl<B> Host<B> {
+    fn new(limits: BudgetLimits) -> Self {
         Host {
             idle: Vec::new(),
             h2: None,
+            budget: Budget::new(limits),
         }
+    }
+
+    /// Nothing pooled and no request in flight: the entry can go.
+    fn is_unused(&self) -> bool {
+        self.idle.is_empty() && self.h2.is_none() && self.budget.is_idle()
     }
 }
 
@@ -119,7 +148,25 @@ struct Inner<B> {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    budget: BudgetLimits,
     hosts: Mutex<HashMap<HostKey, Host<B>>>,
+}
+
+impl<B> Inner<B> {
+    /// `key`'s entry, made when missing; the caller holds the lock.
+    fn host<'a>(
+        &self,
+        hosts: &'a mut HashMap<HostKey, Host<B>>,
+        key: &HostKey,
+    ) -> &'a mut Host<B> {
+        hosts
+            .entry(key.clone())
+            .or_insert_with(|| Host::new(self.budget))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostKey, Host<B>>> {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A cheap handle; clones share the connections.
@@ -154,8 +201,8 @@ impl<B> std::fmt::Debug for Lease<B> {
 impl<B> Lease<B> {
     /// The response was read to its end: the connection can serve another.
     pub fn release(self) {
-        let mut hosts = self.pool.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        hosts.entry(self.key).or_default().idle.push(Idle {
+        let mut hosts = self.pool.lock();
+        self.pool.host(&mut hosts, &self.key).idle.push(Idle {
             sender: self.sender,
             since: Instant::now(),
         });
@@ -170,7 +217,7 @@ enum Checkout<B> {
 
 impl<B: SendBody> Pool<B> {
     /// Must be called inside the runtime: the pool's reaper runs there.
-    pub fn new(connector: Connector, idle_timeout: Duration) -> Pool<B> {
+    pub fn new(connector: Connector, idle_timeout: Duration, budget: BudgetLimits) -> Pool<B> {
         let mut h1 = http1::Builder::new();
         // One write per message is cheaper than writev for the small bodies
         // that dominate API traffic.
@@ -182,16 +229,18 @@ impl<B: SendBody> Pool<B> {
             h1,
             h2,
             idle_timeout,
+            budget,
             hosts: Mutex::new(HashMap::new()),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
     }
 
-    /// Sends `req` upstream: on a pooled connection when one is free, else
-    /// on a new one. A request that a pooled connection gave back unsent
-    /// (it closed at that moment) is sent once more on a new connection.
-    /// The [`Lease`] comes with HTTP/1.1 responses.
+    /// Sends `req` upstream within its host's budget: on a pooled
+    /// connection when one is free, else on a new one. A request that a
+    /// pooled connection gave back unsent (it closed at that moment) is
+    /// sent once more on a new connection. The [`Lease`] comes with
+    /// HTTP/1.1 responses.
     pub async fn send(
         &self,
         req: Request<B>,
@@ -203,6 +252,25 @@ impl<B: SendBody> Pool<B> {
             },
             _ => return Err(SendError::Uri(req.uri().clone())),
         };
+        let budget = {
+            let mut hosts = self.inner.lock();
+            self.inner.host(&mut hosts, &key).budget.clone()
+        };
+        // The send is boxed, and made only once the request has its place:
+        // a request waiting in the queue then holds just its own few
+        // hundred bytes, not the send's kilobytes, and the send's size is
+        // not part of every client connection's state (hyper keeps one
+        // request future per connection for as long as it is open).
+        budget
+            .run(|| Box::pin(self.send_in_budget(key, req)))
+            .await
+    }
+
+    async fn send_in_budget(
+        &self,
+        key: HostKey,
+        req: Request<B>,
+    ) -> Result<(Response<Incoming>, Option<Lease<B>>), SendError> {
         let req = match self.checkout(&key) {
             Some(conn) => match self.send_on(conn, &key, req).await {
                 Ok(sent) => return Ok(sent),
@@ -224,7 +292,7 @@ impl<B: SendBody> Pool<B> {
     /// A connection from the pool: the shared HTTP/2 one if it is open,
     /// else the newest idle HTTP/1.1 one that is still open.
     fn checkout(&self, key: &HostKey) -> Option<Checkout<B>> {
-        let mut hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hosts = self.inner.lock();
         let host = hosts.get_mut(key)?;
         if let Some(h2) = &host.h2 {
             if !h2.is_closed() {
@@ -301,8 +369,8 @@ impl<B: SendBody> Pool<B> {
                 .await
                 .map_err(SendError::Handshake)?;
             tokio::spawn(drive("h2", key.authority.clone(), conn));
-            let mut hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
-            hosts.entry(key.clone()).or_default().h2 = Some(sender.clone());
+            let mut hosts = self.inner.lock();
+            self.inner.host(&mut hosts, key).h2 = Some(sender.clone());
             return Ok(Checkout::H2(sender));
         }
         let (sender, conn) = self
@@ -350,7 +418,8 @@ where
 }
 
 /// Closes idle connections older than the idle timeout, and forgets hosts
-/// with nothing left; ends with the pool.
+/// with nothing left (no connection, no request in flight); ends with the
+/// pool.
 async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
     let Some(timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
         return;
@@ -360,14 +429,14 @@ async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
     loop {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let mut hosts = pool.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hosts = pool.lock();
         hosts.retain(|_, host| {
             host.idle
                 .retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < timeout);
             if host.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
                 host.h2 = None;
             }
-            !host.idle.is_empty() || host.h2.is_some()
+            !host.is_unused()
         });
     }
 }
@@ -383,23 +452,52 @@ mod tests {
     /// A real HTTP/1.1 upstream on 127.0.0.1: answers "ok", counts the
     /// connections it accepted and those still open.
     async fn upstream() -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (uri, counts) = slow_upstream(Duration::ZERO).await;
+        (uri, counts.accepted, counts.open)
+    }
+
+    struct Counts {
+        accepted: Arc<AtomicUsize>,
+        open: Arc<AtomicUsize>,
+        /// Most requests it was working on at once.
+        most_at_once: Arc<AtomicUsize>,
+    }
+
+    /// The same upstream, taking `delay` over each answer.
+    async fn slow_upstream(delay: Duration) -> (Uri, Counts) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}/x", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let counts = (accepted.clone(), open.clone());
+        let counts = Counts {
+            accepted: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
+            most_at_once: Arc::new(AtomicUsize::new(0)),
+        };
+        let (accepted, open, most) = (
+            counts.accepted.clone(),
+            counts.open.clone(),
+            counts.most_at_once.clone(),
+        );
+        let working = Arc::new(AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                counts.0.fetch_add(1, Ordering::SeqCst);
-                counts.1.fetch_add(1, Ordering::SeqCst);
-                let open = counts.1.clone();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let (open, most, working) = (open.clone(), most.clone(), working.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
+                    let service = hyper::service::service_fn(move |_req| {
+                        let (most, working) = (most.clone(), working.clone());
+                        async move {
+                            let now = working.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            working.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -409,17 +507,72 @@ mod tests {
                 });
             }
         });
-        (uri, accepted, open)
+        (uri, counts)
     }
 
     fn pool(idle: Duration) -> Pool<Empty<Bytes>> {
+        pool_with(idle, BudgetLimits::DEFAULT)
+    }
+
+    fn pool_with(idle: Duration, budget: BudgetLimits) -> Pool<Empty<Bytes>> {
         let settings = UpstreamSettings {
             policy: TargetPolicy::Any,
             connect_timeout: Duration::from_secs(2),
             ca_file: None,
         };
         let tls = tls_config(None).unwrap();
-        Pool::new(Connector::new(&settings, &tls, true), idle)
+        Pool::new(Connector::new(&settings, &tls, true), idle, budget)
+    }
+
+    /// Sends `n` requests at once and reads every answer whole.
+    async fn get_many(pool: &Pool<Empty<Bytes>>, uri: &Uri, n: usize) {
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (pool, uri) = (pool.clone(), uri.clone());
+            requests.spawn(async move {
+                let (response, lease) = get(&pool, &uri).await;
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, "ok");
+                if let Some(lease) = lease {
+                    lease.release();
+                }
+            });
+        }
+        while let Some(done) = requests.join_next().await {
+            done.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fast_upstream_gets_no_more_requests_at_once_than_the_budget() {
+        let (uri, counts) = slow_upstream(Duration::from_millis(5)).await;
+        let budget = BudgetLimits {
+            places: 8,
+            hold: Duration::from_secs(60),
+            queue: Duration::from_secs(60),
+        };
+        let pool = pool_with(Duration::from_secs(60), budget);
+        get_many(&pool, &uri, 200).await;
+        let most = counts.most_at_once.load(Ordering::SeqCst);
+        assert!(most <= 8, "{most} requests at once");
+        let accepted = counts.accepted.load(Ordering::SeqCst);
+        assert!(accepted <= 8, "{accepted} connections for 200 requests");
+        assert!(pool.inner.lock().values().all(|h| h.budget.is_idle()));
+    }
+
+    #[tokio::test]
+    async fn a_slow_upstream_is_not_held_to_the_budget() {
+        // Each answer takes 300 ms; places are held 20 ms at most, so all
+        // 20 requests reach the upstream while the first still waits.
+        let (uri, counts) = slow_upstream(Duration::from_millis(300)).await;
+        let budget = BudgetLimits {
+            places: 2,
+            hold: Duration::from_millis(20),
+            queue: Duration::from_secs(60),
+        };
+        let pool = pool_with(Duration::from_secs(60), budget);
+        get_many(&pool, &uri, 20).await;
+        assert_eq!(counts.most_at_once.load(Ordering::SeqCst), 20);
     }
 
     async fn get(
@@ -487,3 +640,4 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
+

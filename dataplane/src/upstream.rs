@@ -27,6 +27,7 @@ use crate::body::RequestBody;
 use crate::error::find_cause;
 use crate::metrics::UpstreamErrorKind;
 use crate::policy::{PolicyDenied, PolicyResolver, TargetPolicy};
+use crate::budget::BudgetLimits;
 use crate::pool::Pool;
 
 /// How long an idle pooled upstream connection is kept.
@@ -176,8 +177,16 @@ impl Upstream {
     pub fn new(settings: &UpstreamSettings<'_>) -> Result<Upstream, TlsSetupError> {
         let tls = tls_config(settings.ca_file)?;
         Ok(Upstream {
-            main: Pool::new(Connector::new(settings, &tls, true), POOL_IDLE_TIMEOUT),
-            upgrade: Pool::new(Connector::new(settings, &tls, false), POOL_IDLE_TIMEOUT),
+            main: Pool::new(
+                Connector::new(settings, &tls, true),
+                POOL_IDLE_TIMEOUT,
+                BudgetLimits::DEFAULT,
+            ),
+            upgrade: Pool::new(
+                Connector::new(settings, &tls, false),
+                POOL_IDLE_TIMEOUT,
+                BudgetLimits::DEFAULT,
+            ),
         })
     }
 }
