@@ -124,7 +124,10 @@ mod tests {
 
     /// A request that counts itself as started when first polled and then
     /// waits for `done`.
-    fn request(started: &Arc<AtomicUsize>, done: oneshot::Receiver<()>) -> impl Future<Output = ()> {
+    fn request(
+        started: &Arc<AtomicUsize>,
+        done: oneshot::Receiver<()>,
+    ) -> impl Future<Output = ()> {
         let started = started.clone();
         async move {
             started.fetch_add(1, Ordering::SeqCst);
@@ -160,7 +163,11 @@ mod tests {
         assert!(!budget.is_idle());
         finish.remove(0).send(()).unwrap();
         settle().await;
-        assert_eq!(started.load(Ordering::SeqCst), 3, "a freed place goes to the next");
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            3,
+            "a freed place goes to the next"
+        );
         for tx in finish {
             tx.send(()).unwrap();
         }

@@ -154,11 +154,7 @@ struct Inner<B> {
 
 impl<B> Inner<B> {
     /// `key`'s entry, made when missing; the caller holds the lock.
-    fn host<'a>(
-        &self,
-        hosts: &'a mut HashMap<HostKey, Host<B>>,
-        key: &HostKey,
-    ) -> &'a mut Host<B> {
+    fn host<'a>(&self, hosts: &'a mut HashMap<HostKey, Host<B>>, key: &HostKey) -> &'a mut Host<B> {
         hosts
             .entry(key.clone())
             .or_insert_with(|| Host::new(self.budget))
@@ -261,9 +257,7 @@ impl<B: SendBody> Pool<B> {
         // hundred bytes, not the send's kilobytes, and the send's size is
         // not part of every client connection's state (hyper keeps one
         // request future per connection for as long as it is open).
-        budget
-            .run(|| Box::pin(self.send_in_budget(key, req)))
-            .await
+        budget.run(|| Box::pin(self.send_in_budget(key, req))).await
     }
 
     async fn send_in_budget(
@@ -640,4 +634,3 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
-

@@ -24,10 +24,10 @@ use tower_service::Service;
 use tracing::debug;
 
 use crate::body::RequestBody;
+use crate::budget::BudgetLimits;
 use crate::error::find_cause;
 use crate::metrics::UpstreamErrorKind;
 use crate::policy::{PolicyDenied, PolicyResolver, TargetPolicy};
-use crate::budget::BudgetLimits;
 use crate::pool::Pool;
 
 /// How long an idle pooled upstream connection is kept.
