@@ -138,6 +138,22 @@ mod tests {
         }
     }
 
+    /// Spawns `n` requests through `budget`, in order: the senders that
+    /// finish them, and their tasks.
+    fn spawn_requests(
+        budget: &Budget,
+        started: &Arc<AtomicUsize>,
+        n: usize,
+    ) -> (Vec<oneshot::Sender<()>>, Vec<tokio::task::JoinHandle<()>>) {
+        (0..n)
+            .map(|_| {
+                let (tx, rx) = oneshot::channel();
+                let (budget, req) = (budget.clone(), request(started, rx));
+                (tx, tokio::spawn(async move { budget.run(|| req).await }))
+            })
+            .unzip()
+    }
+
     /// Lets spawned tasks run without moving the paused clock.
     async fn settle() {
         for _ in 0..10 {
@@ -153,15 +169,8 @@ mod tests {
             ..LIMITS
         });
         let started = Arc::new(AtomicUsize::new(0));
-        let mut finish = Vec::new();
-        let mut tasks = Vec::new();
-        for _ in 0..3 {
-            let (tx, rx) = oneshot::channel();
-            finish.push(tx);
-            let (budget, req) = (budget.clone(), request(&started, rx));
-            tasks.push(tokio::spawn(async move { budget.run(|| req).await }));
-            settle().await;
-        }
+        let (mut finish, tasks) = spawn_requests(&budget, &started, 3);
+        settle().await;
         assert_eq!(started.load(Ordering::SeqCst), 2, "two places, two started");
         assert!(!budget.is_idle());
         finish.remove(0).send(()).unwrap();
@@ -184,13 +193,7 @@ mod tests {
     async fn a_slow_request_leaves_its_place_after_the_hold_limit() {
         let budget = Budget::new(LIMITS);
         let started = Arc::new(AtomicUsize::new(0));
-        let mut finish = Vec::new();
-        for _ in 0..3 {
-            let (tx, rx) = oneshot::channel();
-            finish.push(tx);
-            let (budget, req) = (budget.clone(), request(&started, rx));
-            tokio::spawn(async move { budget.run(|| req).await });
-        }
+        let (finish, _tasks) = spawn_requests(&budget, &started, 3);
         settle().await;
         assert_eq!(started.load(Ordering::SeqCst), 2);
         tokio::time::sleep(LIMITS.hold - Duration::from_millis(1)).await;
@@ -213,13 +216,7 @@ mod tests {
             ..LIMITS
         });
         let started = Arc::new(AtomicUsize::new(0));
-        let mut finish = Vec::new();
-        for _ in 0..3 {
-            let (tx, rx) = oneshot::channel();
-            finish.push(tx);
-            let (budget, req) = (budget.clone(), request(&started, rx));
-            tokio::spawn(async move { budget.run(|| req).await });
-        }
+        let (finish, _tasks) = spawn_requests(&budget, &started, 3);
         settle().await;
         assert_eq!(started.load(Ordering::SeqCst), 2);
         tokio::time::sleep(LIMITS.queue + Duration::from_millis(1)).await;

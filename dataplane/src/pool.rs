@@ -556,9 +556,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_upstream_is_not_held_to_the_budget() {
-        // Each answer takes 300 ms; places are held 20 ms at most, so all
-        // 20 requests reach the upstream while the first still waits.
-        let (uri, counts) = slow_upstream(Duration::from_millis(300)).await;
+        // Each answer takes 1 s; places are held 20 ms at most, so all 20
+        // requests reach the upstream (two every 20 ms) while the first
+        // still waits.
+        let (uri, counts) = slow_upstream(Duration::from_secs(1)).await;
         let budget = BudgetLimits {
             places: 2,
             hold: Duration::from_millis(20),
