@@ -190,6 +190,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_while_queued_leaves_the_queue() {
+        let budget = Budget::new(BudgetLimits {
+            places: 1,
+            hold: Duration::from_secs(3600),
+            queue: Duration::from_secs(3600),
+        });
+        let started = Arc::new(AtomicUsize::new(0));
+        let (mut finish, tasks) = spawn_requests(&budget, &started, 3);
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        // The second waits in the queue; its client leaves.
+        tasks[1].abort();
+        settle().await;
+        finish.remove(0).send(()).unwrap();
+        settle().await;
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            2,
+            "the place went to the third, not to the one that left"
+        );
+        finish.remove(1).send(()).unwrap();
+        settle().await;
+        assert!(budget.is_idle(), "every place given back");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slow_request_leaves_its_place_after_the_hold_limit() {
         let budget = Budget::new(LIMITS);
         let started = Arc::new(AtomicUsize::new(0));
