@@ -45,7 +45,7 @@ impl BudgetLimits {
     /// if every request is slow, 128 places held 20 ms admit 6,400
     /// requests a second per host. 500 ms: the most a burst of slow
     /// requests can delay another; a fast upstream's queue at 1000 clients
-    /// drains in under 100 ms.
+    /// (872 requests at about 9,000 a second) drains in about 100 ms.
     pub const DEFAULT: BudgetLimits = BudgetLimits {
         places: 128,
         hold: Duration::from_millis(20),

@@ -84,13 +84,13 @@ impl Proxy {
                 Err(e) => return Err(finish_with(record, e)),
             };
 
-        let client = if upgrading {
+        let pool = if upgrading {
             &self.upstream.upgrade
         } else {
             &self.upstream.main
         };
         let sent = self
-            .await_head(|| client.send(upstream_req), body_failure.as_deref())
+            .await_head(|| pool.send(upstream_req), body_failure.as_deref())
             .await;
         let (mut response, lease) = match sent {
             Some(Ok(sent)) => sent,

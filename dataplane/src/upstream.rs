@@ -1,6 +1,7 @@
 //! The upstream side: pooled keep-alive connections (HTTP/1.1, and HTTP/2
-//! where TLS ALPN offers it; see [`crate::pool`]) behind a connector that applies the target policy,
-//! the connect timeout over TCP + TLS, and the one allowed retry.
+//! where TLS ALPN offers it; see [`crate::pool`]) behind a connector that
+//! applies the target policy, the connect timeout over TCP + TLS, and the
+//! one allowed retry.
 
 use std::error::Error as StdError;
 use std::future::Future;
