@@ -38,16 +38,21 @@ pub struct BudgetLimits {
 }
 
 impl BudgetLimits {
-    /// 128 places: more than a fast upstream needs to stay busy (the
-    /// proxy's throughput at 1000 clients did not drop with it; its memory
-    /// fell by half). 20 ms: a request slower than that is not one a queue
-    /// helps, and it keeps the budget out of the way of remote APIs: even
-    /// if every request is slow, 128 places held 20 ms admit 6,400
-    /// requests a second per host. 500 ms: the most a burst of slow
+    /// 32 places: at 1000 clients and a fast upstream the proxy served as
+    /// many requests a second with 32 in flight as with 128 (more, in the
+    /// same runs) and held 8–10 MiB less, the upstream connections and
+    /// their send states (docs/BENCHMARKS.md, "Upstream budget"). The
+    /// price is for hosts that answer in under 20 ms: one node sends such
+    /// a host at most 32 ÷ its latency requests a second (6,400 at 5 ms)
+    /// before requests start to wait. 20 ms: a request slower than that is
+    /// not one a queue helps, and it keeps the budget out of the way of
+    /// remote APIs: even if every request is slow, 32 places held 20 ms
+    /// admit 1,600 requests a second per host, more than the largest LLM
+    /// API rate limits allow one client. 500 ms: the most a burst of slow
     /// requests can delay another; a fast upstream's queue at 1000 clients
-    /// (872 requests at about 9,000 a second) drains in about 100 ms.
+    /// (968 requests at about 10,000 a second) drains in about 100 ms.
     pub const DEFAULT: BudgetLimits = BudgetLimits {
-        places: 128,
+        places: 32,
         hold: Duration::from_millis(20),
         queue: Duration::from_millis(500),
     };
@@ -79,19 +84,24 @@ impl Budget {
     ///
     /// The request is made here, not passed in: a future passed in would be
     /// stored twice in this one (as the argument and once pinned), and it
-    /// lives in every client connection's state.
-    pub async fn run<F: Future>(&self, start: impl FnOnce() -> F) -> F::Output {
-        let place = self.enter().await;
-        // One path for both cases, so the request is stored once.
-        let mut request = pin!(start());
-        if let Some(place) = place {
-            tokio::select! {
-                biased;
-                out = &mut request => return out,
-                _ = tokio::time::sleep(self.limits.hold) => drop(place),
+    /// lives in every client connection's state. For the same reason this
+    /// is not an `async fn`, which would keep `start` twice (712 bytes
+    /// with a 400-byte closure instead of 1,080).
+    #[allow(clippy::manual_async_fn)]
+    pub fn run<F: Future>(self, start: impl FnOnce() -> F) -> impl Future<Output = F::Output> {
+        async move {
+            let place = self.enter().await;
+            // One path for both cases, so the request is stored once.
+            let mut request = pin!(start());
+            if let Some(place) = place {
+                tokio::select! {
+                    biased;
+                    out = &mut request => return out,
+                    _ = tokio::time::sleep(self.limits.hold) => drop(place),
+                }
             }
+            request.await
         }
-        request.await
     }
 
     async fn enter(&self) -> Option<OwnedSemaphorePermit> {

@@ -88,7 +88,8 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 }
 
 // jemalloc: fewer instructions per allocation than glibc malloc on the
-// request path, and far less memory held after connection bursts.
+// request path, and far less memory held after connection bursts. Its
+// built-in options are set at build time in .cargo/config.toml.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

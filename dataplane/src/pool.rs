@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::future::{ready, Future};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tower_service::Service;
 use tracing::debug;
 
@@ -205,6 +207,9 @@ impl<B> Lease<B> {
     }
 }
 
+/// A response head, with the lease of its connection for HTTP/1.1.
+pub type SendResult<B> = Result<(Response<Incoming>, Option<Lease<B>>), SendError>;
+
 /// A connection taken for one request.
 enum Checkout<B> {
     H1(http1::SendRequest<B>),
@@ -237,16 +242,17 @@ impl<B: SendBody> Pool<B> {
     /// pooled connection gave back unsent (it closed at that moment) is
     /// sent once more on a new connection. The [`Lease`] comes with
     /// HTTP/1.1 responses.
-    pub async fn send(
-        &self,
-        req: Request<B>,
-    ) -> Result<(Response<Incoming>, Option<Lease<B>>), SendError> {
+    ///
+    /// A plain function returning the future, which owns a handle to the
+    /// pool: the caller can keep it in a struct of its own, and `req` is
+    /// stored once, in the closure (an `async fn` would store it twice).
+    pub fn send(&self, req: Request<B>) -> impl Future<Output = SendResult<B>> + 'static {
         let key = match (req.uri().scheme(), req.uri().authority()) {
             (Some(scheme), Some(authority)) => HostKey {
                 scheme: scheme.clone(),
                 authority: authority.clone(),
             },
-            _ => return Err(SendError::Uri(req.uri().clone())),
+            _ => return Either::Left(ready(Err(SendError::Uri(req.uri().clone())))),
         };
         let budget = {
             let mut hosts = self.inner.lock();
@@ -257,14 +263,11 @@ impl<B: SendBody> Pool<B> {
         // hundred bytes, not the send's kilobytes, and the send's size is
         // not part of every client connection's state (hyper keeps one
         // request future per connection for as long as it is open).
-        budget.run(|| Box::pin(self.send_in_budget(key, req))).await
+        let pool = self.clone();
+        Either::Right(budget.run(move || Box::pin(pool.send_in_budget(key, req))))
     }
 
-    async fn send_in_budget(
-        &self,
-        key: HostKey,
-        req: Request<B>,
-    ) -> Result<(Response<Incoming>, Option<Lease<B>>), SendError> {
+    async fn send_in_budget(self, key: HostKey, req: Request<B>) -> SendResult<B> {
         let req = match self.checkout(&key) {
             Some(conn) => match self.send_on(conn, &key, req).await {
                 Ok(sent) => return Ok(sent),

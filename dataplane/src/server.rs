@@ -1,7 +1,6 @@
 //! The proxy listener: accepts connections, serves HTTP/1.1 and h2c (prior
 //! knowledge) on the same port, and drains on shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -153,10 +152,7 @@ async fn connection(
     };
     // A client that stops reading gets the same grace as a silent body.
     let io = TokioIo::new(WriteStallTimeout::new(stream, proxy.idle_timeout));
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-    });
+    let service = service_fn(move |req| proxy.clone().handle(req, peer));
     let served = if h2 {
         let conn = builders.h2.serve_connection(io, service);
         // Boxed: HTTP/2 state is large, and HTTP/1 connections (nearly
