@@ -39,9 +39,10 @@ pub struct BudgetLimits {
 
 impl BudgetLimits {
     /// 32 places: at 1000 clients and a fast upstream the proxy served as
-    /// many requests a second with 32 in flight as with 128 (more, in the
-    /// same runs) and held 8–10 MiB less, the upstream connections and
-    /// their send states (docs/BENCHMARKS.md, "Upstream budget"). The
+    /// many requests a second with 32 in flight as with 128, at less CPU
+    /// per request, and held 6–7 MiB less: the upstream connections and
+    /// their send states (docs/BENCHMARKS.md, "Memory at 1000
+    /// connections"). The
     /// price is for hosts that answer in under 20 ms: one node sends such
     /// a host at most 32 ÷ its latency requests a second (6,400 at 5 ms)
     /// before requests start to wait. 20 ms: a request slower than that is

@@ -43,8 +43,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// The request future: checks and rewrites the request and sends it at
-    /// once (nothing here waits), then waits for the response head.
+    /// The request future. The checks, the routing and the rewrite happen
+    /// here, before it is first polled (none of them waits); the future
+    /// then drives the send up to the response head, and dropping it (the
+    /// client left) drops the send.
     ///
     /// Written by hand rather than as an `async fn` because hyper keeps one
     /// such future per client connection for as long as it is open, sized
