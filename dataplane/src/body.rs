@@ -130,7 +130,7 @@ impl Default for BodyState {
 }
 
 impl BodyState {
-    fn moved(&self) {
+    pub(crate) fn moved(&self) {
         let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_frame_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);

@@ -42,16 +42,20 @@ impl BudgetLimits {
     /// many requests a second with 32 in flight as with 128, at less CPU
     /// per request, and held 6–7 MiB less: the upstream connections and
     /// their send states (docs/BENCHMARKS.md, "Memory at 1000
-    /// connections"). The
-    /// price is for hosts that answer in under 20 ms: one node sends such
-    /// a host at most 32 ÷ its latency requests a second (6,400 at 5 ms)
-    /// before requests start to wait. 20 ms: a request slower than that is
-    /// not one a queue helps, and it keeps the budget out of the way of
-    /// remote APIs: even if every request is slow, 32 places held 20 ms
-    /// admit 1,600 requests a second per host, more than the largest LLM
-    /// API rate limits allow one client. 500 ms: the most a burst of slow
-    /// requests can delay another; a fast upstream's queue at 1000 clients
-    /// (968 requests at about 10,000 a second) drains in about 100 ms.
+    /// connections"). The price is for hosts that answer in under 20 ms:
+    /// one node sends such a host at most 32 ÷ its latency requests a
+    /// second (6,400 at 5 ms) before requests start to wait.
+    ///
+    /// 20 ms: a request slower than that is not one a queue helps, and it
+    /// keeps the budget out of the way of remote APIs. Still, each slow
+    /// request holds its place that long, so one node sends one host at
+    /// most 1,600 requests a second (all clients and API keys together)
+    /// before requests wait; beyond that, spread the load over more nodes
+    /// (the limits are not configurable).
+    ///
+    /// 500 ms: the most a burst of slow requests can delay another; a fast
+    /// upstream's queue at 1000 clients (968 requests at about 10,000 a
+    /// second) drains in about 100 ms.
     pub const DEFAULT: BudgetLimits = BudgetLimits {
         places: 32,
         hold: Duration::from_millis(20),
@@ -86,8 +90,8 @@ impl Budget {
     /// The request is made here, not passed in: a future passed in would be
     /// stored twice in this one (as the argument and once pinned), and it
     /// lives in every client connection's state. For the same reason this
-    /// is not an `async fn`, which would keep `start` twice (712 bytes
-    /// with a 400-byte closure instead of 1,080).
+    /// is not an `async fn`, which would keep `start` twice (with a
+    /// 400-byte closure: 1,160 bytes as an `async fn`, 712 as this block).
     #[allow(clippy::manual_async_fn)]
     pub fn run<F: Future>(self, start: impl FnOnce() -> F) -> impl Future<Output = F::Output> {
         async move {

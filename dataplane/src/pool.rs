@@ -254,6 +254,10 @@ impl<B: SendBody> Pool<B> {
             },
             _ => return Either::Left(ready(Err(SendError::Uri(req.uri().clone())))),
         };
+        // Looked up now, entered when the future is first polled. Should
+        // the reaper drop the host in between (it drops only hosts with no
+        // connections and nobody in their budget), this request alone
+        // counts against a budget of its own.
         let budget = {
             let mut hosts = self.inner.lock();
             self.inner.host(&mut hosts, &key).budget.clone()
@@ -263,6 +267,8 @@ impl<B: SendBody> Pool<B> {
         // hundred bytes, not the send's kilobytes, and the send's size is
         // not part of every client connection's state (hyper keeps one
         // request future per connection for as long as it is open).
+        // The future owns a handle to the pool (one more reference count
+        // change per request) so that it can outlive this borrow.
         let pool = self.clone();
         Either::Right(budget.run(move || Box::pin(pool.send_in_budget(key, req))))
     }
