@@ -20,7 +20,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
-use crate::body::{FailureSlot, ProxyBody, RequestBody};
+use crate::body::{BodyFailure, FailureSlot, ProxyBody, RequestBody};
 use crate::error::{chain, classify_send_error, ProxyError, SendFailure};
 use crate::headers;
 use crate::metrics::UpstreamErrorKind;
@@ -55,7 +55,7 @@ impl Proxy {
     /// such future per client connection for as long as it is open, sized
     /// for its largest state: an `async fn` keeps each argument twice and
     /// each awaited future beside the values it was made from, and this
-    /// one holds each part once (912 bytes, not 3.3 KB: 2.4 MB less at
+    /// one holds each part once (904 bytes, not 3.3 KB: 2.4 MB less at
     /// 1000 connections).
     pub fn handle(
         self: Arc<Self>,
@@ -63,14 +63,10 @@ impl Proxy {
         client: SocketAddr,
     ) -> Forward<impl Future<Output = SendResult<RequestBody>>> {
         match self.send(req, client, Instant::now()) {
-            Ok((send, in_flight)) => {
-                let timeout = in_flight.proxy.response_header_timeout;
-                let head = AwaitHead::new(send, timeout, in_flight.body_failure.clone());
-                Forward::Waiting {
-                    head,
-                    in_flight: Some(in_flight),
-                }
-            }
+            Ok((head, in_flight)) => Forward::Waiting {
+                head,
+                in_flight: Some(in_flight),
+            },
             Err(error) => Forward::Answered {
                 response: Some(error.into_response()),
             },
@@ -84,7 +80,13 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: SocketAddr,
         start: Instant,
-    ) -> Result<(impl Future<Output = SendResult<RequestBody>>, InFlight), ProxyError> {
+    ) -> Result<
+        (
+            AwaitHead<impl Future<Output = SendResult<RequestBody>>>,
+            InFlight,
+        ),
+        ProxyError,
+    > {
         if let Err(e) = refuse_foreign_targets(&req) {
             return Err(self.unmatched(e, start));
         }
@@ -119,15 +121,15 @@ impl Proxy {
         } else {
             &self.upstream.main
         };
-        let send = pool.send(upstream_req);
+        let timeout = self.response_header_timeout;
+        let head = AwaitHead::new(pool.send(upstream_req), timeout, body_failure);
         let in_flight = InFlight {
             proxy: self,
             route,
             record,
             client_upgrade,
-            body_failure,
         };
-        Ok((send, in_flight))
+        Ok((head, in_flight))
     }
 
     /// Rewrites the client's request for the upstream: absolute URL,
@@ -170,15 +172,18 @@ pub struct InFlight {
     record: RequestRecord,
     /// The client side of an upgrade, when the request asked for one.
     client_upgrade: Option<OnUpgrade>,
-    /// Where the request body reports how it failed, when it has one.
-    body_failure: Option<FailureSlot>,
 }
 
 impl InFlight {
     /// The client's response once the upstream answered (`None`: it did
-    /// not within the response-header timeout).
-    fn respond(self, sent: Option<SendResult<RequestBody>>) -> Response<ProxyBody> {
-        match self.respond_or_fail(sent) {
+    /// not within the response-header timeout). `body_failure`: how the
+    /// request body failed, if it did.
+    fn respond(
+        self,
+        sent: Option<SendResult<RequestBody>>,
+        body_failure: Option<BodyFailure>,
+    ) -> Response<ProxyBody> {
+        match self.respond_or_fail(sent, body_failure) {
             Ok(response) => response,
             Err(error) => error.into_response(),
         }
@@ -187,21 +192,18 @@ impl InFlight {
     fn respond_or_fail(
         self,
         sent: Option<SendResult<RequestBody>>,
+        body_failure: Option<BodyFailure>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let InFlight {
             proxy,
             route,
             mut record,
             client_upgrade,
-            body_failure,
         } = self;
         let (mut response, lease) = match sent {
             Some(Ok(sent)) => sent,
             Some(Err(err)) => {
-                let failure = body_failure
-                    .as_ref()
-                    .and_then(|slot| slot.failure.get().copied());
-                return match classify_send_error(&err, failure) {
+                return match classify_send_error(&err, body_failure) {
                     SendFailure::Respond(e) => {
                         log_upstream_failure(&route, &e, &err);
                         Err(finish_with(record, e))
@@ -277,13 +279,17 @@ impl<S: Future<Output = SendResult<RequestBody>>> Future for Forward<S> {
                 self.set(Forward::Done);
                 response
             }
-            ForwardProj::Waiting { head, in_flight } => {
-                let sent = ready!(head.poll(cx));
+            ForwardProj::Waiting {
+                mut head,
+                in_flight,
+            } => {
+                let sent = ready!(head.as_mut().poll(cx));
+                let body_failure = head.body_failure();
                 let in_flight = in_flight.take();
                 // The send goes first: after a timeout, the upstream request
                 // is dropped before the client's 504 is made.
                 self.set(Forward::Done);
-                in_flight.map(|in_flight| in_flight.respond(sent))
+                in_flight.map(|in_flight| in_flight.respond(sent, body_failure))
             }
             ForwardProj::Done => None,
         };
@@ -315,6 +321,11 @@ impl<S> AwaitHead<S> {
             timeout,
             body,
         }
+    }
+
+    /// How the request body failed, if it did.
+    fn body_failure(&self) -> Option<BodyFailure> {
+        self.body.as_ref().and_then(|b| b.failure.get().copied())
     }
 }
 
@@ -410,7 +421,7 @@ mod tests {
     /// hyper keeps one request future per client connection for as long
     /// as the connection is open, sized for its largest state: each byte
     /// here is a kilobyte at 1000 connections. As `async fn`s it was 3.3
-    /// KB (12.9 KB once, with a future stored twice); written by hand, 912
+    /// KB (12.9 KB once, with a future stored twice); written by hand, 904
     /// bytes.
     #[test]
     fn the_per_connection_request_future_stays_small() {
