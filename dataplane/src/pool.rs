@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::{ready, Future};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,7 +72,7 @@ where
 
 /// Compared and hashed as the bytes it was spelled with: `Authority`'s own
 /// `Hash` lowercases byte by byte, about a thousand instructions a lookup
-/// on this path (three per request). A mapping spells its host one way;
+/// on this path (once a request). A mapping spells its host one way;
 /// two spellings would only mean two pools.
 #[derive(Clone, Debug)]
 struct HostKey {
@@ -117,27 +117,43 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(path_and_query(uri))
 }
 
+/// One upstream host. A request finds it by key once, when the request is
+/// made, and holds it from then on: the checkout, and the release of the
+/// connection after the response, lock only this host's connections.
 struct Host<B> {
+    key: HostKey,
+    budget: Budget,
+    conns: Mutex<Conns<B>>,
+}
+
+struct Conns<B> {
     /// Most recently used last: the warmest connection is taken first, and
     /// the coldest ones are left to expire when traffic falls.
     idle: Vec<Idle<B>>,
     h2: Option<http2::SendRequest<B>>,
-    budget: Budget,
 }
 
 impl<B> Host<B> {
-    fn new(limits: BudgetLimits) -> Self {
+    fn new(key: HostKey, limits: BudgetLimits) -> Self {
         Host {
-            idle: Vec::new(),
-            h2: None,
+            key,
             budget: Budget::new(limits),
+            conns: Mutex::new(Conns {
+                idle: Vec::new(),
+                h2: None,
+            }),
         }
     }
 
-    /// Nothing pooled and no request in flight: the entry can go.
-    fn is_unused(&self) -> bool {
-        self.idle.is_empty() && self.h2.is_none() && self.budget.is_idle()
+    fn conns(&self) -> MutexGuard<'_, Conns<B>> {
+        lock(&self.conns)
     }
+}
+
+/// A lock whose holder panicked still guards consistent data here (each
+/// critical section is a push, a pop or a retain).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Idle<B> {
@@ -151,19 +167,16 @@ struct Inner<B> {
     h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     budget: BudgetLimits,
-    hosts: Mutex<HashMap<HostKey, Host<B>>>,
+    hosts: Mutex<HashMap<HostKey, Arc<Host<B>>>>,
 }
 
 impl<B> Inner<B> {
-    /// `key`'s entry, made when missing; the caller holds the lock.
-    fn host<'a>(&self, hosts: &'a mut HashMap<HostKey, Host<B>>, key: &HostKey) -> &'a mut Host<B> {
-        hosts
-            .entry(key.clone())
-            .or_insert_with(|| Host::new(self.budget))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostKey, Host<B>>> {
-        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
+    /// `key`'s host, made when missing.
+    fn host(&self, key: HostKey) -> Arc<Host<B>> {
+        lock(&self.hosts)
+            .entry(key)
+            .or_insert_with_key(|key| Arc::new(Host::new(key.clone(), self.budget)))
+            .clone()
     }
 }
 
@@ -183,15 +196,14 @@ impl<B> Clone for Pool<B> {
 /// An HTTP/1.1 connection lent to one request: dropped with the response
 /// body. [`Lease::release`] puts it back when the body was read whole.
 pub struct Lease<B> {
-    pool: Arc<Inner<B>>,
-    key: HostKey,
+    host: Arc<Host<B>>,
     sender: http1::SendRequest<B>,
 }
 
 impl<B> std::fmt::Debug for Lease<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("host", &self.key.authority)
+            .field("host", &self.host.key.authority)
             .finish()
     }
 }
@@ -199,8 +211,7 @@ impl<B> std::fmt::Debug for Lease<B> {
 impl<B> Lease<B> {
     /// The response was read to its end: the connection can serve another.
     pub fn release(self) {
-        let mut hosts = self.pool.lock();
-        self.pool.host(&mut hosts, &self.key).idle.push(Idle {
+        self.host.conns().idle.push(Idle {
             sender: self.sender,
             since: Instant::now(),
         });
@@ -254,14 +265,8 @@ impl<B: SendBody> Pool<B> {
             },
             _ => return Either::Left(ready(Err(SendError::Uri(req.uri().clone())))),
         };
-        // Looked up now, entered when the future is first polled. Should
-        // the reaper drop the host in between (it drops only hosts with no
-        // connections and nobody in their budget), this request alone
-        // counts against a budget of its own.
-        let budget = {
-            let mut hosts = self.inner.lock();
-            self.inner.host(&mut hosts, &key).budget.clone()
-        };
+        let host = self.inner.host(key);
+        let budget = host.budget.clone();
         // The send is boxed, and made only once the request has its place:
         // a request waiting in the queue then holds just its own few
         // hundred bytes, not the send's kilobytes, and the send's size is
@@ -270,12 +275,12 @@ impl<B: SendBody> Pool<B> {
         // The future owns a handle to the pool (one more reference count
         // change per request) so that it can outlive this borrow.
         let pool = self.clone();
-        Either::Right(budget.run(move || Box::pin(pool.send_in_budget(key, req))))
+        Either::Right(budget.run(move || Box::pin(pool.send_in_budget(host, req))))
     }
 
-    async fn send_in_budget(self, key: HostKey, req: Request<B>) -> SendResult<B> {
-        let req = match self.checkout(&key) {
-            Some(conn) => match self.send_on(conn, &key, req).await {
+    async fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> SendResult<B> {
+        let req = match self.checkout(&host) {
+            Some(conn) => match self.send_on(conn, &host, req).await {
                 Ok(sent) => return Ok(sent),
                 Err(Unsent::Failed(e)) => return Err(SendError::Request(e)),
                 Err(Unsent::Back(req)) => *req,
@@ -284,8 +289,8 @@ impl<B: SendBody> Pool<B> {
         };
         // Boxed: the handshake futures are large, and this future is
         // allocated for every request; only a connect pays for them.
-        let conn = Box::pin(self.connect(&key)).await?;
-        match self.send_on(conn, &key, req).await {
+        let conn = Box::pin(self.connect(&host)).await?;
+        match self.send_on(conn, &host, req).await {
             Ok(sent) => Ok(sent),
             Err(Unsent::Failed(e)) => Err(SendError::Request(e)),
             Err(Unsent::Back(_)) => Err(SendError::Closed),
@@ -294,9 +299,8 @@ impl<B: SendBody> Pool<B> {
 
     /// A connection from the pool: the shared HTTP/2 one if it is open,
     /// else the newest idle HTTP/1.1 one that is still open.
-    fn checkout(&self, key: &HostKey) -> Option<Checkout<B>> {
-        let mut hosts = self.inner.lock();
-        let host = hosts.get_mut(key)?;
+    fn checkout(&self, host: &Host<B>) -> Option<Checkout<B>> {
+        let mut host = host.conns();
         if let Some(h2) = &host.h2 {
             if !h2.is_closed() {
                 return Some(Checkout::H2(h2.clone()));
@@ -322,7 +326,7 @@ impl<B: SendBody> Pool<B> {
     async fn send_on(
         &self,
         conn: Checkout<B>,
-        key: &HostKey,
+        host: &Arc<Host<B>>,
         mut req: Request<B>,
     ) -> Result<(Response<Incoming>, Option<Lease<B>>), Unsent<B>> {
         match conn {
@@ -332,7 +336,7 @@ impl<B: SendBody> Pool<B> {
                 }
                 // HTTP/2 carries scheme and authority as pseudo-headers.
                 if req.uri().scheme().is_none() {
-                    *req.uri_mut() = key.absolute(req.uri());
+                    *req.uri_mut() = host.key.absolute(req.uri());
                 }
                 let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
                 Ok((response, None))
@@ -348,8 +352,7 @@ impl<B: SendBody> Pool<B> {
                 *req.uri_mut() = origin_form(req.uri());
                 let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
                 let lease = Lease {
-                    pool: self.inner.clone(),
-                    key: key.clone(),
+                    host: host.clone(),
                     sender,
                 };
                 Ok((response, Some(lease)))
@@ -359,7 +362,8 @@ impl<B: SendBody> Pool<B> {
 
     /// Opens a connection (TCP, TLS, then HTTP/1.1 or HTTP/2 as ALPN chose)
     /// and spawns its task. An HTTP/2 one is shared from then on.
-    async fn connect(&self, key: &HostKey) -> Result<Checkout<B>, SendError> {
+    async fn connect(&self, host: &Host<B>) -> Result<Checkout<B>, SendError> {
+        let key = &host.key;
         let uri = key.absolute(&Uri::from_static("/"));
         let mut connector = self.inner.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
@@ -372,8 +376,7 @@ impl<B: SendBody> Pool<B> {
                 .await
                 .map_err(SendError::Handshake)?;
             tokio::spawn(drive("h2", key.authority.clone(), conn));
-            let mut hosts = self.inner.lock();
-            self.inner.host(&mut hosts, key).h2 = Some(sender.clone());
+            host.conns().h2 = Some(sender.clone());
             return Ok(Checkout::H2(sender));
         }
         let (sender, conn) = self
@@ -421,8 +424,9 @@ where
 }
 
 /// Closes idle connections older than the idle timeout, and forgets hosts
-/// with nothing left (no connection, no request in flight); ends with the
-/// pool.
+/// with nothing left: no connection, and no request holding the host (a
+/// request holds it from the moment it is made, queued or not); ends with
+/// the pool.
 async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
     let Some(timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
         return;
@@ -432,14 +436,16 @@ async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
     loop {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let mut hosts = pool.lock();
-        hosts.retain(|_, host| {
-            host.idle
+        lock(&pool.hosts).retain(|_, host| {
+            let mut conns = host.conns();
+            conns
+                .idle
                 .retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < timeout);
-            if host.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
-                host.h2 = None;
+            if conns.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                conns.h2 = None;
             }
-            !host.is_unused()
+            // The map's lock is held: nobody can take a new reference now.
+            !conns.idle.is_empty() || conns.h2.is_some() || Arc::strong_count(host) > 1
         });
     }
 }
@@ -566,7 +572,7 @@ mod tests {
         assert!(most <= 8, "{most} requests at once");
         let accepted = counts.accepted.load(Ordering::SeqCst);
         assert!(accepted <= 8, "{accepted} connections for 200 requests");
-        assert!(pool.inner.lock().values().all(|h| h.budget.is_idle()));
+        assert!(lock(&pool.inner.hosts).values().all(|h| h.budget.is_idle()));
     }
 
     #[tokio::test]
@@ -631,6 +637,22 @@ mod tests {
         assert_eq!(open.load(Ordering::SeqCst), 1);
         // Nobody asks for it again: the reaper closes it.
         closed_then_replaced("the idle connection", &pool, &uri, &accepted, &open).await;
+    }
+
+    #[tokio::test]
+    async fn a_host_is_forgotten_once_nothing_holds_it() {
+        let (uri, _accepted, _open) = upstream().await;
+        let pool = pool(Duration::from_millis(100));
+        let hosts = || lock(&pool.inner.hosts).len();
+        let (response, lease) = get(&pool, &uri).await;
+        // A response still being read holds its host past several reaps,
+        // though the host has no idle connection.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(hosts(), 1);
+        response.into_body().collect().await.unwrap();
+        lease.unwrap().release();
+        // Then its connection idles out, and the host goes with it.
+        eventually("the host forgotten", || hosts() == 0).await;
     }
 
     /// The upstream's one connection closes, and the next request is
