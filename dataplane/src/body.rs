@@ -15,8 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::error::find_cause;
+use crate::h1;
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::Lease;
+use crate::pool::UpstreamBody;
 use crate::record::{Outcome, RequestRecord};
 use crate::stats::PrefixStats;
 
@@ -30,7 +32,7 @@ pub enum BodyError {
     #[error("client body failed: {0}")]
     Client(#[source] hyper::Error),
     #[error("upstream body failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Fires when a body has been silent for the whole timeout. The timer is
@@ -65,11 +67,11 @@ impl IdleTimer {
 
     /// Polls `body` for its next frame; a body silent for the whole timeout
     /// ends in [`BodyError::Idle`], a failing one in `on_error(e)`.
-    fn poll_frame(
+    fn poll_frame<B: Body<Data = Bytes> + Unpin>(
         &mut self,
-        body: &mut Incoming,
+        body: &mut B,
         cx: &mut Context<'_>,
-        on_error: fn(hyper::Error) -> BodyError,
+        on_error: fn(B::Error) -> BodyError,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -234,14 +236,17 @@ impl Body for RequestBody {
 pub struct ProxyBody {
     kind: Kind,
     record: Option<RequestRecord>,
-    /// The upstream connection, back to the pool when the body ended.
-    lease: Option<Lease<RequestBody>>,
 }
 
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Upstream { body: Incoming, idle: IdleTimer },
+    /// An HTTP/1.1 body sends its connection back to the pool itself when
+    /// it is read to the end.
+    Upstream {
+        body: UpstreamBody<RequestBody>,
+        idle: IdleTimer,
+    },
 }
 
 impl ProxyBody {
@@ -251,7 +256,6 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full((!data.is_empty()).then_some(data)),
             record: None,
-            lease: None,
         }
     }
 
@@ -259,17 +263,14 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
             record: None,
-            lease: None,
         }
     }
 
-    /// The upstream's body, watched for silence longer than `idle`; its
-    /// connection's `lease` goes back to the pool if it is read whole.
+    /// The upstream's body, watched for silence longer than `idle`.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody<RequestBody>,
         idle: Duration,
         record: RequestRecord,
-        lease: Option<Lease<RequestBody>>,
     ) -> Self {
         ProxyBody {
             kind: Kind::Upstream {
@@ -277,15 +278,6 @@ impl ProxyBody {
                 idle: IdleTimer::new(idle),
             },
             record: Some(record),
-            lease,
-        }
-    }
-
-    /// The body was read whole: its connection can carry another request.
-    /// (Cut short it cannot, and dropping the lease closes it.)
-    fn release_connection(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
         }
     }
 
@@ -316,10 +308,7 @@ impl Body for ProxyBody {
                 }
             }
             Poll::Ready(Some(Err(e))) => this.finish(Outcome::Failed(upstream_body_error_kind(e))),
-            Poll::Ready(None) => {
-                this.release_connection();
-                this.finish(Outcome::Completed);
-            }
+            Poll::Ready(None) => this.finish(Outcome::Completed),
             Poll::Pending => {}
         }
         polled
@@ -345,7 +334,6 @@ impl Drop for ProxyBody {
         // hyper never polls a body that says it is at its end (empty bodies,
         // HEAD): that is a completed response, not a cancelled one.
         let outcome = if self.is_end_stream() {
-            self.release_connection();
             Outcome::Completed
         } else {
             Outcome::Cancelled
@@ -357,7 +345,13 @@ impl Drop for ProxyBody {
 fn upstream_body_error_kind(e: &BodyError) -> UpstreamErrorKind {
     match e {
         BodyError::Idle(_) => UpstreamErrorKind::Timeout,
-        BodyError::Upstream(e) if e.is_parse() => UpstreamErrorKind::Protocol,
+        BodyError::Upstream(e) if is_protocol_error(&**e) => UpstreamErrorKind::Protocol,
         _ => UpstreamErrorKind::Reset,
     }
+}
+
+/// The upstream broke HTTP (as opposed to leaving or failing).
+pub fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_cause::<hyper::Error>(e).is_some_and(|e| e.is_parse() || e.is_parse_status())
+        || find_cause::<h1::Error>(e).is_some_and(h1::Error::is_protocol)
 }

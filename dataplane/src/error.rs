@@ -122,9 +122,10 @@ pub fn classify_send_error(
     if let Some(connect) = find_cause::<ConnectError>(err) {
         return SendFailure::Respond(ProxyError::upstream(connect.kind, connect.to_string()));
     }
-    let kind = match find_cause::<hyper::Error>(err) {
-        Some(e) if e.is_parse() || e.is_parse_status() => UpstreamErrorKind::Protocol,
-        _ => UpstreamErrorKind::Reset,
+    let kind = if crate::body::is_protocol_error(err) {
+        UpstreamErrorKind::Protocol
+    } else {
+        UpstreamErrorKind::Reset
     };
     SendFailure::Respond(ProxyError::upstream(
         kind,

@@ -27,7 +27,7 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     websocket && connection_has(headers, "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     list_tokens(headers.get_all(header::CONNECTION)).any(|t| t.eq_ignore_ascii_case(token))
 }
 
@@ -63,15 +63,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         }
     }
     if present & 1 != 0 {
-        // `Connection` (index 0) names more headers to remove.
-        if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-            let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
-            for token in list_tokens(&values) {
-                let keep = token.is_empty() || (upgrading && token.eq_ignore_ascii_case("upgrade"));
-                if !keep {
-                    headers.remove(token);
-                }
+        // `Connection` (index 0) names more headers to remove. Its tokens
+        // are nearly always `keep-alive` or `close`, which name nothing
+        // else present: each is looked for among the few names the message
+        // has rather than parsed into a name and hashed, and nothing is
+        // allocated unless one is found.
+        let mut named = Vec::new();
+        for token in list_tokens(headers.get_all(header::CONNECTION)) {
+            if upgrading && token.eq_ignore_ascii_case("upgrade") {
+                continue;
             }
+            if let Some(name) = headers
+                .keys()
+                .find(|name| name.as_str().eq_ignore_ascii_case(token))
+            {
+                named.push(name.clone());
+            }
+        }
+        headers.remove(header::CONNECTION);
+        for name in named {
+            headers.remove(name);
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {

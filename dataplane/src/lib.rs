@@ -9,6 +9,7 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod file_source;
+pub mod h1;
 pub mod headers;
 pub mod metrics;
 pub mod ops;

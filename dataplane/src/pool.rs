@@ -1,12 +1,14 @@
-//! Our pool of upstream connections, over hyper's connection-level client.
+//! Our pool of upstream connections: HTTP/1.1 ones driven by our own
+//! client ([`crate::h1`]), HTTP/2 ones by hyper's connection-level client.
 //!
 //! Per host (scheme + authority) it keeps a stack of idle HTTP/1.1
 //! connections and at most one shared HTTP/2 connection. An HTTP/1.1
 //! connection goes back on the stack only when its response body was read
-//! to the end (a [`Lease`] dropped with the body), so a checkout finds it
-//! ready at once; one whose body was cut is dropped, which closes it. Idle
-//! connections older than the idle timeout are closed by a reaper. Each
-//! host has a [`Budget`] of requests sent at once; the rest queue.
+//! to the end (the body sends it home), so a checkout finds it ready at
+//! once; one whose body was cut is dropped, which closes it. Idle
+//! connections older than the idle timeout, or closed by the upstream, are
+//! closed by a reaper. Each host has a [`Budget`] of requests sent at once;
+//! the rest queue.
 //!
 //! Why not hyper-util's pool: it spawns a task per request to watch for the
 //! connection's return, boxes its checkout futures and hashes its keys
@@ -15,27 +17,33 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::future::{ready, Future};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::Instant;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::either::Either;
 use tower_service::Service;
 use tracing::debug;
 
 use crate::budget::{Budget, BudgetLimits};
+use crate::h1;
 use crate::upstream::{ConnectError, Connector};
 
-/// How often idle connections are looked at for expiry.
-const REAP_EVERY: Duration = Duration::from_secs(10);
+/// How often idle connections are looked at for expiry, and for a close
+/// by the upstream: nothing polls an idle connection, so until the reaper
+/// looks, one the upstream closed holds its descriptor (in CLOSE_WAIT).
+/// A look that finds nothing makes no system call.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an upstream request failed before its response head.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +56,8 @@ pub enum SendError {
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
     Request(#[source] hyper::Error),
+    #[error("{0}")]
+    Exchange(#[source] h1::Error),
     #[error("the new upstream connection closed before taking the request")]
     Closed,
     #[error("invalid upstream URI {0}: no scheme or authority")]
@@ -102,19 +112,13 @@ impl HostKey {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query(uri));
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
     }
-}
-
-fn path_and_query(uri: &Uri) -> PathAndQuery {
-    uri.path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"))
-}
-
-fn origin_form(uri: &Uri) -> Uri {
-    Uri::from(path_and_query(uri))
 }
 
 /// One upstream host. A request finds it by key once, when the request is
@@ -123,14 +127,11 @@ fn origin_form(uri: &Uri) -> Uri {
 struct Host<B> {
     key: HostKey,
     budget: Budget,
-    conns: Mutex<Conns<B>>,
-}
-
-struct Conns<B> {
-    /// Most recently used last: the warmest connection is taken first, and
-    /// the coldest ones are left to expire when traffic falls.
-    idle: Vec<Idle<B>>,
-    h2: Option<http2::SendRequest<B>>,
+    /// Idle HTTP/1.1 connections, most recently used last: the warmest is
+    /// taken first, and the coldest are left to expire when traffic falls.
+    /// Shared with the response bodies that send their connection back.
+    idle: h1::Home,
+    h2: Mutex<Option<http2::SendRequest<B>>>,
 }
 
 impl<B> Host<B> {
@@ -138,15 +139,9 @@ impl<B> Host<B> {
         Host {
             key,
             budget: Budget::new(limits),
-            conns: Mutex::new(Conns {
-                idle: Vec::new(),
-                h2: None,
-            }),
+            idle: h1::Home::default(),
+            h2: Mutex::new(None),
         }
-    }
-
-    fn conns(&self) -> MutexGuard<'_, Conns<B>> {
-        lock(&self.conns)
     }
 }
 
@@ -156,14 +151,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Idle<B> {
-    sender: http1::SendRequest<B>,
-    since: Instant,
-}
-
 struct Inner<B> {
     connector: Connector,
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     budget: BudgetLimits,
@@ -193,52 +182,72 @@ impl<B> Clone for Pool<B> {
     }
 }
 
-/// An HTTP/1.1 connection lent to one request: dropped with the response
-/// body. [`Lease::release`] puts it back when the body was read whole.
-pub struct Lease<B> {
-    host: Arc<Host<B>>,
-    sender: http1::SendRequest<B>,
+/// An upstream response body, from either kind of connection.
+#[derive(Debug)]
+pub enum UpstreamBody<B> {
+    H1(h1::ResponseBody<B>),
+    H2(Incoming),
 }
 
-impl<B> std::fmt::Debug for Lease<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("host", &self.host.key.authority)
-            .finish()
+impl<B> UpstreamBody<B> {
+    /// After a 101 on HTTP/1.1: the connection, for the tunnel.
+    pub fn into_upgraded(self) -> Option<h1::Upgraded> {
+        match self {
+            UpstreamBody::H1(body) => body.into_upgraded(),
+            UpstreamBody::H2(_) => None,
+        }
     }
 }
 
-impl<B> Lease<B> {
-    /// The response was read to its end: the connection can serve another.
-    pub fn release(self) {
-        self.host.conns().idle.push(Idle {
-            sender: self.sender,
-            since: Instant::now(),
-        });
+impl<B: SendBody> Body for UpstreamBody<B> {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::H2(body) => body.size_hint(),
+        }
     }
 }
 
-/// A response head, with the lease of its connection for HTTP/1.1.
-pub type SendResult<B> = Result<(Response<Incoming>, Option<Lease<B>>), SendError>;
+/// A response head; its body reads the rest.
+pub type SendResult<B> = Result<Response<UpstreamBody<B>>, SendError>;
 
 /// A connection taken for one request.
 enum Checkout<B> {
-    H1(http1::SendRequest<B>),
+    /// `reused`: it served a request before.
+    H1 {
+        conn: h1::Connection,
+        reused: bool,
+    },
     H2(http2::SendRequest<B>),
 }
 
 impl<B: SendBody> Pool<B> {
     /// Must be called inside the runtime: the pool's reaper runs there.
     pub fn new(connector: Connector, idle_timeout: Duration, budget: BudgetLimits) -> Pool<B> {
-        let mut h1 = http1::Builder::new();
-        // One write per message is cheaper than writev for the small bodies
-        // that dominate API traffic.
-        h1.writev(false);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
         let inner = Arc::new(Inner {
             connector,
-            h1,
             h2,
             idle_timeout,
             budget,
@@ -251,8 +260,7 @@ impl<B: SendBody> Pool<B> {
     /// Sends `req` upstream within its host's budget: on a pooled
     /// connection when one is free, else on a new one. A request that a
     /// pooled connection gave back unsent (it closed at that moment) is
-    /// sent once more on a new connection. The [`Lease`] comes with
-    /// HTTP/1.1 responses.
+    /// sent once more on a new connection.
     ///
     /// A plain function returning the future, which owns a handle to the
     /// pool: the caller can keep it in a struct of its own, and `req` is
@@ -263,7 +271,11 @@ impl<B: SendBody> Pool<B> {
                 scheme: scheme.clone(),
                 authority: authority.clone(),
             },
-            _ => return Either::Left(ready(Err(SendError::Uri(req.uri().clone())))),
+            _ => {
+                // Not `ready(..)`: that would hold a whole response's room.
+                let error = SendError::Uri(req.uri().clone());
+                return Either::Left(async move { Err(error) });
+            }
         };
         let host = self.inner.host(key);
         let budget = host.budget.clone();
@@ -282,7 +294,7 @@ impl<B: SendBody> Pool<B> {
         let req = match self.checkout(&host) {
             Some(conn) => match self.send_on(conn, &host, req).await {
                 Ok(sent) => return Ok(sent),
-                Err(Unsent::Failed(e)) => return Err(SendError::Request(e)),
+                Err(Unsent::Failed(e)) => return Err(e),
                 Err(Unsent::Back(req)) => *req,
             },
             None => req,
@@ -292,32 +304,31 @@ impl<B: SendBody> Pool<B> {
         let conn = Box::pin(self.connect(&host)).await?;
         match self.send_on(conn, &host, req).await {
             Ok(sent) => Ok(sent),
-            Err(Unsent::Failed(e)) => Err(SendError::Request(e)),
+            Err(Unsent::Failed(e)) => Err(e),
             Err(Unsent::Back(_)) => Err(SendError::Closed),
         }
     }
 
     /// A connection from the pool: the shared HTTP/2 one if it is open,
-    /// else the newest idle HTTP/1.1 one that is still open.
+    /// else the newest idle HTTP/1.1 one that is still fit.
     fn checkout(&self, host: &Host<B>) -> Option<Checkout<B>> {
-        let mut host = host.conns();
-        if let Some(h2) = &host.h2 {
-            if !h2.is_closed() {
-                return Some(Checkout::H2(h2.clone()));
+        {
+            let mut h2 = lock(&host.h2);
+            if let Some(sender) = &*h2 {
+                if !sender.is_closed() {
+                    return Some(Checkout::H2(sender.clone()));
+                }
+                *h2 = None;
             }
-            host.h2 = None;
         }
-        // Newest first. Closed or expired ones found on the way go; one
-        // still busy (its response ended before the upstream took the whole
-        // request body) stays until it is ready, and is not waited for.
-        let mut i = host.idle.len();
-        while i > 0 {
-            i -= 1;
-            let idle = &host.idle[i];
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.inner.idle_timeout {
-                host.idle.remove(i);
-            } else if idle.sender.is_ready() {
-                return Some(Checkout::H1(host.idle.remove(i).sender));
+        // Newest first; closed or expired ones found on the way are closed.
+        let mut idle = lock(&host.idle);
+        while let Some(mut entry) = idle.pop_back() {
+            if entry.since.elapsed() < self.inner.idle_timeout && entry.conn.is_fit() {
+                return Some(Checkout::H1 {
+                    conn: entry.conn,
+                    reused: true,
+                });
             }
         }
         None
@@ -328,7 +339,7 @@ impl<B: SendBody> Pool<B> {
         conn: Checkout<B>,
         host: &Arc<Host<B>>,
         mut req: Request<B>,
-    ) -> Result<(Response<Incoming>, Option<Lease<B>>), Unsent<B>> {
+    ) -> Result<Response<UpstreamBody<B>>, Unsent<B>> {
         match conn {
             Checkout::H2(mut sender) => {
                 if sender.ready().await.is_err() {
@@ -339,23 +350,15 @@ impl<B: SendBody> Pool<B> {
                     *req.uri_mut() = host.key.absolute(req.uri());
                 }
                 let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
-                Ok((response, None))
+                Ok(response.map(UpstreamBody::H2))
             }
-            Checkout::H1(mut sender) => {
-                // A returned connection turns ready as soon as its task has
-                // seen the end of the last response; if it closed instead,
-                // the request goes elsewhere.
-                if sender.ready().await.is_err() {
-                    return Err(Unsent::Back(Box::new(req)));
+            Checkout::H1 { conn, reused } => {
+                let authority = host.key.authority.as_str();
+                match h1::send(conn, req, authority, host.idle.clone(), reused).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::H1)),
+                    Err(h1::Failed::Unsent(req)) => Err(Unsent::Back(req)),
+                    Err(h1::Failed::Failed(e)) => Err(Unsent::Failed(SendError::Exchange(e))),
                 }
-                // HTTP/1.1 to an origin: the request line has the path only.
-                *req.uri_mut() = origin_form(req.uri());
-                let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
-                let lease = Lease {
-                    host: host.clone(),
-                    sender,
-                };
-                Ok((response, Some(lease)))
             }
         }
     }
@@ -376,22 +379,13 @@ impl<B: SendBody> Pool<B> {
                 .await
                 .map_err(SendError::Handshake)?;
             tokio::spawn(drive("h2", key.authority.clone(), conn));
-            host.conns().h2 = Some(sender.clone());
+            *lock(&host.h2) = Some(sender.clone());
             return Ok(Checkout::H2(sender));
         }
-        let (sender, conn) = self
-            .inner
-            .h1
-            .handshake(io)
-            .await
-            .map_err(SendError::Handshake)?;
-        // With upgrades: a 101 hands the socket to the tunnel.
-        tokio::spawn(drive(
-            "http/1.1",
-            key.authority.clone(),
-            conn.with_upgrades(),
-        ));
-        Ok(Checkout::H1(sender))
+        Ok(Checkout::H1 {
+            conn: h1::Connection::new(TokioIo::new(io)),
+            reused: false,
+        })
     }
 }
 
@@ -400,14 +394,14 @@ enum Unsent<B> {
     /// The connection gave the request back unsent (boxed: a rare path,
     /// and the common one should not carry its size).
     Back(Box<Request<B>>),
-    Failed(hyper::Error),
+    Failed(SendError),
 }
 
 impl<B> From<hyper::client::conn::TrySendError<Request<B>>> for Unsent<B> {
     fn from(mut e: hyper::client::conn::TrySendError<Request<B>>) -> Self {
         match e.take_message() {
             Some(req) => Unsent::Back(Box::new(req)),
-            None => Unsent::Failed(e.into_error()),
+            None => Unsent::Failed(SendError::Request(e.into_error())),
         }
     }
 }
@@ -423,10 +417,11 @@ where
     }
 }
 
-/// Closes idle connections older than the idle timeout, and forgets hosts
-/// with nothing left: no connection, and no request holding the host (a
-/// request holds it from the moment it is made, queued or not); ends with
-/// the pool.
+/// Closes idle connections older than the idle timeout or closed by the
+/// upstream, and forgets hosts with nothing left: no connection, and no
+/// request holding the host (a request holds it from the moment it is
+/// made, queued or not; a response body holds its stack of idle
+/// connections while it is read); ends with the pool.
 async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
     let Some(timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
         return;
@@ -437,15 +432,17 @@ async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         lock(&pool.hosts).retain(|_, host| {
-            let mut conns = host.conns();
-            conns
-                .idle
-                .retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < timeout);
-            if conns.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
-                conns.h2 = None;
+            let mut idle = lock(&host.idle);
+            idle.retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.is_fit());
+            let mut h2 = lock(&host.h2);
+            if h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                *h2 = None;
             }
             // The map's lock is held: nobody can take a new reference now.
-            !conns.idle.is_empty() || conns.h2.is_some() || Arc::strong_count(host) > 1
+            !idle.is_empty()
+                || h2.is_some()
+                || Arc::strong_count(host) > 1
+                || Arc::strong_count(&host.idle) > 1
         });
     }
 }
@@ -550,12 +547,9 @@ mod tests {
         for _ in 0..n {
             let (pool, uri) = (pool.clone(), uri.clone());
             requests.spawn(async move {
-                let (response, lease) = get(&pool, &uri).await;
+                let response = get(&pool, &uri).await;
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(body, "ok");
-                if let Some(lease) = lease {
-                    lease.release();
-                }
             });
         }
         while let Some(done) = requests.join_next().await {
@@ -586,10 +580,7 @@ mod tests {
         assert_eq!(counts.most_at_once.load(Ordering::SeqCst), 20);
     }
 
-    async fn get(
-        pool: &Pool<Empty<Bytes>>,
-        uri: &Uri,
-    ) -> (Response<Incoming>, Option<Lease<Empty<Bytes>>>) {
+    async fn get(pool: &Pool<Empty<Bytes>>, uri: &Uri) -> Response<UpstreamBody<Empty<Bytes>>> {
         let req = Request::get(uri.clone()).body(Empty::new()).unwrap();
         pool.send(req).await.unwrap()
     }
@@ -610,10 +601,9 @@ mod tests {
         let (uri, accepted, open) = upstream().await;
         let pool = pool(Duration::from_secs(60));
         for _ in 0..3 {
-            let (response, lease) = get(&pool, &uri).await;
+            let response = get(&pool, &uri).await;
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "ok");
-            lease.expect("an HTTP/1.1 lease").release();
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
@@ -621,9 +611,9 @@ mod tests {
             "one connection for three requests"
         );
 
-        // The body is left unread and the lease dropped: not reusable.
-        let (response, lease) = get(&pool, &uri).await;
-        drop((response, lease));
+        // The body is left unread and dropped: not reusable.
+        let response = get(&pool, &uri).await;
+        drop(response);
         closed_then_replaced("the cut connection", &pool, &uri, &accepted, &open).await;
     }
 
@@ -631,9 +621,8 @@ mod tests {
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let (uri, accepted, open) = upstream().await;
         let pool = pool(Duration::from_millis(100));
-        let (response, lease) = get(&pool, &uri).await;
+        let response = get(&pool, &uri).await;
         response.into_body().collect().await.unwrap();
-        lease.unwrap().release();
         assert_eq!(open.load(Ordering::SeqCst), 1);
         // Nobody asks for it again: the reaper closes it.
         closed_then_replaced("the idle connection", &pool, &uri, &accepted, &open).await;
@@ -644,13 +633,12 @@ mod tests {
         let (uri, _accepted, _open) = upstream().await;
         let pool = pool(Duration::from_millis(100));
         let hosts = || lock(&pool.inner.hosts).len();
-        let (response, lease) = get(&pool, &uri).await;
+        let response = get(&pool, &uri).await;
         // A response still being read holds its host past several reaps,
         // though the host has no idle connection.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(hosts(), 1);
         response.into_body().collect().await.unwrap();
-        lease.unwrap().release();
         // Then its connection idles out, and the host goes with it.
         eventually("the host forgotten", || hosts() == 0).await;
     }
@@ -668,7 +656,7 @@ mod tests {
             open.load(Ordering::SeqCst) == 0
         })
         .await;
-        let (response, _lease) = get(pool, uri).await;
+        let response = get(pool, uri).await;
         assert_eq!(response.status(), 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

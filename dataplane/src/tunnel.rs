@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
+
+use crate::h1::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -35,20 +37,21 @@ impl Tunnels {
         }
     }
 
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, prefix: Arc<str>) {
+    /// `upstream`: the upstream connection, already switched.
+    pub fn spawn(&self, client: OnUpgrade, upstream: Upgraded, prefix: Arc<str>) {
         let idle = self.idle_timeout;
         let abort = self.abort.clone();
         let span = tracing::debug_span!("tunnel", %prefix);
         self.tracker.spawn(
             async move {
-                let (client, upstream) = match tokio::try_join!(client, upstream) {
-                    Ok(pair) => pair,
+                let client = match client.await {
+                    Ok(client) => client,
                     Err(error) => return debug!(%error, "upgrade failed"),
                 };
                 let activity = Arc::new(AtomicU64::new(0));
                 let origin = Instant::now();
                 let mut client = Watched { io: TokioIo::new(client), activity: activity.clone(), origin };
-                let mut upstream = Watched { io: TokioIo::new(upstream), activity: activity.clone(), origin };
+                let mut upstream = Watched { io: upstream, activity: activity.clone(), origin };
                 tokio::select! {
                     result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
                         Ok((up, down)) => debug!(up, down, "tunnel closed"),

@@ -78,7 +78,7 @@ fn is_retryable(err: &(dyn StdError + 'static)) -> bool {
 }
 
 type Inner = HttpsConnector<HttpConnector<PolicyResolver>>;
-type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
+pub type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// TCP (+ TLS) connector with the target policy and the connect timeout.
 #[derive(Clone)]

@@ -1,0 +1,1162 @@
+//! Our HTTP/1.1 client for upstream connections: the request's own task
+//! writes the request and reads the response, straight from the socket.
+//!
+//! Why not hyper's connection-level client: it runs each connection in a
+//! task of its own and hands every request and response across channels,
+//! so each request woke two tasks and crossed four queues. On the proxy's
+//! hot path that was about a third of our user-space instructions (see
+//! docs/BENCHMARKS.md). What is left is small enough to own: write a head
+//! and a body, parse a head with `httparse` (the parser hyper uses), and
+//! decode a body framed by length, by chunks or by the close.
+//!
+//! A connection is lent to one request at a time ([`send`]). It goes back
+//! to its pool when the response body was read to its end and the whole
+//! request was written; cut short, it is dropped, which closes it.
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::upstream::Conn;
+
+/// Largest response head read (hyper's client allows about 400 KiB).
+const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// Most fields in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// The first read of a response takes up to this much; reads that fill the
+/// buffer double it, up to `MAX_READ` (big streams move in big reads).
+const INIT_READ: usize = 8 * 1024;
+const MAX_READ: usize = 128 * 1024;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Most trailer bytes read (and dropped) after the last chunk.
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+
+/// The socket: TCP, or TLS over TCP, as the connector made it.
+pub type Io = TokioIo<Conn>;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection before the response head")]
+    ClosedBeforeHead,
+    #[error("upstream closed the connection {0} before the end of the response body")]
+    Incomplete(&'static str),
+    #[error("invalid upstream response: {0}")]
+    Protocol(String),
+    #[error("request body: {0}")]
+    Body(#[source] Box<dyn StdError + Send + Sync>),
+    #[error("request body ended {0} bytes short of its content-length")]
+    BodyShort(u64),
+    #[error("request body longer than its content-length")]
+    BodyLong,
+}
+
+impl Error {
+    /// The upstream broke the protocol (as opposed to leaving).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::Protocol(_))
+    }
+
+    fn protocol(what: impl Into<String>) -> Error {
+        Error::Protocol(what.into())
+    }
+}
+
+/// One upstream HTTP/1.1 connection and what it has read but not used.
+#[derive(Debug)]
+pub struct Connection {
+    /// Boxed once per connection (a TLS stream is kilobytes), so that
+    /// moving the connection between the pool, the send and the body, and
+    /// the futures and bodies holding it, stay small.
+    io: Box<Io>,
+    read: BytesMut,
+    read_size: usize,
+}
+
+impl Connection {
+    pub fn new(io: Io) -> Connection {
+        Connection {
+            io: Box::new(io),
+            read: BytesMut::new(),
+            read_size: INIT_READ,
+        }
+    }
+
+    /// Whether an idle connection is still fit for a request: nothing
+    /// arrived while it idled. A close (the upstream's keep-alive ran out)
+    /// or stray bytes make it unfit. Never waits.
+    pub fn is_fit(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        self.read.is_empty()
+            && matches!(
+                Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+                Poll::Pending
+            )
+    }
+
+    /// Reads more into the buffer: `Ok(0)` at the upstream's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < self.read_size / 2 {
+            self.read.reserve(self.read_size);
+        }
+        let room = self.read.capacity() - self.read.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Ready for the pool: a buffer grown for a big stream is let go.
+    fn rest(&mut self) {
+        if self.read.capacity() > 2 * INIT_READ {
+            self.read = BytesMut::new();
+        }
+        self.read_size = INIT_READ;
+    }
+}
+
+/// Where a connection goes back when its exchange ended cleanly.
+pub type Home = Arc<Mutex<VecDeque<Idle>>>;
+
+/// A connection waiting in the pool.
+#[derive(Debug)]
+pub struct Idle {
+    pub conn: Connection,
+    pub since: Instant,
+}
+
+/// Sends `req` on `conn`: resolves at the response head, whose body reads
+/// the rest from the same connection. `reused`: the connection served an
+/// earlier request, so one that fails before a byte left may be tried
+/// again elsewhere ([`Failed::Unsent`]).
+pub fn send<B>(
+    conn: Connection,
+    req: Request<B>,
+    host: &str,
+    home: Home,
+    reused: bool,
+) -> Exchange<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let head_request = req.method() == Method::HEAD;
+    let (head, framing) = encode_head(&req, host);
+    let (parts, body) = req.into_parts();
+    Exchange {
+        conn: Some(conn),
+        writer: Writer {
+            queue: VecDeque::from([head]),
+            body: Some(body),
+            ended: matches!(framing, Framing::None),
+            framing,
+            written: 0,
+        },
+        unsent: reused.then_some(parts),
+        head_request,
+        home: Some(home),
+    }
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The request head in wire form, and the body's framing: the client's
+/// `Content-Length` when it gave one, chunked when the length is unknown,
+/// nothing when there is no body.
+fn encode_head<B: Body>(req: &Request<B>, host: &str) -> (Bytes, Framing) {
+    let headers = req.headers();
+    let framing = match headers.get(header::CONTENT_LENGTH) {
+        Some(len) => Framing::Length(parse_length(len).unwrap_or(0)),
+        None if req.body().is_end_stream() => Framing::None,
+        None => Framing::Chunked,
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut size = req.method().as_str().len() + target.len() + 16;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut out = BytesMut::with_capacity(size + host.len() + 32);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Framing::Chunked = framing {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (out.freeze(), framing)
+}
+
+/// A `Content-Length` value (a list of equal values counts as one).
+fn parse_length(value: &HeaderValue) -> Option<u64> {
+    let mut length = None;
+    for token in value.as_bytes().split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(token).ok()?.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// Writes the request: the head, then the body frame by frame, each only
+/// once the last is written (the client's upload moves at the upstream's
+/// pace).
+struct Writer<B> {
+    /// Bytes to write, in order: the head, then each frame and its framing.
+    queue: VecDeque<Bytes>,
+    /// Taken only to give the request back unsent.
+    body: Option<B>,
+    /// The body ended (or there is none): only the queue is left.
+    ended: bool,
+    framing: Framing,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl<B> Writer<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    fn is_done(&self) -> bool {
+        self.queue.is_empty() && self.ended
+    }
+
+    /// Writes as much as can go now; ready once the whole request is out.
+    fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            while !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 4];
+                let mut count = 0;
+                for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
+                    *slot = IoSlice::new(bytes);
+                    count += 1;
+                }
+                let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                self.written += n as u64;
+                self.consume(n);
+            }
+            // TLS holds written bytes until flushed.
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            let body = match &mut self.body {
+                Some(body) if !self.ended => body,
+                _ => return Poll::Ready(Ok(())),
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers of a client's body are not passed on.
+                    if let Ok(data) = frame.into_data() {
+                        self.push(data)?;
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(Error::Body(e.into()))),
+                None => {
+                    self.ended = true;
+                    match self.framing {
+                        Framing::Length(0) | Framing::None => {}
+                        Framing::Length(short) => return Poll::Ready(Err(Error::BodyShort(short))),
+                        Framing::Chunked => self.queue.push_back(Bytes::from_static(b"0\r\n\r\n")),
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, data: Bytes) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            Framing::Length(left) => {
+                *left = left.checked_sub(data.len() as u64).ok_or(Error::BodyLong)?;
+                self.queue.push_back(data);
+            }
+            Framing::Chunked => {
+                self.queue
+                    .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                self.queue.push_back(data);
+                self.queue.push_back(Bytes::from_static(b"\r\n"));
+            }
+            Framing::None => return Err(Error::BodyLong),
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Why a send produced no response.
+pub enum Failed<B> {
+    /// Nothing left on a reused connection (it had closed): the request
+    /// can go on another.
+    Unsent(Box<Request<B>>),
+    Failed(Error),
+}
+
+/// The send: writes the request and reads the response head.
+pub struct Exchange<B> {
+    conn: Option<Connection>,
+    writer: Writer<B>,
+    /// The request's head while nothing of it left, when it may be retried.
+    unsent: Option<http::request::Parts>,
+    head_request: bool,
+    home: Option<Home>,
+}
+
+impl<B> Future for Exchange<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, Failed<B>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let conn = this.conn.as_mut().expect("exchange polled after it ended");
+        // The request goes up while the response is awaited: an upstream
+        // may answer (413, say) before it read the whole body.
+        let mut write_error = None;
+        if !this.writer.is_done() {
+            if let Poll::Ready(Err(e)) = this.writer.poll_write(&mut conn.io, cx) {
+                write_error = Some(e);
+            }
+        }
+        if let Some(e) = write_error {
+            if this.writer.written == 0 {
+                if let (Some(parts), Some(body)) = (this.unsent.take(), this.writer.body.take()) {
+                    return Poll::Ready(Err(Failed::Unsent(Box::new(Request::from_parts(
+                        parts, body,
+                    )))));
+                }
+            }
+            this.conn = None;
+            return Poll::Ready(Err(Failed::Failed(e)));
+        }
+        if this.writer.written > 0 {
+            this.unsent = None;
+        }
+        let head = match ready!(poll_head(conn, cx, this.head_request)) {
+            Ok(head) => head,
+            Err(e) => {
+                this.conn = None;
+                return Poll::Ready(Err(Failed::Failed(e)));
+            }
+        };
+        let Head {
+            response,
+            decoder,
+            reusable,
+        } = head;
+        let writer = std::mem::replace(
+            &mut this.writer,
+            Writer {
+                queue: VecDeque::new(),
+                body: None,
+                ended: true,
+                framing: Framing::None,
+                written: 0,
+            },
+        );
+        let body = ResponseBody {
+            conn: this.conn.take(),
+            decoder,
+            writer: (!writer.is_done()).then(|| Box::new(writer)),
+            reusable,
+            home: this.home.take(),
+            gave_data: false,
+        };
+        Poll::Ready(Ok(response.map(|()| body)))
+    }
+}
+
+/// A parsed response head and how its body is framed.
+struct Head {
+    response: Response<()>,
+    decoder: Decoder,
+    reusable: bool,
+}
+
+/// Reads until a whole final head is in (1xx interim heads other than 101
+/// are skipped) and parses it.
+fn poll_head(
+    conn: &mut Connection,
+    cx: &mut Context<'_>,
+    head_request: bool,
+) -> Poll<Result<Head, Error>> {
+    loop {
+        if !conn.read.is_empty() {
+            if let Some(head) = parse_head(&mut conn.read, head_request)? {
+                return Poll::Ready(Ok(head));
+            }
+        }
+        if conn.read.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(Error::protocol(format!(
+                "response head larger than {MAX_HEAD_BYTES} bytes"
+            ))));
+        }
+        if ready!(conn.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(Error::ClosedBeforeHead));
+        }
+    }
+}
+
+/// The head at the front of `read`, taken out of it; `None` until it is
+/// all there.
+fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len = match config.parse_response_with_uninit_headers(&mut parsed, read, &mut fields) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(Error::protocol(e.to_string())),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Error::protocol(format!("status code {code}")))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            read.advance(len);
+            continue;
+        }
+        let version = match parsed.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        // Values are slices of the head, not copies: where each one lies.
+        let base = read.as_ptr() as usize;
+        let mut found = Vec::with_capacity(parsed.headers.len());
+        for field in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| Error::protocol(format!("header name {:?}", field.name)))?;
+            let start = field.value.as_ptr() as usize - base;
+            found.push((name, start, start + field.value.len()));
+        }
+        let head = read.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(found.len());
+        for (name, start, end) in found {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| Error::protocol(format!("value of {name}")))?;
+            headers.append(name, value);
+        }
+        let (decoder, framed) = framing(status, head_request, &headers)?;
+        let reusable = framed
+            && version == Version::HTTP_11
+            && status != StatusCode::SWITCHING_PROTOCOLS
+            && !crate::headers::connection_has(&headers, "close");
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(Head {
+            response,
+            decoder,
+            reusable,
+        }));
+    }
+}
+
+/// How the response body is framed (RFC 9112 §6.3), and whether its end
+/// is known without the connection closing.
+fn framing(
+    status: StatusCode,
+    head_request: bool,
+    headers: &HeaderMap,
+) -> Result<(Decoder, bool), Error> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Decoder::Length(0), true));
+    }
+    if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked_last = te
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // Length and chunks both: the chunks win, and the connection is
+        // not trusted with another request.
+        let lone = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked_last {
+            (Decoder::Chunked(Chunked::Size), lone)
+        } else {
+            (Decoder::UntilClose, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n = parse_length(value).ok_or_else(|| Error::protocol("invalid content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Error::protocol("conflicting content-lengths"));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(n) => (Decoder::Length(n), true),
+        None => (Decoder::UntilClose, false),
+    })
+}
+
+/// Where the response body is.
+#[derive(Debug)]
+enum Decoder {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes.
+    UntilClose,
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunked {
+    Size,
+    Data(u64),
+    DataEnd,
+    /// Trailer bytes read so far.
+    Trailers(usize),
+}
+
+/// What the buffer gave.
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+impl Decoder {
+    fn is_ended(&self) -> bool {
+        matches!(self, Decoder::Ended | Decoder::Length(0))
+    }
+
+    /// The next piece of body in `read`.
+    fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
+        match self {
+            Decoder::Ended | Decoder::Length(0) => {
+                *self = Decoder::Ended;
+                Ok(Step::End)
+            }
+            Decoder::Length(left) => {
+                if read.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = (*left).min(read.len() as u64);
+                *left -= n;
+                Ok(Step::Data(read.split_to(n as usize).freeze()))
+            }
+            Decoder::UntilClose => Ok(if read.is_empty() {
+                Step::NeedMore
+            } else {
+                Step::Data(read.split().freeze())
+            }),
+            Decoder::Chunked(state) => {
+                let step = state.step(read)?;
+                if let Step::End = step {
+                    *self = Decoder::Ended;
+                }
+                Ok(step)
+            }
+        }
+    }
+}
+
+impl Chunked {
+    fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(line) = take_line(read, MAX_CHUNK_LINE, "chunk-size line")? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    *self = if size == 0 {
+                        Chunked::Trailers(0)
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if read.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let n = left.min(read.len() as u64);
+                    *self = if n == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - n)
+                    };
+                    return Ok(Step::Data(read.split_to(n as usize).freeze()));
+                }
+                Chunked::DataEnd => {
+                    if read.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &read[..2] != b"\r\n" {
+                        return Err(Error::protocol("chunk not followed by CRLF"));
+                    }
+                    read.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers(seen) => {
+                    let limit = MAX_TRAILER_BYTES - seen;
+                    let Some(line) = take_line(read, limit, "trailer section")? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    if line.is_empty() {
+                        return Ok(Step::End);
+                    }
+                    *self = Chunked::Trailers(seen + line.len() + 2);
+                }
+            }
+        }
+    }
+}
+
+/// The line at the front of `read` without its CRLF, taken out of it;
+/// `None` until it is all there. Longer than `limit`: an error.
+fn take_line(read: &mut BytesMut, limit: usize, what: &str) -> Result<Option<BytesMut>, Error> {
+    let window = &read[..read.len().min(limit)];
+    match window.iter().position(|b| *b == b'\n') {
+        Some(end) if end > 0 && read[end - 1] == b'\r' => {
+            let mut line = read.split_to(end + 1);
+            line.truncate(end - 1);
+            Ok(Some(line))
+        }
+        Some(_) => Err(Error::protocol(format!("{what} not ended by CRLF"))),
+        None if read.len() >= limit => Err(Error::protocol(format!("{what} too long"))),
+        None => Ok(None),
+    }
+}
+
+/// The size of a chunk from its line: hex digits, then optional
+/// `;extensions` (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(Error::protocol("invalid chunk size"));
+    }
+    let text = std::str::from_utf8(digits).map_err(|_| Error::protocol("invalid chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| Error::protocol("invalid chunk size"))
+}
+
+/// A response body read from its connection. Read to its end, it sends the
+/// connection home; dropped before, it closes it.
+pub struct ResponseBody<B> {
+    conn: Option<Connection>,
+    decoder: Decoder,
+    /// The rest of the request, while it is still going up (boxed: it
+    /// rarely is).
+    writer: Option<Box<Writer<B>>>,
+    reusable: bool,
+    home: Option<Home>,
+    /// A frame was returned since the body last said `Pending`.
+    gave_data: bool,
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("decoder", &self.decoder)
+            .field("reusable", &self.reusable)
+            .finish()
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// The body ended: its connection goes home if it can carry another
+    /// request, and is closed if not.
+    fn end(&mut self) {
+        self.decoder = Decoder::Ended;
+        let conn = self.conn.take();
+        if let (Some(mut conn), Some(home), true, None) =
+            (conn, self.home.take(), self.reusable, &self.writer)
+        {
+            if conn.read.is_empty() {
+                conn.rest();
+                let idle = Idle {
+                    conn,
+                    since: Instant::now(),
+                };
+                home.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(idle);
+            }
+        }
+    }
+
+    /// After a 101: the connection, with whatever the upstream sent past
+    /// its head, for the tunnel.
+    pub fn into_upgraded(mut self) -> Option<Upgraded> {
+        let conn = self.conn.take()?;
+        Some(Upgraded {
+            read_ahead: conn.read.freeze(),
+            io: conn.io,
+        })
+    }
+
+    /// Fails the body, but not in the poll right after a frame: hyper
+    /// writes a response's head and first frames together, and drops them
+    /// unsent when the body fails before it flushed. One `Pending` lets
+    /// them out first (the failure, a close or a reset, is found again).
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if std::mem::take(&mut self.gave_data) && !e.is_protocol() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.conn = None;
+        self.decoder = Decoder::Ended;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(writer) = &mut this.writer {
+            match writer.poll_write(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => this.writer = None,
+                // The upstream answered; the rest of the upload is not
+                // needed, and the connection not reused.
+                Poll::Ready(Err(_)) => {
+                    this.writer = None;
+                    this.reusable = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            match this.decoder.step(&mut conn.read) {
+                Ok(Step::Data(data)) => {
+                    if this.decoder.is_ended() {
+                        this.end();
+                    }
+                    this.gave_data = true;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => return this.fail(e, cx),
+            }
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    if let Decoder::UntilClose = this.decoder {
+                        this.reusable = false;
+                        this.end();
+                        return Poll::Ready(None);
+                    }
+                    let what = match this.decoder {
+                        Decoder::Chunked(_) => "in a chunked body",
+                        _ => "short of its content-length",
+                    };
+                    return this.fail(Error::Incomplete(what), cx);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(e.into(), cx),
+                Poll::Pending => {
+                    this.gave_data = false;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(left) => SizeHint::with_exact(left),
+            Decoder::Ended => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> Drop for ResponseBody<B> {
+    fn drop(&mut self) {
+        // hyper does not poll a body that says it ended (empty ones, HEAD).
+        if self.decoder.is_ended() && self.conn.is_some() {
+            self.end();
+        }
+    }
+}
+
+/// An upgraded upstream connection: the bytes read past the 101 head
+/// first, then the socket.
+pub struct Upgraded {
+    read_ahead: Bytes,
+    io: Box<Io>,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full};
+    use proptest::prelude::*;
+
+    /// Decodes `wire` fed in pieces of the given sizes (cycled); returns
+    /// the body and what was left in the buffer after its end.
+    fn decode(
+        mut decoder: Decoder,
+        wire: &[u8],
+        pieces: &[usize],
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let mut read = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        let mut piece = pieces.iter().cycle();
+        loop {
+            match decoder.step(&mut read)? {
+                Step::Data(data) => body.extend_from_slice(&data),
+                Step::End => return Ok((body, read.to_vec())),
+                Step::NeedMore if fed == wire.len() => {
+                    return Err(Error::Incomplete("in the test"))
+                }
+                Step::NeedMore => {
+                    let n = (*piece.next().unwrap()).clamp(1, wire.len() - fed);
+                    read.extend_from_slice(&wire[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    fn chunked() -> Decoder {
+        Decoder::Chunked(Chunked::Size)
+    }
+
+    proptest! {
+        /// Any body cut into any chunks, with extensions and trailers, read
+        /// in any pieces, comes out whole, and the bytes after it stay.
+        #[test]
+        fn chunked_bodies_decode_whole_across_any_reads(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            sizes in proptest::collection::vec(1usize..700, 1..8),
+            pieces in proptest::collection::vec(1usize..64, 1..8),
+            extension in any::<bool>(),
+            trailer in any::<bool>(),
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut size = sizes.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*size.next().unwrap()).min(rest.len());
+                let ext = if extension { ";name=value" } else { "" };
+                wire.extend_from_slice(format!("{n:X}{ext}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailer {
+                wire.extend_from_slice(b"x-checksum: abc\r\n");
+            }
+            wire.extend_from_slice(b"\r\nHTTP/1.1 200 OK\r\n");
+            let (decoded, left) = decode(chunked(), &wire, &pieces).unwrap();
+            prop_assert_eq!(decoded, body);
+            // What follows the body is read past only as far as a piece went.
+            prop_assert!(b"HTTP/1.1 200 OK\r\n".starts_with(&left));
+        }
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let (body, left) = decode(Decoder::Length(5), b"helloEXTRA", &[3]).unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(left, b"E", "the rest of the last read stays");
+        let (body, left) = decode(Decoder::Length(5), b"helloEXTRA", &[10]).unwrap();
+        assert_eq!(
+            (body.as_slice(), left.as_slice()),
+            (&b"hello"[..], &b"EXTRA"[..])
+        );
+    }
+
+    #[test]
+    fn broken_chunks_are_protocol_errors() {
+        for wire in [
+            &b"zz\r\nab\r\n0\r\n\r\n"[..],
+            b"2\r\nabX\r\n0\r\n\r\n",
+            b"2\nab\r\n0\r\n\r\n",
+            b"\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            let e = decode(chunked(), wire, &[100]).unwrap_err();
+            assert!(e.is_protocol(), "{:?}: {e}", String::from_utf8_lossy(wire));
+        }
+        let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        assert!(decode(chunked(), long_line.as_bytes(), &[100])
+            .unwrap_err()
+            .is_protocol());
+        let mut trailers = b"0\r\n".to_vec();
+        while trailers.len() <= MAX_TRAILER_BYTES {
+            trailers.extend_from_slice(b"x-pad: 0123456789012345678901234567890123456789\r\n");
+        }
+        assert!(decode(chunked(), &trailers, &[1000])
+            .unwrap_err()
+            .is_protocol());
+    }
+
+    #[test]
+    fn a_body_cut_short_needs_more() {
+        assert!(matches!(
+            decode(chunked(), b"5\r\nab", &[100]),
+            Err(Error::Incomplete(_))
+        ));
+        assert!(matches!(
+            decode(Decoder::Length(5), b"ab", &[100]),
+            Err(Error::Incomplete(_))
+        ));
+    }
+
+    fn head(wire: &str, head_request: bool) -> Result<Option<(Head, BytesMut)>, Error> {
+        let mut read = BytesMut::from(wire);
+        Ok(parse_head(&mut read, head_request)?.map(|head| (head, read)))
+    }
+
+    fn complete(wire: &str) -> Head {
+        head(wire, false).unwrap().expect("a complete head").0
+    }
+
+    #[test]
+    fn a_head_is_parsed_with_its_fields_and_framing() {
+        let (h, rest) = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.response.status(), 201, "the interim 100 is skipped");
+        let values: Vec<_> = h.response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(matches!(h.decoder, Decoder::Length(3)));
+        assert!(h.reusable);
+        assert_eq!(&rest[..], b"abc");
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Len", false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let no_body = [
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        ];
+        for wire in no_body {
+            let h = complete(wire);
+            assert!(
+                matches!(h.decoder, Decoder::Length(0)) && h.reusable,
+                "{wire}"
+            );
+        }
+        let (h, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(h.decoder, Decoder::Length(0)),
+            "a HEAD response has no body"
+        );
+
+        let h = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::Chunked(_)) && h.reusable);
+        let h =
+            complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
+        assert!(
+            matches!(h.decoder, Decoder::Chunked(_)) && !h.reusable,
+            "chunks win, trust goes"
+        );
+        let h = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::UntilClose) && !h.reusable);
+        let h = complete("HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::UntilClose) && !h.reusable);
+        let h = complete("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::Length(4)));
+
+        for not_again in [
+            "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert!(!complete(not_again).reusable, "{not_again}");
+        }
+    }
+
+    #[test]
+    fn bad_heads_are_protocol_errors() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 4, 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +4\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "SMTP ready\r\n\r\n",
+        ] {
+            let e = head(wire, false).map(|_| ()).unwrap_err();
+            assert!(e.is_protocol(), "{wire}: {e}");
+        }
+    }
+
+    fn encoded<B: Body>(req: &Request<B>) -> (String, Framing) {
+        let (head, framing) = encode_head(req, "up.example:8080");
+        (String::from_utf8(head.to_vec()).unwrap(), framing)
+    }
+
+    #[test]
+    fn the_request_head_carries_the_framing_the_body_needs() {
+        let get = Request::get("http://up.example:8080/v1/x?q=1")
+            .header("x-a", "1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (head, framing) = encoded(&get);
+        assert_eq!(
+            head,
+            "GET /v1/x?q=1 HTTP/1.1\r\nhost: up.example:8080\r\nx-a: 1\r\n\r\n"
+        );
+        assert!(matches!(framing, Framing::None));
+
+        let sized = Request::post("/p")
+            .header("host", "api.example")
+            .header("content-length", "3")
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap();
+        let (head, framing) = encoded(&sized);
+        assert_eq!(
+            head,
+            "POST /p HTTP/1.1\r\nhost: api.example\r\ncontent-length: 3\r\n\r\n"
+        );
+        assert!(matches!(framing, Framing::Length(3)));
+
+        let unsized_ = Request::post("/p")
+            .header("host", "api.example")
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap();
+        let (head, framing) = encoded(&unsized_);
+        assert!(
+            head.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{head}"
+        );
+        assert!(matches!(framing, Framing::Chunked));
+    }
+}
