@@ -531,7 +531,7 @@ mod tests {
         pool_with(Duration::from_secs(60), budget)
     }
 
-    fn pool_with(idle: Duration, budget: BudgetLimits) -> Pool<Empty<Bytes>> {
+    fn pool_with<B: SendBody>(idle: Duration, budget: BudgetLimits) -> Pool<B> {
         let settings = UpstreamSettings {
             policy: TargetPolicy::Any,
             connect_timeout: Duration::from_secs(2),
@@ -583,6 +583,76 @@ mod tests {
     async fn get(pool: &Pool<Empty<Bytes>>, uri: &Uri) -> Response<UpstreamBody<Empty<Bytes>>> {
         let req = Request::get(uri.clone()).body(Empty::new()).unwrap();
         pool.send(req).await.unwrap()
+    }
+
+    /// An upstream that answers the first request on each connection and
+    /// closes the connection, unanswered, when a second arrives: what a
+    /// keep-alive timeout firing just as a pooled connection is reused
+    /// looks like. Counts the connections it accepted.
+    async fn closes_when_reused() -> (Uri, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    stream.write_all(answer).await.unwrap();
+                    // The next request is read, then the connection closed.
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        (uri, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_get_on_a_connection_closed_under_it_goes_on_a_new_one() {
+        let (uri, accepted) = closes_when_reused().await;
+        let pool = pool(Duration::from_secs(60));
+        for round in 1..=3 {
+            let response = get(&pool, &uri).await;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok", "round {round}");
+        }
+        // Rounds 2 and 3 each found the pooled connection closed under them
+        // and went again on a new one.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_is_not_sent_twice() {
+        let (uri, accepted) = closes_when_reused().await;
+        let pool: Pool<http_body_util::Full<Bytes>> =
+            pool_with(Duration::from_secs(60), BudgetLimits::DEFAULT);
+        let post = || {
+            Request::post(uri.clone())
+                .header("content-length", "3")
+                .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
+                .unwrap()
+        };
+        let first = pool.send(post()).await.unwrap();
+        first.into_body().collect().await.unwrap();
+        let second = pool.send(post()).await;
+        assert!(
+            matches!(
+                second,
+                Err(SendError::Exchange(h1::Error::ClosedBeforeHead))
+            ),
+            "{:?}",
+            second.map(|r| r.status())
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     /// Polls `check` every 10 ms for up to 2 s.
