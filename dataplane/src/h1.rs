@@ -12,6 +12,11 @@
 //! A connection is lent to one request at a time ([`send`]). It goes back
 //! to its pool when the response body was read to its end and the whole
 //! request was written; cut short, it is dropped, which closes it.
+//!
+//! Once the response head is in, the rest of an upload moves when the
+//! response body is polled (hyper polls it while the client can take
+//! more); a response that ends first ends the upload, and its connection
+//! is closed rather than reused.
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
@@ -634,18 +639,23 @@ enum Decoder {
     Ended,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 enum Chunked {
     Size,
     Data(u64),
     DataEnd,
-    /// Trailer bytes read so far.
-    Trailers(usize),
+    /// The trailer fields so far, and how many bytes they took.
+    Trailers {
+        seen: usize,
+        fields: HeaderMap,
+    },
 }
 
 /// What the buffer gave.
 enum Step {
     Data(Bytes),
+    /// The trailer fields after the last chunk: the body's end.
+    Trailers(HeaderMap),
     NeedMore,
     End,
 }
@@ -677,7 +687,7 @@ impl Decoder {
             }),
             Decoder::Chunked(state) => {
                 let step = state.step(read)?;
-                if let Step::End = step {
+                if let Step::End | Step::Trailers(_) = step {
                     *self = Decoder::Ended;
                 }
                 Ok(step)
@@ -689,14 +699,17 @@ impl Decoder {
 impl Chunked {
     fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
         loop {
-            match *self {
+            match self {
                 Chunked::Size => {
                     let Some(line) = take_line(read, MAX_CHUNK_LINE, "chunk-size line")? else {
                         return Ok(Step::NeedMore);
                     };
                     let size = chunk_size(&line)?;
                     *self = if size == 0 {
-                        Chunked::Trailers(0)
+                        Chunked::Trailers {
+                            seen: 0,
+                            fields: HeaderMap::new(),
+                        }
                     } else {
                         Chunked::Data(size)
                     };
@@ -705,6 +718,7 @@ impl Chunked {
                     if read.is_empty() {
                         return Ok(Step::NeedMore);
                     }
+                    let left = *left;
                     let n = left.min(read.len() as u64);
                     *self = if n == left {
                         Chunked::DataEnd
@@ -723,15 +737,22 @@ impl Chunked {
                     read.advance(2);
                     *self = Chunked::Size;
                 }
-                Chunked::Trailers(seen) => {
-                    let limit = MAX_TRAILER_BYTES - seen;
+                Chunked::Trailers { seen, fields } => {
+                    let limit = MAX_TRAILER_BYTES - *seen;
                     let Some(line) = take_line(read, limit, "trailer section")? else {
                         return Ok(Step::NeedMore);
                     };
                     if line.is_empty() {
-                        return Ok(Step::End);
+                        let fields = std::mem::take(fields);
+                        return Ok(if fields.is_empty() {
+                            Step::End
+                        } else {
+                            Step::Trailers(fields)
+                        });
                     }
-                    *self = Chunked::Trailers(seen + line.len() + 2);
+                    *seen += line.len() + 2;
+                    let (name, value) = trailer_field(&line)?;
+                    fields.append(name, value);
                 }
             }
         }
@@ -752,6 +773,15 @@ fn take_line(read: &mut BytesMut, limit: usize, what: &str) -> Result<Option<Byt
         None if read.len() >= limit => Err(Error::protocol(format!("{what} too long"))),
         None => Ok(None),
     }
+}
+
+/// A `name: value` trailer line.
+fn trailer_field(line: &[u8]) -> Result<(HeaderName, HeaderValue), Error> {
+    let invalid = || Error::protocol("invalid trailer field");
+    let colon = line.iter().position(|b| *b == b':').ok_or_else(invalid)?;
+    let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| invalid())?;
+    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).map_err(|_| invalid())?;
+    Ok((name, value))
 }
 
 /// The size of a chunk from its line: hex digits, then optional
@@ -880,6 +910,10 @@ where
                     this.gave_data = true;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
+                Ok(Step::Trailers(fields)) => {
+                    this.end();
+                    return Poll::Ready(Some(Ok(Frame::trailers(fields))));
+                }
                 Ok(Step::End) => {
                     this.end();
                     return Poll::Ready(None);
@@ -992,6 +1026,10 @@ mod tests {
         loop {
             match decoder.step(&mut read)? {
                 Step::Data(data) => body.extend_from_slice(&data),
+                Step::Trailers(fields) => {
+                    let names: Vec<_> = fields.keys().map(|k| k.as_str().to_owned()).collect();
+                    body.extend_from_slice(format!("<trailers {}>", names.join(",")).as_bytes());
+                }
                 Step::End => return Ok((body, read.to_vec())),
                 Step::NeedMore if fed == wire.len() => {
                     return Err(Error::Incomplete("in the test"))
@@ -1011,7 +1049,8 @@ mod tests {
 
     proptest! {
         /// Any body cut into any chunks, with extensions and trailers, read
-        /// in any pieces, comes out whole, and the bytes after it stay.
+        /// in any pieces, comes out whole with its trailers, and the bytes
+        /// after it stay.
         #[test]
         fn chunked_bodies_decode_whole_across_any_reads(
             body in proptest::collection::vec(any::<u8>(), 0..3000),
@@ -1037,7 +1076,11 @@ mod tests {
             }
             wire.extend_from_slice(b"\r\nHTTP/1.1 200 OK\r\n");
             let (decoded, left) = decode(chunked(), &wire, &pieces).unwrap();
-            prop_assert_eq!(decoded, body);
+            let mut expected = body.clone();
+            if trailer {
+                expected.extend_from_slice(b"<trailers x-checksum>");
+            }
+            prop_assert_eq!(decoded, expected);
             // What follows the body is read past only as far as a piece went.
             prop_assert!(b"HTTP/1.1 200 OK\r\n".starts_with(&left));
         }
@@ -1076,6 +1119,10 @@ mod tests {
             trailers.extend_from_slice(b"x-pad: 0123456789012345678901234567890123456789\r\n");
         }
         assert!(decode(chunked(), &trailers, &[1000])
+            .unwrap_err()
+            .is_protocol());
+        let bad_trailer = b"0\r\nno colon here\r\n\r\n";
+        assert!(decode(chunked(), bad_trailer, &[100])
             .unwrap_err()
             .is_protocol());
     }

@@ -255,3 +255,35 @@ async fn h2c_upgrade_requests_are_not_tunnelled() {
         );
     }
 }
+
+/// Trailers after a chunked HTTP/1.1 body reach an HTTP/2 client (gRPC-web
+/// and checksums ride on them), and a chunked body arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_of_a_chunked_upstream_body_reach_an_h2_client() {
+    let up = upstream::raw(|mut stream: tokio::net::TcpStream| async move {
+        let mut head = vec![0u8; 16 * 1024];
+        let _ = stream.read(&mut head).await;
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+                  5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-checksum: abc123\r\n\r\n",
+            )
+            .await;
+        let _ = stream.read(&mut head).await;
+    })
+    .await;
+    let dp = DataPlane::start(&one_mapping("/t", &up.url()), &[]);
+    let response = apiproxy_tests::client::send_h2c(
+        dp.addr,
+        Request::get("/t/x")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["x-checksum"], "abc123");
+    assert_eq!(collected.to_bytes(), "hello, world");
+}
