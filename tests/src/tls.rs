@@ -33,7 +33,13 @@ impl TestCa {
         }
     }
 
+    /// A TLS acceptor offering h2 and http/1.1 by ALPN.
     pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor_offering(&[b"h2", b"http/1.1"])
+    }
+
+    /// A TLS acceptor offering `alpn` only.
+    pub fn acceptor_offering(&self, alpn: &[&[u8]]) -> TlsAcceptor {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone()));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -42,7 +48,7 @@ impl TestCa {
             .with_no_client_auth()
             .with_single_cert(vec![self.server_cert.clone()], key)
             .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         TlsAcceptor::from(Arc::new(config))
     }
 }

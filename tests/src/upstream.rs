@@ -178,7 +178,15 @@ where
 /// An HTTPS upstream offering h2 and http/1.1 by ALPN, with a certificate
 /// for 127.0.0.1 and `localhost` signed by `ca`.
 pub async fn https(handler: Handler, ca: &crate::tls::TestCa) -> Upstream {
-    let acceptor = ca.acceptor();
+    https_with(handler, ca.acceptor()).await
+}
+
+/// An HTTPS upstream offering http/1.1 only by ALPN.
+pub async fn https_h1(handler: Handler, ca: &crate::tls::TestCa) -> Upstream {
+    https_with(handler, ca.acceptor_offering(&[b"http/1.1"])).await
+}
+
+async fn https_with(handler: Handler, acceptor: tokio_rustls::TlsAcceptor) -> Upstream {
     raw(move |stream| {
         let (handler, acceptor) = (handler.clone(), acceptor.clone());
         async move {

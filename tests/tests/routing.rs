@@ -283,6 +283,42 @@ async fn https_upstream_negotiates_h2_with_the_extra_ca() {
     );
 }
 
+/// An HTTPS upstream without h2 is spoken to by our HTTP/1.1 client over
+/// TLS: an upload of unknown length goes up chunked and whole, and the
+/// connection is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_without_h2_gets_http11_over_tls() {
+    let ca = apiproxy_tests::tls::TestCa::new();
+    let up = upstream::https_h1(echo_handler(), &ca).await;
+    let dir = apiproxy_tests::TempDir::new("ca");
+    let ca_file = dir.path("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let target = format!("https://localhost:{}", up.addr.port());
+    let dp = DataPlane::start(
+        &mappings(&[("/tls", target)]),
+        &[("API_PROXY_CA_FILE", ca_file.to_str().unwrap())],
+    );
+    const PIECES: usize = 64;
+    const PIECE: usize = 64 * 1024;
+    let (tx, body) = upstream::channel_body();
+    tokio::spawn(async move {
+        for _ in 0..PIECES {
+            let _ = tx.send(Ok(Bytes::from(vec![7u8; PIECE]))).await;
+        }
+    });
+    let response =
+        apiproxy_tests::client::send(dp.addr, Request::post("/tls/up").body(body).unwrap()).await;
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["version"], "HTTP/1.1", "ALPN offered no h2");
+    assert_eq!(echo["headers"]["transfer-encoding"][0], "chunked");
+    assert_eq!(echo["body_len"], (PIECES * PIECE) as u64);
+    let echo = get_reply(dp.addr, "/tls/v1/models").await.json();
+    assert_eq!(echo["uri"], "/v1/models");
+    assert_eq!(up.counters.accepted(), 1, "one TLS connection, reused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_policy_is_checked_on_the_resolved_address() {
     let up = upstream::http(echo_handler()).await;
