@@ -249,10 +249,12 @@ async fn h2c_prior_knowledge_on_the_proxy_port() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_upstream_negotiates_h2_with_the_extra_ca() {
-    let ca = apiproxy_tests::tls::TestCa::new();
-    let up = upstream::https(echo_handler(), &ca).await;
+/// A data plane mapping `/tls` to `up` over HTTPS, with `ca` as its
+/// extra root (the directory holding the CA file comes with it).
+fn trusting(
+    ca: &apiproxy_tests::tls::TestCa,
+    up: &upstream::Upstream,
+) -> (DataPlane, apiproxy_tests::TempDir) {
     let dir = apiproxy_tests::TempDir::new("ca");
     let ca_file = dir.path("ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
@@ -261,6 +263,14 @@ async fn https_upstream_negotiates_h2_with_the_extra_ca() {
         &mappings(&[("/tls", target)]),
         &[("API_PROXY_CA_FILE", ca_file.to_str().unwrap())],
     );
+    (dp, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_negotiates_h2_with_the_extra_ca() {
+    let ca = apiproxy_tests::tls::TestCa::new();
+    let up = upstream::https(echo_handler(), &ca).await;
+    let (dp, _ca_dir) = trusting(&ca, &up);
     let echo = get_reply(dp.addr, "/tls/v1/models").await.json();
     assert_eq!(echo["version"], "HTTP/2.0", "ALPN picked HTTP/2");
     assert_eq!(
@@ -290,14 +300,7 @@ async fn https_upstream_negotiates_h2_with_the_extra_ca() {
 async fn https_upstream_without_h2_gets_http11_over_tls() {
     let ca = apiproxy_tests::tls::TestCa::new();
     let up = upstream::https_h1(echo_handler(), &ca).await;
-    let dir = apiproxy_tests::TempDir::new("ca");
-    let ca_file = dir.path("ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let target = format!("https://localhost:{}", up.addr.port());
-    let dp = DataPlane::start(
-        &mappings(&[("/tls", target)]),
-        &[("API_PROXY_CA_FILE", ca_file.to_str().unwrap())],
-    );
+    let (dp, _ca_dir) = trusting(&ca, &up);
     const PIECES: usize = 64;
     const PIECE: usize = 64 * 1024;
     let (tx, body) = upstream::channel_body();
