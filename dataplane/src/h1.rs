@@ -114,14 +114,20 @@ impl Connection {
     /// arrived while it idled. A close (the upstream's keep-alive ran out)
     /// or stray bytes make it unfit. Never waits.
     pub fn is_fit(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let io = &mut self.io;
+        let probe = std::future::poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut byte);
+            Poll::Ready(Pin::new(&mut **io).poll_read(cx, &mut buf).is_pending())
+        });
+        // Outside the task's cooperative budget: with the budget spent, the
+        // read would say `Pending` whatever arrived.
+        let mut probe = std::pin::pin!(tokio::task::coop::unconstrained(probe));
         let mut cx = Context::from_waker(Waker::noop());
-        let mut byte = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut byte);
-        self.read.is_empty()
-            && matches!(
-                Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
-                Poll::Pending
-            )
+        matches!(probe.as_mut().poll(&mut cx), Poll::Ready(true))
     }
 
     /// Reads more into the buffer: `Ok(0)` at the upstream's close.
@@ -1226,6 +1232,33 @@ mod tests {
             let e = head(wire, false).map(|_| ()).unwrap_err();
             assert!(e.is_protocol(), "{wire}: {e}");
         }
+    }
+
+    /// A connection whose upstream closed is unfit, even when the task
+    /// asking has spent its cooperative budget (tokio's resources then
+    /// answer `Pending` without looking).
+    #[tokio::test]
+    async fn a_closed_connection_is_unfit_even_with_the_budget_spent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let mut conn = Connection::new(TokioIo::new(hyper_rustls::MaybeHttpsStream::Http(
+            TokioIo::new(client.unwrap()),
+        )));
+        assert!(conn.is_fit(), "open and silent");
+        drop(accepted.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        for _ in 0..1000 {
+            tx.send(()).unwrap();
+        }
+        std::future::poll_fn(|cx| {
+            while rx.poll_recv(cx).is_ready() {}
+            assert!(!tokio::task::coop::has_budget_remaining());
+            assert!(!conn.is_fit(), "closed by the upstream");
+            Poll::Ready(())
+        })
+        .await;
     }
 
     fn encoded<B: Body>(req: &Request<B>) -> (String, Framing) {
