@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::find_cause;
-use crate::h1;
+use crate::h1::{self, Upgraded};
+use crate::h1_server;
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::UpstreamBody;
 use crate::record::{Outcome, RequestRecord};
@@ -30,7 +31,7 @@ pub enum BodyError {
     #[error("request body larger than {0} bytes")]
     TooLarge(u64),
     #[error("client body failed: {0}")]
-    Client(#[source] hyper::Error),
+    Client(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("upstream body failed: {0}")]
     Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -150,10 +151,51 @@ impl BodyState {
 
 pub type FailureSlot = Arc<BodyState>;
 
+/// A request body as the client sends it: over our HTTP/1.1 listener or
+/// hyper's HTTP/2 one.
+#[derive(Debug)]
+pub enum ClientBody {
+    Empty,
+    H1(h1_server::RequestBody),
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// The client's request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     idle: IdleTimer,
     limit: Option<u64>,
     received: u64,
@@ -166,7 +208,7 @@ impl RequestBody {
     /// The body and, when there is a body to stream at all, the slot it
     /// records a failure in.
     pub fn new(
-        inner: Incoming,
+        inner: ClientBody,
         idle: Duration,
         limit: Option<u64>,
         stats: &Arc<PrefixStats>,
@@ -232,15 +274,16 @@ impl Body for RequestBody {
 }
 
 /// A response body on its way to the client.
-#[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
     record: Option<RequestRecord>,
 }
 
-#[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
+    /// A 101: the upstream's switched connection, for the listener to join
+    /// to the client's.
+    Tunnel(Option<(Upgraded, Arc<str>)>),
     /// An HTTP/1.1 body sends its connection back to the pool itself when
     /// it is read to the end.
     Upstream {
@@ -263,6 +306,23 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
             record: None,
+        }
+    }
+
+    /// The body of a 101: no bytes, but the upstream connection to tunnel
+    /// to (`prefix` names the tunnel in logs).
+    pub fn tunnel(upstream: Upgraded, prefix: Arc<str>) -> Self {
+        ProxyBody {
+            kind: Kind::Tunnel(Some((upstream, prefix))),
+            record: None,
+        }
+    }
+
+    /// The upstream connection of a 101 body, once.
+    pub fn take_tunnel(&mut self) -> Option<(Upgraded, Arc<str>)> {
+        match &mut self.kind {
+            Kind::Tunnel(tunnel) => tunnel.take(),
+            _ => None,
         }
     }
 
@@ -299,6 +359,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Tunnel(_) => Poll::Ready(None),
             Kind::Upstream { body, idle } => idle.poll_frame(body, cx, BodyError::Upstream),
         };
         match &polled {
@@ -317,6 +378,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(data) => data.is_none(),
+            Kind::Tunnel(_) => true,
             Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -324,8 +386,20 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Tunnel(_) => SizeHint::with_exact(0),
             Kind::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Full(_) => "full",
+            Kind::Tunnel(_) => "tunnel",
+            Kind::Upstream { .. } => "upstream",
+        };
+        f.debug_struct("ProxyBody").field("kind", &kind).finish()
     }
 }
 

@@ -19,6 +19,10 @@ pub enum ProxyError {
     NoMapping(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A request head over the size or field limit (431, typed as a bad
+    /// request: SPEC §3 names no type of its own for it).
+    #[error("{0}")]
+    HeadTooLarge(String),
     #[error("method CONNECT is not allowed: this is not a forward proxy")]
     MethodNotAllowed,
     #[error("request body larger than {0} bytes")]
@@ -44,6 +48,7 @@ impl ProxyError {
         match self {
             ProxyError::NoMapping(_) => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -59,7 +64,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoMapping(_) => "no_mapping",
-            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge(_) => "bad_request",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::NotReady => "not_ready",
@@ -180,6 +185,7 @@ mod tests {
         let cases = [
             (ProxyError::NoMapping("/x".into()), 404, "no_mapping"),
             (ProxyError::BadRequest("x".into()), 400, "bad_request"),
+            (ProxyError::HeadTooLarge("x".into()), 431, "bad_request"),
             (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
             (ProxyError::PayloadTooLarge(1), 413, "payload_too_large"),
             (ProxyError::NotReady, 503, "not_ready"),

@@ -45,7 +45,7 @@ const MAX_HEADERS: usize = 100;
 /// buffer double it, up to `MAX_READ`: big streams move in big reads (128
 /// KiB reads made a 512 MiB download 14% slower than hyper's client, whose
 /// reads grow to about 400 KiB).
-const INIT_READ: usize = 8 * 1024;
+pub(crate) const INIT_READ: usize = 8 * 1024;
 const MAX_READ: usize = 512 * 1024;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -132,19 +132,7 @@ impl Connection {
 
     /// Reads more into the buffer: `Ok(0)` at the upstream's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < self.read_size / 2 {
-            self.read.reserve(self.read_size);
-        }
-        let room = self.read.capacity() - self.read.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
-        ))?;
-        if n == room && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        poll_fill(&mut *self.io, &mut self.read, &mut self.read_size, cx)
     }
 
     /// Ready for the pool: a buffer grown for a big stream is let go.
@@ -154,6 +142,26 @@ impl Connection {
         }
         self.read_size = INIT_READ;
     }
+}
+
+/// Reads more of `io` into `read`: `Ok(0)` at the peer's close. Reads
+/// that fill the room they had double `read_size` (up to `MAX_READ`), so
+/// big streams move in big reads and small exchanges keep small buffers.
+pub(crate) fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    read: &mut BytesMut,
+    read_size: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < *read_size / 2 {
+        read.reserve(*read_size);
+    }
+    let room = read.capacity() - read.len();
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, read))?;
+    if n == room && *read_size < MAX_READ {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// Where a connection goes back when its exchange ended cleanly.
@@ -221,7 +229,20 @@ enum Framing {
 /// nothing when there is no body.
 fn encode_head<B: Body>(req: &Request<B>, host: &str) -> (Bytes, Framing) {
     let headers = req.headers();
-    let framing = match headers.get(header::CONTENT_LENGTH) {
+    // One pass sizes the head and finds the two fields it needs (looking
+    // each up would hash its name).
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut size = req.method().as_str().len() + target.len() + 16;
+    let (mut length, mut has_host) = (None, false);
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+        if name == header::CONTENT_LENGTH {
+            length = length.or(Some(value));
+        } else if name == header::HOST {
+            has_host = true;
+        }
+    }
+    let framing = match length {
         Some(len) => Framing::Length(parse_length(len).unwrap_or(0)),
         // As hyper: a GET or HEAD without a length carries no body (an
         // HTTP/2 client may end one with an empty DATA frame).
@@ -229,17 +250,12 @@ fn encode_head<B: Body>(req: &Request<B>, host: &str) -> (Bytes, Framing) {
         None if matches!(*req.method(), Method::GET | Method::HEAD) => Framing::None,
         None => Framing::Chunked,
     };
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut size = req.method().as_str().len() + target.len() + 16;
-    for (name, value) in headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
     let mut out = BytesMut::with_capacity(size + host.len() + 32);
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
+    if !has_host {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -258,14 +274,17 @@ fn encode_head<B: Body>(req: &Request<B>, host: &str) -> (Bytes, Framing) {
 }
 
 /// A `Content-Length` value (a list of equal values counts as one).
-fn parse_length(value: &HeaderValue) -> Option<u64> {
+pub(crate) fn parse_length(value: &HeaderValue) -> Option<u64> {
     let mut length = None;
     for token in value.as_bytes().split(|b| *b == b',') {
         let token = token.trim_ascii();
-        if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
+        // Digits only (no sign, no `+`), at most 19: any such number fits.
+        if token.is_empty() || token.len() > 19 || !token.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n: u64 = std::str::from_utf8(token).ok()?.parse().ok()?;
+        let n = token
+            .iter()
+            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
         if length.is_some_and(|l| l != n) {
             return None;
         }
@@ -557,9 +576,11 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         // Values are slices of the head, not copies: where each one lies.
         let base = read.as_ptr() as usize;
         let mut found = Vec::with_capacity(parsed.headers.len());
+        let mut present = Present::default();
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| Error::protocol(format!("header name {:?}", field.name)))?;
+            present.note(&name);
             let start = field.value.as_ptr() as usize - base;
             found.push((name, start, start + field.value.len()));
         }
@@ -570,11 +591,11 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
                 .map_err(|_| Error::protocol(format!("value of {name}")))?;
             headers.append(name, value);
         }
-        let (decoder, framed) = framing(status, head_request, &headers)?;
+        let (decoder, framed) = framing(status, head_request, &headers, present)?;
         let reusable = framed
             && version == Version::HTTP_11
             && status != StatusCode::SWITCHING_PROTOCOLS
-            && !crate::headers::connection_has(&headers, "close");
+            && !(present.connection && crate::headers::connection_has(&headers, "close"));
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -587,12 +608,35 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
     }
 }
 
+/// Which of the fields that frame a response it has, noted while its head
+/// is read: most responses lack two of the three, and a lookup of each
+/// would hash its name.
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Present {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        }
+    }
+}
+
 /// How the response body is framed (RFC 9112 §6.3), and whether its end
 /// is known without the connection closing.
 fn framing(
     status: StatusCode,
     head_request: bool,
     headers: &HeaderMap,
+    present: Present,
 ) -> Result<(Decoder, bool), Error> {
     if head_request
         || status.is_informational()
@@ -601,11 +645,16 @@ fn framing(
     {
         return Ok((Decoder::Length(0), true));
     }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    let last_te = present
+        .transfer_encoding
+        .then(|| {
+            headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+        })
+        .flatten();
+    if let Some(te) = last_te {
         let chunked_last = te
             .as_bytes()
             .rsplit(|b| *b == b',')
@@ -613,12 +662,15 @@ fn framing(
             .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // Length and chunks both: the chunks win, and the connection is
         // not trusted with another request.
-        let lone = !headers.contains_key(header::CONTENT_LENGTH);
+        let lone = !present.content_length;
         return Ok(if chunked_last {
-            (Decoder::Chunked(Chunked::Size), lone)
+            (Decoder::chunked(), lone)
         } else {
             (Decoder::UntilClose, false)
         });
+    }
+    if !present.content_length {
+        return Ok((Decoder::UntilClose, false));
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -634,9 +686,10 @@ fn framing(
     })
 }
 
-/// Where the response body is.
+/// Where a body is, in the message it frames (the listener's request
+/// bodies use it too).
 #[derive(Debug)]
-enum Decoder {
+pub(crate) enum Decoder {
     /// Bytes still to come.
     Length(u64),
     Chunked(Chunked),
@@ -646,19 +699,21 @@ enum Decoder {
 }
 
 #[derive(Debug)]
-enum Chunked {
+pub(crate) enum Chunked {
     Size,
     Data(u64),
     DataEnd,
-    /// The trailer fields so far, and how many bytes they took.
+    /// The trailer fields so far (boxed, and made at the first: a decoder
+    /// sits in every body, and few bodies have trailers), and how many
+    /// bytes they took.
     Trailers {
         seen: usize,
-        fields: HeaderMap,
+        fields: Option<Box<HeaderMap>>,
     },
 }
 
 /// What the buffer gave.
-enum Step {
+pub(crate) enum Step {
     Data(Bytes),
     /// The trailer fields after the last chunk: the body's end.
     Trailers(HeaderMap),
@@ -667,12 +722,17 @@ enum Step {
 }
 
 impl Decoder {
-    fn is_ended(&self) -> bool {
+    pub(crate) fn chunked() -> Decoder {
+        Decoder::Chunked(Chunked::Size)
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
         matches!(self, Decoder::Ended | Decoder::Length(0))
     }
 
-    /// The next piece of body in `read`.
-    fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
+    /// The next piece of body in `read`. Its only errors are
+    /// [`Error::Protocol`].
+    pub(crate) fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
         match self {
             Decoder::Ended | Decoder::Length(0) => {
                 *self = Decoder::Ended;
@@ -714,7 +774,7 @@ impl Chunked {
                     *self = if size == 0 {
                         Chunked::Trailers {
                             seen: 0,
-                            fields: HeaderMap::new(),
+                            fields: None,
                         }
                     } else {
                         Chunked::Data(size)
@@ -749,16 +809,14 @@ impl Chunked {
                         return Ok(Step::NeedMore);
                     };
                     if line.is_empty() {
-                        let fields = std::mem::take(fields);
-                        return Ok(if fields.is_empty() {
-                            Step::End
-                        } else {
-                            Step::Trailers(fields)
+                        return Ok(match fields.take() {
+                            Some(fields) => Step::Trailers(*fields),
+                            None => Step::End,
                         });
                     }
                     *seen += line.len() + 2;
                     let (name, value) = trailer_field(&line)?;
-                    fields.append(name, value);
+                    fields.get_or_insert_default().append(name, value);
                 }
             }
         }
@@ -1049,10 +1107,6 @@ mod tests {
         }
     }
 
-    fn chunked() -> Decoder {
-        Decoder::Chunked(Chunked::Size)
-    }
-
     proptest! {
         /// Any body cut into any chunks, with extensions and trailers, read
         /// in any pieces, comes out whole with its trailers, and the bytes
@@ -1081,7 +1135,7 @@ mod tests {
                 wire.extend_from_slice(b"x-checksum: abc\r\n");
             }
             wire.extend_from_slice(b"\r\nHTTP/1.1 200 OK\r\n");
-            let (decoded, left) = decode(chunked(), &wire, &pieces).unwrap();
+            let (decoded, left) = decode(Decoder::chunked(), &wire, &pieces).unwrap();
             let mut expected = body.clone();
             if trailer {
                 expected.extend_from_slice(b"<trailers x-checksum>");
@@ -1113,22 +1167,22 @@ mod tests {
             b"\r\n",
             b"10000000000000000\r\n",
         ] {
-            let e = decode(chunked(), wire, &[100]).unwrap_err();
+            let e = decode(Decoder::chunked(), wire, &[100]).unwrap_err();
             assert!(e.is_protocol(), "{:?}: {e}", String::from_utf8_lossy(wire));
         }
         let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
-        assert!(decode(chunked(), long_line.as_bytes(), &[100])
+        assert!(decode(Decoder::chunked(), long_line.as_bytes(), &[100])
             .unwrap_err()
             .is_protocol());
         let mut trailers = b"0\r\n".to_vec();
         while trailers.len() <= MAX_TRAILER_BYTES {
             trailers.extend_from_slice(b"x-pad: 0123456789012345678901234567890123456789\r\n");
         }
-        assert!(decode(chunked(), &trailers, &[1000])
+        assert!(decode(Decoder::chunked(), &trailers, &[1000])
             .unwrap_err()
             .is_protocol());
         let bad_trailer = b"0\r\nno colon here\r\n\r\n";
-        assert!(decode(chunked(), bad_trailer, &[100])
+        assert!(decode(Decoder::chunked(), bad_trailer, &[100])
             .unwrap_err()
             .is_protocol());
     }
@@ -1136,7 +1190,7 @@ mod tests {
     #[test]
     fn a_body_cut_short_needs_more() {
         assert!(matches!(
-            decode(chunked(), b"5\r\nab", &[100]),
+            decode(Decoder::chunked(), b"5\r\nab", &[100]),
             Err(Error::Incomplete(_))
         ));
         assert!(matches!(

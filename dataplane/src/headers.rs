@@ -5,8 +5,9 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// The fixed hop-by-hop set; `Connection` must stay first.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// The hop-by-hop fields, each with its bit in a [`scan`] result.
+/// `Connection` must stay first: it names more fields to remove.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -14,7 +15,42 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
 ];
+const CONNECTION_BIT: u16 = 1 << 0;
+const TE_BIT: u16 = 1 << 7;
+const UPGRADE_BIT: u16 = 1 << 8;
+/// The fields removed whatever their value: all but `Connection` (it
+/// names more), `TE` (kept as `trailers`) and `Upgrade` (kept when
+/// upgrading).
+const ALWAYS_REMOVED: u16 = 0b0111_1110;
+
+/// Which hop-by-hop fields `headers` has, one bit each (the index in
+/// [`HOP_BY_HOP`]). Names are matched by length and bytes: map keys are
+/// lowercase, and most messages have none of these, so this one pass is
+/// all a message usually costs (comparing `HeaderName`s or looking each
+/// field up would cost a hash or a comparison per rule and field).
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut present = 0;
+    for name in headers.keys() {
+        let name = name.as_str().as_bytes();
+        let index = match name.len() {
+            2 if name == b"te" => 7,
+            7 if name == b"trailer" => 5,
+            7 if name == b"upgrade" => 8,
+            10 if name == b"connection" => 0,
+            10 if name == b"keep-alive" => 1,
+            16 if name == b"proxy-connection" => 2,
+            17 if name == b"transfer-encoding" => 6,
+            18 if name == b"proxy-authenticate" => 3,
+            19 if name == b"proxy-authorization" => 4,
+            _ => continue,
+        };
+        present |= 1 << index;
+    }
+    present
+}
 
 /// True when a request asks to switch to WebSocket: it carries `Upgrade:
 /// websocket` and `Connection: upgrade`. Other upgrades (`h2c` above all)
@@ -22,19 +58,35 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// any path on the upstream, past the prefix, the dot-segment check and the
 /// body limit. Their `Upgrade` header is removed like any hop-by-hop one.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    if !headers.contains_key(header::UPGRADE) {
+        return false;
+    }
     let websocket =
         list_tokens(headers.get_all(header::UPGRADE)).any(|t| t.eq_ignore_ascii_case("websocket"));
     websocket && connection_has(headers, "upgrade")
 }
 
 pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    list_tokens(headers.get_all(header::CONNECTION)).any(|t| t.eq_ignore_ascii_case(token))
+    has_token(headers.get_all(header::CONNECTION), token)
+}
+
+/// Whether a list-valued field has `token` (ASCII case ignored), compared
+/// as bytes: nothing is decoded for the common one-token values.
+pub(crate) fn has_token<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+    token: &str,
+) -> bool {
+    values.into_iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 /// The comma-separated tokens of a list-valued field, trimmed. Values are
 /// split as bytes, not through `to_str`, so a non-ASCII byte in one token
 /// cannot hide the others (and with them a field `Connection` names).
-fn list_tokens<'a>(
+pub(crate) fn list_tokens<'a>(
     values: impl IntoIterator<Item = &'a HeaderValue>,
 ) -> impl Iterator<Item = &'a str> {
     values
@@ -49,25 +101,13 @@ fn list_tokens<'a>(
 /// `Transfer-Encoding`, and `Upgrade` unless `upgrading`. When upgrading,
 /// `Upgrade` stays and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    // One pass over the names first: most messages carry nothing
-    // hop-by-hop, or only `Connection: keep-alive`, and a lookup per rule
-    // would cost more than the whole scan.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present |= 1 << i;
-        } else if name == header::TE {
-            present |= TE_BIT;
-        } else if name == header::UPGRADE {
-            present |= UPGRADE_BIT;
-        }
-    }
-    if present & 1 != 0 {
-        // `Connection` (index 0) names more headers to remove. Its tokens
-        // are nearly always `keep-alive` or `close`, which name nothing
-        // else present: each is looked for among the few names the message
-        // has rather than parsed into a name and hashed, and nothing is
-        // allocated unless one is found.
+    let present = scan(headers);
+    if present & CONNECTION_BIT != 0 {
+        // `Connection` names more headers to remove. Its tokens are nearly
+        // always `keep-alive` or `close`, which name nothing else present:
+        // each is looked for among the few names the message has rather
+        // than parsed into a name and hashed, and nothing is allocated
+        // unless one is found.
         let mut named = Vec::new();
         for token in list_tokens(headers.get_all(header::CONNECTION)) {
             if upgrading && token.eq_ignore_ascii_case("upgrade") {
@@ -85,8 +125,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
-        if present & (1 << i) != 0 {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & ALWAYS_REMOVED & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -105,9 +145,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         headers.remove(header::UPGRADE);
     }
 }
-
-const TE_BIT: u16 = 1 << 14;
-const UPGRADE_BIT: u16 = 1 << 15;
 
 /// A `text/event-stream` response gets `X-Accel-Buffering: no` and
 /// `Cache-Control: no-cache` unless the upstream set them, so buffering
@@ -177,6 +214,24 @@ mod tests {
         let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
         v.sort();
         v
+    }
+
+    /// The byte match in `scan` and the name table agree, bit by bit, and
+    /// end-to-end names (of the same lengths too) set no bit.
+    #[test]
+    fn scan_finds_each_hop_by_hop_name_at_its_bit() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = map(&[("content-type", "x"), ("tea", "x"), ("trailers", "x")]);
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            assert_eq!(scan(&h), 1 << i, "{name}");
+        }
+        let h = map(&[
+            ("tx", "x"),
+            ("referer", "x"),
+            ("user-agent", "x"),
+            ("x-request-id-abcdef", "x"),
+        ]);
+        assert_eq!(scan(&h), 0);
     }
 
     /// The fixed hop-by-hop set goes; end-to-end headers stay.

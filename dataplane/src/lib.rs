@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod file_source;
 pub mod h1;
+pub mod h1_server;
 pub mod headers;
 pub mod metrics;
 pub mod ops;

@@ -15,7 +15,6 @@
 //! through `Authority`'s byte-by-byte lowercasing `Hash` (see [`HostKey`]);
 //! on this path that was a fifth of our user-space instructions.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fnv::FnvHashMap;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -156,7 +156,8 @@ struct Inner<B> {
     h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     budget: BudgetLimits,
-    hosts: Mutex<HashMap<HostKey, Arc<Host<B>>>>,
+    /// FNV: keys are the configured upstream hosts, none a client picks.
+    hosts: Mutex<FnvHashMap<HostKey, Arc<Host<B>>>>,
 }
 
 impl<B> Inner<B> {
@@ -251,7 +252,7 @@ impl<B: SendBody> Pool<B> {
             h2,
             idle_timeout,
             budget,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::default(),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }

@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::request::Parts;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
-use crate::body::{BodyFailure, FailureSlot, ProxyBody, RequestBody};
+use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
 use crate::error::{chain, classify_send_error, ProxyError, SendFailure};
 use crate::headers;
 use crate::metrics::UpstreamErrorKind;
@@ -59,7 +57,7 @@ impl Proxy {
     /// 1000 connections).
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
     ) -> Forward<impl Future<Output = SendResult<RequestBody>>> {
         match self.send(req, client, Instant::now()) {
@@ -77,7 +75,7 @@ impl Proxy {
     /// match a mapping, rewrite the request and start its send.
     fn send(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
         start: Instant,
     ) -> Result<
@@ -107,7 +105,6 @@ impl Proxy {
             }
         }
         let upgrading = headers::is_upgrade_request(req.headers());
-        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let (body, body_failure) =
             RequestBody::new(body, self.idle_timeout, self.max_request_body, &route.stats);
@@ -127,7 +124,7 @@ impl Proxy {
             proxy: self,
             route,
             record,
-            client_upgrade,
+            upgrading,
         };
         Ok((head, in_flight))
     }
@@ -170,8 +167,8 @@ pub struct InFlight {
     proxy: Arc<Proxy>,
     route: Arc<Route>,
     record: RequestRecord,
-    /// The client side of an upgrade, when the request asked for one.
-    client_upgrade: Option<OnUpgrade>,
+    /// The client asked to switch protocols (WebSocket).
+    upgrading: bool,
 }
 
 impl InFlight {
@@ -198,7 +195,7 @@ impl InFlight {
             proxy,
             route,
             mut record,
-            client_upgrade,
+            upgrading,
         } = self;
         let response = match sent {
             Some(Ok(sent)) => sent,
@@ -230,20 +227,19 @@ impl InFlight {
 
         record.head(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                match body.into_upgraded() {
-                    Some(upstream) => {
-                        proxy
-                            .tunnels
-                            .spawn(client_upgrade, upstream, route.prefix.clone())
-                    }
-                    None => debug!(prefix = %route.prefix, "a 101 without its connection"),
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrading {
+            // The listener joins the two connections once the client has
+            // the 101.
+            let body = match body.into_upgraded() {
+                Some(upstream) => ProxyBody::tunnel(upstream, route.prefix.clone()),
+                None => {
+                    debug!(prefix = %route.prefix, "a 101 without its connection");
+                    ProxyBody::empty()
                 }
-                record.finish(Outcome::Completed);
-                headers::strip_hop_by_hop(&mut parts.headers, true);
-                return Ok(Response::from_parts(parts, ProxyBody::empty()));
-            }
+            };
+            record.finish(Outcome::Completed);
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, body));
         }
         headers::strip_hop_by_hop(&mut parts.headers, false);
         headers::mark_event_stream(&mut parts.headers);
@@ -355,7 +351,7 @@ impl<S: Future> Future for AwaitHead<S> {
 
 /// Never an open proxy: CONNECT (405), absolute-form targets and anything
 /// that is not an origin-form path (400), and dot segments (400).
-fn refuse_foreign_targets(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn refuse_foreign_targets<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
@@ -380,7 +376,7 @@ fn refuse_foreign_targets(req: &Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)?
         .to_str()
@@ -428,7 +424,7 @@ mod tests {
     /// bytes.
     #[test]
     fn the_per_connection_request_future_stays_small() {
-        let size = size_of_output(|proxy: Arc<Proxy>, req: Request<Incoming>| {
+        let size = size_of_output(|proxy: Arc<Proxy>, req: Request<ClientBody>| {
             proxy.handle(req, SocketAddr::from(([127, 0, 0, 1], 1)))
         });
         assert!(size <= 1024, "request future is {size} bytes");

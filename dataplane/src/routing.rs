@@ -6,10 +6,10 @@
 //! depth (capped by the deepest configured prefix), never on how many
 //! mappings there are.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use apiproxy_shared::{validate_mapping, Target};
+use fnv::FnvHashMap;
 use http::{HeaderValue, Uri};
 use tracing::warn;
 
@@ -35,7 +35,10 @@ pub struct Route {
 /// An immutable set of routes; replaced whole, never edited.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    routes: HashMap<Arc<str>, Arc<Route>>,
+    /// FNV, not SipHash: keys are the operator's prefixes, never a
+    /// client's, so there is no table to flood, and a probe per path
+    /// segment costs a fraction of SipHash's on short keys.
+    routes: FnvHashMap<Arc<str>, Arc<Route>>,
     /// Segments in the deepest prefix: longer paths start probing there.
     max_depth: usize,
     pub version: u64,

@@ -1,5 +1,6 @@
-//! The proxy listener: accepts connections, serves HTTP/1.1 and h2c (prior
-//! knowledge) on the same port, and drains on shutdown.
+//! The proxy listener: accepts connections, serves HTTP/1.1 (our own,
+//! `h1_server.rs`) and h2c with prior knowledge (hyper's) on the same
+//! port, and drains on shutdown.
 
 use std::future::Future;
 use std::io;
@@ -8,7 +9,7 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,16 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::body::ClientBody;
+use crate::h1_server::{self, MAX_HEAD_BYTES};
 use crate::proxy::Proxy;
 use crate::write_stall::WriteStallTimeout;
 
-/// Slowest a client may be in sending its first byte (we keep this one),
-/// and then each request head (hyper keeps that, also between keep-alive
-/// requests).
+/// Slowest a client may be in sending its first byte, and then each
+/// request head, also between keep-alive requests.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest HTTP/1 request head (request line and headers); larger gets 431.
-/// API requests carry a few short headers; nginx allows 32 KiB by default.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// HTTP/2 streams one client connection may have open at once.
 const H2_MAX_STREAMS: u32 = 256;
 /// Streams a client may reset before they are served, at any one time.
@@ -44,23 +43,13 @@ const PREFACE_RETRY: Duration = Duration::from_millis(5);
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// The two protocol builders, made once and shared by every connection.
+/// hyper's HTTP/2 server, configured once and shared by every connection.
 struct Builders {
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new() -> Builders {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            // Exact, checked by the parser; the buffer limit alone is only
-            // approximate (one read may take in a whole oversized head).
-            .max_header_size(MAX_HEAD_BYTES)
-            .max_buf_size(MAX_HEAD_BYTES)
-            // One write per response is cheaper than writev for small bodies.
-            .writev(false);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
@@ -73,7 +62,7 @@ impl Builders {
             // A peer that went away without a FIN is found and closed.
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
-        Builders { h1, h2 }
+        Builders { h2 }
     }
 }
 
@@ -150,36 +139,34 @@ async fn connection(
             Err(error) => return debug!(%peer, %error, "connection closed before a request"),
         },
     };
+    if !h2 {
+        let served = h1_server::serve(stream, peer, proxy, &shutdown, HEADER_READ_TIMEOUT).await;
+        if let Err(error) = served {
+            debug!(%peer, %error, "connection ended with an error");
+        }
+        return;
+    }
     // A client that stops reading gets the same grace as a silent body.
     let io = TokioIo::new(WriteStallTimeout::new(stream, proxy.idle_timeout));
-    let service = service_fn(move |req| proxy.clone().handle(req, peer));
-    let served = if h2 {
-        let conn = builders.h2.serve_connection(io, service);
-        // Boxed: HTTP/2 state is large, and HTTP/1 connections (nearly
-        // all of them) should not carry its size in their task.
-        Box::pin(until_closed(
-            conn,
-            &shutdown,
-            http2::Connection::graceful_shutdown,
-        ))
-        .await
-    } else {
-        let conn = builders.h1.serve_connection(io, service).with_upgrades();
-        until_closed(
-            conn,
-            &shutdown,
-            http1::UpgradeableConnection::graceful_shutdown,
-        )
-        .await
-    };
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        proxy.clone().handle(req.map(ClientBody::H2), peer)
+    });
+    let conn = builders.h2.serve_connection(io, service);
+    // Boxed: HTTP/2 state is large, and HTTP/1 connections (nearly all of
+    // them) should not carry its size in their task.
+    let served = Box::pin(until_closed(
+        conn,
+        &shutdown,
+        http2::Connection::graceful_shutdown,
+    ))
+    .await;
     if let Err(error) = served {
         debug!(%peer, %error, "connection ended with an error");
     }
 }
 
-/// Drives `conn` to its end. On shutdown it is asked to finish the request
-/// in flight and close (HTTP/1), or to send GOAWAY and finish its streams
-/// (HTTP/2).
+/// Drives an HTTP/2 connection to its end. On shutdown it sends GOAWAY
+/// and finishes the streams it has.
 async fn until_closed<C>(
     conn: C,
     shutdown: &CancellationToken,

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-
 use crate::h1::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,20 +34,19 @@ impl Tunnels {
         }
     }
 
-    /// `upstream`: the upstream connection, already switched.
-    pub fn spawn(&self, client: OnUpgrade, upstream: Upgraded, prefix: Arc<str>) {
+    /// `client` and `upstream`: both connections, already switched.
+    pub fn spawn<C>(&self, client: C, upstream: Upgraded, prefix: Arc<str>)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let idle = self.idle_timeout;
         let abort = self.abort.clone();
         let span = tracing::debug_span!("tunnel", %prefix);
         self.tracker.spawn(
             async move {
-                let client = match client.await {
-                    Ok(client) => client,
-                    Err(error) => return debug!(%error, "upgrade failed"),
-                };
                 let activity = Arc::new(AtomicU64::new(0));
                 let origin = Instant::now();
-                let mut client = Watched { io: TokioIo::new(client), activity: activity.clone(), origin };
+                let mut client = Watched { io: client, activity: activity.clone(), origin };
                 let mut upstream = Watched { io: upstream, activity: activity.clone(), origin };
                 tokio::select! {
                     result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {

@@ -309,6 +309,31 @@ async fn client_aborts_before_the_head() {
     dp.assert_fds_return_to(baseline).await;
 }
 
+/// The LLM case: the prompt went up whole, the generation has not begun,
+/// and the client leaves. The request body gave the connection's read
+/// side back, and the close is seen there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_aborts_after_its_body_before_the_head() {
+    let (up, mut closed) = scripted(|s: TcpStream| async move { Some(s) }).await;
+    let dp = DataPlane::start(&one_mapping("/a", &up.url()), &[]);
+    let baseline = dp.open_fds();
+    let mut client = TcpStream::connect(dp.addr).await.unwrap();
+    client
+        .write_all(b"POST /a/x HTTP/1.1\r\nHost: t\r\ncontent-length: 11\r\n\r\n{\"prompt\":1}")
+        .await
+        .unwrap();
+    up.wait_accepted(1).await;
+    // Let the body reach the upstream first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = Instant::now();
+    drop(client);
+    assert_closed_within_a_second(&mut closed, left).await;
+    dp.wait_metric(r#"apiproxy_client_cancelled_total{prefix="/a"}"#, 1.0)
+        .await;
+    assert_eq!(dp.metric("apiproxy_inflight_requests").await, 0.0);
+    dp.assert_fds_return_to(baseline).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_aborts_mid_stream() {
     // The upstream sends one event, then goes quiet: the proxy must notice
