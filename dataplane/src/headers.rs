@@ -104,18 +104,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     let present = scan(headers);
     if present & CONNECTION_BIT != 0 {
         // `Connection` names more headers to remove. Its tokens are nearly
-        // always `keep-alive` or `close`, which name nothing else present:
-        // each is looked for among the few names the message has rather
-        // than parsed into a name and hashed, and nothing is allocated
-        // unless one is found.
+        // always `keep-alive` (a field removed anyway) or `close`: each is
+        // compared as bytes with the few names the message has rather than
+        // parsed into a name and hashed, and nothing is allocated unless
+        // one is found.
         let mut named = Vec::new();
-        for token in list_tokens(headers.get_all(header::CONNECTION)) {
-            if upgrading && token.eq_ignore_ascii_case("upgrade") {
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .into_iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii);
+        for token in tokens {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || (upgrading && token.eq_ignore_ascii_case(b"upgrade"))
+            {
                 continue;
             }
             if let Some(name) = headers
                 .keys()
-                .find(|name| name.as_str().eq_ignore_ascii_case(token))
+                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
             {
                 named.push(name.clone());
             }
