@@ -38,26 +38,25 @@ pub struct BudgetLimits {
 }
 
 impl BudgetLimits {
-    /// 32 places: at 1000 clients and a fast upstream the proxy served as
-    /// many requests a second with 32 in flight as with 128, at less CPU
-    /// per request, and held 6–7 MiB less: the upstream connections and
-    /// their send states (docs/BENCHMARKS.md, "Memory at 1000
-    /// connections"). The price is for hosts that answer in under 20 ms:
-    /// one node sends such a host at most 32 ÷ its latency requests a
-    /// second (6,400 at 5 ms) before requests start to wait.
+    /// 1024 places, as many as Envoy's default circuit breakers allow a
+    /// cluster: the budget is a guard against a flood of connections, not
+    /// a throttle. With our own HTTP/1.1 client and listener an upstream
+    /// request in flight costs a few KiB, and the queue was what cost: at
+    /// 1000 clients and an upstream on a busy CPU, 32 places served 0.79–0.80×
+    /// nginx's requests a second while the proxy sat partly idle, 128 and
+    /// 256 places 0.85–0.88× at more CPU per request than nginx (queued
+    /// requests wait on the semaphore and a timer each), and 1024 places
+    /// 0.96–0.99× at 23–25 MiB (docs/BENCHMARKS.md, "Upstream budget,
+    /// second pass"). One node sends a host at most 1024 ÷ its latency
+    /// requests a second before requests wait, and at most 51,200 a second
+    /// of slow requests (each holds its place 20 ms).
     ///
     /// 20 ms: a request slower than that is not one a queue helps, and it
-    /// keeps the budget out of the way of remote APIs. Still, each slow
-    /// request holds its place that long, so one node sends one host at
-    /// most 1,600 requests a second (all clients and API keys together)
-    /// before requests wait; beyond that, spread the load over more nodes
-    /// (the limits are not configurable).
+    /// keeps the budget out of the way of remote APIs.
     ///
-    /// 500 ms: the most a burst of slow requests can delay another; a fast
-    /// upstream's queue at 1000 clients (968 requests at about 10,000 a
-    /// second) drains in about 100 ms.
+    /// 500 ms: the most a burst of requests can be delayed by the budget.
     pub const DEFAULT: BudgetLimits = BudgetLimits {
-        places: 32,
+        places: 1024,
         hold: Duration::from_millis(20),
         queue: Duration::from_millis(500),
     };

@@ -41,11 +41,13 @@ use crate::upstream::Conn;
 const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Most fields in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
-/// The first read of a response takes up to this much; reads that fill the
+/// The first read of a response takes up to this much (a head and a small
+/// body; nginx's `proxy_buffer_size` is 4 KiB too); reads that fill the
 /// buffer double it, up to `MAX_READ`: big streams move in big reads (128
 /// KiB reads made a 512 MiB download 14% slower than hyper's client, whose
-/// reads grow to about 400 KiB).
-pub(crate) const INIT_READ: usize = 8 * 1024;
+/// reads grow to about 400 KiB). Every request in flight holds one such
+/// buffer, so its size is memory at 1000 connections.
+const INIT_READ: usize = 4 * 1024;
 const MAX_READ: usize = 512 * 1024;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;

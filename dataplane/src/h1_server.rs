@@ -61,6 +61,11 @@ const HIGH_WATER: usize = 64 * 1024;
 const COPY_UP_TO: usize = 16 * 1024;
 /// Segments handed to one vectored write.
 const MAX_IOVS: usize = 32;
+/// The first read of a request takes up to this much, like nginx's
+/// `client_header_buffer_size` (1 KiB): API request heads are a few
+/// hundred bytes. Bodies grow the reads (doubling, as the upstream
+/// client's do). Every client connection holds one such buffer.
+const INIT_READ: usize = 2 * 1024;
 
 /// Why a client connection ended other than by a clean close.
 #[derive(Debug, thiserror::Error)]
@@ -471,7 +476,7 @@ impl Inbound {
         Inbound {
             io,
             read: BytesMut::new(),
-            read_size: h1::INIT_READ,
+            read_size: INIT_READ,
         }
     }
 
@@ -494,10 +499,10 @@ impl Inbound {
 
     /// Between requests: a buffer grown for a big upload is let go.
     fn rest(&mut self) {
-        if self.read.is_empty() && self.read.capacity() > 2 * h1::INIT_READ {
+        if self.read.is_empty() && self.read.capacity() > 2 * INIT_READ {
             self.read = BytesMut::new();
         }
-        self.read_size = h1::INIT_READ;
+        self.read_size = INIT_READ;
     }
 }
 
@@ -681,7 +686,7 @@ impl Out {
         Out {
             io,
             segments: VecDeque::new(),
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
             queued: 0,
         }
     }
@@ -710,6 +715,18 @@ impl Out {
     /// The status line and fields, with the framing field and `Date` when
     /// missing, and `Connection` as `keep_alive` needs.
     fn head(&mut self, parts: &Parts, framing: Framing, keep_alive: bool, http10: bool) {
+        // Room for the head and a body small enough to be copied behind
+        // it, so they leave in one write without the buffer growing.
+        let fields: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let body = match framing {
+            Framing::Length(n) if n as usize <= COPY_UP_TO => n as usize,
+            _ => 0,
+        };
+        self.buf.reserve(fields + body + 128);
         let before = self.buf.len();
         let buf = &mut self.buf;
         buf.extend_from_slice(b"HTTP/1.1 ");
