@@ -688,6 +688,13 @@ fn framing(
     })
 }
 
+/// A body's next frame, as its decoder found it.
+pub(crate) enum Next {
+    Frame(Frame<Bytes>),
+    End,
+    NeedMore,
+}
+
 /// Where a body is, in the message it frames (the listener's request
 /// bodies use it too).
 #[derive(Debug)]
@@ -715,7 +722,7 @@ pub(crate) enum Chunked {
 }
 
 /// What the buffer gave.
-pub(crate) enum Step {
+enum Step {
     Data(Bytes),
     /// The trailer fields after the last chunk: the body's end.
     Trailers(HeaderMap),
@@ -728,13 +735,24 @@ impl Decoder {
         Decoder::Chunked(Chunked::Size)
     }
 
+    /// The body's next frame in `read`; after a frame, [`Self::is_ended`]
+    /// tells whether it was the last. Its only errors are
+    /// [`Error::Protocol`].
+    pub(crate) fn next(&mut self, read: &mut BytesMut) -> Result<Next, Error> {
+        Ok(match self.step(read)? {
+            Step::Data(data) => Next::Frame(Frame::data(data)),
+            Step::Trailers(fields) => Next::Frame(Frame::trailers(fields)),
+            Step::End => Next::End,
+            Step::NeedMore => Next::NeedMore,
+        })
+    }
+
     pub(crate) fn is_ended(&self) -> bool {
         matches!(self, Decoder::Ended | Decoder::Length(0))
     }
 
-    /// The next piece of body in `read`. Its only errors are
-    /// [`Error::Protocol`].
-    pub(crate) fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
+    /// The next piece of body in `read`.
+    fn step(&mut self, read: &mut BytesMut) -> Result<Step, Error> {
         match self {
             Decoder::Ended | Decoder::Length(0) => {
                 *self = Decoder::Ended;
@@ -968,23 +986,19 @@ where
             }
         }
         loop {
-            match this.decoder.step(&mut conn.read) {
-                Ok(Step::Data(data)) => {
+            match this.decoder.next(&mut conn.read) {
+                Ok(Next::Frame(frame)) => {
                     if this.decoder.is_ended() {
                         this.end();
                     }
-                    this.gave_data = true;
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    this.gave_data = frame.is_data();
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Ok(Step::Trailers(fields)) => {
-                    this.end();
-                    return Poll::Ready(Some(Ok(Frame::trailers(fields))));
-                }
-                Ok(Step::End) => {
+                Ok(Next::End) => {
                     this.end();
                     return Poll::Ready(None);
                 }
-                Ok(Step::NeedMore) => {}
+                Ok(Next::NeedMore) => {}
                 Err(e) => return this.fail(e, cx),
             }
             match conn.poll_fill(cx) {
@@ -1032,14 +1046,21 @@ impl<B> Drop for ResponseBody<B> {
     }
 }
 
-/// An upgraded upstream connection: the bytes read past the 101 head
-/// first, then the socket.
-pub struct Upgraded {
+/// A connection switched to another protocol (after a 101): the bytes
+/// already read past the HTTP head first, then the socket. The upstream's
+/// by default; the listener makes the client's.
+pub struct Upgraded<T = Box<Io>> {
     read_ahead: Bytes,
-    io: Box<Io>,
+    io: T,
 }
 
-impl AsyncRead for Upgraded {
+impl<T> Upgraded<T> {
+    pub(crate) fn new(read_ahead: Bytes, io: T) -> Upgraded<T> {
+        Upgraded { read_ahead, io }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Upgraded<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1054,7 +1075,7 @@ impl AsyncRead for Upgraded {
     }
 }
 
-impl AsyncWrite for Upgraded {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Upgraded<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

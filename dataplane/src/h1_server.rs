@@ -34,7 +34,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::response::Parts;
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::ProxyError;
-use crate::h1::{self, Decoder, Step};
+use crate::h1::{self, Decoder, Next, Upgraded};
 use crate::headers::{has_token, list_tokens};
 use crate::proxy::Proxy;
 use crate::write_stall::WriteStallTimeout;
@@ -181,11 +181,13 @@ pub async fn serve(
             // The tunnel needs the client's read side: a request with an
             // unread body has none to give.
             if let (Some((upstream, prefix)), Some(reader)) = (body.take_tunnel(), inbound.take()) {
-                let client = ClientIo {
-                    inbound: reader,
-                    out: out.io,
-                };
-                proxy.tunnels.spawn(client, upstream, prefix);
+                // Whole again, with what the client sent past its head read
+                // first. (The tunnel's idle timeout covers a client that
+                // stops reading; the write-stall wrapper is not needed.)
+                if let Ok(stream) = reader.io.reunite(out.io.into_inner()) {
+                    let client = Upgraded::new(reader.read.freeze(), stream);
+                    proxy.tunnels.spawn(client, upstream, prefix);
+                }
             }
             return Ok(());
         }
@@ -581,22 +583,18 @@ impl Body for RequestBody {
             let Some(inbound) = this.inbound.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.decoder.step(&mut inbound.read) {
-                Ok(Step::Data(data)) => {
+            match this.decoder.next(&mut inbound.read) {
+                Ok(Next::Frame(frame)) => {
                     if this.decoder.is_ended() {
                         this.end();
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Ok(Step::Trailers(fields)) => {
-                    this.end();
-                    return Poll::Ready(Some(Ok(Frame::trailers(fields))));
-                }
-                Ok(Step::End) => {
+                Ok(Next::End) => {
                     this.end();
                     return Poll::Ready(None);
                 }
-                Ok(Step::NeedMore) => {}
+                Ok(Next::NeedMore) => {}
                 Err(h1::Error::Protocol(what)) => return this.fail(BodyError::Framing(what)),
                 Err(other) => return this.fail(BodyError::Framing(other.to_string())),
             }
@@ -939,48 +937,6 @@ fn http_date() -> [u8; 29] {
         cached.set((second, date));
         date
     })
-}
-
-/// The client's connection after a 101, for the tunnel: what it sent past
-/// its request head is read first.
-pub struct ClientIo {
-    inbound: Inbound,
-    out: WriteStallTimeout<OwnedWriteHalf>,
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let read = &mut self.inbound.read;
-        if !read.is_empty() {
-            let n = read.len().min(buf.remaining());
-            buf.put_slice(&read[..n]);
-            read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inbound.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.out).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.out).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.out).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ impl<S> WriteStallTimeout<S> {
         }
     }
 
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Tracks a write's result: `Pending` starts the deadline (once per
     /// stall) and fails once it has passed; progress ends the stall.
     fn track<T>(

@@ -14,6 +14,17 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The next bytes from `stream` (a few seconds at most; none is a failure).
+async fn read_some(stream: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .expect("read");
+    assert!(n > 0, "closed before {what}");
+    buf[..n].to_vec()
+}
+
 /// Reads one response with a Content-Length: its head and its body.
 async fn read_response(stream: &mut TcpStream) -> (String, String) {
     let mut got = Vec::new();
@@ -21,17 +32,7 @@ async fn read_response(stream: &mut TcpStream) -> (String, String) {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
         }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("a response head in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before a whole head: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
+        got.extend(read_some(stream, "a whole response head").await);
     };
     let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
     let length: usize = head
@@ -43,13 +44,7 @@ async fn read_response(stream: &mut TcpStream) -> (String, String) {
         .unwrap();
     let mut body = got[head_end..].to_vec();
     while body.len() < length {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("the body in time")
-            .expect("read");
-        assert!(n > 0, "closed inside the body");
-        body.extend_from_slice(&buf[..n]);
+        body.extend(read_some(stream, "the whole body").await);
     }
     assert_eq!(body.len(), length, "bytes past the body: {head}");
     (head, String::from_utf8(body).unwrap())
