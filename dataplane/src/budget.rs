@@ -19,11 +19,14 @@
 //! a request, and never delays one by more than the queue limit.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tracing::debug;
 
 /// The limits of one host's budget.
@@ -84,34 +87,27 @@ impl Budget {
 
     /// Runs the request `start` makes (a send up to its response head) once
     /// it has a place, or once it has waited the queue limit; the place is
-    /// given up when the request ends or after the hold limit.
+    /// given up when the request ends, or by whoever polls it once
+    /// [`Held::hold_until`] has passed (the proxy's [`AwaitHead`], with
+    /// the timer it keeps anyway for the response-header deadline).
     ///
-    /// The request is made here, not passed in: a future passed in would be
-    /// stored twice in this one (as the argument and once pinned), and it
-    /// lives in every client connection's state. For the same reason this
-    /// is not an `async fn`, which would keep `start` twice (with a
-    /// 400-byte closure: 1,160 bytes as an `async fn`, 712 as this block).
-    #[allow(clippy::manual_async_fn)]
-    pub fn run<F: Future>(self, start: impl FnOnce() -> F) -> impl Future<Output = F::Output> {
-        async move {
-            let place = self.enter().await;
-            // One path for both cases, so the request is stored once.
-            let mut request = pin!(start());
-            if let Some(place) = place {
-                tokio::select! {
-                    biased;
-                    out = &mut request => return out,
-                    _ = tokio::time::sleep(self.limits.hold) => drop(place),
-                }
-            }
-            request.await
+    /// The request is made here, not passed in: a request waiting in the
+    /// queue holds only this, not the send.
+    ///
+    /// [`AwaitHead`]: crate::proxy::AwaitHead
+    pub fn run<F: Future, S: FnOnce() -> F>(self, start: S) -> Budgeted<F, S> {
+        Budgeted {
+            budget: self,
+            start: Some(start),
+            queued: None,
+            place: None,
+            hold_until: None,
+            request: None,
         }
     }
 
-    async fn enter(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(place) = self.places.clone().try_acquire_owned() {
-            return Some(place);
-        }
+    /// Waits for a place at most the queue limit.
+    async fn queue(self) -> Option<OwnedSemaphorePermit> {
         let waited = tokio::time::timeout(self.limits.queue, self.places.clone().acquire_owned());
         match waited.await {
             Ok(place) => place.ok(),
@@ -127,9 +123,84 @@ impl Budget {
     }
 }
 
+/// A request that may hold a place in a budget, for whoever drives it.
+pub trait Held: Future {
+    /// When the request must give its place up; `None` when it has none.
+    fn hold_until(&self) -> Option<Instant>;
+
+    /// Gives the place up; the request goes on outside the budget.
+    fn leave_budget(self: Pin<&mut Self>);
+}
+
+type Queued = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
+pin_project! {
+    /// The future [`Budget::run`] returns.
+    pub struct Budgeted<F, S> {
+        budget: Budget,
+        // Makes the request; taken once it may go.
+        start: Option<S>,
+        // Waiting for a place (boxed: rare, and not every request's size).
+        queued: Option<Queued>,
+        place: Option<OwnedSemaphorePermit>,
+        hold_until: Option<Instant>,
+        #[pin]
+        request: Option<F>,
+    }
+}
+
+impl<F: Future, S: FnOnce() -> F> Future for Budgeted<F, S> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        while this.request.is_none() {
+            let place = match this.queued {
+                Some(queued) => ready!(queued.as_mut().poll(cx)),
+                None => match this.budget.places.clone().try_acquire_owned() {
+                    Ok(place) => Some(place),
+                    Err(_) => {
+                        *this.queued = Some(Box::pin(this.budget.clone().queue()));
+                        continue;
+                    }
+                },
+            };
+            *this.queued = None;
+            if place.is_some() {
+                *this.hold_until = Some(Instant::now() + this.budget.limits.hold);
+            }
+            *this.place = place;
+            let start = this.start.take().expect("a budgeted request is made once");
+            this.request.set(Some(start()));
+        }
+        let request = this
+            .request
+            .as_pin_mut()
+            .expect("budgeted request polled after it ended");
+        let out = ready!(request.poll(cx));
+        *this.place = None;
+        *this.hold_until = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future, S: FnOnce() -> F> Held for Budgeted<F, S> {
+    fn hold_until(&self) -> Option<Instant> {
+        self.hold_until
+    }
+
+    fn leave_budget(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.place = None;
+        *this.hold_until = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deadline::Timer;
+    use crate::proxy::AwaitHead;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::oneshot;
 
@@ -152,8 +223,9 @@ mod tests {
         }
     }
 
-    /// Spawns `n` requests through `budget`, in order: the senders that
-    /// finish them, and their tasks.
+    /// Spawns `n` requests through `budget`, in order, each driven as the
+    /// proxy drives its sends (which gives up a place held too long): the
+    /// senders that finish them, and their tasks.
     fn spawn_requests(
         budget: &Budget,
         started: &Arc<AtomicUsize>,
@@ -163,7 +235,13 @@ mod tests {
             .map(|_| {
                 let (tx, rx) = oneshot::channel();
                 let (budget, req) = (budget.clone(), request(started, rx));
-                (tx, tokio::spawn(async move { budget.run(|| req).await }))
+                let driven = AwaitHead::new(
+                    budget.run(|| req),
+                    Timer::new(),
+                    Duration::from_secs(3600),
+                    None,
+                );
+                (tx, tokio::spawn(async move { driven.await.unwrap() }))
             })
             .unzip()
     }

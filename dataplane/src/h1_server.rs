@@ -37,10 +37,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{ClientBody, ProxyBody};
+use crate::deadline::Timer;
 use crate::error::ProxyError;
 use crate::h1::{self, Decoder, Next, Upgraded};
 use crate::headers::{has_token, list_tokens};
@@ -141,7 +142,7 @@ pub async fn serve(
 
         // Wait for the response, writing `100 Continue` if the body asks,
         // and watching the client for a close.
-        let mut forward = pin!(proxy.clone().handle(request, client));
+        let mut forward = pin!(proxy.clone().handle(request, client, &mut head_timer.timer));
         let response = poll_fn(|cx| {
             if let Poll::Ready(Ok(response)) = forward.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
@@ -271,15 +272,16 @@ async fn read_head<F: Future<Output = ()>>(
     .await
 }
 
-/// The header-read deadline. Its timer is armed once and moved on only
-/// when it fires: a connection that serves a request every few
-/// milliseconds costs a clock read per request, not a timer set and
-/// cancelled (as hyper's did).
+/// The header-read deadline, kept with the connection's one [`Timer`]
+/// (which each request borrows for its own deadlines while the
+/// connection waits for its response): a connection that serves a
+/// request every few milliseconds costs a clock read per request, not a
+/// timer set and cancelled (as hyper's did).
 struct HeadTimer {
     timeout: Duration,
     /// When the wait for the current head began.
     start: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    timer: Timer,
 }
 
 impl HeadTimer {
@@ -287,7 +289,7 @@ impl HeadTimer {
         HeadTimer {
             timeout,
             start: None,
-            sleep: None,
+            timer: Timer::new(),
         }
     }
 
@@ -295,17 +297,7 @@ impl HeadTimer {
     /// the deadline.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = *self.start.get_or_insert_with(Instant::now) + self.timeout;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        // Armed for an earlier head, it fires early: re-arm it then.
-        while sleep.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return true;
-            }
-            sleep.as_mut().reset(deadline);
-        }
-        false
+        self.timer.poll_until(cx, deadline).is_ready()
     }
 }
 

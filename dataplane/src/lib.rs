@@ -7,6 +7,7 @@
 pub mod body;
 pub mod budget;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod file_source;
 pub mod h1;

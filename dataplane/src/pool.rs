@@ -16,7 +16,6 @@
 //! on this path that was a fifth of our user-space instructions.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -31,11 +30,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio_util::either::Either;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::budget::{Budget, BudgetLimits};
+use crate::budget::{Budget, BudgetLimits, Held};
 use crate::h1;
 use crate::upstream::{ConnectError, Connector};
 
@@ -261,34 +259,35 @@ impl<B: SendBody> Pool<B> {
     /// Sends `req` upstream within its host's budget: on a pooled
     /// connection when one is free, else on a new one. A request that a
     /// pooled connection gave back unsent (it closed at that moment) is
-    /// sent once more on a new connection.
+    /// sent once more on a new connection. Refused at once when `req`'s
+    /// URI names no scheme and host.
     ///
     /// A plain function returning the future, which owns a handle to the
     /// pool: the caller can keep it in a struct of its own, and `req` is
     /// stored once, in the closure (an `async fn` would store it twice).
-    pub fn send(&self, req: Request<B>) -> impl Future<Output = SendResult<B>> + 'static {
+    /// The caller gives the place up once its hold passes ([`Held`]).
+    pub fn send(
+        &self,
+        req: Request<B>,
+    ) -> Result<impl Held<Output = SendResult<B>> + 'static, SendError> {
         let key = match (req.uri().scheme(), req.uri().authority()) {
             (Some(scheme), Some(authority)) => HostKey {
                 scheme: scheme.clone(),
                 authority: authority.clone(),
             },
-            _ => {
-                // Not `ready(..)`: that would hold a whole response's room.
-                let error = SendError::Uri(req.uri().clone());
-                return Either::Left(async move { Err(error) });
-            }
+            _ => return Err(SendError::Uri(req.uri().clone())),
         };
         let host = self.inner.host(key);
         let budget = host.budget.clone();
         // The send is boxed, and made only once the request has its place:
         // a request waiting in the queue then holds just its own few
         // hundred bytes, not the send's kilobytes, and the send's size is
-        // not part of every client connection's state (hyper keeps one
-        // request future per connection for as long as it is open).
+        // not part of every client connection's state (its request future
+        // lives as long as the connection).
         // The future owns a handle to the pool (one more reference count
         // change per request) so that it can outlive this borrow.
         let pool = self.clone();
-        Either::Right(budget.run(move || Box::pin(pool.send_in_budget(host, req))))
+        Ok(budget.run(move || Box::pin(pool.send_in_budget(host, req))))
     }
 
     async fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> SendResult<B> {
@@ -451,7 +450,9 @@ async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deadline::Timer;
     use crate::policy::TargetPolicy;
+    use crate::proxy::AwaitHead;
     use crate::upstream::{tls_config, UpstreamSettings};
     use http_body_util::{BodyExt, Empty};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -581,9 +582,12 @@ mod tests {
         assert_eq!(counts.most_at_once.load(Ordering::SeqCst), 20);
     }
 
+    /// A GET, sent as the proxy sends (a place held too long is given up).
     async fn get(pool: &Pool<Empty<Bytes>>, uri: &Uri) -> Response<UpstreamBody<Empty<Bytes>>> {
         let req = Request::get(uri.clone()).body(Empty::new()).unwrap();
-        pool.send(req).await.unwrap()
+        let send = pool.send(req).unwrap();
+        let head = AwaitHead::new(send, Timer::new(), Duration::from_secs(60), None).await;
+        head.expect("a head in time").unwrap()
     }
 
     /// An upstream that answers the first request on each connection and
@@ -642,9 +646,9 @@ mod tests {
                 .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
                 .unwrap()
         };
-        let first = pool.send(post()).await.unwrap();
+        let first = pool.send(post()).unwrap().await.unwrap();
         first.into_body().collect().await.unwrap();
-        let second = pool.send(post()).await;
+        let second = pool.send(post()).unwrap().await;
         assert!(
             matches!(
                 second,

@@ -3,6 +3,7 @@
 //! call stays inside this future, so a client that leaves cancels it) →
 //! rewrite the response → splice an upgrade.
 
+use std::borrow::BorrowMut;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,10 +16,11 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::request::Parts;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
+use crate::budget::Held;
+use crate::deadline::Timer;
 use crate::error::{chain, classify_send_error, ProxyError, SendFailure};
 use crate::headers;
 use crate::metrics::UpstreamErrorKind;
@@ -55,12 +57,17 @@ impl Proxy {
     /// each awaited future beside the values it was made from, and this
     /// one holds each part once (864 bytes, not 3.3 KB: 2.4 MB less at
     /// 1000 connections).
-    pub fn handle(
+    ///
+    /// `timer`: the one the response-header deadline and the upstream
+    /// budget's hold are kept with; an HTTP/1 connection lends its own
+    /// (see [`Timer`]), an HTTP/2 stream owns one.
+    pub fn handle<T: BorrowMut<Timer>>(
         self: Arc<Self>,
         req: Request<ClientBody>,
         client: SocketAddr,
-    ) -> Forward<impl Future<Output = SendResult<RequestBody>>> {
-        match self.send(req, client, Instant::now()) {
+        timer: T,
+    ) -> Forward<impl Held<Output = SendResult<RequestBody>>, T> {
+        match self.send(req, client, Instant::now(), timer) {
             Ok((head, in_flight)) => Forward::Waiting {
                 head,
                 in_flight: Some(in_flight),
@@ -73,14 +80,15 @@ impl Proxy {
 
     /// Everything before the upstream answers: refuse what is not ours,
     /// match a mapping, rewrite the request and start its send.
-    fn send(
+    fn send<T: BorrowMut<Timer>>(
         self: Arc<Self>,
         req: Request<ClientBody>,
         client: SocketAddr,
         start: Instant,
+        timer: T,
     ) -> Result<
         (
-            AwaitHead<impl Future<Output = SendResult<RequestBody>>>,
+            AwaitHead<impl Held<Output = SendResult<RequestBody>>, T>,
             InFlight,
         ),
         ProxyError,
@@ -118,8 +126,18 @@ impl Proxy {
         } else {
             &self.upstream.main
         };
+        let send = match pool.send(upstream_req) {
+            Ok(send) => send,
+            // Routes always name a scheme and a host: not seen, but a 502
+            // all the same.
+            Err(err) => {
+                let e = ProxyError::upstream(UpstreamErrorKind::Connect, chain(&err));
+                log_upstream_failure(&route, &e, &err);
+                return Err(finish_with(record, e));
+            }
+        };
         let timeout = self.response_header_timeout;
-        let head = AwaitHead::new(pool.send(upstream_req), timeout, body_failure);
+        let head = AwaitHead::new(send, timer, timeout, body_failure);
         let in_flight = InFlight {
             proxy: self,
             route,
@@ -254,13 +272,13 @@ impl InFlight {
 pin_project! {
     /// The future [`Proxy::handle`] returns.
     #[project = ForwardProj]
-    pub enum Forward<S> {
+    pub enum Forward<S, T> {
         /// Answered without the upstream (refused, no mapping, too large).
         Answered { response: Option<Response<ProxyBody>> },
         /// Sent; waiting for the response head.
         Waiting {
             #[pin]
-            head: AwaitHead<S>,
+            head: AwaitHead<S, T>,
             in_flight: Option<InFlight>,
         },
         /// Answered; the send, finished or timed out, dropped.
@@ -268,7 +286,11 @@ pin_project! {
     }
 }
 
-impl<S: Future<Output = SendResult<RequestBody>>> Future for Forward<S> {
+impl<S, T> Future for Forward<S, T>
+where
+    S: Held<Output = SendResult<RequestBody>>,
+    T: BorrowMut<Timer>,
+{
     type Output = Result<Response<ProxyBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -301,24 +323,29 @@ pin_project! {
     /// response-header timeout passed first. The timeout counts from the
     /// last byte of the request body taken from the client (from the start
     /// when there is no body), so a long upload is never cut while it moves.
-    pub struct AwaitHead<S> {
+    /// It also gives up the send's upstream budget place once the hold
+    /// limit passes ([`Held`]); both deadlines are kept with one `timer`.
+    pub struct AwaitHead<S, T> {
         #[pin]
         send: S,
-        #[pin]
-        deadline: Sleep,
+        timer: T,
+        head_by: tokio::time::Instant,
         timeout: Duration,
         body: Option<FailureSlot>,
+        left_budget: bool,
     }
 }
 
-impl<S> AwaitHead<S> {
+impl<S, T> AwaitHead<S, T> {
     /// `body`: the request body's state, when it has a body.
-    fn new(send: S, timeout: Duration, body: Option<FailureSlot>) -> Self {
+    pub(crate) fn new(send: S, timer: T, timeout: Duration, body: Option<FailureSlot>) -> Self {
         AwaitHead {
             send,
-            deadline: tokio::time::sleep(timeout),
+            timer,
+            head_by: tokio::time::Instant::now() + timeout,
             timeout,
             body,
+            left_budget: false,
         }
     }
 
@@ -328,24 +355,29 @@ impl<S> AwaitHead<S> {
     }
 }
 
-impl<S: Future> Future for AwaitHead<S> {
+impl<S: Held, T: BorrowMut<Timer>> Future for AwaitHead<S, T> {
     type Output = Option<S::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(out) = this.send.poll(cx) {
+        if let Poll::Ready(out) = this.send.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        while this.deadline.as_mut().poll(cx).is_ready() {
-            let extended = this.body.as_ref().map(|b| b.last_moved() + *this.timeout);
-            match extended {
-                Some(later) if later > tokio::time::Instant::now() => {
-                    this.deadline.as_mut().reset(later)
+        loop {
+            let hold = this.send.hold_until().filter(|_| !*this.left_budget);
+            let deadline = hold.map_or(*this.head_by, |hold| hold.min(*this.head_by));
+            let now = ready!(this.timer.borrow_mut().poll_until(cx, deadline));
+            if hold.is_some_and(|hold| hold <= now) {
+                this.send.as_mut().leave_budget();
+                *this.left_budget = true;
+            }
+            if *this.head_by <= now {
+                match this.body.as_ref().map(|b| b.last_moved() + *this.timeout) {
+                    Some(later) if later > now => *this.head_by = later,
+                    _ => return Poll::Ready(None),
                 }
-                _ => return Poll::Ready(None),
             }
         }
-        Poll::Pending
     }
 }
 
@@ -410,9 +442,9 @@ mod tests {
     use super::*;
 
     /// The size of what `f` returns, without calling it.
-    fn size_of_output<F, A, B, R>(_f: F) -> usize
+    fn size_of_output<F, A, B, C, R>(_f: F) -> usize
     where
-        F: Fn(A, B) -> R,
+        F: Fn(A, B, C) -> R,
     {
         std::mem::size_of::<R>()
     }
@@ -424,13 +456,33 @@ mod tests {
     /// bytes.
     #[test]
     fn the_per_connection_request_future_stays_small() {
-        let size = size_of_output(|proxy: Arc<Proxy>, req: Request<ClientBody>| {
-            proxy.handle(req, SocketAddr::from(([127, 0, 0, 1], 1)))
-        });
+        let size = size_of_output(
+            |proxy: Arc<Proxy>, req: Request<ClientBody>, timer: &'static mut Timer| {
+                proxy.handle(req, SocketAddr::from(([127, 0, 0, 1], 1)), timer)
+            },
+        );
         assert!(size <= 1024, "request future is {size} bytes");
     }
 
     const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// `send` within a budget of one place that it never has to give up.
+    fn budgeted<F: Future>(send: F) -> impl Held<Output = F::Output> {
+        let hour = Duration::from_secs(3600);
+        let limits = crate::budget::BudgetLimits {
+            places: 1,
+            hold: hour,
+            queue: hour,
+        };
+        crate::budget::Budget::new(limits).run(move || send)
+    }
+
+    fn await_head<F: Future>(
+        send: F,
+        body: Option<FailureSlot>,
+    ) -> impl Future<Output = Option<F::Output>> {
+        AwaitHead::new(budgeted(send), Timer::new(), TIMEOUT, body)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_head_in_time_is_returned() {
@@ -438,13 +490,13 @@ mod tests {
             tokio::time::sleep(TIMEOUT - Duration::from_secs(1)).await;
             7
         };
-        assert_eq!(AwaitHead::new(send, TIMEOUT, None).await, Some(7));
+        assert_eq!(await_head(send, None).await, Some(7));
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_a_body_the_head_timeout_counts_from_the_start() {
         let start = tokio::time::Instant::now();
-        let waited = AwaitHead::new(std::future::pending::<()>(), TIMEOUT, None).await;
+        let waited = await_head(std::future::pending::<()>(), None).await;
         assert_eq!(waited, None);
         assert_eq!(start.elapsed(), TIMEOUT);
     }
@@ -464,7 +516,7 @@ mod tests {
                 }
             }
         });
-        let waited = AwaitHead::new(std::future::pending::<()>(), TIMEOUT, Some(body)).await;
+        let waited = await_head(std::future::pending::<()>(), Some(body)).await;
         assert_eq!(waited, None);
         assert_eq!(start.elapsed(), Duration::from_secs(20) + TIMEOUT);
         mover.await.unwrap();

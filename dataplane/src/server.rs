@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::body::ClientBody;
+use crate::deadline::Timer;
 use crate::h1_server::{self, MAX_HEAD_BYTES};
 use crate::proxy::Proxy;
 use crate::write_stall::WriteStallTimeout;
@@ -149,7 +150,9 @@ async fn connection(
     // A client that stops reading gets the same grace as a silent body.
     let io = TokioIo::new(WriteStallTimeout::new(stream, proxy.idle_timeout));
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        proxy.clone().handle(req.map(ClientBody::H2), peer)
+        proxy
+            .clone()
+            .handle(req.map(ClientBody::H2), peer, Timer::new())
     });
     let conn = builders.h2.serve_connection(io, service);
     // Boxed: HTTP/2 state is large, and HTTP/1 connections (nearly all of

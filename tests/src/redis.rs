@@ -13,6 +13,28 @@ use tokio::sync::watch;
 
 use crate::{free_port, TempDir};
 
+/// Whether the `redis-server` `child`, logging to `log`, came to listen
+/// (within 5 s). A connection to its port proves nothing: when another
+/// process took the port first, the connection reaches that one while
+/// Redis fails to bind and exits. So its log is read: it says it is ready
+/// only once it listens.
+pub fn wait_until_listening(child: &mut Child, log: &std::path::Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false; // exited: port taken
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("Ready to accept connections") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// A `redis-server` child process; killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
@@ -85,28 +107,21 @@ impl RedisServer {
         } else {
             ["--port", &port, "--tls-port", "0"]
         };
+        let log = self.dir.path("redis.log");
+        let _ = std::fs::remove_file(&log);
         let child = Command::new("redis-server")
             .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.args)
             .args(["--dir", self.dir.0.to_str().unwrap()])
+            .arg("--logfile")
+            .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                return false; // exited: port taken
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until_listening(self.child.insert(child), &log)
     }
 
     pub fn url(&self) -> String {

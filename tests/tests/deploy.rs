@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use apiproxy_tests::client::{call, get, get_reply};
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::dataplane::binary;
-use apiproxy_tests::redis::RedisServer;
+use apiproxy_tests::redis::{wait_until_listening, RedisServer};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane, TempDir};
 use bytes::Bytes;
@@ -719,32 +719,26 @@ fn start_compose_redis(password: &str) -> ComposeRedis {
         let port = free_port();
         // The file as compose mounts it; only the address and directory
         // differ (no container here).
+        let log = dir.path(&format!("redis-{port}.log"));
         let mut child = Command::new("redis-server")
             .arg(dir.path("redis.conf"))
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&dir.0)
+            .arg("--logfile")
+            .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (apt-get install redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break; // port taken: try another
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return ComposeRedis {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_until_listening(&mut child, &log) {
+            return ComposeRedis {
+                child,
+                port,
+                _dir: dir,
+            };
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
     panic!("redis-server did not start with compose's configuration");
 }
