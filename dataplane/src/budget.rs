@@ -51,16 +51,22 @@ impl BudgetLimits {
     /// requests wait on the semaphore and a timer each), and 1024 places
     /// 0.96–0.99× at 23–25 MiB (docs/BENCHMARKS.md, "Upstream budget,
     /// second pass"). One node sends a host at most 1024 ÷ its latency
-    /// requests a second before requests wait, and at most 51,200 a second
-    /// of slow requests (each holds its place 20 ms).
+    /// requests a second before requests wait, and at most 10,240 a second
+    /// of slow requests (each holds its place 100 ms).
     ///
-    /// 20 ms: a request slower than that is not one a queue helps, and it
-    /// keeps the budget out of the way of remote APIs.
+    /// 100 ms: a request slower than that is not one a queue helps (an
+    /// LLM generation, a slow remote API), and most answers of a fast one
+    /// come sooner, so they leave the budget with their head and cost no
+    /// timer firing. It was 20 ms: then, at 1000 clients on a saturated
+    /// proxy, where an answer's head waits tens of milliseconds in the
+    /// proxy's own queue, most requests had their hold fire (a wake, a
+    /// poll, a timer set again), for 1.5–2.5 % fewer requests a second
+    /// than with a hold that never fires (docs/BENCHMARKS.md).
     ///
     /// 500 ms: the most a burst of requests can be delayed by the budget.
     pub const DEFAULT: BudgetLimits = BudgetLimits {
         places: 1024,
-        hold: Duration::from_millis(20),
+        hold: Duration::from_millis(100),
         queue: Duration::from_millis(500),
     };
 }

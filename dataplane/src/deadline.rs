@@ -9,7 +9,7 @@
 //! the deadline at hand, so it is moved only when a deadline is earlier
 //! than the one it is set for, and when it fires early it is set again
 //! for the deadline then at hand. On a busy connection that is one reset
-//! per hold limit (20 ms), not two timers per request.
+//! per hold limit (100 ms), not two timers per request.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -32,10 +32,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::upstream::Conn;
+
+/// A head's fields, by name, with where each value lies in the head
+/// (both sides' parsers); on the stack for up to 16.
+pub(crate) type Found = SmallVec<[(HeaderName, usize, usize); 16]>;
 
 /// Largest response head read (hyper's client allows about 400 KiB).
 const MAX_HEAD_BYTES: usize = 256 * 1024;
@@ -577,7 +582,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         };
         // Values are slices of the head, not copies: where each one lies.
         let base = read.as_ptr() as usize;
-        let mut found = Vec::with_capacity(parsed.headers.len());
+        let mut found = Found::new();
         let mut present = Present::default();
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
@@ -588,7 +593,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         }
         let head = read.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(found.len());
-        for (name, start, end) in found {
+        for (name, start, end) in found.drain(..) {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| Error::protocol(format!("value of {name}")))?;
             headers.append(name, value);

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{ClientBody, ProxyBody};
 use crate::deadline::Timer;
 use crate::error::ProxyError;
-use crate::h1::{self, Decoder, Next, Upgraded};
+use crate::h1::{self, Decoder, Found, Next, Upgraded};
 use crate::headers::{has_token, list_tokens};
 use crate::proxy::Proxy;
 use crate::write_stall::WriteStallTimeout;
@@ -361,7 +361,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     let base = read.as_ptr() as usize;
     let path = parsed.path.unwrap_or_default();
     let target = (path.as_ptr() as usize - base, path.len());
-    let mut found = Vec::with_capacity(parsed.headers.len());
+    let mut found = Found::new();
     let mut present = Present::default();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
@@ -385,7 +385,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         .map_err(|e| bad(format!("invalid request target: {e}")))?;
     // Room for the `Host` the proxy may add without the map growing.
     let mut headers = HeaderMap::with_capacity(found.len() + 1);
-    for (name, start, end) in found {
+    for (name, start, end) in found.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| bad(format!("invalid value of {name}")))?;
         headers.append(name, value);
