@@ -60,8 +60,9 @@ impl BudgetLimits {
     /// timer firing. It was 20 ms: then, at 1000 clients on a saturated
     /// proxy, where an answer's head waits tens of milliseconds in the
     /// proxy's own queue, most requests had their hold fire (a wake, a
-    /// poll, a timer set again), for 1.5–2.5 % fewer requests a second
-    /// than with a hold that never fires (docs/BENCHMARKS.md).
+    /// poll, a timer set again): 1–3 % fewer requests a second than with
+    /// a 1 s hold, alternately measured (docs/BENCHMARKS.md, "One timer
+    /// per connection").
     ///
     /// 500 ms: the most a burst of requests can be delayed by the budget.
     pub const DEFAULT: BudgetLimits = BudgetLimits {
@@ -141,7 +142,8 @@ pub trait Held: Future {
 type Queued = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
 
 pin_project! {
-    /// The future [`Budget::run`] returns.
+    /// The future [`Budget::run`] returns. Whoever drives it gives its
+    /// place up once [`Held::hold_until`] has passed.
     pub struct Budgeted<F, S> {
         budget: Budget,
         // Makes the request; taken once it may go.
