@@ -29,6 +29,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::deadline;
+
 /// The limits of one host's budget.
 #[derive(Clone, Copy, Debug)]
 pub struct BudgetLimits {
@@ -175,7 +177,7 @@ impl<F: Future, S: FnOnce() -> F> Future for Budgeted<F, S> {
             };
             *this.queued = None;
             if place.is_some() {
-                *this.hold_until = Some(Instant::now() + this.budget.limits.hold);
+                *this.hold_until = Some(deadline::after(Instant::now(), this.budget.limits.hold));
             }
             *this.place = place;
             let start = this.start.take().expect("a budgeted request is made once");

@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
@@ -23,10 +24,19 @@ pub struct Timer {
     /// Boxed: made once and kept (`Sleep` is `!Unpin`); `None` until the
     /// first deadline.
     sleep: Option<Pin<Box<Sleep>>>,
-    /// The task `sleep` will wake: it was polled by it and has neither
-    /// fired nor been reset since. Polling it again would only register
-    /// the same waker once more (about 130 instructions, twice a request).
+    /// The task that last polled `sleep` while it was pending: the task it
+    /// wakes, unless it has fired since (`is_elapsed` says so). Every
+    /// reset here is followed by a poll, which keeps this true. Polling it
+    /// again would only register the same waker once more (about 130
+    /// instructions, twice a request).
     armed_for: Option<Waker>,
+}
+
+/// `from + wait`, or a far future when that overflows (a timeout set to
+/// something like a thousand years means "never", not a panic).
+pub fn after(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400))
 }
 
 impl Timer {
@@ -86,7 +96,6 @@ impl Timer {
 mod tests {
     use super::*;
     use std::future::poll_fn;
-    use std::time::Duration;
 
     async fn wait(timer: &mut Timer, deadline: Instant) -> Instant {
         poll_fn(|cx| timer.poll_until(cx, deadline)).await
@@ -138,6 +147,17 @@ mod tests {
         });
         let waited = tokio::time::timeout(Duration::from_secs(5), fired).await;
         assert_eq!(waited.expect("the deadline fired").unwrap(), deadline);
+    }
+
+    #[test]
+    fn a_deadline_past_the_clock_s_range_is_far_away_not_a_panic() {
+        let now = Instant::now();
+        let far = after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(10 * 365 * 86_400));
+        assert_eq!(
+            after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

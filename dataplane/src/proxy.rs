@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
 use crate::budget::Held;
-use crate::deadline::Timer;
+use crate::deadline::{self, Timer};
 use crate::error::{chain, classify_send_error, ProxyError, SendFailure};
 use crate::headers;
 use crate::metrics::UpstreamErrorKind;
@@ -342,7 +342,7 @@ impl<S, T> AwaitHead<S, T> {
         AwaitHead {
             send,
             timer,
-            head_by: tokio::time::Instant::now() + timeout,
+            head_by: deadline::after(tokio::time::Instant::now(), timeout),
             timeout,
             body,
             left_budget: false,
@@ -372,7 +372,11 @@ impl<S: Held, T: BorrowMut<Timer>> Future for AwaitHead<S, T> {
                 *this.left_budget = true;
             }
             if *this.head_by <= now {
-                match this.body.as_ref().map(|b| b.last_moved() + *this.timeout) {
+                match this
+                    .body
+                    .as_ref()
+                    .map(|b| deadline::after(b.last_moved(), *this.timeout))
+                {
                     Some(later) if later > now => *this.head_by = later,
                     _ => return Poll::Ready(None),
                 }
