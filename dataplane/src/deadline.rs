@@ -52,12 +52,7 @@ impl Timer {
             Some(sleep) => {
                 if sleep.deadline() > deadline {
                     sleep.as_mut().reset(deadline);
-                } else if !sleep.is_elapsed()
-                    && self
-                        .armed_for
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                {
+                } else if !sleep.is_elapsed() && is_armed_for(&self.armed_for, cx) {
                     return Poll::Pending;
                 }
                 sleep
@@ -81,15 +76,16 @@ impl Timer {
             }
             sleep.as_mut().reset(deadline);
         }
-        if !self
-            .armed_for
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if !is_armed_for(&self.armed_for, cx) {
             self.armed_for = Some(cx.waker().clone());
         }
         Poll::Pending
     }
+}
+
+/// Whether `armed_for` wakes the task polling with `cx`.
+fn is_armed_for(armed_for: &Option<Waker>, cx: &Context<'_>) -> bool {
+    armed_for.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
 }
 
 #[cfg(test)]

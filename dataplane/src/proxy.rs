@@ -332,6 +332,9 @@ pin_project! {
         head_by: tokio::time::Instant,
         timeout: Duration,
         body: Option<FailureSlot>,
+        // The place was given up. `Budgeted` then reports no hold anyway;
+        // this keeps a `Held` that still did from making the loop below
+        // spin on a passed deadline.
         left_budget: bool,
     }
 }
