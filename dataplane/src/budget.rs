@@ -101,13 +101,16 @@ impl Budget {
     /// the timer it keeps anyway for the response-header deadline).
     ///
     /// The request is made here, not passed in: a request waiting in the
-    /// queue holds only this, not the send.
+    /// queue holds only this, not the send. `start`: when the request
+    /// began; a place taken at once (at the first poll, nearly always in
+    /// the same turn) is held from then, with no clock read of its own.
     ///
     /// [`AwaitHead`]: crate::proxy::AwaitHead
-    pub fn run<F: Future, S: FnOnce() -> F>(self, start: S) -> Budgeted<F, S> {
+    pub fn run<F: Future, S: FnOnce() -> F>(self, start: Instant, make: S) -> Budgeted<F, S> {
         Budgeted {
             budget: self,
-            start: Some(start),
+            start,
+            make: Some(make),
             queued: None,
             place: None,
             hold_until: None,
@@ -148,8 +151,9 @@ pin_project! {
     /// place up once [`Held::hold_until`] has passed.
     pub struct Budgeted<F, S> {
         budget: Budget,
+        start: Instant,
         // Makes the request; taken once it may go.
-        start: Option<S>,
+        make: Option<S>,
         // Waiting for a place (boxed: rare, and not every request's size).
         queued: Option<Queued>,
         place: Option<OwnedSemaphorePermit>,
@@ -165,10 +169,10 @@ impl<F: Future, S: FnOnce() -> F> Future for Budgeted<F, S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
         while this.request.is_none() {
-            let place = match this.queued {
-                Some(queued) => ready!(queued.as_mut().poll(cx)),
+            let (place, placed_at) = match this.queued {
+                Some(queued) => (ready!(queued.as_mut().poll(cx)), Instant::now()),
                 None => match this.budget.places.clone().try_acquire_owned() {
-                    Ok(place) => Some(place),
+                    Ok(place) => (Some(place), *this.start),
                     Err(_) => {
                         *this.queued = Some(Box::pin(this.budget.clone().queue()));
                         continue;
@@ -177,11 +181,11 @@ impl<F: Future, S: FnOnce() -> F> Future for Budgeted<F, S> {
             };
             *this.queued = None;
             if place.is_some() {
-                *this.hold_until = Some(deadline::after(Instant::now(), this.budget.limits.hold));
+                *this.hold_until = Some(deadline::after(placed_at, this.budget.limits.hold));
             }
             *this.place = place;
-            let start = this.start.take().expect("a budgeted request is made once");
-            this.request.set(Some(start()));
+            let make = this.make.take().expect("a budgeted request is made once");
+            this.request.set(Some(make()));
         }
         let request = this
             .request
@@ -245,9 +249,11 @@ mod tests {
             .map(|_| {
                 let (tx, rx) = oneshot::channel();
                 let (budget, req) = (budget.clone(), request(started, rx));
+                let now = Instant::now();
                 let driven = AwaitHead::new(
-                    budget.run(|| req),
+                    budget.run(now, || req),
                     Timer::new(),
+                    now,
                     Duration::from_secs(3600),
                     None,
                 );

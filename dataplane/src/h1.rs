@@ -36,6 +36,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::headers::list_items;
 use crate::upstream::Conn;
 
 /// A head's fields, by name, with where each value lies in the head
@@ -587,13 +588,28 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| Error::protocol(format!("header name {:?}", field.name)))?;
-            present.note(&name);
+            present.note(&name, field.value);
             let start = field.value.as_ptr() as usize - base;
             found.push((name, start, start + field.value.len()));
         }
         let head = read.split_to(len).freeze();
+        // `Connection` and the fields it names are about this connection
+        // alone (RFC 9110 §7.6.1): they are read here and go no further,
+        // so the proxy's filter has nothing of theirs to find and remove
+        // (about 700 instructions a response otherwise, and most HTTP/1.1
+        // upstreams send `Connection: keep-alive`). A 101 keeps them: its
+        // `Connection: upgrade` is the proxy's to pass on.
+        let own_fields = status != StatusCode::SWITCHING_PROTOCOLS && present.connection;
+        let named = if own_fields && present.names_fields {
+            fields_named_by_connection(&found, &head)
+        } else {
+            Vec::new()
+        };
         let mut headers = HeaderMap::with_capacity(found.len());
         for (name, start, end) in found.drain(..) {
+            if own_fields && (name == header::CONNECTION || named.contains(&name)) {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| Error::protocol(format!("value of {name}")))?;
             headers.append(name, value);
@@ -602,7 +618,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         let reusable = framed
             && version == Version::HTTP_11
             && status != StatusCode::SWITCHING_PROTOCOLS
-            && !(present.connection && crate::headers::connection_has(&headers, "close"));
+            && !present.close;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -615,26 +631,54 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
     }
 }
 
-/// Which of the fields that frame a response it has, noted while its head
-/// is read: most responses lack two of the three, and a lookup of each
-/// would hash its name.
+/// Which of the fields that frame a response it has, and what its
+/// `Connection` says, noted while its head is read: most responses lack
+/// two of the three, and a lookup of each would hash its name.
 #[derive(Debug, Default, Clone, Copy)]
 struct Present {
     transfer_encoding: bool,
     content_length: bool,
     connection: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection` has a token other than `keep-alive`: it may name a
+    /// field of the message.
+    names_fields: bool,
 }
 
 impl Present {
-    fn note(&mut self, name: &HeaderName) {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if name == header::CONTENT_LENGTH {
             self.content_length = true;
         } else if name == header::CONNECTION {
             self.connection = true;
+            for token in list_items(value) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.names_fields |= !token.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
     }
+}
+
+/// The fields of a head (`found`: ranges of `head`) that its `Connection`
+/// names, `keep-alive` aside: that field is always removed, by the
+/// proxy's filter.
+fn fields_named_by_connection(found: &Found, head: &[u8]) -> Vec<HeaderName> {
+    let tokens = || {
+        found
+            .iter()
+            .filter(|(name, _, _)| name == header::CONNECTION)
+            .flat_map(|(_, start, end)| list_items(&head[*start..*end]))
+            .filter(|token| !token.eq_ignore_ascii_case(b"keep-alive"))
+    };
+    found
+        .iter()
+        .map(|(name, _, _)| name)
+        .filter(|name| tokens().any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes())))
+        .cloned()
+        .collect()
 }
 
 /// How the response body is framed (RFC 9112 §6.3), and whether its end
@@ -1298,6 +1342,34 @@ mod tests {
         ] {
             assert!(!complete(not_again).reusable, "{not_again}");
         }
+    }
+
+    #[test]
+    fn connection_and_the_fields_it_names_stop_here() {
+        let names = |h: &Head| -> Vec<String> {
+            let mut names: Vec<_> = h.response.headers().keys().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        let h = complete(
+            "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-End: 2\r\nconnection: ,x-other ,\r\nX-Other: 3\r\nContent-Length: 0\r\n\r\n",
+        );
+        // `Keep-Alive` is the proxy filter's to remove, as with HTTP/2.
+        assert_eq!(names(&h), ["content-length", "keep-alive", "x-end"]);
+        assert!(h.reusable, "keep-alive and field names are not close");
+
+        let h = complete("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(names(&h), ["content-length"]);
+        assert!(!h.reusable);
+
+        let h = complete(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        assert_eq!(
+            names(&h),
+            ["connection", "upgrade"],
+            "a 101's are the proxy's to pass on"
+        );
     }
 
     #[test]

@@ -66,8 +66,19 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     websocket && connection_has(headers, "upgrade")
 }
 
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     has_token(headers.get_all(header::CONNECTION), token)
+}
+
+/// The items of one value of a list-valued field: split at commas,
+/// trimmed, empty ones skipped. Split as bytes, not through `to_str`, so a
+/// non-ASCII byte in one item cannot hide the others (and with them a
+/// field `Connection` names).
+pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
 }
 
 /// Whether a list-valued field has `token` (ASCII case ignored), compared
@@ -76,23 +87,19 @@ pub(crate) fn has_token<'a>(
     values: impl IntoIterator<Item = &'a HeaderValue>,
     token: &str,
 ) -> bool {
-    values.into_iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    values
+        .into_iter()
+        .any(|v| list_items(v.as_bytes()).any(|item| item.eq_ignore_ascii_case(token.as_bytes())))
 }
 
-/// The comma-separated tokens of a list-valued field, trimmed. Values are
-/// split as bytes, not through `to_str`, so a non-ASCII byte in one token
-/// cannot hide the others (and with them a field `Connection` names).
+/// The items of a list-valued field (see [`list_items`]) that are text.
 pub(crate) fn list_tokens<'a>(
     values: impl IntoIterator<Item = &'a HeaderValue>,
 ) -> impl Iterator<Item = &'a str> {
     values
         .into_iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+        .flat_map(|v| list_items(v.as_bytes()))
+        .filter_map(|item| std::str::from_utf8(item).ok())
 }
 
 /// Removes the hop-by-hop set: `Connection` and every header it names,
@@ -112,11 +119,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         let tokens = headers
             .get_all(header::CONNECTION)
             .into_iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii);
+            .flat_map(|v| list_items(v.as_bytes()));
         for token in tokens {
-            if token.is_empty()
-                || token.eq_ignore_ascii_case(b"keep-alive")
+            if token.eq_ignore_ascii_case(b"keep-alive")
                 || (upgrading && token.eq_ignore_ascii_case(b"upgrade"))
             {
                 continue;
@@ -133,9 +138,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & ALWAYS_REMOVED & (1 << i) != 0 {
-            headers.remove(name);
+    if present & ALWAYS_REMOVED != 0 {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if present & ALWAYS_REMOVED & (1 << i) != 0 {
+                headers.remove(name);
+            }
         }
     }
     if present & TE_BIT != 0 {

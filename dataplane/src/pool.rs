@@ -16,6 +16,7 @@
 //! on this path that was a fifth of our user-space instructions.
 
 use std::error::Error as StdError;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -30,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
@@ -58,8 +60,6 @@ pub enum SendError {
     Exchange(#[source] h1::Error),
     #[error("the new upstream connection closed before taking the request")]
     Closed,
-    #[error("invalid upstream URI {0}: no scheme or authority")]
-    Uri(Uri),
 }
 
 /// What the pool can carry upstream: any streaming body hyper can write
@@ -78,29 +78,55 @@ where
     type SendError = E;
 }
 
-/// Compared and hashed as the bytes it was spelled with: `Authority`'s own
-/// `Hash` lowercases byte by byte, about a thousand instructions a lookup
-/// on this path (once a request). A mapping spells its host one way;
-/// two spellings would only mean two pools.
+/// An upstream host as the pool knows it: scheme and authority. A route
+/// makes its key once, when the snapshot is built, and hands it to every
+/// send, so a request neither builds nor hashes one: the key is hashed
+/// when made, and compared as the bytes it was spelled with (`Authority`'s
+/// own `Hash` lowercases byte by byte, about a thousand instructions a
+/// lookup). A mapping spells its host one way; two spellings would only
+/// mean two pools.
 #[derive(Clone, Debug)]
-struct HostKey {
+pub struct HostKey {
     scheme: Scheme,
     authority: Authority,
+    hash: u64,
+}
+
+impl HostKey {
+    pub fn new(scheme: Scheme, authority: Authority) -> HostKey {
+        let mut hasher = fnv::FnvHasher::default();
+        scheme.as_str().hash(&mut hasher);
+        authority.as_str().hash(&mut hasher);
+        HostKey {
+            scheme,
+            authority,
+            hash: hasher.finish(),
+        }
+    }
 }
 
 impl PartialEq for HostKey {
     fn eq(&self, other: &Self) -> bool {
-        self.authority.as_str() == other.authority.as_str()
-            && self.scheme.as_str() == other.scheme.as_str()
+        let (a, b) = (self.authority.as_str(), other.authority.as_str());
+        // The pool's key is a clone of the route's, sharing its bytes: the
+        // same pointer spares the comparison.
+        let same_bytes = (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b;
+        self.hash == other.hash && same_bytes && self.scheme == other.scheme
     }
 }
 
 impl Eq for HostKey {}
 
-impl std::hash::Hash for HostKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.scheme.as_str().hash(state);
-        self.authority.as_str().hash(state);
+impl Hash for HostKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// `scheme://authority`, as in a URL.
+impl std::fmt::Display for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
     }
 }
 
@@ -160,9 +186,13 @@ struct Inner<B> {
 
 impl<B> Inner<B> {
     /// `key`'s host, made when missing.
-    fn host(&self, key: HostKey) -> Arc<Host<B>> {
-        lock(&self.hosts)
-            .entry(key)
+    fn host(&self, key: &HostKey) -> Arc<Host<B>> {
+        let mut hosts = lock(&self.hosts);
+        if let Some(host) = hosts.get(key) {
+            return host.clone();
+        }
+        hosts
+            .entry(key.clone())
             .or_insert_with_key(|key| Arc::new(Host::new(key.clone(), self.budget)))
             .clone()
     }
@@ -256,11 +286,12 @@ impl<B: SendBody> Pool<B> {
         Pool { inner }
     }
 
-    /// Sends `req` upstream within its host's budget: on a pooled
-    /// connection when one is free, else on a new one. A request that a
-    /// pooled connection gave back unsent (it closed at that moment) is
-    /// sent once more on a new connection. Refused at once when `req`'s
-    /// URI names no scheme and host.
+    /// Sends `req` upstream to `host` within the host's budget: on a
+    /// pooled connection when one is free, else on a new one. A request
+    /// that a pooled connection gave back unsent (it closed at that moment)
+    /// is sent once more on a new connection. `req`'s URI may be in origin
+    /// form: the host is `host`. `start`: when the request began (see
+    /// [`Budget::run`]).
     ///
     /// A plain function returning the future, which owns a handle to the
     /// pool: the caller can keep it in a struct of its own, and `req` is
@@ -268,16 +299,11 @@ impl<B: SendBody> Pool<B> {
     /// The caller gives the place up once its hold passes ([`Held`]).
     pub fn send(
         &self,
+        host: &HostKey,
         req: Request<B>,
-    ) -> Result<impl Held<Output = SendResult<B>> + 'static, SendError> {
-        let key = match (req.uri().scheme(), req.uri().authority()) {
-            (Some(scheme), Some(authority)) => HostKey {
-                scheme: scheme.clone(),
-                authority: authority.clone(),
-            },
-            _ => return Err(SendError::Uri(req.uri().clone())),
-        };
-        let host = self.inner.host(key);
+        start: Instant,
+    ) -> impl Held<Output = SendResult<B>> + 'static {
+        let host = self.inner.host(host);
         let budget = host.budget.clone();
         // The send is boxed, and made only once the request has its place:
         // a request waiting in the queue then holds just its own few
@@ -287,7 +313,7 @@ impl<B: SendBody> Pool<B> {
         // The future owns a handle to the pool (one more reference count
         // change per request) so that it can outlive this borrow.
         let pool = self.clone();
-        Ok(budget.run(move || Box::pin(pool.send_in_budget(host, req))))
+        budget.run(start, move || Box::pin(pool.send_in_budget(host, req)))
     }
 
     async fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> SendResult<B> {
@@ -582,11 +608,20 @@ mod tests {
         assert_eq!(counts.most_at_once.load(Ordering::SeqCst), 20);
     }
 
+    /// The host `uri` names.
+    fn key(uri: &Uri) -> HostKey {
+        HostKey::new(
+            uri.scheme().unwrap().clone(),
+            uri.authority().unwrap().clone(),
+        )
+    }
+
     /// A GET, sent as the proxy sends (a place held too long is given up).
     async fn get(pool: &Pool<Empty<Bytes>>, uri: &Uri) -> Response<UpstreamBody<Empty<Bytes>>> {
         let req = Request::get(uri.clone()).body(Empty::new()).unwrap();
-        let send = pool.send(req).unwrap();
-        let head = AwaitHead::new(send, Timer::new(), Duration::from_secs(60), None).await;
+        let now = Instant::now();
+        let send = pool.send(&key(uri), req, now);
+        let head = AwaitHead::new(send, Timer::new(), now, Duration::from_secs(60), None).await;
         head.expect("a head in time").unwrap()
     }
 
@@ -646,9 +681,9 @@ mod tests {
                 .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
                 .unwrap()
         };
-        let first = pool.send(post()).unwrap().await.unwrap();
+        let first = pool.send(&key(&uri), post(), Instant::now()).await.unwrap();
         first.into_body().collect().await.unwrap();
-        let second = pool.send(post()).unwrap().await;
+        let second = pool.send(&key(&uri), post(), Instant::now()).await;
         assert!(
             matches!(
                 second,

@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, HOST};
 use http::request::Parts;
+use http::uri::InvalidUri;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
@@ -67,6 +69,8 @@ impl Proxy {
         client: SocketAddr,
         timer: T,
     ) -> Forward<impl Held<Output = SendResult<RequestBody>>, T> {
+        // The one clock read of the request's start: its latency, its
+        // response-header timeout and its budget hold count from it.
         match self.send(req, client, Instant::now(), timer) {
             Ok((head, in_flight)) => Forward::Waiting {
                 head,
@@ -103,9 +107,9 @@ impl Proxy {
             return Err(self.unmatched(ProxyError::NoMapping(req.uri().path().to_owned()), start));
         };
         let route = route.clone();
-        let upstream_uri = route.upstream_uri(rest, req.uri().query());
+        let upstream_target = route.upstream_target(rest, req.uri().query());
         drop(snapshot);
-        let record = RequestRecord::start(route.stats.clone(), start);
+        let record = RequestRecord::start(route.stats.clone(), start.into_std());
 
         if let Some(limit) = self.max_request_body {
             if content_length(&req).is_some_and(|len| len > limit) {
@@ -117,7 +121,7 @@ impl Proxy {
         let (body, body_failure) =
             RequestBody::new(body, self.idle_timeout, self.max_request_body, &route.stats);
         let upstream_req =
-            match self.upstream_request(parts, body, &route, upstream_uri, upgrading, client) {
+            match self.upstream_request(parts, body, &route, upstream_target, upgrading, client) {
                 Ok(r) => r,
                 Err(e) => return Err(finish_with(record, e)),
             };
@@ -126,18 +130,9 @@ impl Proxy {
         } else {
             &self.upstream.main
         };
-        let send = match pool.send(upstream_req) {
-            Ok(send) => send,
-            // Routes always name a scheme and a host: not seen, but a 502
-            // all the same.
-            Err(err) => {
-                let e = ProxyError::upstream(UpstreamErrorKind::Connect, chain(&err));
-                log_upstream_failure(&route, &e, &err);
-                return Err(finish_with(record, e));
-            }
-        };
+        let send = pool.send(&route.upstream, upstream_req, start);
         let timeout = self.response_header_timeout;
-        let head = AwaitHead::new(send, timer, timeout, body_failure);
+        let head = AwaitHead::new(send, timer, start, timeout, body_failure);
         let in_flight = InFlight {
             proxy: self,
             route,
@@ -147,7 +142,7 @@ impl Proxy {
         Ok((head, in_flight))
     }
 
-    /// Rewrites the client's request for the upstream: absolute URL,
+    /// Rewrites the client's request for the upstream: the target's path,
     /// hop-by-hop headers out, `Host` set to the target, HTTP/1.1 (the
     /// client picks HTTP/2 by ALPN where the upstream offers it).
     fn upstream_request(
@@ -155,7 +150,7 @@ impl Proxy {
         mut parts: Parts,
         body: RequestBody,
         route: &Route,
-        uri: Result<Uri, http::Error>,
+        uri: Result<Uri, InvalidUri>,
         upgrading: bool,
         client: SocketAddr,
     ) -> Result<Request<RequestBody>, ProxyError> {
@@ -176,7 +171,7 @@ impl Proxy {
     /// no mapping): counted under `prefix="none"`.
     fn unmatched(&self, error: ProxyError, start: Instant) -> ProxyError {
         let unmatched = self.state.metrics.unmatched().clone();
-        finish_with(RequestRecord::start(unmatched, start), error)
+        finish_with(RequestRecord::start(unmatched, start.into_std()), error)
     }
 }
 
@@ -329,7 +324,7 @@ pin_project! {
         #[pin]
         send: S,
         timer: T,
-        head_by: tokio::time::Instant,
+        head_by: Instant,
         timeout: Duration,
         body: Option<FailureSlot>,
         // The place was given up. `Budgeted` then reports no hold anyway;
@@ -340,12 +335,20 @@ pin_project! {
 }
 
 impl<S, T> AwaitHead<S, T> {
-    /// `body`: the request body's state, when it has a body.
-    pub(crate) fn new(send: S, timer: T, timeout: Duration, body: Option<FailureSlot>) -> Self {
+    /// `start`: when the request began, where the timeout counts from
+    /// when there is no body. `body`: the request body's state, when it
+    /// has a body.
+    pub(crate) fn new(
+        send: S,
+        timer: T,
+        start: Instant,
+        timeout: Duration,
+        body: Option<FailureSlot>,
+    ) -> Self {
         AwaitHead {
             send,
             timer,
-            head_by: deadline::after(tokio::time::Instant::now(), timeout),
+            head_by: deadline::after(start, timeout),
             timeout,
             body,
             left_budget: false,
@@ -481,14 +484,14 @@ mod tests {
             hold: hour,
             queue: hour,
         };
-        crate::budget::Budget::new(limits).run(move || send)
+        crate::budget::Budget::new(limits).run(Instant::now(), move || send)
     }
 
     fn await_head<F: Future>(
         send: F,
         body: Option<FailureSlot>,
     ) -> impl Future<Output = Option<F::Output>> {
-        AwaitHead::new(budgeted(send), Timer::new(), TIMEOUT, body)
+        AwaitHead::new(budgeted(send), Timer::new(), Instant::now(), TIMEOUT, body)
     }
 
     #[tokio::test(start_paused = true)]
@@ -502,7 +505,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_a_body_the_head_timeout_counts_from_the_start() {
-        let start = tokio::time::Instant::now();
+        let start = Instant::now();
         let waited = await_head(std::future::pending::<()>(), None).await;
         assert_eq!(waited, None);
         assert_eq!(start.elapsed(), TIMEOUT);
@@ -513,7 +516,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_moving_body_pushes_the_head_timeout_back() {
         let body = FailureSlot::default();
-        let start = tokio::time::Instant::now();
+        let start = Instant::now();
         let mover = tokio::spawn({
             let body = body.clone();
             async move {

@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use apiproxy_shared::{validate_mapping, Target};
 use fnv::FnvHashMap;
+use http::uri::{InvalidUri, PathAndQuery};
 use http::{HeaderValue, Uri};
 use tracing::warn;
 
 use crate::metrics::Metrics;
+use crate::pool::HostKey;
 use crate::stats::PrefixStats;
 
 /// One routable mapping with everything the request path needs prepared.
@@ -23,9 +25,9 @@ pub struct Route {
     pub target: Target,
     /// The target exactly as configured, to recognise an unchanged entry.
     raw_target: Box<str>,
-    /// Scheme and authority of every upstream URL, parsed once.
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    /// The upstream host (scheme and authority), parsed and hashed once:
+    /// the pools know their hosts by it.
+    pub upstream: HostKey,
     /// `Host` header value for the upstream request.
     pub host: HeaderValue,
     /// Where this prefix's requests are counted.
@@ -188,8 +190,10 @@ impl Route {
         })?;
         let invalid = |_| apiproxy_shared::MappingError::Target("not a valid URL");
         Ok(Route {
-            scheme: target.scheme.as_str().parse().map_err(invalid)?,
-            authority: target.authority.parse().map_err(invalid)?,
+            upstream: HostKey::new(
+                target.scheme.as_str().parse().map_err(invalid)?,
+                target.authority.parse().map_err(invalid)?,
+            ),
             prefix: Arc::from(prefix),
             host,
             stats: metrics.prefix(prefix),
@@ -198,30 +202,26 @@ impl Route {
         })
     }
 
-    /// Upstream URL: target + rest of the path + `?` + raw query. Nothing is
-    /// decoded or re-encoded; an empty result path is sent as `/`. Only the
-    /// path and query are parsed per request: scheme and authority were
-    /// parsed when the snapshot was built.
-    pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    /// The upstream request target, in origin form: the target's base path,
+    /// then the rest of the path, then `?` and the raw query. Nothing is
+    /// decoded or re-encoded; an empty result path is sent as `/`. The
+    /// host is [`Route::upstream`], never rebuilt per request.
+    pub fn upstream_target(&self, rest: &str, query: Option<&str>) -> Result<Uri, InvalidUri> {
         let base = &self.target.base_path;
-        let mut path =
-            String::with_capacity(base.len() + rest.len() + query.map_or(1, |q| q.len() + 2));
-        path.push_str(base);
-        path.push_str(rest);
-        if path.is_empty() {
-            path.push('/');
+        let path_len = (base.len() + rest.len()).max(1);
+        // Exactly the length: a `Vec` whose capacity is its length becomes
+        // the URI's `Bytes` as it is; any other is allocated again.
+        let mut target = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
+        target.push_str(base);
+        target.push_str(rest);
+        if target.is_empty() {
+            target.push('/');
         }
         if let Some(q) = query {
-            path.push('?');
-            path.push_str(q);
+            target.push('?');
+            target.push_str(q);
         }
-        // From parts, not through `Uri::builder()`: the builder moves its
-        // parts through a `Result` at each step (about 300 instructions).
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path.try_into()?);
-        Ok(Uri::from_parts(parts)?)
+        Ok(Uri::from(PathAndQuery::try_from(target)?))
     }
 }
 
@@ -384,7 +384,7 @@ mod tests {
         ]);
         let url = |path: &str, q: Option<&str>| {
             let (r, rest) = s.lookup(path).unwrap();
-            r.upstream_uri(rest, q).unwrap().to_string()
+            format!("{}{}", r.upstream, r.upstream_target(rest, q).unwrap())
         };
         assert_eq!(
             url("/gemini/v1beta/models", Some("key=K")),
@@ -563,22 +563,23 @@ mod tests {
             &path[prefix.len()..]
         };
         prop_assert_eq!(rest, own_rest);
-        let uri = route.upstream_uri(rest, query).map_err(fail)?;
+        let target_uri = route.upstream_target(rest, query).map_err(fail)?;
+        let uri = format!("{}{target_uri}", route.upstream);
         let mut upstream_path = format!("{}{rest}", target.base_path);
         if upstream_path.is_empty() {
             upstream_path.push('/');
         }
         let query = query.map(|q| format!("?{q}")).unwrap_or_default();
         prop_assert_eq!(
-            uri.to_string(),
-            format!(
+            &uri,
+            &format!(
                 "{}://{}{upstream_path}{query}",
                 target.scheme.as_str(),
                 target.authority
             )
         );
 
-        let reparsed: http::Uri = uri.to_string().parse().map_err(fail)?;
+        let reparsed: http::Uri = uri.parse().map_err(fail)?;
         prop_assert_eq!(reparsed.scheme_str(), Some(target.scheme.as_str()));
         prop_assert_eq!(
             reparsed.authority().map(|a| a.as_str()),
