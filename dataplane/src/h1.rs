@@ -251,7 +251,7 @@ fn encode_head<B: Body>(req: &Request<B>, host: &str) -> (Bytes, Framing) {
         }
     }
     let framing = match length {
-        Some(len) => Framing::Length(parse_length(len).unwrap_or(0)),
+        Some(len) => Framing::Length(parse_length(len.as_bytes()).unwrap_or(0)),
         // As hyper: a GET or HEAD without a length carries no body (an
         // HTTP/2 client may end one with an empty DATA frame).
         None if req.body().is_end_stream() => Framing::None,
@@ -282,9 +282,9 @@ fn encode_head<B: Body>(req: &Request<B>, host: &str) -> (Bytes, Framing) {
 }
 
 /// A `Content-Length` value (a list of equal values counts as one).
-pub(crate) fn parse_length(value: &HeaderValue) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let mut length = None;
-    for token in value.as_bytes().split(|b| *b == b',') {
+    for token in value.split(|b| *b == b',') {
         let token = token.trim_ascii();
         // Digits only (no sign, no `+`), at most 19: any such number fits.
         if token.is_empty() || token.len() > 19 || !token.iter().all(u8::is_ascii_digit) {
@@ -614,7 +614,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
                 .map_err(|_| Error::protocol(format!("value of {name}")))?;
             headers.append(name, value);
         }
-        let (decoder, framed) = framing(status, head_request, &headers, present)?;
+        let (decoder, framed) = framing(status, head_request, present)?;
         let reusable = framed
             && version == Version::HTTP_11
             && status != StatusCode::SWITCHING_PROTOCOLS
@@ -631,13 +631,18 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
     }
 }
 
-/// Which of the fields that frame a response it has, and what its
-/// `Connection` says, noted while its head is read: most responses lack
-/// two of the three, and a lookup of each would hash its name.
+/// What the fields that frame a response and its `Connection` say, noted
+/// while its head is read: looking each up in the map afterwards would
+/// hash its name.
 #[derive(Debug, Default, Clone, Copy)]
 struct Present {
     transfer_encoding: bool,
+    /// The last `Transfer-Encoding` ends in `chunked`.
+    chunked_last: bool,
     content_length: bool,
+    /// What the `Content-Length` fields agree on; `None` when one is
+    /// invalid or they differ.
+    length: Option<u64>,
     connection: bool,
     /// `Connection: close`.
     close: bool,
@@ -650,7 +655,15 @@ impl Present {
     fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
+            self.chunked_last = list_items(value)
+                .next_back()
+                .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONTENT_LENGTH {
+            let length = parse_length(value);
+            self.length = match self.content_length {
+                false => length,
+                true => length.filter(|n| self.length == Some(*n)),
+            };
             self.content_length = true;
         } else if name == header::CONNECTION {
             self.connection = true;
@@ -686,7 +699,6 @@ fn fields_named_by_connection(found: &Found, head: &[u8]) -> Vec<HeaderName> {
 fn framing(
     status: StatusCode,
     head_request: bool,
-    headers: &HeaderMap,
     present: Present,
 ) -> Result<(Decoder, bool), Error> {
     if head_request
@@ -696,25 +708,11 @@ fn framing(
     {
         return Ok((Decoder::Length(0), true));
     }
-    let last_te = present
-        .transfer_encoding
-        .then(|| {
-            headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .next_back()
-        })
-        .flatten();
-    if let Some(te) = last_te {
-        let chunked_last = te
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if present.transfer_encoding {
         // Length and chunks both: the chunks win, and the connection is
         // not trusted with another request.
         let lone = !present.content_length;
-        return Ok(if chunked_last {
+        return Ok(if present.chunked_last {
             (Decoder::chunked(), lone)
         } else {
             (Decoder::UntilClose, false)
@@ -723,18 +721,10 @@ fn framing(
     if !present.content_length {
         return Ok((Decoder::UntilClose, false));
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n = parse_length(value).ok_or_else(|| Error::protocol("invalid content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Error::protocol("conflicting content-lengths"));
-        }
-        length = Some(n);
+    match present.length {
+        Some(n) => Ok((Decoder::Length(n), true)),
+        None => Err(Error::protocol("invalid or conflicting content-length")),
     }
-    Ok(match length {
-        Some(n) => (Decoder::Length(n), true),
-        None => (Decoder::UntilClose, false),
-    })
 }
 
 /// A body's next frame, as its decoder found it.

@@ -449,7 +449,7 @@ fn body_framing(
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        match h1::parse_length(value) {
+        match h1::parse_length(value.as_bytes()) {
             Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
             _ => return bad("invalid or conflicting Content-Length"),
         }
@@ -642,7 +642,7 @@ impl Framing {
         if let Some(n) = parts
             .headers
             .get(header::CONTENT_LENGTH)
-            .and_then(h1::parse_length)
+            .and_then(|v| h1::parse_length(v.as_bytes()))
         {
             return Framing::Length(n);
         }

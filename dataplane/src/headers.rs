@@ -21,6 +21,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 const CONNECTION_BIT: u16 = 1 << 0;
 const TE_BIT: u16 = 1 << 7;
 const UPGRADE_BIT: u16 = 1 << 8;
+/// Not hop-by-hop: a `text/event-stream` `Content-Type`, found in the
+/// same pass (see [`rewrite_response`]).
+const EVENT_STREAM_BIT: u16 = 1 << 9;
 /// The fields removed whatever their value: all but `Connection` (it
 /// names more), `TE` (kept as `trailers`) and `Upgrade` (kept when
 /// upgrading).
@@ -33,9 +36,10 @@ const ALWAYS_REMOVED: u16 = 0b0111_1110;
 /// field up would cost a hash or a comparison per rule and field).
 fn scan(headers: &HeaderMap) -> u16 {
     let mut present = 0;
-    for name in headers.keys() {
+    for (name, value) in headers {
         let name = name.as_str().as_bytes();
         let index = match name.len() {
+            12 if name == b"content-type" && is_event_stream(value) => 9,
             2 if name == b"te" => 7,
             7 if name == b"trailer" => 5,
             7 if name == b"upgrade" => 8,
@@ -74,7 +78,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// trimmed, empty ones skipped. Split as bytes, not through `to_str`, so a
 /// non-ASCII byte in one item cannot hide the others (and with them a
 /// field `Connection` names).
-pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
@@ -108,7 +112,37 @@ pub(crate) fn list_tokens<'a>(
 /// `Transfer-Encoding`, and `Upgrade` unless `upgrading`. When upgrading,
 /// `Upgrade` stays and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    strip(headers, scan(headers), upgrading);
+}
+
+/// A response on its way to the client: the hop-by-hop set removed (see
+/// [`strip_hop_by_hop`]), and a `text/event-stream` one given
+/// `X-Accel-Buffering: no` and `Cache-Control: no-cache` unless the
+/// upstream set them, so buffering proxies and caches in front of us pass
+/// each event on at once. One pass over the fields finds what both need.
+pub fn rewrite_response(headers: &mut HeaderMap) {
     let present = scan(headers);
+    strip(headers, present, false);
+    if present & EVENT_STREAM_BIT != 0 {
+        headers
+            .entry(HeaderName::from_static("x-accel-buffering"))
+            .or_insert(HeaderValue::from_static("no"));
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-cache"));
+    }
+}
+
+fn is_event_stream(content_type: &HeaderValue) -> bool {
+    content_type
+        .as_bytes()
+        .trim_ascii_start()
+        .get(..17)
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+}
+
+/// [`strip_hop_by_hop`], with the [`scan`] done.
+fn strip(headers: &mut HeaderMap, present: u16, upgrading: bool) {
     if present & CONNECTION_BIT != 0 {
         // `Connection` names more headers to remove. Its tokens are nearly
         // always `keep-alive` (a field removed anyway) or `close`: each is
@@ -158,28 +192,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
-    }
-}
-
-/// A `text/event-stream` response gets `X-Accel-Buffering: no` and
-/// `Cache-Control: no-cache` unless the upstream set them, so buffering
-/// proxies and caches in front of us pass each event on at once.
-pub fn mark_event_stream(headers: &mut HeaderMap) {
-    let is_sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .get(..17)
-                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-        });
-    if is_sse {
-        headers
-            .entry(HeaderName::from_static("x-accel-buffering"))
-            .or_insert(HeaderValue::from_static("no"));
-        headers
-            .entry(header::CACHE_CONTROL)
-            .or_insert(HeaderValue::from_static("no-cache"));
     }
 }
 
@@ -247,6 +259,8 @@ mod tests {
             ("x-request-id-abcdef", "x"),
         ]);
         assert_eq!(scan(&h), 0);
+        let h = map(&[("content-type", "Text/Event-Stream")]);
+        assert_eq!(scan(&h), EVENT_STREAM_BIT);
     }
 
     /// The fixed hop-by-hop set goes; end-to-end headers stay.
@@ -336,18 +350,18 @@ mod tests {
 
     #[test]
     fn event_stream_gets_anti_buffering_headers_unless_set() {
-        let mut h = map(&[("content-type", "text/event-stream; charset=utf-8")]);
-        mark_event_stream(&mut h);
+        let mut h = map(&[("content-type", " text/event-stream; charset=utf-8")]);
+        rewrite_response(&mut h);
         assert_eq!(h["x-accel-buffering"], "no");
         assert_eq!(h["cache-control"], "no-cache");
         let mut h = map(&[
             ("content-type", "text/event-stream"),
             ("cache-control", "private"),
         ]);
-        mark_event_stream(&mut h);
+        rewrite_response(&mut h);
         assert_eq!(h["cache-control"], "private");
         let mut h = map(&[("content-type", "application/json")]);
-        mark_event_stream(&mut h);
+        rewrite_response(&mut h);
         assert!(!h.contains_key("x-accel-buffering"));
     }
 

@@ -254,8 +254,7 @@ impl InFlight {
             headers::strip_hop_by_hop(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, body));
         }
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-        headers::mark_event_stream(&mut parts.headers);
+        headers::rewrite_response(&mut parts.headers);
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(
             parts,
