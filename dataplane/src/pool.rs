@@ -16,10 +16,11 @@
 //! on this path that was a fifth of our user-space instructions.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -307,28 +308,33 @@ impl<B: SendBody> Pool<B> {
         let budget = host.budget.clone();
         // The send is boxed, and made only once the request has its place:
         // a request waiting in the queue then holds just its own few
-        // hundred bytes, not the send's kilobytes, and the send's size is
-        // not part of every client connection's state (its request future
-        // lives as long as the connection).
+        // hundred bytes, not the send's as well, and the send's size
+        // (about 540 bytes) is not part of every client connection's state
+        // (its request future lives as long as the connection).
         // The future owns a handle to the pool (one more reference count
         // change per request) so that it can outlive this borrow.
         let pool = self.clone();
         budget.run(start, move || Box::pin(pool.send_in_budget(host, req)))
     }
 
-    async fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> SendResult<B> {
-        let req = match self.checkout(&host) {
-            Some(conn) => match self.send_on(conn, &host, req).await {
-                Ok(sent) => return Ok(sent),
-                Err(Unsent::Failed(e)) => return Err(e),
-                Err(Unsent::Back(req)) => *req,
+    /// The send, once the request may go: on a pooled connection when one
+    /// is free, else (or when the pooled one gives the request back
+    /// unsent) on a new one.
+    fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> InBudget<B> {
+        match self.checkout(&host) {
+            Some(conn) => InBudget::Pooled {
+                send: send_on(conn, &host, req),
+                retry: Some((self, host)),
             },
-            None => req,
-        };
-        // Boxed: the handshake futures are large, and this future is
-        // allocated for every request; only a connect pays for them.
-        let conn = Box::pin(self.connect(&host)).await?;
-        match self.send_on(conn, &host, req).await {
+            None => InBudget::Fresh(Box::pin(self.send_fresh(host, Box::new(req)))),
+        }
+    }
+
+    /// Sends on a new connection (a handshake's futures are large: this
+    /// one is boxed, and only a connect pays for it).
+    async fn send_fresh(self, host: Arc<Host<B>>, req: Box<Request<B>>) -> SendResult<B> {
+        let conn = self.connect(&host).await?;
+        match send_on(conn, &host, *req).await {
             Ok(sent) => Ok(sent),
             Err(Unsent::Failed(e)) => Err(e),
             Err(Unsent::Back(_)) => Err(SendError::Closed),
@@ -358,35 +364,6 @@ impl<B: SendBody> Pool<B> {
             }
         }
         None
-    }
-
-    async fn send_on(
-        &self,
-        conn: Checkout<B>,
-        host: &Arc<Host<B>>,
-        mut req: Request<B>,
-    ) -> Result<Response<UpstreamBody<B>>, Unsent<B>> {
-        match conn {
-            Checkout::H2(mut sender) => {
-                if sender.ready().await.is_err() {
-                    return Err(Unsent::Back(Box::new(req)));
-                }
-                // HTTP/2 carries scheme and authority as pseudo-headers.
-                if req.uri().scheme().is_none() {
-                    *req.uri_mut() = host.key.absolute(req.uri());
-                }
-                let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
-                Ok(response.map(UpstreamBody::H2))
-            }
-            Checkout::H1 { conn, reused } => {
-                let authority = host.key.authority.as_str();
-                match h1::send(conn, req, authority, host.idle.clone(), reused).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::H1)),
-                    Err(h1::Failed::Unsent(req)) => Err(Unsent::Back(req)),
-                    Err(h1::Failed::Failed(e)) => Err(Unsent::Failed(SendError::Exchange(e))),
-                }
-            }
-        }
     }
 
     /// Opens a connection (TCP, TLS, then HTTP/1.1 or HTTP/2 as ALPN chose)
@@ -428,6 +405,94 @@ impl<B> From<hyper::client::conn::TrySendError<Request<B>>> for Unsent<B> {
         match e.take_message() {
             Some(req) => Unsent::Back(Box::new(req)),
             None => Unsent::Failed(SendError::Request(e.into_error())),
+        }
+    }
+}
+
+/// [`Pool::send_in_budget`]'s future, written out so that the common
+/// case, a pooled HTTP/1.1 connection, is an [`h1::Exchange`] and little
+/// else: it is made (and boxed, and moved) once a request, and an
+/// `async fn` kept the request beside the exchange made from it, and the
+/// retry's state beside both (1.9 KB, copied on every request).
+// The large variant is the common one, kept in place on purpose.
+#[allow(clippy::large_enum_variant)]
+enum InBudget<B> {
+    /// On a pooled connection; `retry`: what a new connection needs, taken
+    /// when the pooled one gives the request back.
+    Pooled {
+        send: SendOn<B>,
+        retry: Option<(Pool<B>, Arc<Host<B>>)>,
+    },
+    Fresh(Pin<Box<dyn Future<Output = SendResult<B>> + Send>>),
+}
+
+impl<B: SendBody> Future for InBudget<B> {
+    type Output = SendResult<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult<B>> {
+        loop {
+            let req = match &mut *self {
+                InBudget::Fresh(send) => return send.as_mut().poll(cx),
+                InBudget::Pooled { send, retry } => match ready!(Pin::new(send).poll(cx)) {
+                    Ok(sent) => return Poll::Ready(Ok(sent)),
+                    Err(Unsent::Failed(e)) => return Poll::Ready(Err(e)),
+                    Err(Unsent::Back(req)) => match retry.take() {
+                        Some((pool, host)) => Box::pin(pool.send_fresh(host, req)),
+                        None => return Poll::Ready(Err(SendError::Closed)),
+                    },
+                },
+            };
+            *self = InBudget::Fresh(req);
+        }
+    }
+}
+
+/// Sends `req` on `conn`, a connection of `host`'s.
+fn send_on<B: SendBody>(conn: Checkout<B>, host: &Host<B>, mut req: Request<B>) -> SendOn<B> {
+    match conn {
+        Checkout::H1 { conn, reused } => {
+            let authority = host.key.authority.as_str();
+            SendOn::H1(h1::send(conn, req, authority, host.idle.clone(), reused))
+        }
+        Checkout::H2(mut sender) => {
+            // HTTP/2 carries scheme and authority as pseudo-headers.
+            if req.uri().scheme().is_none() {
+                *req.uri_mut() = host.key.absolute(req.uri());
+            }
+            SendOn::H2(Box::pin(async move {
+                if sender.ready().await.is_err() {
+                    return Err(Unsent::Back(Box::new(req)));
+                }
+                let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
+                Ok(response.map(UpstreamBody::H2))
+            }))
+        }
+    }
+}
+
+/// One attempt on one connection: an HTTP/1.1 exchange in place, an
+/// HTTP/2 send boxed.
+// The large variant is the common one, kept in place on purpose.
+#[allow(clippy::large_enum_variant)]
+enum SendOn<B> {
+    H1(h1::Exchange<B>),
+    H2(Pin<Box<dyn Future<Output = Attempt<B>> + Send>>),
+}
+
+/// What one attempt on one connection gives.
+type Attempt<B> = Result<Response<UpstreamBody<B>>, Unsent<B>>;
+
+impl<B: SendBody> Future for SendOn<B> {
+    type Output = Attempt<B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            SendOn::H1(exchange) => Poll::Ready(match ready!(Pin::new(exchange).poll(cx)) {
+                Ok(response) => Ok(response.map(UpstreamBody::H1)),
+                Err(h1::Failed::Unsent(req)) => Err(Unsent::Back(req)),
+                Err(h1::Failed::Failed(e)) => Err(Unsent::Failed(SendError::Exchange(e))),
+            }),
+            SendOn::H2(send) => send.as_mut().poll(cx),
         }
     }
 }
