@@ -28,7 +28,7 @@ fn record_one(stats: &PrefixStats, start: Instant) {
 /// The same through a [`RequestRecord`], which owns a clone of the
 /// prefix's `Arc`: that reference count is shared by both threads.
 fn record_owned(stats: &Arc<PrefixStats>) {
-    let mut r = RequestRecord::start(stats.clone(), Instant::now());
+    let mut r = RequestRecord::start(stats.clone(), tokio::time::Instant::now());
     r.head(black_box(200));
     r.finish(Outcome::Completed);
 }

@@ -94,7 +94,7 @@ impl Budget {
         self.places.available_permits() == self.limits.places
     }
 
-    /// Runs the request `start` makes (a send up to its response head) once
+    /// Runs the request `make` makes (a send up to its response head) once
     /// it has a place, or once it has waited the queue limit; the place is
     /// given up when the request ends, or by whoever polls it once
     /// [`Held::hold_until`] has passed (the proxy's [`AwaitHead`], with
@@ -215,6 +215,7 @@ mod tests {
     use super::*;
     use crate::deadline::Timer;
     use crate::proxy::AwaitHead;
+    use std::pin::pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::oneshot;
 
@@ -295,6 +296,34 @@ mod tests {
             task.await.unwrap();
         }
         assert!(budget.is_idle(), "every place given back");
+    }
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// A place taken at once is held from the request's start; one that
+    /// was waited for, from when it was given.
+    #[tokio::test(start_paused = true)]
+    async fn the_hold_counts_from_the_start_or_from_the_place() {
+        let budget = Budget::new(BudgetLimits {
+            places: 1,
+            ..LIMITS
+        });
+        let start = Instant::now() - Duration::from_secs(5);
+        let mut first = pin!(budget.clone().run(start, std::future::pending::<()>));
+        assert!(poll_once(first.as_mut()).is_pending());
+        assert_eq!(first.hold_until(), Some(start + LIMITS.hold));
+
+        let mut second = pin!(budget.run(start, std::future::pending::<()>));
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert_eq!(second.hold_until(), None, "queued: no place yet");
+        tokio::time::sleep(Duration::from_millis(7)).await;
+        first.as_mut().leave_budget();
+        let given = Instant::now();
+        settle().await;
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert_eq!(second.hold_until(), Some(given + LIMITS.hold));
     }
 
     #[tokio::test(start_paused = true)]

@@ -655,9 +655,12 @@ impl Present {
     fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
-            self.chunked_last = list_items(value)
-                .next_back()
-                .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
+            // As hyper: the last item, empty or not (`chunked,` is not
+            // chunked, and is read until the close).
+            self.chunked_last = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONTENT_LENGTH {
             let length = parse_length(value);
             self.length = match self.content_length {
@@ -1324,6 +1327,20 @@ mod tests {
         assert!(matches!(h.decoder, Decoder::UntilClose) && !h.reusable);
         let h = complete("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n");
         assert!(matches!(h.decoder, Decoder::Length(4)));
+        let h = complete("HTTP/1.1 200 OK\r\nContent-Length: 4\r\ncontent-length: 4\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::Length(4)));
+        // The last field decides; an empty last item is not `chunked`.
+        let h = complete(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+        );
+        assert!(matches!(h.decoder, Decoder::UntilClose) && !h.reusable);
+        let h = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::UntilClose) && !h.reusable);
+        // A framing field `Connection` names leaves the map, not the framing.
+        let h =
+            complete("HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 3\r\n\r\n");
+        assert!(matches!(h.decoder, Decoder::Length(3)) && h.reusable);
+        assert!(h.response.headers().is_empty());
 
         for not_again in [
             "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
@@ -1367,6 +1384,8 @@ mod tests {
         for wire in [
             "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 4, 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: +4\r\n\r\n",
             "HTTP/1.1 099 Low\r\n\r\n",

@@ -30,7 +30,7 @@ const EVENT_STREAM_BIT: u16 = 1 << 9;
 const ALWAYS_REMOVED: u16 = 0b0111_1110;
 
 /// Which hop-by-hop fields `headers` has, one bit each (the index in
-/// [`HOP_BY_HOP`]). Names are matched by length and bytes: map keys are
+/// [`HOP_BY_HOP`]), and [`EVENT_STREAM_BIT`] for an event stream. Names are matched by length and bytes: map keys are
 /// lowercase, and most messages have none of these, so this one pass is
 /// all a message usually costs (comparing `HeaderName`s or looking each
 /// field up would cost a hash or a comparison per rule and field).
@@ -78,7 +78,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// trimmed, empty ones skipped. Split as bytes, not through `to_str`, so a
 /// non-ASCII byte in one item cannot hide the others (and with them a
 /// field `Connection` names).
-pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
@@ -96,14 +96,18 @@ pub(crate) fn has_token<'a>(
         .any(|v| list_items(v.as_bytes()).any(|item| item.eq_ignore_ascii_case(token.as_bytes())))
 }
 
-/// The items of a list-valued field (see [`list_items`]) that are text.
+/// The comma-separated tokens of a list-valued field, trimmed, empty ones
+/// included (unlike [`list_items`]): a request's `Transfer-Encoding` must
+/// be exactly `chunked`, and `chunked,` is refused rather than read the
+/// way some other hop in front of us may not read it. Split as bytes, as
+/// [`list_items`] is.
 pub(crate) fn list_tokens<'a>(
     values: impl IntoIterator<Item = &'a HeaderValue>,
 ) -> impl Iterator<Item = &'a str> {
     values
         .into_iter()
-        .flat_map(|v| list_items(v.as_bytes()))
-        .filter_map(|item| std::str::from_utf8(item).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
 }
 
 /// Removes the hop-by-hop set: `Connection` and every header it names,
@@ -123,7 +127,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 pub fn rewrite_response(headers: &mut HeaderMap) {
     let present = scan(headers);
     strip(headers, present, false);
-    if present & EVENT_STREAM_BIT != 0 {
+    // Still there: `Connection` may have named it.
+    if present & EVENT_STREAM_BIT != 0 && headers.contains_key(header::CONTENT_TYPE) {
         headers
             .entry(HeaderName::from_static("x-accel-buffering"))
             .or_insert(HeaderValue::from_static("no"));
@@ -144,8 +149,10 @@ fn is_event_stream(content_type: &HeaderValue) -> bool {
 /// [`strip_hop_by_hop`], with the [`scan`] done.
 fn strip(headers: &mut HeaderMap, present: u16, upgrading: bool) {
     if present & CONNECTION_BIT != 0 {
-        // `Connection` names more headers to remove. Its tokens are nearly
-        // always `keep-alive` (a field removed anyway) or `close`: each is
+        // `Connection` names more headers to remove (our HTTP/1.1 client
+        // has removed a response's already; this is mostly a request's).
+        // Its tokens are nearly always `keep-alive` (a field removed
+        // anyway) or `close`: each is
         // compared as bytes with the few names the message has rather than
         // parsed into a name and hashed, and nothing is allocated unless
         // one is found.

@@ -651,6 +651,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keys_spelled_alike_share_one_host_and_others_do_not() {
+        let pool = pool(Duration::from_secs(60));
+        let key = |s: &str| key(&s.parse().unwrap());
+        // Parsed apart, so their bytes lie apart: compared, not pointed at.
+        let (a, b) = (key("http://127.0.0.1:9/x"), key("http://127.0.0.1:9/y"));
+        assert!(Arc::ptr_eq(&pool.inner.host(&a), &pool.inner.host(&b)));
+        let others = [key("https://127.0.0.1:9/"), key("http://127.0.0.1:10/")];
+        for other in others {
+            assert_ne!(a, other);
+            assert!(!Arc::ptr_eq(&pool.inner.host(&a), &pool.inner.host(&other)));
+        }
+    }
+
+    #[tokio::test]
     async fn a_fast_upstream_gets_no_more_requests_at_once_than_the_budget() {
         let (uri, counts) = slow_upstream(Duration::from_millis(5)).await;
         let pool = budgeted_pool(8, Duration::from_secs(60));

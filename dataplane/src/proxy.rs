@@ -109,7 +109,7 @@ impl Proxy {
         let route = route.clone();
         let upstream_target = route.upstream_target(rest, req.uri().query());
         drop(snapshot);
-        let record = RequestRecord::start(route.stats.clone(), start.into_std());
+        let record = RequestRecord::start(route.stats.clone(), start);
 
         if let Some(limit) = self.max_request_body {
             if content_length(&req).is_some_and(|len| len > limit) {
@@ -171,7 +171,7 @@ impl Proxy {
     /// no mapping): counted under `prefix="none"`.
     fn unmatched(&self, error: ProxyError, start: Instant) -> ProxyError {
         let unmatched = self.state.metrics.unmatched().clone();
-        finish_with(RequestRecord::start(unmatched, start.into_std()), error)
+        finish_with(RequestRecord::start(unmatched, start), error)
     }
 }
 

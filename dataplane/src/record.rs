@@ -4,7 +4,7 @@
 //! that went away.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 pub use crate::stats::Outcome;
 use crate::stats::PrefixStats;

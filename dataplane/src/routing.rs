@@ -1,5 +1,6 @@
 //! The routing table: one immutable [`Snapshot`] of `prefix -> target`,
-//! longest-prefix lookup on segment boundaries, and the upstream URL join.
+//! longest-prefix lookup on segment boundaries, and the join of the
+//! upstream path.
 //!
 //! Lookup walks the request path's own segment boundaries from the longest
 //! candidate down, one hash probe each, so its cost depends on the path's
@@ -210,7 +211,7 @@ impl Route {
         let base = &self.target.base_path;
         let path_len = (base.len() + rest.len()).max(1);
         // Exactly the length: a `Vec` whose capacity is its length becomes
-        // the URI's `Bytes` as it is; any other is allocated again.
+        // the URI's `Bytes` as it is; any other costs one more allocation.
         let mut target = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
         target.push_str(base);
         target.push_str(rest);
