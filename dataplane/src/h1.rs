@@ -36,7 +36,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::headers::list_items;
+use crate::headers::{list_items, named_by_connection};
 use crate::upstream::Conn;
 
 /// A head's fields, by name, with where each value lies in the head
@@ -601,7 +601,11 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         // `Connection: upgrade` is the proxy's to pass on.
         let own_fields = status != StatusCode::SWITCHING_PROTOCOLS && present.connection;
         let named = if own_fields && present.names_fields {
-            fields_named_by_connection(&found, &head)
+            let tokens = found
+                .iter()
+                .filter(|(name, _, _)| name == header::CONNECTION)
+                .flat_map(|(_, start, end)| list_items(&head[*start..*end]));
+            named_by_connection(tokens, || found.iter().map(|(name, _, _)| name), false)
         } else {
             Vec::new()
         };
@@ -676,25 +680,6 @@ impl Present {
             }
         }
     }
-}
-
-/// The fields of a head (`found`: ranges of `head`) that its `Connection`
-/// names, `keep-alive` aside: that field is always removed, by the
-/// proxy's filter.
-fn fields_named_by_connection(found: &Found, head: &[u8]) -> Vec<HeaderName> {
-    let tokens = || {
-        found
-            .iter()
-            .filter(|(name, _, _)| name == header::CONNECTION)
-            .flat_map(|(_, start, end)| list_items(&head[*start..*end]))
-            .filter(|token| !token.eq_ignore_ascii_case(b"keep-alive"))
-    };
-    found
-        .iter()
-        .map(|(name, _, _)| name)
-        .filter(|name| tokens().any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes())))
-        .cloned()
-        .collect()
 }
 
 /// How the response body is framed (RFC 9112 §6.3), and whether its end

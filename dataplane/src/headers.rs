@@ -30,10 +30,11 @@ const EVENT_STREAM_BIT: u16 = 1 << 9;
 const ALWAYS_REMOVED: u16 = 0b0111_1110;
 
 /// Which hop-by-hop fields `headers` has, one bit each (the index in
-/// [`HOP_BY_HOP`]), and [`EVENT_STREAM_BIT`] for an event stream. Names are matched by length and bytes: map keys are
-/// lowercase, and most messages have none of these, so this one pass is
-/// all a message usually costs (comparing `HeaderName`s or looking each
-/// field up would cost a hash or a comparison per rule and field).
+/// [`HOP_BY_HOP`]), and [`EVENT_STREAM_BIT`] for an event stream. Names
+/// are matched by length and bytes: map keys are lowercase, and most
+/// messages have none of these, so this one pass is all a message usually
+/// costs (comparing `HeaderName`s or looking each field up would cost a
+/// hash or a comparison per rule and field).
 fn scan(headers: &HeaderMap) -> u16 {
     let mut present = 0;
     for (name, value) in headers {
@@ -146,34 +147,43 @@ fn is_event_stream(content_type: &HeaderValue) -> bool {
         .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
 }
 
+/// The fields among `names()` that `Connection`'s `tokens` name, but
+/// `keep-alive` (a field removed anyway) and, when `upgrading`, `upgrade`
+/// (kept). The tokens are nearly always `keep-alive` or `close`: each is
+/// compared as bytes with the few names the message has rather than
+/// parsed into a name and hashed, and nothing is allocated unless one is
+/// found.
+pub(crate) fn named_by_connection<'a, N: Iterator<Item = &'a HeaderName>>(
+    tokens: impl Iterator<Item = &'a [u8]>,
+    names: impl Fn() -> N,
+    upgrading: bool,
+) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for token in tokens {
+        if token.eq_ignore_ascii_case(b"keep-alive")
+            || (upgrading && token.eq_ignore_ascii_case(b"upgrade"))
+        {
+            continue;
+        }
+        if let Some(name) =
+            names().find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
+        {
+            named.push(name.clone());
+        }
+    }
+    named
+}
+
 /// [`strip_hop_by_hop`], with the [`scan`] done.
 fn strip(headers: &mut HeaderMap, present: u16, upgrading: bool) {
     if present & CONNECTION_BIT != 0 {
         // `Connection` names more headers to remove (our HTTP/1.1 client
         // has removed a response's already; this is mostly a request's).
-        // Its tokens are nearly always `keep-alive` (a field removed
-        // anyway) or `close`: each is
-        // compared as bytes with the few names the message has rather than
-        // parsed into a name and hashed, and nothing is allocated unless
-        // one is found.
-        let mut named = Vec::new();
         let tokens = headers
             .get_all(header::CONNECTION)
             .into_iter()
             .flat_map(|v| list_items(v.as_bytes()));
-        for token in tokens {
-            if token.eq_ignore_ascii_case(b"keep-alive")
-                || (upgrading && token.eq_ignore_ascii_case(b"upgrade"))
-            {
-                continue;
-            }
-            if let Some(name) = headers
-                .keys()
-                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
-            {
-                named.push(name.clone());
-            }
-        }
+        let named = named_by_connection(tokens, || headers.keys(), upgrading);
         headers.remove(header::CONNECTION);
         for name in named {
             headers.remove(name);

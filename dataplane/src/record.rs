@@ -4,6 +4,7 @@
 //! that went away.
 
 use std::sync::Arc;
+
 use tokio::time::Instant;
 
 pub use crate::stats::Outcome;
