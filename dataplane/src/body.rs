@@ -428,4 +428,5 @@ fn upstream_body_error_kind(e: &BodyError) -> UpstreamErrorKind {
 pub fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
     find_cause::<hyper::Error>(e).is_some_and(|e| e.is_parse() || e.is_parse_status())
         || find_cause::<h1::Error>(e).is_some_and(h1::Error::is_protocol)
+        || find_cause::<crate::h2::Error>(e).is_some_and(crate::h2::Error::is_protocol)
 }

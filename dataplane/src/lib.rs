@@ -12,6 +12,7 @@ pub mod error;
 pub mod file_source;
 pub mod h1;
 pub mod h1_server;
+pub mod h2;
 pub mod headers;
 pub mod metrics;
 pub mod ops;

@@ -1,8 +1,18 @@
 //! Our pool of upstream connections: HTTP/1.1 ones driven by our own
-//! client ([`crate::h1`]), HTTP/2 ones by hyper's connection-level client.
+//! client ([`crate::h1`]), HTTP/2 ones by h2 ([`crate::h2`]).
 //!
 //! Per host (scheme + authority) it keeps a stack of idle HTTP/1.1
-//! connections and at most one shared HTTP/2 connection. An HTTP/1.1
+//! connections and a list of shared HTTP/2 connections. A request takes a
+//! stream on the oldest HTTP/2 connection below the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`; when all are full, another is
+//! opened, so requests in flight are never capped at one connection's
+//! streams, and the extras, left idle when traffic falls, are closed
+//! after the idle timeout. Requests that find no room while a connection
+//! to the host is being opened wait for it rather than open their own
+//! (as many as it is expected to take): a cold burst of N requests costs
+//! about N ÷ streams handshakes, not N. Until the host's first TLS
+//! handshake has told (by ALPN) whether it speaks HTTP/2, requests wait
+//! for that one. An HTTP/1.1
 //! connection goes back on the stack only when its response body was read
 //! to the end (the body sends it home), so a checkout finds it ready at
 //! once; one whose body was cut is dropped, which closes it. Idle
@@ -25,26 +35,32 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fnv::FnvHashMap;
+use futures_util::future::{FutureExt as _, Shared};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
 use crate::budget::{Budget, BudgetLimits, Held};
-use crate::h1;
+use crate::metrics::UpstreamErrorKind;
 use crate::upstream::{ConnectError, Connector};
+use crate::{h1, h2};
 
 /// How often idle connections are looked at for expiry, and for a close
 /// by the upstream: nothing polls an idle connection, so until the reaper
 /// looks, one the upstream closed holds its descriptor (in CLOSE_WAIT).
 /// A look that finds nothing makes no system call.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// The most connections one request tries (a pooled one that closed under
+/// it, a refused HTTP/2 stream, a wait for another request's handshake
+/// each take a turn).
+const MAX_TURNS: usize = 8;
 
 /// Why an upstream request failed before its response head.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +69,8 @@ pub enum SendError {
     // sources.
     #[error("{0}")]
     Connect(#[from] ConnectError),
-    #[error("upstream handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
     #[error("{0}")]
-    Request(#[source] hyper::Error),
+    H2(#[source] h2::Error),
     #[error("{0}")]
     Exchange(#[source] h1::Error),
     #[error("the new upstream connection closed before taking the request")]
@@ -156,7 +170,8 @@ struct Host<B> {
     /// taken first, and the coldest are left to expire when traffic falls.
     /// Shared with the response bodies that send their connection back.
     idle: h1::Home,
-    h2: Mutex<Option<http2::SendRequest<B>>>,
+    h2: Mutex<H2Conns>,
+    _body: std::marker::PhantomData<fn(B)>,
 }
 
 impl<B> Host<B> {
@@ -165,20 +180,133 @@ impl<B> Host<B> {
             key,
             budget: Budget::new(limits),
             idle: h1::Home::default(),
-            h2: Mutex::new(None),
+            h2: Mutex::default(),
+            _body: std::marker::PhantomData,
+        }
+    }
+
+    /// Records what a connection made for this host turned out to be,
+    /// and ends the dial `ticket` stands for.
+    fn dialed(&self, ticket: Option<u64>, outcome: &Dialed, conn: Option<Arc<h2::Connection>>) {
+        let mut h2 = lock(&self.h2);
+        if let Some(id) = ticket {
+            h2.dials.retain(|d| d.id != id);
+        }
+        h2.conns.extend(conn);
+        match outcome {
+            Dialed::H2 => h2.speaks_h2 = Some(true),
+            Dialed::H1 => h2.speaks_h2 = Some(false),
+            Dialed::Failed(_) => {}
         }
     }
 }
 
+/// A host's HTTP/2 connections, and the connections being opened to it.
+#[derive(Default)]
+struct H2Conns {
+    /// Oldest first: streams fill the oldest, so extras empty first.
+    conns: Vec<Arc<h2::Connection>>,
+    dials: Vec<Dial>,
+    next_dial: u64,
+    /// What ALPN chose on the last connection made: `None` until one was.
+    speaks_h2: Option<bool>,
+}
+
+/// A connection being opened, and how many requests wait for it.
+struct Dial {
+    id: u64,
+    waiting: usize,
+    outcome: Shared<oneshot::Receiver<Dialed>>,
+}
+
+/// What a dial made, told to the requests that waited for it.
+#[derive(Clone, Debug)]
+enum Dialed {
+    /// An HTTP/2 connection, now in the host's list.
+    H2,
+    /// An HTTP/1.1 connection, taken by the request that made it.
+    H1,
+    Failed(ConnectError),
+}
+
+impl H2Conns {
+    /// A stream on the oldest connection with room; closed connections
+    /// found on the way are forgotten.
+    fn lease(&mut self) -> Option<h2::Lease> {
+        self.conns.retain(|c| !c.is_closed());
+        self.conns.iter().find_map(h2::Connection::lease)
+    }
+
+    /// A dial to wait for, or a ticket to dial.
+    fn wait_or_dial<B>(&mut self, host: &Arc<Host<B>>) -> Found<B> {
+        // What the newest connection allows is what the next will.
+        let expected = self
+            .conns
+            .last()
+            .map_or(h2::ASSUMED_STREAMS, |c| c.stream_limit());
+        // The dialer takes one stream itself.
+        if let Some(dial) = self.dials.iter_mut().find(|d| d.waiting + 1 < expected) {
+            dial.waiting += 1;
+            return Found::Wait(dial.outcome.clone());
+        }
+        let (tell, outcome) = oneshot::channel();
+        let id = self.next_dial;
+        self.next_dial += 1;
+        self.dials.push(Dial {
+            id,
+            waiting: 0,
+            outcome: outcome.shared(),
+        });
+        Found::Dial(Some(DialTicket {
+            host: host.clone(),
+            id,
+            tell: Some(tell),
+        }))
+    }
+}
+
+/// The right to open a connection others wait for. Dropped unused (the
+/// request went away mid-dial), it lets them go and try for themselves.
+struct DialTicket<B> {
+    host: Arc<Host<B>>,
+    id: u64,
+    tell: Option<oneshot::Sender<Dialed>>,
+}
+
+impl<B> DialTicket<B> {
+    fn finish(mut self, outcome: Dialed, conn: Option<Arc<h2::Connection>>) {
+        self.host.dialed(Some(self.id), &outcome, conn);
+        if let Some(tell) = self.tell.take() {
+            let _ = tell.send(outcome);
+        }
+    }
+}
+
+impl<B> Drop for DialTicket<B> {
+    fn drop(&mut self) {
+        if self.tell.is_some() {
+            lock(&self.host.h2).dials.retain(|d| d.id != self.id);
+        }
+    }
+}
+
+/// Where a request's connection comes from.
+enum Found<B> {
+    Conn(Checkout),
+    /// Another request is opening one.
+    Wait(Shared<oneshot::Receiver<Dialed>>),
+    /// Open one (and tell the waiters, with a ticket).
+    Dial(Option<DialTicket<B>>),
+}
+
 /// A lock whose holder panicked still guards consistent data here (each
 /// critical section is a push, a pop or a retain).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Inner<B> {
     connector: Connector,
-    h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     budget: BudgetLimits,
     /// FNV: keys are the configured upstream hosts, none a client picks.
@@ -216,7 +344,7 @@ impl<B> Clone for Pool<B> {
 #[derive(Debug)]
 pub enum UpstreamBody<B> {
     H1(h1::ResponseBody<B>),
-    H2(Incoming),
+    H2(h2::ResponseBody<B>),
 }
 
 impl<B> UpstreamBody<B> {
@@ -262,23 +390,28 @@ impl<B: SendBody> Body for UpstreamBody<B> {
 pub type SendResult<B> = Result<Response<UpstreamBody<B>>, SendError>;
 
 /// A connection taken for one request.
-enum Checkout<B> {
+enum Checkout {
     /// `reused`: it served a request before.
     H1 {
         conn: h1::Connection,
         reused: bool,
     },
-    H2(http2::SendRequest<B>),
+    H2(h2::Lease),
+}
+
+/// A request still to be sent.
+enum Pending<B> {
+    Request(Box<Request<B>>),
+    /// Refused unprocessed by an HTTP/2 upstream, with what of its body
+    /// was already taken.
+    Refused(Box<h2::Refused<B>>),
 }
 
 impl<B: SendBody> Pool<B> {
     /// Must be called inside the runtime: the pool's reaper runs there.
     pub fn new(connector: Connector, idle_timeout: Duration, budget: BudgetLimits) -> Pool<B> {
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new());
         let inner = Arc::new(Inner {
             connector,
-            h2,
             idle_timeout,
             budget,
             hosts: Mutex::default(),
@@ -319,76 +452,146 @@ impl<B: SendBody> Pool<B> {
 
     /// The send, once the request may go: on a pooled connection when one
     /// is free, else (or when the pooled one gives the request back
-    /// unsent) on a new one.
+    /// unsent) on a new one, or one another request is opening.
     fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> InBudget<B> {
         match self.checkout(&host) {
-            Some(conn) => InBudget::Pooled {
+            Found::Conn(conn) => InBudget::Pooled {
                 send: send_on(conn, &host, req),
                 retry: Some((self, host)),
             },
-            None => InBudget::Fresh(Box::pin(self.send_fresh(host, Box::new(req)))),
+            found => {
+                let pending = Pending::Request(Box::new(req));
+                InBudget::Fresh(Box::pin(self.send_slow(host, pending, Some(found))))
+            }
         }
     }
 
-    /// Sends on a new connection (a handshake's futures are large: this
-    /// one is boxed, and only a connect pays for it).
-    async fn send_fresh(self, host: Arc<Host<B>>, req: Box<Request<B>>) -> SendResult<B> {
-        let conn = self.connect(&host).await?;
-        match send_on(conn, &host, *req).await {
-            Ok(sent) => Ok(sent),
-            Err(Unsent::Failed(e)) => Err(e),
-            Err(Unsent::Back(_)) => Err(SendError::Closed),
-        }
-    }
-
-    /// A connection from the pool: the shared HTTP/2 one if it is open,
-    /// else the newest idle HTTP/1.1 one that is still fit.
-    fn checkout(&self, host: &Host<B>) -> Option<Checkout<B>> {
-        {
-            let mut h2 = lock(&host.h2);
-            if let Some(sender) = &*h2 {
-                if !sender.is_closed() {
-                    return Some(Checkout::H2(sender.clone()));
+    /// Sends where no pooled connection took the request at once: waits
+    /// for a connection being opened, or opens one (a handshake's futures
+    /// are large: this one is boxed, and only the slow path pays for it).
+    /// `found`: what the first checkout found, if it was made.
+    async fn send_slow(
+        self,
+        host: Arc<Host<B>>,
+        mut pending: Pending<B>,
+        mut found: Option<Found<B>>,
+    ) -> SendResult<B> {
+        for _ in 0..MAX_TURNS {
+            let conn = match found.take().unwrap_or_else(|| self.checkout(&host)) {
+                Found::Conn(conn) => conn,
+                Found::Wait(dial) => match dial.await {
+                    Ok(Dialed::Failed(e)) => return Err(SendError::Connect(e)),
+                    // Made (or given up by its request): look again.
+                    _ => continue,
+                },
+                Found::Dial(ticket) => self.connect(&host, ticket).await?,
+            };
+            let attempt = match (conn, pending) {
+                (Checkout::H2(lease), Pending::Refused(refused)) => {
+                    SendOn::H2(h2::resend(lease, *refused))
                 }
-                *h2 = None;
+                (conn, Pending::Refused(refused)) => match refused.into_untouched() {
+                    Ok(req) => send_on(conn, &host, req),
+                    // Part of its body went, and HTTP/1.1 cannot replay it.
+                    Err(_) => return Err(SendError::Closed),
+                },
+                (conn, Pending::Request(req)) => send_on(conn, &host, *req),
+            };
+            match attempt.await {
+                Ok(sent) => return Ok(sent),
+                Err(Unsent::Failed(e)) => return Err(e),
+                Err(Unsent::Back(req)) => pending = Pending::Request(req),
+                Err(Unsent::Refused(refused)) => pending = Pending::Refused(refused),
+            }
+        }
+        Err(SendError::Closed)
+    }
+
+    /// A connection from the pool: a stream on an HTTP/2 one with room,
+    /// else the newest idle HTTP/1.1 one that is still fit; else a dial to
+    /// wait for, or one to make.
+    fn checkout(&self, host: &Arc<Host<B>>) -> Found<B> {
+        if self.inner.connector.offers_h2() && host.key.scheme == Scheme::HTTPS {
+            let mut h2 = lock(&host.h2);
+            if let Some(lease) = h2.lease() {
+                return Found::Conn(Checkout::H2(lease));
+            }
+            // Known to speak HTTP/2, or not known yet: the next connection
+            // is likely to take more than one request.
+            if h2.speaks_h2 != Some(false) {
+                return h2.wait_or_dial(host);
             }
         }
         // Newest first; closed or expired ones found on the way are closed.
         let mut idle = lock(&host.idle);
         while let Some(mut entry) = idle.pop_back() {
             if entry.since.elapsed() < self.inner.idle_timeout && entry.conn.is_fit() {
-                return Some(Checkout::H1 {
+                return Found::Conn(Checkout::H1 {
                     conn: entry.conn,
                     reused: true,
                 });
             }
         }
-        None
+        Found::Dial(None)
     }
 
-    /// Opens a connection (TCP, TLS, then HTTP/1.1 or HTTP/2 as ALPN chose)
-    /// and spawns its task. An HTTP/2 one is shared from then on.
-    async fn connect(&self, host: &Host<B>) -> Result<Checkout<B>, SendError> {
+    /// Opens a connection (TCP, TLS, then HTTP/1.1 or HTTP/2 as ALPN chose);
+    /// an HTTP/2 one gets its task and joins the host's list. Tells those
+    /// waiting on `ticket` what came of it.
+    async fn connect(
+        &self,
+        host: &Arc<Host<B>>,
+        ticket: Option<DialTicket<B>>,
+    ) -> Result<Checkout, SendError> {
+        let failed = |ticket: Option<DialTicket<B>>, e: ConnectError| {
+            if let Some(ticket) = ticket {
+                ticket.finish(Dialed::Failed(e.clone()), None);
+            }
+            SendError::Connect(e)
+        };
         let key = &host.key;
         let uri = key.absolute(&Uri::from_static("/"));
         let mut connector = self.inner.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(uri).await?;
-        if io.connected().is_negotiated_h2() {
-            let (sender, conn) = self
-                .inner
-                .h2
-                .handshake(io)
-                .await
-                .map_err(SendError::Handshake)?;
-            tokio::spawn(drive("h2", key.authority.clone(), conn));
-            *lock(&host.h2) = Some(sender.clone());
-            return Ok(Checkout::H2(sender));
+        if let Err(e) = std::future::poll_fn(|cx| connector.poll_ready(cx)).await {
+            return Err(failed(ticket, e));
         }
-        Ok(Checkout::H1 {
-            conn: h1::Connection::new(TokioIo::new(io)),
-            reused: false,
-        })
+        let io = match connector.call(uri).await {
+            Ok(io) => io,
+            Err(e) => return Err(failed(ticket, e)),
+        };
+        if !io.connected().is_negotiated_h2() {
+            match ticket {
+                Some(ticket) => ticket.finish(Dialed::H1, None),
+                None => host.dialed(None, &Dialed::H1, None),
+            }
+            return Ok(Checkout::H1 {
+                conn: h1::Connection::new(TokioIo::new(io)),
+                reused: false,
+            });
+        }
+        let made = match h2::handshake(TokioIo::new(io)).await {
+            Ok(made) => made,
+            Err(e) => {
+                let message = format!("upstream HTTP/2 handshake failed: {e}");
+                return Err(failed(
+                    ticket,
+                    ConnectError::new(UpstreamErrorKind::Connect, message),
+                ));
+            }
+        };
+        tokio::spawn(drive("h2", key.authority.clone(), made.driver));
+        // The one who opened it takes its stream at once; the others hear
+        // of it, and it joins the list, once its stream limit is known.
+        let lease = made.conn.lease();
+        let (host, conn, settled) = (host.clone(), made.conn, made.settled);
+        tokio::spawn(async move {
+            settled.await;
+            match ticket {
+                Some(ticket) => ticket.finish(Dialed::H2, Some(conn)),
+                None => host.dialed(None, &Dialed::H2, Some(conn)),
+            }
+        });
+        lease.map(Checkout::H2).ok_or(SendError::Closed)
     }
 }
 
@@ -397,16 +600,9 @@ enum Unsent<B> {
     /// The connection gave the request back unsent (boxed: a rare path,
     /// and the common one should not carry its size).
     Back(Box<Request<B>>),
+    /// An HTTP/2 upstream refused the stream unprocessed.
+    Refused(Box<h2::Refused<B>>),
     Failed(SendError),
-}
-
-impl<B> From<hyper::client::conn::TrySendError<Request<B>>> for Unsent<B> {
-    fn from(mut e: hyper::client::conn::TrySendError<Request<B>>) -> Self {
-        match e.take_message() {
-            Some(req) => Unsent::Back(Box::new(req)),
-            None => Unsent::Failed(SendError::Request(e.into_error())),
-        }
-    }
 }
 
 /// [`Pool::send_in_budget`]'s future, written out so that the common
@@ -431,52 +627,49 @@ impl<B: SendBody> Future for InBudget<B> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult<B>> {
         loop {
-            let req = match &mut *self {
+            let pending = match &mut *self {
                 InBudget::Fresh(send) => return send.as_mut().poll(cx),
-                InBudget::Pooled { send, retry } => match ready!(Pin::new(send).poll(cx)) {
+                InBudget::Pooled { send, .. } => match ready!(Pin::new(send).poll(cx)) {
                     Ok(sent) => return Poll::Ready(Ok(sent)),
                     Err(Unsent::Failed(e)) => return Poll::Ready(Err(e)),
-                    Err(Unsent::Back(req)) => match retry.take() {
-                        Some((pool, host)) => Box::pin(pool.send_fresh(host, req)),
-                        None => return Poll::Ready(Err(SendError::Closed)),
-                    },
+                    Err(Unsent::Back(req)) => Pending::Request(req),
+                    Err(Unsent::Refused(refused)) => Pending::Refused(refused),
                 },
             };
-            *self = InBudget::Fresh(req);
+            let InBudget::Pooled { retry, .. } = &mut *self else {
+                unreachable!("a fresh send returned above")
+            };
+            let Some((pool, host)) = retry.take() else {
+                return Poll::Ready(Err(SendError::Closed));
+            };
+            *self = InBudget::Fresh(Box::pin(pool.send_slow(host, pending, None)));
         }
     }
 }
 
 /// Sends `req` on `conn`, a connection of `host`'s.
-fn send_on<B: SendBody>(conn: Checkout<B>, host: &Host<B>, mut req: Request<B>) -> SendOn<B> {
+fn send_on<B: SendBody>(conn: Checkout, host: &Host<B>, mut req: Request<B>) -> SendOn<B> {
     match conn {
         Checkout::H1 { conn, reused } => {
             let authority = host.key.authority.as_str();
             SendOn::H1(h1::send(conn, req, authority, host.idle.clone(), reused))
         }
-        Checkout::H2(mut sender) => {
+        Checkout::H2(lease) => {
             // HTTP/2 carries scheme and authority as pseudo-headers.
             if req.uri().scheme().is_none() {
                 *req.uri_mut() = host.key.absolute(req.uri());
             }
-            SendOn::H2(Box::pin(async move {
-                if sender.ready().await.is_err() {
-                    return Err(Unsent::Back(Box::new(req)));
-                }
-                let response = sender.try_send_request(req).await.map_err(Unsent::from)?;
-                Ok(response.map(UpstreamBody::H2))
-            }))
+            SendOn::H2(h2::send(lease, req))
         }
     }
 }
 
-/// One attempt on one connection: an HTTP/1.1 exchange in place, an
-/// HTTP/2 send boxed.
+/// One attempt on one connection.
 // The large variant is the common one, kept in place on purpose.
 #[allow(clippy::large_enum_variant)]
 enum SendOn<B> {
     H1(h1::Exchange<B>),
-    H2(Pin<Box<dyn Future<Output = Attempt<B>> + Send>>),
+    H2(h2::Exchange<B>),
 }
 
 /// What one attempt on one connection gives.
@@ -486,14 +679,18 @@ impl<B: SendBody> Future for SendOn<B> {
     type Output = Attempt<B>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            SendOn::H1(exchange) => Poll::Ready(match ready!(Pin::new(exchange).poll(cx)) {
+        Poll::Ready(match self.get_mut() {
+            SendOn::H1(exchange) => match ready!(Pin::new(exchange).poll(cx)) {
                 Ok(response) => Ok(response.map(UpstreamBody::H1)),
                 Err(h1::Failed::Unsent(req)) => Err(Unsent::Back(req)),
                 Err(h1::Failed::Failed(e)) => Err(Unsent::Failed(SendError::Exchange(e))),
-            }),
-            SendOn::H2(send) => send.as_mut().poll(cx),
-        }
+            },
+            SendOn::H2(send) => match ready!(Pin::new(send).poll(cx)) {
+                Ok(response) => Ok(response.map(UpstreamBody::H2)),
+                Err(h2::Failed::Refused(refused)) => Err(Unsent::Refused(refused)),
+                Err(h2::Failed::Failed(e)) => Err(Unsent::Failed(SendError::H2(e))),
+            },
+        })
     }
 }
 
@@ -525,13 +722,16 @@ async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
         lock(&pool.hosts).retain(|_, host| {
             let mut idle = lock(&host.idle);
             idle.retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.is_fit());
+            // HTTP/2 connections with no stream for the idle timeout
+            // (extras opened for a peak, once it passed) are let go: the
+            // last handle dropped, h2 closes the connection.
             let mut h2 = lock(&host.h2);
-            if h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
-                *h2 = None;
-            }
+            h2.conns
+                .retain(|c| !c.is_closed() && c.idle_since().is_none_or(|t| t.elapsed() < timeout));
             // The map's lock is held: nobody can take a new reference now.
             !idle.is_empty()
-                || h2.is_some()
+                || !h2.conns.is_empty()
+                || !h2.dials.is_empty()
                 || Arc::strong_count(host) > 1
                 || Arc::strong_count(&host.idle) > 1
         });

@@ -35,7 +35,7 @@ use crate::pool::Pool;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Connecting to the upstream failed; `kind` says how.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("connect to upstream failed ({}): {message}", kind.as_str())]
 pub struct ConnectError {
     pub kind: UpstreamErrorKind,
@@ -86,6 +86,7 @@ pub struct Connector {
     inner: Inner,
     policy: TargetPolicy,
     timeout: Duration,
+    h2: bool,
 }
 
 impl Service<Uri> for Connector {
@@ -213,7 +214,13 @@ impl Connector {
             inner,
             policy: settings.policy,
             timeout: settings.connect_timeout,
+            h2,
         }
+    }
+
+    /// It offers HTTP/2 by ALPN to TLS upstreams.
+    pub fn offers_h2(&self) -> bool {
+        self.h2
     }
 }
 

@@ -33,6 +33,23 @@ impl TestCa {
         }
     }
 
+    /// A CA and server certificate made before (the PEM texts of
+    /// [`TestCa::new`]'s fields), for a second server of the same run.
+    pub fn from_pem(ca_pem: &str, server_cert_pem: &str, server_key_pem: &str) -> TestCa {
+        use rustls::pki_types::pem::PemObject;
+        let cert =
+            CertificateDer::from_pem_slice(server_cert_pem.as_bytes()).expect("a certificate");
+        let key =
+            PrivatePkcs8KeyDer::from_pem_slice(server_key_pem.as_bytes()).expect("a PKCS#8 key");
+        TestCa {
+            ca_pem: ca_pem.to_owned(),
+            server_cert_pem: server_cert_pem.to_owned(),
+            server_key_pem: server_key_pem.to_owned(),
+            server_cert: cert,
+            server_key: key.secret_pkcs8_der().to_vec(),
+        }
+    }
+
     /// A TLS acceptor offering h2 and http/1.1 by ALPN.
     pub fn acceptor(&self) -> TlsAcceptor {
         self.acceptor_offering(&[b"h2", b"http/1.1"])
@@ -57,4 +74,20 @@ impl Default for TestCa {
     fn default() -> Self {
         TestCa::new()
     }
+}
+
+/// A data plane in standalone mode with `mappings` (JSON object text)
+/// that trusts `ca` (`API_PROXY_CA_FILE`); the directory holding the CA
+/// file comes with it.
+pub fn trusting_dataplane(
+    ca: &TestCa,
+    mappings: &str,
+    env: &[(&str, &str)],
+) -> (crate::DataPlane, crate::TempDir) {
+    let dir = crate::TempDir::new("ca");
+    let ca_file = dir.path("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let mut all = vec![("API_PROXY_CA_FILE", ca_file.to_str().unwrap())];
+    all.extend_from_slice(env);
+    (crate::DataPlane::start(mappings, &all), dir)
 }

@@ -186,6 +186,50 @@ pub async fn https_h1(handler: Handler, ca: &crate::tls::TestCa) -> Upstream {
     https_with(handler, ca.acceptor_offering(&[b"http/1.1"])).await
 }
 
+/// An HTTPS upstream speaking HTTP/2 only (hyper's server), allowing
+/// `max_streams` concurrent streams a connection. With `goaway_after`,
+/// each connection shuts down gracefully (GOAWAY, then its streams run to
+/// their end) once it has taken that many requests, as nginx does after
+/// `keepalive_requests`.
+pub async fn https_h2(
+    handler: Handler,
+    ca: &crate::tls::TestCa,
+    max_streams: u32,
+    goaway_after: Option<usize>,
+) -> Upstream {
+    let acceptor = ca.acceptor_offering(&[b"h2"]);
+    raw(move |stream| {
+        let (handler, acceptor) = (handler.clone(), acceptor.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let taken = Arc::new(AtomicUsize::new(0));
+            let enough = Arc::new(tokio::sync::Notify::new());
+            let service = service_fn({
+                let enough = enough.clone();
+                move |req| {
+                    let handler = handler.clone();
+                    if goaway_after == Some(taken.fetch_add(1, Ordering::SeqCst) + 1) {
+                        enough.notify_one();
+                    }
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                }
+            });
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.max_concurrent_streams(max_streams);
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = enough.notified() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        }
+    })
+    .await
+}
+
 async fn https_with(handler: Handler, acceptor: tokio_rustls::TlsAcceptor) -> Upstream {
     raw(move |stream| {
         let (handler, acceptor) = (handler.clone(), acceptor.clone());

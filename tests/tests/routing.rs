@@ -255,15 +255,8 @@ fn trusting(
     ca: &apiproxy_tests::tls::TestCa,
     up: &upstream::Upstream,
 ) -> (DataPlane, apiproxy_tests::TempDir) {
-    let dir = apiproxy_tests::TempDir::new("ca");
-    let ca_file = dir.path("ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
     let target = format!("https://localhost:{}", up.addr.port());
-    let dp = DataPlane::start(
-        &mappings(&[("/tls", target)]),
-        &[("API_PROXY_CA_FILE", ca_file.to_str().unwrap())],
-    );
-    (dp, dir)
+    apiproxy_tests::tls::trusting_dataplane(ca, &mappings(&[("/tls", target)]), &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +266,8 @@ async fn https_upstream_negotiates_h2_with_the_extra_ca() {
     let (dp, _ca_dir) = trusting(&ca, &up);
     let echo = get_reply(dp.addr, "/tls/v1/models").await.json();
     assert_eq!(echo["version"], "HTTP/2.0", "ALPN picked HTTP/2");
+    // Over HTTP/2 the authority travels in `:authority` alone.
+    assert!(echo["headers"].get("host").is_none(), "{echo}");
     assert_eq!(
         echo["uri"],
         format!("https://localhost:{}/v1/models", up.addr.port())

@@ -1,0 +1,231 @@
+//! HTTP/2 upstreams as production meets them: an nginx origin, stream
+//! limits below the requests in flight, cold bursts, GOAWAY under load and
+//! refused streams. Real servers on 127.0.0.1 over TLS, the real binary.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiproxy_tests::client::{call, get_reply};
+use apiproxy_tests::nginx::Nginx;
+use apiproxy_tests::tls::{trusting_dataplane, TestCa};
+use apiproxy_tests::upstream::{self, echo_handler, full, handler, Handler};
+use apiproxy_tests::{one_mapping, DataPlane, TempDir};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// A data plane mapping `/h2` to `https://localhost:{port}`, trusting `ca`.
+fn proxy_to(ca: &TestCa, port: u16) -> (DataPlane, TempDir) {
+    let target = format!("https://localhost:{port}");
+    trusting_dataplane(ca, &one_mapping("/h2", &target), &[])
+}
+
+/// A handler that answers `ok` after `delay`, and the most requests it
+/// was working on at once.
+fn slow(delay: Duration) -> (Handler, Arc<AtomicUsize>) {
+    let (working, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = most.clone();
+    let h = handler(move |_req: Request<Incoming>| {
+        let (working, most) = (working.clone(), most.clone());
+        async move {
+            let now = working.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            working.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(full("ok"))
+        }
+    });
+    (h, seen)
+}
+
+/// `n` GETs of `path` at once, each on its own client connection; the
+/// statuses, in no order.
+async fn burst(dp: &DataPlane, path: &'static str, n: usize) -> Vec<u16> {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let addr = dp.addr;
+        requests.spawn(async move {
+            let reply = get_reply(addr, path).await;
+            if reply.status != 200 {
+                eprintln!("{} {}", reply.status, reply.text());
+            }
+            reply.status.as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = requests.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nginx_h2_origin_answers_through_the_data_plane() {
+    let ca = TestCa::new();
+    let nginx = Nginx::start_https(&ca);
+    let (dp, _ca) = proxy_to(&ca, nginx.addr.port());
+    for path in ["/h2/v1/models", "/h2/v1/chat/completions"] {
+        let reply = get_reply(dp.addr, path).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.text(), "nginx ok\n");
+    }
+    let body = Bytes::from(vec![b'x'; 20 * 1024]);
+    let post = Request::post("/h2/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let reply = call(dp.addr, post).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // nginx took all three over HTTP/2 (ALPN), and answered them 200
+    // (not 400, "client sent duplicate host header").
+    let log = nginx.access_log();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(
+        log.iter().all(|line| line.starts_with("HTTP/2.0 200 /v1/")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_a_connections_stream_limit_run_at_once_on_more_connections() {
+    let ca = TestCa::new();
+    let (h, most) = slow(Duration::from_millis(600));
+    // Four streams a connection: 24 requests need six connections.
+    let up = upstream::https_h2(h, &ca, 4, None).await;
+    let (dp, _ca) = proxy_to(&ca, up.addr.port());
+    let statuses = burst(&dp, "/h2/slow", 24).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        24,
+        "all 24 were at the origin at once"
+    );
+    let conns = up.counters.accepted();
+    assert!(
+        (6..=8).contains(&conns),
+        "{conns} connections for 24 streams"
+    );
+
+    // Traffic that fits one connection's streams uses the oldest ones:
+    // three at once stay within what is open.
+    let statuses = burst(&dp, "/h2/slow", 3).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(up.counters.accepted(), conns, "no new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_waits_for_handshakes_under_way() {
+    let ca = TestCa::new();
+    let (h, most) = slow(Duration::from_millis(500));
+    let up = upstream::https_h2(h, &ca, 50, None).await;
+    let (dp, _ca) = proxy_to(&ca, up.addr.port());
+    // 200 requests at a data plane that has no connection to the origin.
+    let statuses = burst(&dp, "/h2/cold", 200).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let conns = up.counters.accepted();
+    // ⌈200 ÷ 50⌉ + 2: a handshake per stream limit, not per request.
+    assert!(conns <= 6, "{conns} TLS handshakes for a burst of 200");
+    assert!(
+        most.load(Ordering::SeqCst) >= 150,
+        "the burst ran in parallel: {} at once",
+        most.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_under_load_fails_no_request() {
+    let ca = TestCa::new();
+    // Every connection says GOAWAY after its tenth request, as nginx
+    // does after `keepalive_requests`.
+    let up = upstream::https_h2(echo_handler(), &ca, 100, Some(10)).await;
+    let (dp, _ca) = proxy_to(&ca, up.addr.port());
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (addr, failures) = (dp.addr, failures.clone());
+        clients.spawn(async move {
+            for _ in 0..10 {
+                let post = Request::post("/h2/echo")
+                    .body(Full::new(Bytes::from(vec![b'p'; 3000])))
+                    .unwrap();
+                let reply = call(addr, post).await;
+                if reply.status != 200 || reply.json()["body_len"] != 3000 {
+                    eprintln!("failed: {} {}", reply.status, reply.text());
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    let conns = up.counters.accepted();
+    assert!(
+        conns >= 10,
+        "200 requests, GOAWAY every 10: {conns} connections"
+    );
+    let refused = dp.logs().join("\n");
+    assert!(!refused.contains("upstream request failed"), "{refused}");
+}
+
+/// An HTTP/2 origin on the h2 crate that refuses (`REFUSED_STREAM`) the
+/// first `refuse` streams it sees and answers the others with the length
+/// of the body it read; counts the streams.
+async fn refusing_origin(ca: &TestCa, refuse: usize) -> (upstream::Upstream, Arc<AtomicUsize>) {
+    let acceptor = ca.acceptor_offering(&[b"h2"]);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let up = upstream::raw(move |stream| {
+        let (acceptor, seen) = (acceptor.clone(), counter.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let Ok(mut conn) = h2::server::handshake(tls).await else {
+                return;
+            };
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    let mut len = 0;
+                    while let Some(Ok(data)) = body.data().await {
+                        len += data.len();
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                    let response = http::Response::new(());
+                    if let Ok(mut tx) = respond.send_response(response, false) {
+                        let _ = tx.send_data(Bytes::from(len.to_string()), true);
+                    }
+                });
+            }
+        }
+    })
+    .await;
+    (up, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_with_its_whole_body() {
+    let ca = TestCa::new();
+    let (up, seen) = refusing_origin(&ca, 1).await;
+    let (dp, _ca) = proxy_to(&ca, up.addr.port());
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let post = Request::post("/h2/upload")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let reply = call(dp.addr, post).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        "10000",
+        "the body arrived whole the second time"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "refused once, then served");
+}
