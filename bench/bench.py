@@ -6,6 +6,7 @@
   bench.py sse        [--streams 10] [--events 20] [--gap-ms 20]
   bench.py instr      [--n1 2000] [--n2 6000]
   bench.py stats      [--conns 64,1000] [--duration 5] [--rounds 6]  (stats on + pushing vs off)
+  bench.py h2         [--parts slow,burst,tls,sse,chat] [--sse-streams 10000]  (TLS and HTTP/2 upstreams)
   common options:     --binary PATH --out DIR --port-offset N --skip-dataplane --keep
 
 Load generators, origins and this script run on CPU 0; every proxy runs on
@@ -15,12 +16,14 @@ on 127.0.0.1. Every process started here is stopped by its PID (SIGTERM, then
 SIGKILL), also on Ctrl-C or an error. Methodology: README.md.
 """
 import argparse, asyncio, json, os, re, resource, shutil, signal, socket
-import statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 HOST = "127.0.0.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_BINARY = os.path.join(os.path.dirname(HERE), "target", "release", "apiproxy-dataplane")
 DEFAULT_CP_BINARY = os.path.join(os.path.dirname(HERE), "target", "release", "apiproxy-controlplane")
+EXAMPLES = os.path.join(os.path.dirname(HERE), "target", "release", "examples")  # origin, sse_load
+INSECURE = ssl._create_unverified_context()  # the origins' own /stats, on 127.0.0.1
 CACHE = "/tmp/apiproxy-bench-cache"  # big test files, kept between runs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PIN = (os.cpu_count() or 1) >= 2
@@ -28,7 +31,12 @@ LOAD_CPU, PROXY_CPU = "0", "1"
 BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "nginx-b": 18184,
               "nginx-buf": 18185, "dataplane": 18190, "metrics": 18199,
               "stats-off": 18191, "metrics-off": 18198, "stats-off-b": 18192, "metrics-off-b": 18197,
-              "redis": 18379, "controlplane": 18101}
+              "redis": 18379, "controlplane": 18101,
+              "origin": 18443, "origin-slow": 18445, "nginx-origin": 18446, "nginx-origin-h1": 18447,
+              "dp-h1": 18193, "metrics-h1": 18196, "dp-h2": 18194, "metrics-h2": 18195,
+              "origin-h1": 18448, "origin-plain": 18449, "origin-chat": 18450, "origin-chat-h1": 18451, "origin-slow-h1": 18452,
+              "nginx-plain": 18186, "dp-plain": 18187, "metrics-plain": 18188,
+              "base-h1": 18189, "metrics-base-h1": 18200, "base-h2": 18201, "metrics-base-h2": 18202}
 P = dict(BASE_PORTS)  # after --port-offset
 LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
 NOFILE = [65536]      # fd limit children get (ulimit -n), set in run()
@@ -238,24 +246,83 @@ http {{
                         for prefix, port in routes.items())
         return self.nginx(name, P[name], PROXY_CPU, 4096, http + "    }\n", wrap, extra_g)
 
-    def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None):
-        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port}."""
-        if not os.access(self.a.binary, os.X_OK):
+    def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None, binary=None):
+        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port, or target URL}."""
+        binary = binary or self.a.binary
+        if not os.access(binary, os.X_OK):
             raise SystemExit("no data plane binary at %s (cargo build --release -p apiproxy-dataplane; "
-                             "or --binary PATH; or --skip-dataplane)" % self.a.binary)
+                             "or --binary PATH; or --skip-dataplane)" % binary)
         mappings = os.path.join(self.dir, name + "-mappings.json")
         with open(mappings, "w") as f:
-            json.dump({k: "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
+            json.dump({k: v if isinstance(v, str) else "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
         env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P[name]),
                "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P[metrics]), "API_PROXY_WORKERS": "1",
                "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", **(extra_env or {})}
-        return self.start(name, list(wrap) + [self.a.binary], PROXY_CPU, P[name], env,
+        return self.start(name, list(wrap) + [binary], PROXY_CPU, P[name], env,
                           wait=120.0 if wrap else 15.0)
 
     def helper(self, kind):
         """This script as a helper server (`_sink` / `_sse`) on the load CPU."""
         return self.start(kind, [sys.executable, os.path.abspath(__file__), "_" + kind, "--port", str(P[kind])],
                           LOAD_CPU, P[kind])
+
+
+    def origin(self, name, *args, tls=True):
+        """The benchmark origin (`--example origin`) on the load CPU; with
+        `tls`, h2 + http/1.1 by ALPN (unless args say `--alpn`), its CA,
+        certificate and key in self.dir/tls (the first origin makes them)."""
+        binary = os.path.join(EXAMPLES, "origin")
+        if not os.access(binary, os.X_OK):
+            raise SystemExit("no %s (cargo build --release -p apiproxy-tests --examples)" % binary)
+        cert = ["--cert-dir", self.tls_dir()] if tls else []
+        if tls and os.path.exists(os.path.join(self.tls_dir(), "ca.pem")):
+            cert += ["--reuse-cert", "1"]
+        return self.start(name, [binary, "--listen", "%s:%d" % (HOST, P[name])] + cert
+                          + [str(x) for x in args], LOAD_CPU, P[name])
+
+    def tls_dir(self):
+        return os.path.join(self.dir, "tls")
+
+    def nginx_tls_origin(self, body_size=1024):
+        """nginx on the load CPU serving TLS with the origin's certificate:
+        `nginx-origin` offers h2 and http/1.1, `nginx-origin-h1` http/1.1 only."""
+        d = self.tls_dir()
+        ssl = f"ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; ssl_session_cache shared:S:10m;"
+        http = (f'    server {{ listen {HOST}:{P["nginx-origin"]} ssl http2 backlog=4096; {ssl}\n'
+                f'        location / {{ return 200 "{"x" * body_size}"; }} }}\n'
+                f'    server {{ listen {HOST}:{P["nginx-origin-h1"]} ssl backlog=4096; {ssl}\n'
+                f'        location / {{ return 200 "{"x" * body_size}"; }} }}\n')
+        return self.nginx("nginx-origin", P["nginx-origin"], LOAD_CPU, 16384, http)
+
+    def nginx_tls_proxy(self, name, origin_port, conns=4096):
+        """nginx proxying over TLS (HTTP/1.1: nginx has no HTTP/2 upstreams),
+        verifying the origin against the test CA, sessions reused."""
+        return self.nginx(name, P[name], PROXY_CPU, conns, nginx_proxy_http(self, name, origin_port))
+
+    def dataplane_tls(self, name, metrics, origin_port, binary=None):
+        """A data plane whose one mapping is `/` -> https://localhost:origin_port, trusting the test CA."""
+        return self.dataplane({"/": "https://localhost:%d" % origin_port}, name=name, metrics=metrics,
+                              extra_env={"API_PROXY_CA_FILE": os.path.join(self.tls_dir(), "ca.pem")},
+                              binary=binary)
+
+
+def origin_stats(port):
+    with urllib.request.urlopen("https://%s:%d/stats" % (HOST, port), context=INSECURE, timeout=10) as r:
+        return json.load(r)
+
+
+def sse_load(port, path, streams, duration, *extra):
+    """`--example sse_load` against 127.0.0.1:port (on the load CPU); started, not waited for."""
+    return spawn([os.path.join(EXAMPLES, "sse_load"), "--target", "%s:%d" % (HOST, port), "--path", path,
+                  "--streams", str(streams), "--duration-s", str(duration)] + [str(x) for x in extra])
+
+
+def sse_result(p, timeout, what):
+    rc, out, err = collect(p, timeout)
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise RuntimeError("sse_load against %s failed (rc %s): %s %s" % (what, rc, out[-300:], err[-300:]))
 
 
 def on_sigterm(*_):
@@ -728,6 +795,185 @@ def cmd_instr(a, st):
                                               "ratio/nginx"], rows))
 
 
+# ------------------------------------------------------------------ h2 (TLS and HTTP/2 upstreams)
+def cmd_h2(a, st):
+    """The path production traffic takes: TLS to the origin, HTTP/2 where it
+    offers it. Parts (--parts): slow, burst, tls, sse, chat."""
+    if a.skip_dataplane:
+        raise SystemExit("h2: the data plane is what is measured here")
+    data, text = {}, []
+    st.origin("origin", "--body-bytes", 1024, "--events", a.sse_events, "--gap-ms", a.sse_gap_ms,
+              "--max-streams", a.max_streams)
+    st.origin("origin-h1", "--alpn", "http/1.1", "--body-bytes", 1024, "--events", a.sse_events,
+              "--gap-ms", a.sse_gap_ms)
+    for part in a.parts:
+        log("h2: part %s" % part)
+        d, t = {"slow": h2_slow, "burst": h2_burst, "tls": h2_tls, "sse": h2_sse, "chat": h2_chat}[part](a, st)
+        data[part], text = d, text + [t]
+        print(t + "\n", flush=True)
+    save(a, "h2", data, "\n\n".join(text))
+
+
+def h2_slow(a, st):
+    """400 clients, an origin taking 1 s an answer (128 streams a connection,
+    nginx's default): the data plane over h2 against nginx over TLS h1, loaded at once."""
+    st.origin("origin-slow", "--delay-ms", 1000, "--max-streams", a.max_streams)
+    roots = {"nginx": st.nginx_tls_proxy("nginx", P["origin-slow"]).pid,
+             "dp-h2": st.dataplane_tls("dp-h2", "metrics-h2", P["origin-slow"]).pid}
+    urls = {n: "http://%s:%d/slow" % (HOST, P[n]) for n in roots}
+    before = origin_stats(P["origin-slow"])
+    t0 = {n: cpu_ticks(proc_tree(r)) for n, r in roots.items()}
+    res = wrk_all(urls, a.slow_clients, a.slow_duration)
+    after = origin_stats(P["origin-slow"])
+    rows = []
+    for n in roots:
+        res[n]["cpu_us_per_req"] = (cpu_ticks(proc_tree(roots[n])) - t0[n]) * 1e6 / CLK_TCK / max(1, res[n]["requests"])
+        rows.append([n, "%.0f" % res[n]["rps"], "%.3f" % (res[n]["rps"] / res["nginx"]["rps"]),
+                     "%.0f" % res[n]["p50_ms"], "%.0f" % res[n]["p99_ms"], res[n]["errors"]])
+    res["origin_connections"] = after["connections"] - before["connections"]
+    for n in roots:
+        st.stop(next(p for p in st.procs if p.pid == roots[n]))
+    return res, ("== h2 slow: %d clients each, %d s, origin answers after 1 s (%d streams a connection); "
+                 "both proxies loaded at once\n" % (a.slow_clients, a.slow_duration, a.max_streams)
+                 + table(["target", "rps", "ratio/nginx", "p50 ms", "p99 ms", "errors"], rows)
+                 + "\norigin connections opened by both: %d" % res["origin_connections"])
+
+
+def h2_burst(a, st):
+    """A cold burst of --burst requests at once at a fresh proxy, origin taking
+    1 s an answer: TLS handshakes (full / resumed) the origin saw."""
+    if not any(p.name == "origin-slow" for p in st.procs):
+        st.origin("origin-slow", "--delay-ms", 1000, "--max-streams", a.max_streams)
+    st.origin("origin-slow-h1", "--delay-ms", 1000, "--alpn", "http/1.1")
+    rows, data = [], {}
+    cases = [("dp-h2", "metrics-h2", P["origin-slow"]), ("dp-h1", "metrics-h1", P["origin-slow-h1"]),
+             ("nginx", None, P["origin-slow-h1"])]
+    for name, metrics, port in cases:
+        proc = (st.nginx_tls_proxy(name, port) if name == "nginx" else st.dataplane_tls(name, metrics, port))
+        before = origin_stats(port)
+        r = sse_result(sse_load(P[name], "/burst", a.burst, 5, "--open-per-s", 1000000), 120, name)
+        after = origin_stats(port)
+        full = after["handshakes_full"] - before["handshakes_full"]
+        resumed = after["handshakes_resumed"] - before["handshakes_resumed"]
+        data[name] = dict(r, handshakes_full=full, handshakes_resumed=resumed)
+        rows.append([name, r["ok"], r["errors"], full, resumed])
+        st.stop(proc)
+    return data, ("== h2 burst: %d requests at once at a fresh proxy, origin answering after 1 s "
+                  "(h2: %d streams a connection; dp-h1 and nginx: an http/1.1-only origin); "
+                  "TLS handshakes the origin saw\n" % (a.burst, a.max_streams)
+                  + table(["target", "200s", "errors", "full handshakes", "resumed"], rows))
+
+
+def h2_tls(a, st):
+    """Throughput over TLS to an nginx origin: data plane h1 and h2 against
+    nginx (h1; nginx has no HTTP/2 upstreams) and its twin, loaded at once."""
+    st.nginx_tls_origin()
+    roots = {"nginx": st.nginx_tls_proxy("nginx", P["nginx-origin-h1"]).pid,
+             "nginx-b": st.nginx_tls_proxy("nginx-b", P["nginx-origin-h1"]).pid,
+             "dp-h1": st.dataplane_tls("dp-h1", "metrics-h1", P["nginx-origin-h1"]).pid,
+             "dp-h2": st.dataplane_tls("dp-h2", "metrics-h2", P["nginx-origin"]).pid}
+    if a.baseline:  # another build beside this one, in the same rounds
+        roots["base-h1"] = st.dataplane_tls("base-h1", "metrics-base-h1", P["nginx-origin-h1"], a.baseline).pid
+        roots["base-h2"] = st.dataplane_tls("base-h2", "metrics-base-h2", P["nginx-origin"], a.baseline).pid
+    a.body_size = 1024
+    data, text = measure(a, roots, "nginx", "nginx-b")
+    for n in roots:
+        st.stop(next(p for p in st.procs if p.pid == roots[n]))
+    st.stop(next(p for p in st.procs if p.name == "nginx-origin"))
+    return data, "\n\n".join(text).replace("== throughput", "== h2 tls throughput (TLS 1.3 origin: nginx)")
+
+
+def h2_sse(a, st):
+    """--sse-streams event streams open at once through one proxy at a time:
+    RSS per open stream, CPU per event, event age; `direct` is the baseline."""
+    st.origin("origin-plain", "--events", a.sse_events, "--gap-ms", a.sse_gap_ms, tls=False)
+    targets = [("direct", None, None), ("nginx-plain", "nginx", P["origin-plain"]),
+               ("dp-plain", "dp", P["origin-plain"]), ("nginx", "nginx-tls", P["origin-h1"]),
+               ("dp-h1", "dp-tls", P["origin-h1"]), ("dp-h2", "dp-tls", P["origin"])]
+    rows, data = [], {}
+    secs = a.sse_events * a.sse_gap_ms / 1000.0
+    for name, kind, port in targets:
+        if kind is None:
+            proc, target = None, P["origin-plain"]
+        elif kind in ("nginx", "nginx-tls"):
+            proc = st.nginx(name, P[name], PROXY_CPU, 4 * a.sse_streams + 1024,
+                            nginx_proxy_http(st, name, port, tls=kind == "nginx-tls"))
+            target = P[name]
+        else:
+            m = {"dp-plain": "metrics-plain", "dp-h1": "metrics-h1", "dp-h2": "metrics-h2"}[name]
+            proc = (st.dataplane({"/": port}, name=name, metrics=m) if kind == "dp"
+                    else st.dataplane_tls(name, m, port))
+            target = P[name]
+        # warm-up: first-use costs and upstream connections
+        sse_result(sse_load(target, "/sse", 20, secs, "--open-per-s", 1000), secs + 60, name)
+        root = proc.pid if proc else None
+        first = rss_kib(proc_tree(root)) if root else 0
+        sampler = RssSampler(root, 0.5) if root else None
+        t0 = cpu_ticks(proc_tree(root)) if root else 0
+        r = sse_result(sse_load(target, "/sse", a.sse_streams, secs, "--open-per-s", a.sse_open_per_s,
+                                "--warmup-s", a.sse_streams / a.sse_open_per_s + 1), secs + 120, name)
+        ticks = (cpu_ticks(proc_tree(root)) - t0) if root else 0
+        peak = sampler.stop() if sampler else 0
+        d = data[name] = dict(r, rss_first_kib=first, rss_peak_kib=peak,
+                              kib_per_stream=(peak - first) / float(a.sse_streams) if root else 0,
+                              cpu_us_per_event=ticks * 1e6 / CLK_TCK / max(1, r["events"]))
+        base = data["direct"]["age_us"]
+        added = lambda k: "-" if name == "direct" else "%+.3f" % ((d["age_us"][k] - base[k]) / 1000.0)  # noqa: E731
+        rows.append([name, r["ok"], r["errors"], r["events"], "%.2f" % (d["age_us"]["p50"] / 1000.0),
+                     "%.2f" % (d["age_us"]["p99"] / 1000.0), added("p50"), added("p99"),
+                     "%.1f" % (first / 1024.0), "%.1f" % (peak / 1024.0), "%.1f" % d["kib_per_stream"],
+                     "%.1f" % d["cpu_us_per_event"]])
+        log("sse %s: %s" % (name, rows[-1]))
+        if proc:
+            st.stop(proc)
+    return data, ("== h2 sse: %d streams open at once (opened at %d/s), %d events each, %d ms apart, "
+                  "%d-byte events; one proxy at a time; age = receive - send time\n"
+                  % (a.sse_streams, a.sse_open_per_s, a.sse_events, a.sse_gap_ms, 100)
+                  + table(["target", "streams ok", "errors", "events", "age p50 ms", "age p99 ms", "added p50",
+                           "added p99", "RSS idle MiB", "RSS peak MiB", "KiB/stream", "cpu us/event"], rows))
+
+
+def nginx_proxy_http(st, name, port, tls=True):
+    """An nginx proxy's http{} body: `/` to 127.0.0.1:port, over TLS (verified
+    against the test CA, sessions reused) or plain."""
+    ssl_ = (" proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_verify on;"
+            " proxy_ssl_trusted_certificate %s/ca.pem; proxy_ssl_session_reuse on;" % st.tls_dir()) if tls else ""
+    return (f"    upstream up {{ server {HOST}:{port}; keepalive 1024; keepalive_requests 1000000;"
+            f" keepalive_timeout 60s; }}\n"
+            f"    server {{ listen {HOST}:{P[name]} backlog=4096;\n"
+            f"        location / {{ proxy_pass {'https' if tls else 'http'}://up; proxy_http_version 1.1;"
+            f" proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off;{ssl_} }}\n    }}\n")
+
+
+def h2_chat(a, st):
+    """--chat-clients clients, each sending 20 KiB JSON POSTs answered by a
+    short event stream, again and again on its keep-alive connection, for
+    --chat-duration s; the proxies loaded at once."""
+    st.origin("origin-chat", "--events", 10, "--gap-ms", 50, "--max-streams", a.max_streams)
+    st.origin("origin-chat-h1", "--events", 10, "--gap-ms", 50, "--alpn", "http/1.1")
+    roots = {"nginx": st.nginx_tls_proxy("nginx", P["origin-chat-h1"], 4 * a.chat_clients + 1024),
+             "dp-h1": st.dataplane_tls("dp-h1", "metrics-h1", P["origin-chat-h1"]),
+             "dp-h2": st.dataplane_tls("dp-h2", "metrics-h2", P["origin-chat"])}
+    t0 = {n: cpu_ticks(proc_tree(p.pid)) for n, p in roots.items()}
+    loads = {n: sse_load(P[n], "/sse", a.chat_clients, a.chat_duration, "--repeat", "--post-bytes", 20480,
+                         "--open-per-s", 2000) for n in roots}
+    res, rows = {}, []
+    for n, p in loads.items():
+        r = res[n] = sse_result(p, a.chat_duration + 90, n)
+        r["rps"] = r["done"] / r["elapsed_s"]
+        r["cpu_us_per_req"] = (cpu_ticks(proc_tree(roots[n].pid)) - t0[n]) * 1e6 / CLK_TCK / max(1, r["done"])
+    for n in roots:
+        r = res[n]
+        rows.append([n, r["done"], "%.0f" % r["rps"], "%.3f" % (r["rps"] / res["nginx"]["rps"]), r["errors"],
+                     "%.1f" % (r["age_us"]["p50"] / 1000.0), "%.1f" % (r["age_us"]["p99"] / 1000.0),
+                     "%.0f" % r["cpu_us_per_req"]])
+        st.stop(roots[n])
+    return res, ("== h2 chat: %d clients each, 20 KiB JSON POST -> 10 events 50 ms apart, repeated for %d s; "
+                 "all proxies loaded at once\n" % (a.chat_clients, a.chat_duration)
+                 + table(["target", "streams", "streams/s", "ratio/nginx", "errors", "event age p50 ms",
+                          "p99 ms", "cpu us/stream"], rows))
+
+
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -765,6 +1011,23 @@ def main():
     i = add("instr", "callgrind: user-space instructions per request")
     i.add_argument("--n1", type=int, default=2000)
     i.add_argument("--n2", type=int, default=6000)
+    h = add("h2", "TLS and HTTP/2 upstreams: slow origin, cold burst, TLS throughput, SSE at scale, chat")
+    h.add_argument("--parts", type=lambda s: s.split(","), default=["slow", "burst", "tls", "sse", "chat"])
+    h.add_argument("--max-streams", type=int, default=128, help="origin's SETTINGS_MAX_CONCURRENT_STREAMS")
+    h.add_argument("--slow-clients", type=int, default=400)
+    h.add_argument("--slow-duration", type=int, default=15)
+    h.add_argument("--burst", type=int, default=1000)
+    h.add_argument("--conns", type=lambda s: [int(x) for x in s.split(",")], default=[64, 1000])
+    h.add_argument("--duration", type=int, default=5, help="tls: seconds per round")
+    h.add_argument("--rounds", type=int, default=6, help="tls: rounds")
+    h.add_argument("--warmup", type=int, default=3, help="tls: warm-up seconds per conns value")
+    h.add_argument("--sse-streams", type=int, default=10000)
+    h.add_argument("--sse-events", type=int, default=100)
+    h.add_argument("--sse-gap-ms", type=int, default=200)
+    h.add_argument("--sse-open-per-s", type=int, default=2000)
+    h.add_argument("--chat-clients", type=int, default=1000)
+    h.add_argument("--chat-duration", type=int, default=20)
+    h.add_argument("--baseline", help="tls: also load data planes of this binary (base-h1, base-h2)")
     for helper in ("_sink", "_sse"):  # helper servers started by the subcommands
         sub.add_parser(helper).add_argument("--port", type=int, required=True)
     a = ap.parse_args()
@@ -774,7 +1037,7 @@ def main():
         return
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
     need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
-            "stats": ["wrk", "redis-server"]}[a.cmd]
+            "stats": ["wrk", "redis-server"], "h2": ["wrk"]}[a.cmd]
     missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
@@ -783,7 +1046,7 @@ def main():
     else:
         log("fewer than 2 CPUs: running unpinned")
     run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr,
-            "stats": cmd_stats}[a.cmd])
+            "stats": cmd_stats, "h2": cmd_h2}[a.cmd])
 
 
 if __name__ == "__main__":

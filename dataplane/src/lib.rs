@@ -28,6 +28,7 @@ pub mod state;
 pub mod stats;
 pub mod stats_push;
 pub mod telemetry;
+pub mod tls_sessions;
 pub mod tunnel;
 pub mod upstream;
 pub mod write_stall;
