@@ -453,6 +453,62 @@ def measure(a, roots, ref, twin):
     return data, text
 
 
+def served(url):
+    """Requests a proxy has served so far: nginx's stub_status, or the sum of
+    the data plane's apiproxy_requests_total."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    if "apiproxy_requests_total" in text:
+        return sum(float(m) for m in re.findall(r"^apiproxy_requests_total\{[^}]*\} (\S+)$", text, re.M))
+    return float(re.search(r"^\s*\d+\s+\d+\s+(\d+)\s*$", text, re.M).group(1))
+
+
+def measure_windows(a, roots, counters, ref, twin):
+    """Like measure(), but one continuous wrk per target for each --conns value,
+    measured in --rounds windows of --duration s after --warmup s: no round
+    re-pays the connection set-up (upstream TLS handshakes above all).
+    `counters`: {target: URL that served() reads}."""
+    names, data, text = list(roots), {}, []
+    urls = {n: "http://%s:%d/" % (HOST, P[n]) for n in names}
+    for conns in a.conns:
+        total = a.warmup + a.rounds * a.duration + 2
+        log("%d conns: one %d s load per target, %d s warm-up, %d windows of %d s"
+            % (conns, total, a.warmup, a.rounds, a.duration))
+        procs = {n: spawn(["wrk", "-t1", "-c%d" % conns, "-d%ds" % total, "--timeout", "10s", "--latency", u])
+                 for n, u in urls.items()}
+        time.sleep(a.warmup)
+        rounds = []
+        for r in range(a.rounds):
+            samplers = {n: RssSampler(roots[n], 0.2) for n in names}
+            n0 = {n: served(counters[n]) for n in names}
+            t0, c0, w0 = {n: cpu_ticks(proc_tree(roots[n])) for n in names}, cpu_busy(), time.monotonic()
+            time.sleep(a.duration)
+            n1 = {n: served(counters[n]) for n in names}
+            t1, c1, w1 = {n: cpu_ticks(proc_tree(roots[n])) for n in names}, cpu_busy(), time.monotonic()
+            res = {}
+            for n in names:
+                done = n1[n] - n0[n]
+                res[n] = {"rps": done / (w1 - w0), "requests": done, "rss_peak_kib": samplers[n].stop(),
+                          "cpu_us_per_req": (t1[n] - t0[n]) * 1e6 / CLK_TCK / max(1, done)}
+            res["cpu_busy_pct"] = {c: 100.0 * (c1[c][0] - c0[c][0]) / max(1, c1[c][1] - c0[c][1]) for c in c1}
+            rounds.append(res)
+            log("%d conns, window %d/%d: %s" % (conns, r + 1, a.rounds,
+                                               ", ".join("%s %.0f rps" % (n, res[n]["rps"]) for n in names)))
+        for n, p in procs.items():  # latency and errors: over each whole load
+            rc, out, err = collect(p, total + 60)
+            try:
+                w = parse_wrk(out)
+            except AttributeError:
+                raise RuntimeError("wrk against %s failed (rc %s): %s %s" % (n, rc, out[-400:], err[-400:]))
+            for res in rounds:
+                res[n].update(p50_ms=w["p50_ms"], p99_ms=w["p99_ms"], errors=w["errors"] if res is rounds[0] else 0)
+        data[conns] = rounds
+        text.append(summarize_throughput(a, conns, names, rounds, ref, twin)
+                    .replace("%d x %d s rounds" % (a.rounds, a.duration),
+                             "one load, %d windows of %d s after %d s" % (a.rounds, a.duration, a.warmup)))
+    return data, text
+
+
 def cmd_stats(a, st):
     """Stats cost: a data plane recording and pushing every 2 s to a real
     control plane (over a real Redis) against identical ones with
@@ -867,20 +923,30 @@ def h2_burst(a, st):
 def h2_tls(a, st):
     """Throughput over TLS to an nginx origin: data plane h1 and h2 against
     nginx (h1; nginx has no HTTP/2 upstreams) and its twin, loaded at once."""
-    st.nginx_tls_origin()
-    roots = {"nginx": st.nginx_tls_proxy("nginx", P["nginx-origin-h1"]).pid,
-             "nginx-b": st.nginx_tls_proxy("nginx-b", P["nginx-origin-h1"]).pid,
-             "dp-h1": st.dataplane_tls("dp-h1", "metrics-h1", P["nginx-origin-h1"]).pid,
-             "dp-h2": st.dataplane_tls("dp-h2", "metrics-h2", P["nginx-origin"]).pid}
-    if a.baseline:  # another build beside this one, in the same rounds
-        roots["base-h1"] = st.dataplane_tls("base-h1", "metrics-base-h1", P["nginx-origin-h1"], a.baseline).pid
-        roots["base-h2"] = st.dataplane_tls("base-h2", "metrics-base-h2", P["nginx-origin"], a.baseline).pid
+    if a.tls_origin == "nginx":
+        st.nginx_tls_origin()
+        h1, h2 = P["nginx-origin-h1"], P["nginx-origin"]
+    else:  # the benchmark origin (hyper), started by cmd_h2
+        h1, h2 = P["origin-h1"], P["origin"]
+    roots = {"nginx": st.nginx_tls_proxy("nginx", h1).pid,
+             "nginx-b": st.nginx_tls_proxy("nginx-b", h1).pid,
+             "dp-h1": st.dataplane_tls("dp-h1", "metrics-h1", h1).pid,
+             "dp-h2": st.dataplane_tls("dp-h2", "metrics-h2", h2).pid}
+    if a.baseline:  # another build beside this one, in the same windows
+        roots["base-h1"] = st.dataplane_tls("base-h1", "metrics-base-h1", h1, a.baseline).pid
+        roots["base-h2"] = st.dataplane_tls("base-h2", "metrics-base-h2", h2, a.baseline).pid
     a.body_size = 1024
-    data, text = measure(a, roots, "nginx", "nginx-b")
+    metrics = {"dp-h1": "metrics-h1", "dp-h2": "metrics-h2", "base-h1": "metrics-base-h1",
+               "base-h2": "metrics-base-h2"}
+    counters = {n: "http://%s:%d/%s" % ((HOST, P[n], "_status") if n.startswith("nginx")
+                                        else (HOST, P[metrics[n]], "metrics")) for n in roots}
+    data, text = measure_windows(a, roots, counters, "nginx", "nginx-b")
     for n in roots:
         st.stop(next(p for p in st.procs if p.pid == roots[n]))
-    st.stop(next(p for p in st.procs if p.name == "nginx-origin"))
-    return data, "\n\n".join(text).replace("== throughput", "== h2 tls throughput (TLS 1.3 origin: nginx)")
+    if a.tls_origin == "nginx":
+        st.stop(next(p for p in st.procs if p.name == "nginx-origin"))
+    return data, "\n\n".join(text).replace("== throughput", "== h2 tls throughput (TLS 1.3 origin: %s)"
+                                            % {"nginx": "nginx", "rust": "hyper"}[a.tls_origin])
 
 
 def h2_sse(a, st):
@@ -892,6 +958,7 @@ def h2_sse(a, st):
                ("dp-h1", "dp-tls", P["origin-h1"]), ("dp-h2", "dp-tls", P["origin"])]
     rows, data = [], {}
     secs = a.sse_events * a.sse_gap_ms / 1000.0
+    targets = [t for t in targets if t[0] == "direct" or not a.sse_targets or t[0] in a.sse_targets]
     for name, kind, port in targets:
         if kind is None:
             proc, target = None, P["origin-plain"]
@@ -941,6 +1008,7 @@ def nginx_proxy_http(st, name, port, tls=True):
     return (f"    upstream up {{ server {HOST}:{port}; keepalive 1024; keepalive_requests 1000000;"
             f" keepalive_timeout 60s; }}\n"
             f"    server {{ listen {HOST}:{P[name]} backlog=4096;\n"
+            f"        location = /_status {{ stub_status; }}\n"
             f"        location / {{ proxy_pass {'https' if tls else 'http'}://up; proxy_http_version 1.1;"
             f" proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off;{ssl_} }}\n    }}\n")
 
@@ -1025,9 +1093,12 @@ def main():
     h.add_argument("--sse-events", type=int, default=100)
     h.add_argument("--sse-gap-ms", type=int, default=200)
     h.add_argument("--sse-open-per-s", type=int, default=2000)
+    h.add_argument("--sse-targets", type=lambda s: s.split(","), help="sse: only these (direct always runs)")
     h.add_argument("--chat-clients", type=int, default=1000)
     h.add_argument("--chat-duration", type=int, default=20)
     h.add_argument("--baseline", help="tls: also load data planes of this binary (base-h1, base-h2)")
+    h.add_argument("--tls-origin", choices=["nginx", "rust"], default="nginx",
+                   help="tls: the origin (rust: the benchmark origin, hyper)")
     for helper in ("_sink", "_sse"):  # helper servers started by the subcommands
         sub.add_parser(helper).add_argument("--port", type=int, required=True)
     a = ap.parse_args()

@@ -162,7 +162,7 @@ pub async fn serve(
             if inbound.is_none() {
                 inbound = shared.as_ref().and_then(|s| s.take());
             }
-            match inbound.as_mut().map(|r| r.poll_gone(cx)) {
+            match inbound.as_mut().map(|r| r.poll_gone(cx, false)) {
                 Some(Poll::Ready(())) => Poll::Ready(None),
                 _ => Poll::Pending,
             }
@@ -203,6 +203,10 @@ pub async fn serve(
         let framing = Framing::of(&parts, &body, head_request, http10);
         keep_alive &= framing != Framing::UntilClose;
         out.head(&parts, framing, keep_alive, http10);
+        // Written: the head is let go before the body streams. Its fields
+        // share the upstream's read buffer (4 KiB), and an event stream
+        // may stay open for minutes.
+        drop(parts);
         let mut sending = Sending {
             framing,
             trailers_wanted: trailers,
@@ -480,10 +484,17 @@ impl Inbound {
 
     /// While a request is answered: `Ready` once the client closed or
     /// broke its connection. What it sends meanwhile (a pipelined request)
-    /// is kept, up to a head's worth; past that it is not read.
-    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// is kept, up to a head's worth; past that it is not read. `lean`:
+    /// the answer is streaming, and may for long: hold no buffer while
+    /// the client is silent (see [`h1::poll_fill_lean`]).
+    fn poll_gone(&mut self, cx: &mut Context<'_>, lean: bool) -> Poll<()> {
         while self.read.len() <= MAX_HEAD_BYTES {
-            match ready!(self.poll_fill(cx)) {
+            let filled = if lean {
+                h1::poll_fill_lean(&mut self.io, &mut self.read, &mut self.read_size, cx)
+            } else {
+                self.poll_fill(cx)
+            };
+            match ready!(filled) {
                 Ok(0) | Err(_) => return Poll::Ready(()),
                 Ok(_) => {}
             }
@@ -831,7 +842,11 @@ impl Out {
                 // (the write-stall deadline ends a client that never does).
                 Poll::Pending => return Poll::Pending,
             }
-            return match watch.as_mut().map(|r| r.poll_gone(cx)) {
+            // All written, and the body has nothing yet: the write buffer
+            // is let go while the body waits (an event stream between its
+            // events), so thousands of open streams hold none.
+            self.buf = BytesMut::new();
+            return match watch.as_mut().map(|r| r.poll_gone(cx, true)) {
                 Some(Poll::Ready(())) => Poll::Ready(Ok(false)),
                 _ => Poll::Pending,
             };

@@ -6,7 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod controlplane;
 pub mod dataplane;
-pub mod nginx;
+pub mod origins;
 pub mod redis;
 pub mod tls;
 pub mod upstream;

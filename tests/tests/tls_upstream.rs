@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiproxy_tests::client::{call, get_reply};
-use apiproxy_tests::nginx::Nginx;
+use apiproxy_tests::origins::Origin;
 use apiproxy_tests::tls::{trusting_dataplane, TestCa};
 use apiproxy_tests::upstream::{self, echo_handler, full, handler, Handler};
 use apiproxy_tests::{one_mapping, DataPlane, TempDir};
@@ -65,7 +65,7 @@ async fn burst(dp: &DataPlane, path: &'static str, n: usize) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nginx_h2_origin_answers_through_the_data_plane() {
     let ca = TestCa::new();
-    let nginx = Nginx::start_https(&ca);
+    let nginx = Origin::nginx(&ca);
     let (dp, _ca) = proxy_to(&ca, nginx.addr.port());
     for path in ["/h2/v1/models", "/h2/v1/chat/completions"] {
         let reply = get_reply(dp.addr, path).await;
@@ -87,6 +87,22 @@ async fn an_nginx_h2_origin_answers_through_the_data_plane() {
         log.iter().all(|line| line.starts_with("HTTP/2.0 200 /v1/")),
         "{log:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_h2_origin_answers_through_the_data_plane() {
+    let ca = TestCa::new();
+    let haproxy = Origin::haproxy(&ca);
+    let (dp, _ca) = proxy_to(&ca, haproxy.addr.port());
+    let reply = get_reply(dp.addr, "/h2/v1/models").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "haproxy 2.0", "spoken to over HTTP/2");
+    let post = Request::post("/h2/v1/chat/completions")
+        .body(Full::new(Bytes::from(vec![b'x'; 20 * 1024])))
+        .unwrap();
+    let reply = call(dp.addr, post).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "haproxy 2.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
