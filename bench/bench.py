@@ -471,7 +471,9 @@ def measure_windows(a, roots, counters, ref, twin):
     names, data, text = list(roots), {}, []
     urls = {n: "http://%s:%d/" % (HOST, P[n]) for n in names}
     for conns in a.conns:
-        total = a.warmup + a.rounds * a.duration + 2
+        # Each window also takes the counter reads: a margin, so the last
+        # window ends well before the load does.
+        total = a.warmup + a.rounds * (a.duration + 1) + 5
         log("%d conns: one %d s load per target, %d s warm-up, %d windows of %d s"
             % (conns, total, a.warmup, a.rounds, a.duration))
         procs = {n: spawn(["wrk", "-t1", "-c%d" % conns, "-d%ds" % total, "--timeout", "10s", "--latency", u])

@@ -141,33 +141,37 @@ pub async fn serve(
         }
 
         // Wait for the response, writing `100 Continue` if the body asks,
-        // and watching the client for a close.
-        let mut forward = pin!(proxy.clone().handle(request, client, &mut head_timer.timer));
-        let response = poll_fn(|cx| {
-            if let Poll::Ready(Ok(response)) = forward.as_mut().poll(cx) {
-                return Poll::Ready(Some(response));
-            }
-            if shared
-                .as_ref()
-                .is_some_and(|s| s.wants_continue.swap(false, Ordering::Relaxed))
-            {
-                out.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            }
-            if let Poll::Ready(Err(_)) = out.poll_flush(cx) {
-                return Poll::Ready(None);
-            }
-            // A body read whole has given the read side back: watch it too
-            // (a client that posted a prompt and left must not keep its
-            // generation running).
-            if inbound.is_none() {
-                inbound = shared.as_ref().and_then(|s| s.take());
-            }
-            match inbound.as_mut().map(|r| r.poll_gone(cx, false)) {
-                Some(Poll::Ready(())) => Poll::Ready(None),
-                _ => Poll::Pending,
-            }
-        })
-        .await;
+        // and watching the client for a close. The request future lives in
+        // this block only: its room in the connection's task is shared
+        // with what the body's streaming needs, not added to it.
+        let response = {
+            let mut forward = pin!(proxy.clone().handle(request, client, &mut head_timer.timer));
+            poll_fn(|cx| {
+                if let Poll::Ready(Ok(response)) = forward.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                if shared
+                    .as_ref()
+                    .is_some_and(|s| s.wants_continue.swap(false, Ordering::Relaxed))
+                {
+                    out.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                if let Poll::Ready(Err(_)) = out.poll_flush(cx) {
+                    return Poll::Ready(None);
+                }
+                // A body read whole has given the read side back: watch it too
+                // (a client that posted a prompt and left must not keep its
+                // generation running).
+                if inbound.is_none() {
+                    inbound = shared.as_ref().and_then(|s| s.take());
+                }
+                match inbound.as_mut().map(|r| r.poll_gone(cx, false)) {
+                    Some(Poll::Ready(())) => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await
+        };
         let Some(response) = response else {
             // The client left: dropping the request future drops the
             // upstream request.
@@ -949,6 +953,30 @@ fn http_date() -> [u8; 29] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn size_of_output<F, A, B, C, D, E, R>(_f: F) -> usize
+    where
+        F: Fn(A, B, C, D, E) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// Each client connection's task is this future, for as long as the
+    /// connection is open: at 10,000 open event streams each byte is
+    /// 10 KB. With the request future's room shared with the streaming
+    /// of the body it is 2,856 bytes (3,488 when both were held at once).
+    #[test]
+    fn the_connection_future_stays_small() {
+        let size = size_of_output(
+            |s: TcpStream,
+             c: SocketAddr,
+             p: Arc<Proxy>,
+             t: &'static CancellationToken,
+             d: Duration| { serve(s, c, p, t, d) },
+        );
+        assert!(size <= 3000, "{size} bytes");
+    }
 
     fn parse(wire: &str) -> Result<Option<(Head, BytesMut)>, ProxyError> {
         let mut read = BytesMut::from(wire);

@@ -422,7 +422,7 @@ where
                                 _lease: lease,
                             }))
                         }
-                        Err(e) if is_refused(&e) => {
+                        Err(e) if is_refused(&e) || went_away(&e, &mut this.sender, cx) => {
                             if e.is_go_away() {
                                 lease.conn.close();
                             }
@@ -443,6 +443,21 @@ where
 /// names a lower stream as the last it processes (RFC 9113, 6.8).
 fn is_refused(e: &h2::Error) -> bool {
     e.is_remote() && (e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM))
+}
+
+/// The stream was cut with its connection (`e`, an I/O error) after the
+/// upstream said GOAWAY without an error, before any answer: a server
+/// that goes away gracefully finishes the streams it processes, so one
+/// still open at the close was not (hyper's server closes right after its
+/// last GOAWAY, and a stream of ours can cross it on the wire).
+fn went_away(e: &h2::Error, sender: &mut SendRequest<Bytes>, cx: &mut Context<'_>) -> bool {
+    e.is_io()
+        && matches!(
+            sender.poll_ready(cx),
+            Poll::Ready(Err(gone)) if gone.is_go_away()
+                && gone.is_remote()
+                && gone.reason() == Some(Reason::NO_ERROR)
+        )
 }
 
 /// The request again, if all that was taken of its body was kept.
