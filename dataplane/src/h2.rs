@@ -31,7 +31,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::HOST;
+use http::header::{HeaderValue, HOST, TE};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,9 +42,10 @@ use tokio::time::Instant;
 /// a larger upload that is refused fails instead.
 const REPLAY_LIMIT: usize = 64 * 1024;
 
-/// Streams a new connection is taken to allow until the server's SETTINGS
-/// say otherwise (RFC 9113 recommends servers allow at least 100, and it
-/// is h2's own assumption).
+/// Streams a new connection is expected to allow, for the requests that
+/// wait for it, until the server's SETTINGS say (RFC 9113 recommends
+/// servers allow at least 100). Until they arrive h2 itself puts no limit:
+/// only the request that opened the connection uses it before then.
 pub const ASSUMED_STREAMS: usize = 100;
 
 /// The longest the requests waiting for a new connection wait for the
@@ -95,8 +96,8 @@ pub struct Handshaken<D, S> {
 /// Handshakes HTTP/2 on `io`.
 ///
 /// The server's first frame is its SETTINGS, with its stream limit;
-/// until it has arrived h2 assumes [`ASSUMED_STREAMS`], and a server that
-/// allows fewer refuses the streams beyond. So a PING goes out with the
+/// until it has arrived h2 puts no limit on new streams, and a server
+/// that allows fewer refuses the streams beyond. So a PING goes out with the
 /// preface, and its answer, which comes after the SETTINGS, settles the
 /// limit: the request that opened the connection need not wait for it,
 /// the requests that would share it do.
@@ -121,13 +122,15 @@ where
     let shared = Arc::new(Connection {
         sender,
         active: AtomicUsize::new(0),
-        closed: AtomicBool::new(false),
+        closed: Arc::new(AtomicBool::new(false)),
         idle_since: Mutex::new(Instant::now()),
     });
-    let closed = shared.clone();
+    // The driver holds the flag only: h2 closes the connection once the
+    // last handle to it is dropped, and a handle here would keep it open.
+    let closed = shared.closed.clone();
     let driver = async move {
         let ended = conn.await;
-        closed.close();
+        closed.store(true, Ordering::Release);
         ended
     };
     Ok(Handshaken {
@@ -145,7 +148,7 @@ pub struct Connection {
     active: AtomicUsize,
     /// Its driver ended, or it refused a new stream (GOAWAY): it takes no
     /// more.
-    closed: AtomicBool,
+    closed: Arc<AtomicBool>,
     /// When its last stream was given back.
     idle_since: Mutex<Instant>,
 }
@@ -247,7 +250,9 @@ pub struct Refused<B> {
 impl<B> Refused<B> {
     /// Nothing of the body has been taken: it can go on any connection.
     pub fn into_untouched(self: Box<Self>) -> Result<Request<B>, Box<Self>> {
-        if !self.taken.is_empty() || self.body_done {
+        // A body at its end of which nothing was taken is empty: it goes
+        // as it is.
+        if !self.taken.is_empty() {
             return Err(self);
         }
         let Refused { head, body, .. } = *self;
@@ -275,6 +280,14 @@ pub enum Failed<B> {
 pub fn send<B: Body<Data = Bytes> + Unpin>(lease: Lease, req: Request<B>) -> Exchange<B> {
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(HOST);
+    // The hop-by-hop filter keeps `TE` only when it says `trailers` (in
+    // any case); HTTP/2 wants exactly that spelling, and h2 refuses the
+    // request otherwise.
+    if parts.headers.contains_key(TE) {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
     let head = Head {
         method: parts.method,
         uri: parts.uri,
@@ -372,6 +385,12 @@ where
                                 pipe: Some(pipe),
                             };
                         }
+                        Err(e) if !(e.is_go_away() || e.is_io()) => {
+                            // Not the connection's doing (a field h2
+                            // refuses): this request fails, the
+                            // connection stays.
+                            return Poll::Ready(Err(Failed::Failed(Error::H2(e))));
+                        }
                         Err(_) => {
                             close(&this.lease);
                             let refused = Refused {
@@ -422,7 +441,11 @@ where
                                 _lease: lease,
                             }))
                         }
-                        Err(e) if is_refused(&e) || went_away(&e, &mut this.sender, cx) => {
+                        Err(e)
+                            if is_refused(&e)
+                                || (resendable(head.as_ref(), pipe.as_ref())
+                                    && went_away(&e, &mut this.sender, cx)) =>
+                        {
                             if e.is_go_away() {
                                 lease.conn.close();
                             }
@@ -445,11 +468,24 @@ fn is_refused(e: &h2::Error) -> bool {
     e.is_remote() && (e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM))
 }
 
+/// A GET, HEAD or OPTIONS without a body, of which nothing was sent but
+/// its head: what the HTTP/1.1 client also sends again when its
+/// connection closed before any answer.
+fn resendable<B>(head: Option<&Head>, pipe: Option<&Pipe<B>>) -> bool {
+    let idempotent = head.is_some_and(|h| {
+        h.method == Method::GET || h.method == Method::HEAD || h.method == Method::OPTIONS
+    });
+    idempotent
+        && pipe.is_some_and(|p| {
+            p.body_done && p.queued.is_empty() && p.kept.as_ref().is_some_and(VecDeque::is_empty)
+        })
+}
+
 /// The stream was cut with its connection (`e`, an I/O error) after the
-/// upstream said GOAWAY without an error, before any answer: a server
-/// that goes away gracefully finishes the streams it processes, so one
-/// still open at the close was not (hyper's server closes right after its
-/// last GOAWAY, and a stream of ours can cross it on the wire).
+/// upstream said GOAWAY without an error, before any answer. Streams up
+/// to the GOAWAY's last one may have been processed (RFC 9113, 6.8), and
+/// h2 does not tell which that was: so this is taken as a refusal only
+/// for requests that are safe to send twice ([`resendable`]).
 fn went_away(e: &h2::Error, sender: &mut SendRequest<Bytes>, cx: &mut Context<'_>) -> bool {
     e.is_io()
         && matches!(
@@ -640,5 +676,40 @@ where
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A connection no one holds any more is closed: the pool lets an
+    /// idle extra go by dropping its handle, and nothing else (its driver
+    /// above all) may keep it open.
+    #[tokio::test]
+    async fn a_connection_no_one_holds_is_closed() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server).await.unwrap();
+            // Ends when the client has gone away.
+            while let Some(Ok(_)) = conn.accept().await {}
+        });
+        let made = handshake(client).await.unwrap();
+        let driver = tokio::spawn(made.driver);
+        made.settled.await;
+        let closed = made.conn.closed.clone();
+        let lease = made.conn.lease().expect("a stream on a new connection");
+        drop(lease);
+        drop(made.conn);
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the server saw the connection close")
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        assert!(
+            closed.load(Ordering::Acquire),
+            "the driver marked it closed"
+        );
     }
 }

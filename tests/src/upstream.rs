@@ -17,6 +17,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -201,7 +202,7 @@ pub async fn https_h2(
     raw(move |stream| {
         let (handler, acceptor) = (handler.clone(), acceptor.clone());
         async move {
-            let Ok(tls) = acceptor.accept(stream).await else {
+            let Ok(mut tls) = acceptor.accept(stream).await else {
                 return;
             };
             let taken = Arc::new(AtomicUsize::new(0));
@@ -218,13 +219,22 @@ pub async fn https_h2(
             });
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.max_concurrent_streams(max_streams);
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = enough.notified() => conn.as_mut().graceful_shutdown(),
+            {
+                let conn = builder.serve_connection(TokioIo::new(&mut tls), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = enough.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
             }
-            let _ = conn.await;
+            // A lingering close, as nginx's: what the client sent after the
+            // last GOAWAY is read and dropped for a moment, so the close
+            // does not reset the connection before the client has read
+            // that GOAWAY (a reset would discard it unread).
+            let mut sink = [0u8; 4096];
+            let linger = async { while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), linger).await;
         }
     })
     .await

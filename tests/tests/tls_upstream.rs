@@ -304,3 +304,22 @@ async fn a_wave_of_new_tls_connections_resumes_on_the_tickets_of_the_last() {
         kinds[1].load(Ordering::SeqCst)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_trailers_in_any_case_reaches_an_h2_origin() {
+    let ca = TestCa::new();
+    let up = upstream::https_h2(echo_handler(), &ca, 100, None).await;
+    let (dp, _ca) = proxy_to(&ca, up.addr.port());
+    for _ in 0..3 {
+        // HTTP/2 takes `TE` only as `trailers`, spelled so: h2 refused
+        // the request, and the pool took that for a connection going away.
+        let req = Request::get("/h2/te")
+            .header("te", "Trailers")
+            .body(Full::default())
+            .unwrap();
+        let reply = call(dp.addr, req).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["headers"]["te"][0], "trailers");
+    }
+    assert_eq!(up.counters.accepted(), 1, "one connection kept for all");
+}
