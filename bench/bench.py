@@ -276,7 +276,7 @@ http {{
             raise SystemExit("no %s (cargo build --release -p apiproxy-tests --examples)" % binary)
         cert = ["--cert-dir", self.tls_dir()] if tls else []
         if tls and os.path.exists(os.path.join(self.tls_dir(), "ca.pem")):
-            cert += ["--reuse-cert", "1"]
+            cert += ["--reuse-cert"]
         return self.start(name, [binary, "--listen", "%s:%d" % (HOST, P[name])] + cert
                           + [str(x) for x in args], LOAD_CPU, P[name])
 

@@ -25,7 +25,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -187,18 +187,21 @@ impl Connection {
         if self.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        Some(*crate::pool::lock(&self.idle_since))
+        Some(
+            *self
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     fn give_back(&self) {
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *crate::pool::lock(&self.idle_since) = Instant::now();
+            *self
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         }
-    }
-
-    /// Streams leased now (for tests and the pool's view).
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Acquire)
     }
 }
 

@@ -28,6 +28,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
@@ -163,7 +164,7 @@ impl HostKey {
 /// One upstream host. A request finds it by key once, when the request is
 /// made, and holds it from then on: the checkout, and the release of the
 /// connection after the response, lock only this host's connections.
-struct Host<B> {
+struct Host {
     key: HostKey,
     budget: Budget,
     /// Idle HTTP/1.1 connections, most recently used last: the warmest is
@@ -171,32 +172,41 @@ struct Host<B> {
     /// Shared with the response bodies that send their connection back.
     idle: h1::Home,
     h2: Mutex<H2Conns>,
-    _body: std::marker::PhantomData<fn(B)>,
 }
 
-impl<B> Host<B> {
+impl Host {
     fn new(key: HostKey, limits: BudgetLimits) -> Self {
         Host {
             key,
             budget: Budget::new(limits),
             idle: h1::Home::default(),
             h2: Mutex::default(),
-            _body: std::marker::PhantomData,
         }
     }
 
-    /// Records what a connection made for this host turned out to be,
-    /// and ends the dial `ticket` stands for.
-    fn dialed(&self, ticket: Option<u64>, outcome: &Dialed, conn: Option<Arc<h2::Connection>>) {
-        let mut h2 = lock(&self.h2);
-        if let Some(id) = ticket {
-            h2.dials.retain(|d| d.id != id);
+    /// Records what a connection made for this host turned out to be;
+    /// with the `ticket` it was dialled under, ends that dial and tells
+    /// those who waited for it.
+    fn dialed(
+        &self,
+        ticket: Option<DialTicket>,
+        outcome: Dialed,
+        conn: Option<Arc<h2::Connection>>,
+    ) {
+        {
+            let mut h2 = lock(&self.h2);
+            if let Some(ticket) = &ticket {
+                h2.dials.retain(|d| d.id != ticket.id);
+            }
+            h2.conns.extend(conn);
+            match outcome {
+                Dialed::H2 => h2.speaks_h2 = Some(true),
+                Dialed::H1 => h2.speaks_h2 = Some(false),
+                Dialed::Failed(_) => {}
+            }
         }
-        h2.conns.extend(conn);
-        match outcome {
-            Dialed::H2 => h2.speaks_h2 = Some(true),
-            Dialed::H1 => h2.speaks_h2 = Some(false),
-            Dialed::Failed(_) => {}
+        if let Some(tell) = ticket.and_then(|mut t| t.tell.take()) {
+            let _ = tell.send(outcome);
         }
     }
 }
@@ -238,7 +248,7 @@ impl H2Conns {
     }
 
     /// A dial to wait for, or a ticket to dial.
-    fn wait_or_dial<B>(&mut self, host: &Arc<Host<B>>) -> Found<B> {
+    fn wait_or_dial(&mut self, host: &Arc<Host>) -> Found {
         // What the newest connection allows is what the next will.
         let expected = self
             .conns
@@ -267,22 +277,13 @@ impl H2Conns {
 
 /// The right to open a connection others wait for. Dropped unused (the
 /// request went away mid-dial), it lets them go and try for themselves.
-struct DialTicket<B> {
-    host: Arc<Host<B>>,
+struct DialTicket {
+    host: Arc<Host>,
     id: u64,
     tell: Option<oneshot::Sender<Dialed>>,
 }
 
-impl<B> DialTicket<B> {
-    fn finish(mut self, outcome: Dialed, conn: Option<Arc<h2::Connection>>) {
-        self.host.dialed(Some(self.id), &outcome, conn);
-        if let Some(tell) = self.tell.take() {
-            let _ = tell.send(outcome);
-        }
-    }
-}
-
-impl<B> Drop for DialTicket<B> {
+impl Drop for DialTicket {
     fn drop(&mut self) {
         if self.tell.is_some() {
             lock(&self.host.h2).dials.retain(|d| d.id != self.id);
@@ -291,31 +292,31 @@ impl<B> Drop for DialTicket<B> {
 }
 
 /// Where a request's connection comes from.
-enum Found<B> {
+enum Found {
     Conn(Checkout),
     /// Another request is opening one.
     Wait(Shared<oneshot::Receiver<Dialed>>),
     /// Open one (and tell the waiters, with a ticket).
-    Dial(Option<DialTicket<B>>),
+    Dial(Option<DialTicket>),
 }
 
 /// A lock whose holder panicked still guards consistent data here (each
 /// critical section is a push, a pop or a retain).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Inner<B> {
+struct Inner {
     connector: Connector,
     idle_timeout: Duration,
     budget: BudgetLimits,
     /// FNV: keys are the configured upstream hosts, none a client picks.
-    hosts: Mutex<FnvHashMap<HostKey, Arc<Host<B>>>>,
+    hosts: Mutex<FnvHashMap<HostKey, Arc<Host>>>,
 }
 
-impl<B> Inner<B> {
+impl Inner {
     /// `key`'s host, made when missing.
-    fn host(&self, key: &HostKey) -> Arc<Host<B>> {
+    fn host(&self, key: &HostKey) -> Arc<Host> {
         let mut hosts = lock(&self.hosts);
         if let Some(host) = hosts.get(key) {
             return host.clone();
@@ -329,13 +330,16 @@ impl<B> Inner<B> {
 
 /// A cheap handle; clones share the connections.
 pub struct Pool<B> {
-    inner: Arc<Inner<B>>,
+    inner: Arc<Inner>,
+    /// The request bodies it sends (the connections are body-agnostic).
+    _body: PhantomData<fn(B)>,
 }
 
 impl<B> Clone for Pool<B> {
     fn clone(&self) -> Self {
         Pool {
             inner: self.inner.clone(),
+            _body: PhantomData,
         }
     }
 }
@@ -417,7 +421,10 @@ impl<B: SendBody> Pool<B> {
             hosts: Mutex::default(),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
-        Pool { inner }
+        Pool {
+            inner,
+            _body: PhantomData,
+        }
     }
 
     /// Sends `req` upstream to `host` within the host's budget: on a
@@ -453,7 +460,7 @@ impl<B: SendBody> Pool<B> {
     /// The send, once the request may go: on a pooled connection when one
     /// is free, else (or when the pooled one gives the request back
     /// unsent) on a new one, or one another request is opening.
-    fn send_in_budget(self, host: Arc<Host<B>>, req: Request<B>) -> InBudget<B> {
+    fn send_in_budget(self, host: Arc<Host>, req: Request<B>) -> InBudget<B> {
         match self.checkout(&host) {
             Found::Conn(conn) => InBudget::Pooled {
                 send: send_on(conn, &host, req),
@@ -472,9 +479,9 @@ impl<B: SendBody> Pool<B> {
     /// `found`: what the first checkout found, if it was made.
     async fn send_slow(
         self,
-        host: Arc<Host<B>>,
+        host: Arc<Host>,
         mut pending: Pending<B>,
-        mut found: Option<Found<B>>,
+        mut found: Option<Found>,
     ) -> SendResult<B> {
         for _ in 0..MAX_TURNS {
             let conn = match found.take().unwrap_or_else(|| self.checkout(&host)) {
@@ -510,7 +517,7 @@ impl<B: SendBody> Pool<B> {
     /// A connection from the pool: a stream on an HTTP/2 one with room,
     /// else the newest idle HTTP/1.1 one that is still fit; else a dial to
     /// wait for, or one to make.
-    fn checkout(&self, host: &Arc<Host<B>>) -> Found<B> {
+    fn checkout(&self, host: &Arc<Host>) -> Found {
         if self.inner.connector.offers_h2() && host.key.scheme == Scheme::HTTPS {
             let mut h2 = lock(&host.h2);
             if let Some(lease) = h2.lease() {
@@ -540,13 +547,11 @@ impl<B: SendBody> Pool<B> {
     /// waiting on `ticket` what came of it.
     async fn connect(
         &self,
-        host: &Arc<Host<B>>,
-        ticket: Option<DialTicket<B>>,
+        host: &Arc<Host>,
+        ticket: Option<DialTicket>,
     ) -> Result<Checkout, SendError> {
-        let failed = |ticket: Option<DialTicket<B>>, e: ConnectError| {
-            if let Some(ticket) = ticket {
-                ticket.finish(Dialed::Failed(e.clone()), None);
-            }
+        let failed = |ticket: Option<DialTicket>, e: ConnectError| {
+            host.dialed(ticket, Dialed::Failed(e.clone()), None);
             SendError::Connect(e)
         };
         let key = &host.key;
@@ -560,10 +565,7 @@ impl<B: SendBody> Pool<B> {
             Err(e) => return Err(failed(ticket, e)),
         };
         if !io.connected().is_negotiated_h2() {
-            match ticket {
-                Some(ticket) => ticket.finish(Dialed::H1, None),
-                None => host.dialed(None, &Dialed::H1, None),
-            }
+            host.dialed(ticket, Dialed::H1, None);
             return Ok(Checkout::H1 {
                 conn: h1::Connection::new(TokioIo::new(io)),
                 reused: false,
@@ -586,10 +588,7 @@ impl<B: SendBody> Pool<B> {
         let (host, conn, settled) = (host.clone(), made.conn, made.settled);
         tokio::spawn(async move {
             settled.await;
-            match ticket {
-                Some(ticket) => ticket.finish(Dialed::H2, Some(conn)),
-                None => host.dialed(None, &Dialed::H2, Some(conn)),
-            }
+            host.dialed(ticket, Dialed::H2, Some(conn));
         });
         lease.map(Checkout::H2).ok_or(SendError::Closed)
     }
@@ -617,7 +616,7 @@ enum InBudget<B> {
     /// when the pooled one gives the request back.
     Pooled {
         send: SendOn<B>,
-        retry: Option<(Pool<B>, Arc<Host<B>>)>,
+        retry: Option<(Pool<B>, Arc<Host>)>,
     },
     Fresh(Pin<Box<dyn Future<Output = SendResult<B>> + Send>>),
 }
@@ -627,28 +626,28 @@ impl<B: SendBody> Future for InBudget<B> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult<B>> {
         loop {
-            let pending = match &mut *self {
+            let again = match &mut *self {
                 InBudget::Fresh(send) => return send.as_mut().poll(cx),
-                InBudget::Pooled { send, .. } => match ready!(Pin::new(send).poll(cx)) {
-                    Ok(sent) => return Poll::Ready(Ok(sent)),
-                    Err(Unsent::Failed(e)) => return Poll::Ready(Err(e)),
-                    Err(Unsent::Back(req)) => Pending::Request(req),
-                    Err(Unsent::Refused(refused)) => Pending::Refused(refused),
-                },
+                InBudget::Pooled { send, retry } => {
+                    let pending = match ready!(Pin::new(send).poll(cx)) {
+                        Ok(sent) => return Poll::Ready(Ok(sent)),
+                        Err(Unsent::Failed(e)) => return Poll::Ready(Err(e)),
+                        Err(Unsent::Back(req)) => Pending::Request(req),
+                        Err(Unsent::Refused(refused)) => Pending::Refused(refused),
+                    };
+                    match retry.take() {
+                        Some((pool, host)) => Box::pin(pool.send_slow(host, pending, None)),
+                        None => return Poll::Ready(Err(SendError::Closed)),
+                    }
+                }
             };
-            let InBudget::Pooled { retry, .. } = &mut *self else {
-                unreachable!("a fresh send returned above")
-            };
-            let Some((pool, host)) = retry.take() else {
-                return Poll::Ready(Err(SendError::Closed));
-            };
-            *self = InBudget::Fresh(Box::pin(pool.send_slow(host, pending, None)));
+            *self = InBudget::Fresh(again);
         }
     }
 }
 
 /// Sends `req` on `conn`, a connection of `host`'s.
-fn send_on<B: SendBody>(conn: Checkout, host: &Host<B>, mut req: Request<B>) -> SendOn<B> {
+fn send_on<B: SendBody>(conn: Checkout, host: &Host, mut req: Request<B>) -> SendOn<B> {
     match conn {
         Checkout::H1 { conn, reused } => {
             let authority = host.key.authority.as_str();
@@ -710,7 +709,7 @@ where
 /// request holding the host (a request holds it from the moment it is
 /// made, queued or not; a response body holds its stack of idle
 /// connections while it is read); ends with the pool.
-async fn reap<B: Send + 'static>(pool: Weak<Inner<B>>) {
+async fn reap(pool: Weak<Inner>) {
     let Some(timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
         return;
     };

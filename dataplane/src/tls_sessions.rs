@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::client::Tls13ClientSessionValue;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue};
@@ -75,7 +75,7 @@ impl ClientSessionStore for SessionStore {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        let mut tickets = crate::pool::lock(&self.tickets);
+        let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
         if !tickets.contains_key(&server_name) && tickets.len() >= SERVERS {
             if let Some(other) = tickets.keys().next().cloned() {
                 tickets.remove(&other);
@@ -93,7 +93,9 @@ impl ClientSessionStore for SessionStore {
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
         // The newest first: the furthest from its expiry.
-        crate::pool::lock(&self.tickets)
+        self.tickets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .get_mut(server_name)
             .and_then(VecDeque::pop_back)
     }

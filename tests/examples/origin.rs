@@ -31,60 +31,33 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-#[derive(Clone, Debug)]
+/// The benchmark origin (see the module's comment).
+#[derive(Clone, Debug, clap::Parser)]
 struct Options {
+    #[arg(long, default_value = "127.0.0.1:18443")]
     listen: SocketAddr,
+    /// Serve TLS, with a fresh test CA written here.
+    #[arg(long)]
     cert_dir: Option<String>,
-    /// Serve the certificate already in `cert_dir` (another origin of the
-    /// same run made it) instead of making a new one.
+    /// Serve the certificate already in `--cert-dir` (another origin of
+    /// the same run made it) instead of making a new one.
+    #[arg(long)]
     reuse_cert: bool,
-    alpn: Vec<Vec<u8>>,
-    delay: Duration,
+    /// ALPN protocols offered, in order.
+    #[arg(long, default_value = "h2,http/1.1", value_delimiter = ',')]
+    alpn: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    #[arg(long, default_value_t = 1024)]
     body_bytes: usize,
+    #[arg(long, default_value_t = 128)]
     max_streams: u32,
+    #[arg(long, default_value_t = 50)]
     events: usize,
-    gap: Duration,
+    #[arg(long, default_value_t = 200)]
+    gap_ms: u64,
+    #[arg(long, default_value_t = 100)]
     event_bytes: usize,
-}
-
-fn options() -> Options {
-    let mut o = Options {
-        listen: "127.0.0.1:18443".parse().unwrap(),
-        cert_dir: None,
-        reuse_cert: false,
-        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        delay: Duration::ZERO,
-        body_bytes: 1024,
-        max_streams: 128,
-        events: 50,
-        gap: Duration::from_millis(200),
-        event_bytes: 100,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair
-            .get(1)
-            .unwrap_or_else(|| panic!("{} needs a value", pair[0]));
-        let number = || {
-            value
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("{}: a number", pair[0]))
-        };
-        match pair[0].as_str() {
-            "--listen" => o.listen = value.parse().expect("--listen: host:port"),
-            "--cert-dir" => o.cert_dir = Some(value.clone()),
-            "--reuse-cert" => o.reuse_cert = number() != 0,
-            "--alpn" => o.alpn = value.split(',').map(|p| p.as_bytes().to_vec()).collect(),
-            "--delay-ms" => o.delay = Duration::from_millis(number()),
-            "--body-bytes" => o.body_bytes = number() as usize,
-            "--max-streams" => o.max_streams = number() as u32,
-            "--events" => o.events = number() as usize,
-            "--gap-ms" => o.gap = Duration::from_millis(number()),
-            "--event-bytes" => o.event_bytes = number() as usize,
-            other => panic!("unknown option {other}"),
-        }
-    }
-    o
 }
 
 #[derive(Default)]
@@ -122,7 +95,7 @@ async fn answer(o: Arc<Options>, counts: Arc<Counts>, req: Request<Incoming>) ->
     if path == "/sse" {
         let (tx, body) = channel_body();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(o.gap);
+            let mut every = tokio::time::interval(Duration::from_millis(o.gap_ms));
             for _ in 0..o.events {
                 every.tick().await;
                 if tx.send(Ok(event(o.event_bytes))).await.is_err() {
@@ -135,13 +108,13 @@ async fn answer(o: Arc<Options>, counts: Arc<Counts>, req: Request<Incoming>) ->
             .body(body)
             .unwrap();
     }
-    tokio::time::sleep(o.delay).await;
+    tokio::time::sleep(Duration::from_millis(o.delay_ms)).await;
     Response::new(full(vec![b'x'; o.body_bytes]))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let o = Arc::new(options());
+    let o = Arc::new(<Options as clap::Parser>::parse());
     let acceptor = o.cert_dir.as_ref().map(|dir| {
         let ca = if o.reuse_cert {
             let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
@@ -154,7 +127,7 @@ async fn main() {
             std::fs::write(format!("{dir}/key.pem"), &ca.server_key_pem).unwrap();
             ca
         };
-        let alpn: Vec<&[u8]> = o.alpn.iter().map(Vec::as_slice).collect();
+        let alpn: Vec<&[u8]> = o.alpn.iter().map(|p| p.as_bytes()).collect();
         ca.acceptor_offering(&alpn)
     });
     let listener = tokio::net::TcpListener::bind(o.listen).await.unwrap();

@@ -22,57 +22,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[derive(Clone, Debug)]
+/// The SSE load generator (see the module's comment).
+#[derive(Clone, Debug, clap::Parser)]
 struct Options {
+    #[arg(long, default_value = "127.0.0.1:8000")]
     target: SocketAddr,
+    #[arg(long, default_value = "/sse")]
     path: String,
+    #[arg(long, default_value_t = 100)]
     streams: usize,
+    /// Connections opened a second.
+    #[arg(long, default_value_t = 2000.0)]
     open_per_s: f64,
-    duration: Duration,
+    #[arg(long = "duration-s", default_value_t = 30.0)]
+    duration_s: f64,
+    /// With a body of this many bytes (a chat request): POST, else GET.
+    #[arg(long, default_value_t = 0)]
     post_bytes: usize,
+    /// Ask again on the same connection until the duration has passed.
+    #[arg(long)]
     repeat: bool,
     /// Events younger than this after the start are not counted (the
     /// ramp-up).
-    warmup: Duration,
-}
-
-fn options() -> Options {
-    let mut o = Options {
-        target: "127.0.0.1:8000".parse().unwrap(),
-        path: "/sse".into(),
-        streams: 100,
-        open_per_s: 2000.0,
-        duration: Duration::from_secs(30),
-        post_bytes: 0,
-        repeat: false,
-        warmup: Duration::ZERO,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--repeat" {
-            o.repeat = true;
-            continue;
-        }
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        let number = || {
-            value
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("{flag}: a number"))
-        };
-        match flag.as_str() {
-            "--target" => o.target = value.parse().expect("--target: host:port"),
-            "--path" => o.path = value.clone(),
-            "--streams" => o.streams = number() as usize,
-            "--open-per-s" => o.open_per_s = number(),
-            "--duration-s" => o.duration = Duration::from_secs_f64(number()),
-            "--post-bytes" => o.post_bytes = number() as usize,
-            "--warmup-s" => o.warmup = Duration::from_secs_f64(number()),
-            other => panic!("unknown option {other}"),
-        }
-    }
-    o
+    #[arg(long = "warmup-s", default_value_t = 0.0)]
+    warmup_s: f64,
 }
 
 #[derive(Default)]
@@ -238,7 +211,7 @@ async fn one_connection(o: Arc<Options>, totals: Arc<Totals>, start: Instant, en
         }
         let counted = |age_ns: u128| {
             totals.events.fetch_add(1, Ordering::Relaxed);
-            if start.elapsed() >= o.warmup {
+            if start.elapsed().as_secs_f64() >= o.warmup_s {
                 ages.push((age_ns / 1000).min(u32::MAX as u128) as u32);
             }
         };
@@ -269,10 +242,10 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let o = Arc::new(options());
+    let o = Arc::new(<Options as clap::Parser>::parse());
     let totals = Arc::new(Totals::default());
     let start = Instant::now();
-    let end = start + o.duration;
+    let end = start + Duration::from_secs_f64(o.duration_s);
     let mut tasks = tokio::task::JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / o.open_per_s.max(1.0));
     for i in 0..o.streams {
