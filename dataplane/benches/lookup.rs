@@ -5,8 +5,8 @@
 
 use std::hint::black_box;
 
-use apiproxy_dataplane::metrics::Metrics;
-use apiproxy_dataplane::routing::Snapshot;
+use apiproxy_dataplane::Metrics;
+use apiproxy_dataplane::Snapshot;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn snapshot(n: usize, metrics: &Metrics) -> Snapshot {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use apiproxy_dataplane::record::{Outcome, RequestRecord};
-use apiproxy_dataplane::stats::{PrefixStats, StatsRegistry};
+use apiproxy_dataplane::{Outcome, RequestRecord};
+use apiproxy_dataplane::{PrefixStats, StatsRegistry};
 use criterion::{criterion_group, criterion_main, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 

@@ -15,17 +15,15 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::find_cause;
-use crate::h1::{self, Upgraded};
-use crate::h1_server;
-use crate::metrics::UpstreamErrorKind;
-use crate::pool::UpstreamBody;
+use crate::error_kind::UpstreamErrorKind;
+use crate::http1::{self, Upgraded};
+use crate::pool::{UpstreamBody, UpstreamBodyError};
 use crate::record::{Outcome, RequestRecord};
 use crate::stats::PrefixStats;
 
 /// Why a body stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("no data for {0:?} (idle timeout)")]
     Idle(Duration),
     #[error("request body larger than {0} bytes")]
@@ -33,7 +31,7 @@ pub enum BodyError {
     #[error("client body failed: {0}")]
     Client(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("upstream body failed: {0}")]
-    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Upstream(#[source] UpstreamBodyError),
 }
 
 /// Fires when a body has been silent for the whole timeout. The timer is
@@ -93,7 +91,7 @@ impl IdleTimer {
 /// an HTTP/2 upstream connection turns a body error into a stream reset
 /// and drops the cause, yet the client must still get 413 or 400, not 502.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFailure {
+pub(crate) enum BodyFailure {
     TooLarge(u64),
     Idle(Duration),
     /// The client's side broke (it went away mid-upload).
@@ -101,7 +99,7 @@ pub enum BodyFailure {
 }
 
 impl BodyFailure {
-    pub fn of(error: &BodyError) -> BodyFailure {
+    pub(crate) fn of(error: &BodyError) -> BodyFailure {
         match error {
             BodyError::TooLarge(limit) => BodyFailure::TooLarge(*limit),
             BodyError::Idle(d) => BodyFailure::Idle(*d),
@@ -115,8 +113,8 @@ impl BodyFailure {
 /// sent, so an upload in progress is never cut, and one the upstream
 /// stopped reading still ends.
 #[derive(Debug)]
-pub struct BodyState {
-    pub failure: OnceLock<BodyFailure>,
+pub(crate) struct BodyState {
+    pub(crate) failure: OnceLock<BodyFailure>,
     origin: tokio::time::Instant,
     /// Milliseconds after `origin` of the last frame taken from the client.
     last_frame_ms: std::sync::atomic::AtomicU64,
@@ -140,7 +138,7 @@ impl BodyState {
     }
 
     /// When the body last moved (its creation if it never did).
-    pub fn last_moved(&self) -> tokio::time::Instant {
+    pub(crate) fn last_moved(&self) -> tokio::time::Instant {
         self.origin
             + Duration::from_millis(
                 self.last_frame_ms
@@ -149,14 +147,14 @@ impl BodyState {
     }
 }
 
-pub type FailureSlot = Arc<BodyState>;
+pub(crate) type FailureSlot = Arc<BodyState>;
 
 /// A request body as the client sends it: over our HTTP/1.1 listener or
 /// hyper's HTTP/2 one.
 #[derive(Debug)]
-pub enum ClientBody {
+pub(crate) enum ClientBody {
     Empty,
-    H1(h1_server::RequestBody),
+    H1(http1::InboundBody),
     H2(Incoming),
 }
 
@@ -194,7 +192,7 @@ impl Body for ClientBody {
 
 /// The client's request body on its way upstream.
 #[derive(Debug)]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: ClientBody,
     idle: IdleTimer,
     limit: Option<u64>,
@@ -207,7 +205,7 @@ pub struct RequestBody {
 impl RequestBody {
     /// The body and, when there is a body to stream at all, the slot it
     /// records a failure in.
-    pub fn new(
+    pub(crate) fn new(
         inner: ClientBody,
         idle: Duration,
         limit: Option<u64>,
@@ -274,7 +272,7 @@ impl Body for RequestBody {
 }
 
 /// A response body on its way to the client.
-pub struct ProxyBody {
+pub(crate) struct ProxyBody {
     kind: Kind,
     record: Option<RequestRecord>,
 }
@@ -294,7 +292,7 @@ enum Kind {
 
 impl ProxyBody {
     /// A proxy-made body (errors, health, metrics).
-    pub fn full(data: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
         ProxyBody {
             kind: Kind::Full((!data.is_empty()).then_some(data)),
@@ -302,7 +300,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         ProxyBody {
             kind: Kind::Full(None),
             record: None,
@@ -311,7 +309,7 @@ impl ProxyBody {
 
     /// The body of a 101: no bytes, but the upstream connection to tunnel
     /// to (`prefix` names the tunnel in logs).
-    pub fn tunnel(upstream: Upgraded, prefix: Arc<str>) -> Self {
+    pub(crate) fn tunnel(upstream: Upgraded, prefix: Arc<str>) -> Self {
         ProxyBody {
             kind: Kind::Tunnel(Some((upstream, prefix))),
             record: None,
@@ -319,7 +317,7 @@ impl ProxyBody {
     }
 
     /// The upstream connection of a 101 body, once.
-    pub fn take_tunnel(&mut self) -> Option<(Upgraded, Arc<str>)> {
+    pub(crate) fn take_tunnel(&mut self) -> Option<(Upgraded, Arc<str>)> {
         match &mut self.kind {
             Kind::Tunnel(tunnel) => tunnel.take(),
             _ => None,
@@ -327,7 +325,7 @@ impl ProxyBody {
     }
 
     /// The upstream's body, watched for silence longer than `idle`.
-    pub fn upstream(
+    pub(crate) fn upstream(
         body: UpstreamBody<RequestBody>,
         idle: Duration,
         record: RequestRecord,
@@ -419,14 +417,7 @@ impl Drop for ProxyBody {
 fn upstream_body_error_kind(e: &BodyError) -> UpstreamErrorKind {
     match e {
         BodyError::Idle(_) => UpstreamErrorKind::Timeout,
-        BodyError::Upstream(e) if is_protocol_error(&**e) => UpstreamErrorKind::Protocol,
+        BodyError::Upstream(e) => e.kind(),
         _ => UpstreamErrorKind::Reset,
     }
-}
-
-/// The upstream broke HTTP (as opposed to leaving or failing).
-pub fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    find_cause::<hyper::Error>(e).is_some_and(|e| e.is_parse() || e.is_parse_status())
-        || find_cause::<h1::Error>(e).is_some_and(h1::Error::is_protocol)
-        || find_cause::<crate::h2::Error>(e).is_some_and(crate::h2::Error::is_protocol)
 }

@@ -33,13 +33,13 @@ use crate::deadline;
 
 /// The limits of one host's budget.
 #[derive(Clone, Copy, Debug)]
-pub struct BudgetLimits {
+pub(crate) struct BudgetLimits {
     /// Requests in flight at once (the places).
-    pub places: usize,
+    pub(crate) places: usize,
     /// Longest a request keeps its place while it waits for its head.
-    pub hold: Duration,
+    pub(crate) hold: Duration,
     /// Longest a request waits for a place before it goes without one.
-    pub queue: Duration,
+    pub(crate) queue: Duration,
 }
 
 impl BudgetLimits {
@@ -67,7 +67,7 @@ impl BudgetLimits {
     /// per connection").
     ///
     /// 500 ms: the most a burst of requests can be delayed by the budget.
-    pub const DEFAULT: BudgetLimits = BudgetLimits {
+    pub(crate) const DEFAULT: BudgetLimits = BudgetLimits {
         places: 1024,
         hold: Duration::from_millis(100),
         queue: Duration::from_millis(500),
@@ -76,13 +76,13 @@ impl BudgetLimits {
 
 /// One host's budget; clones share the places.
 #[derive(Clone, Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     places: Arc<Semaphore>,
     limits: BudgetLimits,
 }
 
 impl Budget {
-    pub fn new(limits: BudgetLimits) -> Budget {
+    pub(crate) fn new(limits: BudgetLimits) -> Budget {
         Budget {
             places: Arc::new(Semaphore::new(limits.places)),
             limits,
@@ -90,7 +90,8 @@ impl Budget {
     }
 
     /// No request holds or waits for a place.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.places.available_permits() == self.limits.places
     }
 
@@ -106,7 +107,11 @@ impl Budget {
     /// the same turn) is held from then, with no clock read of its own.
     ///
     /// [`AwaitHead`]: crate::proxy::AwaitHead
-    pub fn run<F: Future, S: FnOnce() -> F>(self, start: Instant, make: S) -> Budgeted<F, S> {
+    pub(crate) fn run<F: Future, S: FnOnce() -> F>(
+        self,
+        start: Instant,
+        make: S,
+    ) -> Budgeted<F, S> {
         Budgeted {
             budget: self,
             start,
@@ -136,7 +141,7 @@ impl Budget {
 }
 
 /// A request that may hold a place in a budget, for whoever drives it.
-pub trait Held: Future {
+pub(crate) trait Held: Future {
     /// When the request must give its place up; `None` when it has none.
     fn hold_until(&self) -> Option<Instant>;
 
@@ -149,7 +154,7 @@ type Queued = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>
 pin_project! {
     /// The future [`Budget::run`] returns. Whoever drives it gives its
     /// place up once [`Held::hold_until`] has passed.
-    pub struct Budgeted<F, S> {
+    pub(crate) struct Budgeted<F, S> {
         budget: Budget,
         start: Instant,
         // Makes the request; taken once it may go.

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(crate) use apiproxy_shared::cli::LogFormat;
 use apiproxy_shared::cli::{parse_args, parse_duration};
-pub use apiproxy_shared::cli::{ConfigError, LogFormat, EXIT_CONFIG};
+pub use apiproxy_shared::cli::{ConfigError, EXIT_CONFIG};
 use clap::Parser;
 
 use apiproxy_shared::stats::MAX_ID_LEN;
@@ -21,15 +22,15 @@ use crate::policy::TargetPolicy;
 /// in a `.env` file in the working directory (the real environment wins).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "apiproxy-dataplane", version, about, long_about = None)]
-pub struct Args {
+pub(crate) struct Args {
     /// Proxy listener (HTTP/1.1 and h2c). Default 0.0.0.0:8000, or
     /// 0.0.0.0:$PORT when only PORT is set.
     #[arg(long, env = "API_PROXY_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
 
     /// Runtime worker threads [default: number of CPUs].
     #[arg(long, env = "API_PROXY_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: Option<u16>,
+    pub(crate) workers: Option<u16>,
 
     /// Listener for /metrics, /healthz and /readyz.
     #[arg(
@@ -38,12 +39,12 @@ pub struct Args {
         value_name = "ADDR",
         default_value = "0.0.0.0:9000"
     )]
-    pub metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
 
     /// Standalone mode: JSON or TOML file of prefix -> target, re-read when
     /// it changes.
     #[arg(long, env = "API_PROXY_MAPPINGS_FILE", value_name = "PATH")]
-    pub mappings_file: Option<PathBuf>,
+    pub(crate) mappings_file: Option<PathBuf>,
 
     /// Redis mode: redis://[user]:[pass]@host:port/db or rediss://.
     #[arg(
@@ -52,7 +53,7 @@ pub struct Args {
         value_name = "URL",
         hide_env_values = true
     )]
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
 
     /// Namespace of every Redis key and channel.
     #[arg(
@@ -61,61 +62,61 @@ pub struct Args {
         value_name = "NAME",
         default_value = "apiproxy"
     )]
-    pub redis_prefix: String,
+    pub(crate) redis_prefix: String,
 
     /// File where the last applied snapshot is kept and read at boot when
     /// Redis is unreachable.
     #[arg(long, env = "API_PROXY_SNAPSHOT_CACHE", value_name = "PATH")]
-    pub snapshot_cache: Option<PathBuf>,
+    pub(crate) snapshot_cache: Option<PathBuf>,
 
     /// Full re-read of the mappings, a safety net for lost messages.
     #[arg(long, env = "API_PROXY_RESYNC_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub resync_interval: Duration,
+    pub(crate) resync_interval: Duration,
 
     /// Where stats batches go (http://controlplane:8001); unset: no push.
     #[arg(long, env = "API_PROXY_CONTROLPLANE_URL", value_name = "URL")]
-    pub controlplane_url: Option<String>,
+    pub(crate) controlplane_url: Option<String>,
 
     /// This node's name in the console [default: host name].
     #[arg(long, env = "API_PROXY_NODE_ID", value_name = "NAME")]
-    pub node_id: Option<String>,
+    pub(crate) node_id: Option<String>,
 
     /// Stats batch push interval.
     #[arg(long, env = "API_PROXY_STATS_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
-    pub stats_interval: Duration,
+    pub(crate) stats_interval: Duration,
 
     /// false: record no request stats at all.
     #[arg(long, env = "API_PROXY_ENABLE_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
-    pub enable_stats: bool,
+    pub(crate) enable_stats: bool,
 
     /// TCP + TLS connect to the upstream.
     #[arg(long, env = "API_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 
     /// From request sent to response headers received.
     #[arg(long, env = "API_PROXY_RESPONSE_HEADER_TIMEOUT", value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
-    pub response_header_timeout: Duration,
+    pub(crate) response_header_timeout: Duration,
 
     /// Longest silence on a body in either direction, and on a tunnel.
     /// There is no total-duration limit.
     #[arg(long, env = "API_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "API_PROXY_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
 
     /// Largest request body in bytes; over it: 413 [default: unlimited].
     #[arg(long, env = "API_PROXY_MAX_REQUEST_BODY", value_name = "BYTES")]
-    pub max_request_body: Option<u64>,
+    pub(crate) max_request_body: Option<u64>,
 
     /// Extra PEM roots for upstream TLS, added to the system and webpki roots.
     #[arg(long, env = "API_PROXY_CA_FILE", value_name = "PATH")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 
     /// true: add X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host.
     #[arg(long, env = "API_PROXY_FORWARDED_HEADERS", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
-    pub forwarded_headers: bool,
+    pub(crate) forwarded_headers: bool,
 
     /// Which resolved upstream addresses may be dialled.
     #[arg(
@@ -125,7 +126,7 @@ pub struct Args {
         value_enum,
         default_value = "no-link-local"
     )]
-    pub target_policy: TargetPolicy,
+    pub(crate) target_policy: TargetPolicy,
 
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(
@@ -135,12 +136,12 @@ pub struct Args {
         value_enum,
         default_value = "text"
     )]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 /// Where the mappings come from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     File(PathBuf),
     Redis { url: String, prefix: String },
 }
@@ -151,36 +152,36 @@ pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub workers: usize,
-    pub source: Source,
-    pub snapshot_cache: Option<PathBuf>,
-    pub resync_interval: Duration,
-    pub connect_timeout: Duration,
-    pub response_header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub max_request_body: Option<u64>,
-    pub ca_file: Option<PathBuf>,
-    pub forwarded_headers: bool,
-    pub target_policy: TargetPolicy,
+    pub(crate) source: Source,
+    pub(crate) snapshot_cache: Option<PathBuf>,
+    pub(crate) resync_interval: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) forwarded_headers: bool,
+    pub(crate) target_policy: TargetPolicy,
     pub log_format: LogFormat,
-    pub enable_stats: bool,
+    pub(crate) enable_stats: bool,
     /// Where and how stats batches go; `None`: no push.
-    pub stats_push: Option<StatsPush>,
+    pub(crate) stats_push: Option<StatsPush>,
 }
 
 /// The stats push settings (`API_PROXY_CONTROLPLANE_URL` and friends).
 #[derive(Debug, Clone)]
-pub struct StatsPush {
+pub(crate) struct StatsPush {
     /// `…/internal/stats` on the control plane.
-    pub url: http::Uri,
-    pub token: NodeToken,
-    pub node_id: String,
-    pub interval: Duration,
+    pub(crate) url: http::Uri,
+    pub(crate) token: NodeToken,
+    pub(crate) node_id: String,
+    pub(crate) interval: Duration,
 }
 
 /// `API_PROXY_NODE_TOKEN`; its `Debug` never shows the value.
 #[derive(Clone)]
-pub struct NodeToken(pub String);
+pub(crate) struct NodeToken(pub String);
 
 impl std::fmt::Debug for NodeToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 
 /// A re-usable timer; see the module docs.
 #[derive(Debug, Default)]
-pub struct Timer {
+pub(crate) struct Timer {
     /// Boxed: made once and kept (`Sleep` is `!Unpin`); `None` until the
     /// first deadline.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -34,20 +34,20 @@ pub struct Timer {
 
 /// `from + wait`, or a far future when that overflows (a timeout set to
 /// something like a thousand years means "never", not a panic).
-pub fn after(from: Instant, wait: Duration) -> Instant {
+pub(crate) fn after(from: Instant, wait: Duration) -> Instant {
     from.checked_add(wait)
         .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400))
 }
 
 impl Timer {
-    pub fn new() -> Timer {
+    pub(crate) fn new() -> Timer {
         Timer::default()
     }
 
     /// `Ready(now)` once `deadline` has passed; until then the task is
     /// woken at or before it (and perhaps earlier, for a deadline that
     /// was at hand before; poll again then).
-    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<Instant> {
+    pub(crate) fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<Instant> {
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if sleep.deadline() > deadline {

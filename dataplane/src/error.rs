@@ -1,20 +1,19 @@
 //! The proxy's own error responses (SPEC §3 "Errors"): one type, one tested
 //! mapping to status, `type` and `X-Apiproxy-Error`.
 
-use std::error::Error as StdError;
-
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
-use crate::body::{BodyError, BodyFailure, ProxyBody};
-use crate::metrics::UpstreamErrorKind;
-use crate::upstream::ConnectError;
+use crate::body::{BodyFailure, ProxyBody};
+use crate::causes::chain;
+use crate::error_kind::UpstreamErrorKind;
+use crate::pool::SendError;
 
-pub const ERROR_HEADER: &str = "x-apiproxy-error";
+pub(crate) const ERROR_HEADER: &str = "x-apiproxy-error";
 
 /// Why the proxy answered by itself instead of with the upstream's response.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no mapping for {0}")]
     NoMapping(String),
     #[error("{0}")]
@@ -37,14 +36,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn upstream(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn upstream(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
         ProxyError::Upstream {
             kind,
             message: message.into(),
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoMapping(_) => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -61,7 +60,7 @@ impl ProxyError {
     }
 
     /// The `type` field and `X-Apiproxy-Error` value.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoMapping(_) => "no_mapping",
             ProxyError::BadRequest(_) | ProxyError::HeadTooLarge(_) => "bad_request",
@@ -78,14 +77,14 @@ impl ProxyError {
         }
     }
 
-    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+    pub(crate) fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {
             ProxyError::Upstream { kind, .. } => Some(*kind),
             _ => None,
         }
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let body = serde_json::json!({"error": {"type": self.kind(), "message": self.to_string()}});
         let mut response = Response::new(ProxyBody::full(body.to_string()));
         *response.status_mut() = self.status();
@@ -98,20 +97,17 @@ impl ProxyError {
 
 /// What sending a request upstream can end in, before any response head.
 #[derive(Debug)]
-pub enum SendFailure {
+pub(crate) enum SendFailure {
     /// Answer the client with this error.
     Respond(ProxyError),
     /// The client's own body failed: it went away, so write nothing.
     ClientGone,
 }
 
-/// Classifies an error of the upstream client: first by what the request
-/// body recorded (`failure`), then by walking the error's causes.
-pub fn classify_send_error(
-    err: &(dyn StdError + 'static),
-    failure: Option<BodyFailure>,
-) -> SendFailure {
-    let failure = failure.or_else(|| find_cause::<BodyError>(err).map(BodyFailure::of));
+/// Classifies a failed send: first by what the request body recorded
+/// (`failure`: an HTTP/2 connection turns a body error into a stream reset
+/// and drops the cause), then by the side and kind the error was made with.
+pub(crate) fn classify_send_error(err: &SendError, failure: Option<BodyFailure>) -> SendFailure {
     match failure {
         Some(BodyFailure::TooLarge(limit)) => {
             return SendFailure::Respond(ProxyError::PayloadTooLarge(limit))
@@ -124,54 +120,18 @@ pub fn classify_send_error(
         Some(BodyFailure::Client) => return SendFailure::ClientGone,
         None => {}
     }
-    if let Some(connect) = find_cause::<ConnectError>(err) {
-        return SendFailure::Respond(ProxyError::upstream(connect.kind, connect.to_string()));
-    }
-    let kind = if crate::body::is_protocol_error(err) {
-        UpstreamErrorKind::Protocol
-    } else {
-        UpstreamErrorKind::Reset
-    };
-    SendFailure::Respond(ProxyError::upstream(
-        kind,
-        format!("upstream failed before the response: {}", chain(err)),
-    ))
-}
-
-/// Finds a cause of type `T`, looking inside `io::Error`s too (their
-/// `source()` skips the error they wrap).
-pub fn find_cause<'a, T: StdError + 'static>(
-    mut err: &'a (dyn StdError + 'static),
-) -> Option<&'a T> {
-    loop {
-        if let Some(found) = err.downcast_ref::<T>() {
-            return Some(found);
+    match err {
+        SendError::Connect(connect) => {
+            SendFailure::Respond(ProxyError::upstream(connect.kind, connect.to_string()))
         }
-        if let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            if let Some(found) = find_cause::<T>(inner) {
-                return Some(found);
-            }
-        }
-        err = err.source()?;
+        // The body records every failure of its own; this is the client's
+        // side all the same.
+        err if err.is_client_body() => SendFailure::ClientGone,
+        err => SendFailure::Respond(ProxyError::upstream(
+            err.kind(),
+            format!("upstream failed before the response: {}", chain(err)),
+        )),
     }
-}
-
-/// `outer: cause: cause` for logs and messages.
-pub fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -203,13 +163,5 @@ mod tests {
             assert_eq!(resp.headers()[ERROR_HEADER], kind);
             assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
         }
-    }
-
-    #[test]
-    fn find_cause_looks_inside_io_errors() {
-        let inner = ConnectError::new(UpstreamErrorKind::Policy, "denied");
-        let io = std::io::Error::other(inner);
-        let found = find_cause::<ConnectError>(&io).unwrap();
-        assert_eq!(found.kind, UpstreamErrorKind::Policy);
     }
 }

@@ -28,7 +28,7 @@ pub enum FileError {
 
 /// Reads and parses the file into raw `prefix -> target` entries
 /// (validation happens when the snapshot is built).
-pub fn read_entries(path: &Path) -> Result<BTreeMap<String, String>, FileError> {
+pub(crate) fn read_entries(path: &Path) -> Result<BTreeMap<String, String>, FileError> {
     let shown = || path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: shown(),
@@ -87,7 +87,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// The file source: the first load happens before the listeners bind (an
 /// unreadable file is a configuration error), then [`FileSource::watch`]
 /// follows changes until cancelled.
-pub struct FileSource {
+pub(crate) struct FileSource {
     path: PathBuf,
     state: Arc<RoutingState>,
     version: u64,
@@ -97,7 +97,7 @@ pub struct FileSource {
 
 impl FileSource {
     /// Loads the file and applies it as version 1.
-    pub fn load(path: PathBuf, state: Arc<RoutingState>) -> Result<FileSource, FileError> {
+    pub(crate) fn load(path: PathBuf, state: Arc<RoutingState>) -> Result<FileSource, FileError> {
         let last = stamp(&path);
         let entries = read_entries(&path)?;
         let mut source = FileSource {
@@ -122,7 +122,7 @@ impl FileSource {
     }
 
     /// Re-reads the file whenever its size, mtime or inode changes.
-    pub async fn watch(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn watch(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

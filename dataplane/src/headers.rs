@@ -62,7 +62,7 @@ fn scan(headers: &HeaderMap) -> u16 {
 /// are not tunnelled: an h2c tunnel would let the client send requests for
 /// any path on the upstream, past the prefix, the dot-segment check and the
 /// body limit. Their `Upgrade` header is removed like any hop-by-hop one.
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     if !headers.contains_key(header::UPGRADE) {
         return false;
     }
@@ -116,7 +116,7 @@ pub(crate) fn list_tokens<'a>(
 /// `Proxy-Authorization`, `TE` other than `trailers`, `Trailer`,
 /// `Transfer-Encoding`, and `Upgrade` unless `upgrading`. When upgrading,
 /// `Upgrade` stays and `Connection: upgrade` is set again.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     strip(headers, scan(headers), upgrading);
 }
 
@@ -125,7 +125,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 /// `X-Accel-Buffering: no` and `Cache-Control: no-cache` unless the
 /// upstream set them, so buffering proxies and caches in front of us pass
 /// each event on at once. One pass over the fields finds what both need.
-pub fn rewrite_response(headers: &mut HeaderMap) {
+pub(crate) fn rewrite_response(headers: &mut HeaderMap) {
     let present = scan(headers);
     strip(headers, present, false);
     // Still there: `Connection` may have named it.
@@ -219,7 +219,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// `API_PROXY_FORWARDED_HEADERS=true`: appends the client address to
 /// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`
 /// (the `Host` the client sent), before `Host` is rewritten.
-pub fn add_forwarded(
+pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client: std::net::IpAddr,
     original_host: Option<HeaderValue>,

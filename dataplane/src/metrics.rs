@@ -13,55 +13,18 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error_kind::UpstreamErrorKind;
 use crate::stats::{PrefixStats, StatsRegistry, Totals};
-
-/// Why talking to the upstream failed (`kind` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    /// Refused, unreachable or DNS failure.
-    Connect,
-    Tls,
-    /// Refused by `API_PROXY_TARGET_POLICY`.
-    Policy,
-    /// Connect, response-header or idle timeout.
-    Timeout,
-    /// Connection reset or closed early.
-    Reset,
-    /// Malformed response.
-    Protocol,
-}
-
-impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 6] = [
-        UpstreamErrorKind::Connect,
-        UpstreamErrorKind::Tls,
-        UpstreamErrorKind::Policy,
-        UpstreamErrorKind::Timeout,
-        UpstreamErrorKind::Reset,
-        UpstreamErrorKind::Protocol,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Tls => "tls",
-            UpstreamErrorKind::Policy => "policy",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Reset => "reset",
-            UpstreamErrorKind::Protocol => "protocol",
-        }
-    }
-}
 
 /// The data plane's metrics and the registry that exports them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
     stats: Arc<StatsRegistry>,
-    pub config_version: IntGauge,
-    pub config_stale: IntGauge,
-    pub config_invalid_entries: IntGauge,
-    pub stats_push_failures: IntCounter,
+    pub(crate) config_version: IntGauge,
+    pub(crate) config_stale: IntGauge,
+    pub(crate) config_invalid_entries: IntGauge,
+    pub(crate) stats_push_failures: IntCounter,
     config_reloads: IntCounterVec,
 }
 
@@ -77,7 +40,7 @@ impl Metrics {
         Metrics::with_stats(StatsRegistry::new(1, true))
     }
 
-    pub fn with_stats(stats: StatsRegistry) -> Metrics {
+    pub(crate) fn with_stats(stats: StatsRegistry) -> Metrics {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -150,34 +113,34 @@ impl Metrics {
     }
 
     /// The stats of `prefix` (looked up when a snapshot is built).
-    pub fn prefix(&self, prefix: &str) -> Arc<PrefixStats> {
+    pub(crate) fn prefix(&self, prefix: &str) -> Arc<PrefixStats> {
         self.stats.prefix(prefix)
     }
 
     /// Stats of requests that matched no mapping (`prefix="none"`).
-    pub fn unmatched(&self) -> &Arc<PrefixStats> {
+    pub(crate) fn unmatched(&self) -> &Arc<PrefixStats> {
         self.stats.unmatched()
     }
 
     /// The request stats, for the pusher.
-    pub fn stats(&self) -> &Arc<StatsRegistry> {
+    pub(crate) fn stats(&self) -> &Arc<StatsRegistry> {
         &self.stats
     }
 
     /// Requests whose response has not finished. A scan of the shards can
     /// see a request's end before its start, so it is clamped at 0.
-    pub fn inflight(&self) -> i64 {
+    pub(crate) fn inflight(&self) -> i64 {
         self.stats.inflight().max(0)
     }
 
-    pub fn config_reload(&self, ok: bool) {
+    pub(crate) fn config_reload(&self, ok: bool) {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

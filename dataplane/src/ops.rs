@@ -19,7 +19,11 @@ use tracing::warn;
 use crate::body::ProxyBody;
 use crate::state::RoutingState;
 
-pub async fn serve(listener: TcpListener, state: Arc<RoutingState>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<RoutingState>,
+    shutdown: CancellationToken,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use tower_service::Service;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TargetPolicy {
+pub(crate) enum TargetPolicy {
     /// Any address.
     Any,
     /// Refuse link-local addresses and the cloud metadata endpoints.
@@ -23,7 +23,7 @@ pub enum TargetPolicy {
 
 impl TargetPolicy {
     /// Whether this policy lets the proxy dial `ip`.
-    pub fn allows(self, ip: IpAddr) -> bool {
+    pub(crate) fn allows(self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         match self {
             TargetPolicy::Any => true,
@@ -79,21 +79,21 @@ fn is_non_public(ip: IpAddr) -> bool {
 /// The policy refused every address a host resolved to.
 #[derive(Debug, thiserror::Error)]
 #[error("target policy refuses {addr} for {host}")]
-pub struct PolicyDenied {
-    pub host: String,
-    pub addr: IpAddr,
+pub(crate) struct PolicyDenied {
+    pub(crate) host: String,
+    pub(crate) addr: IpAddr,
 }
 
 /// A DNS resolver that drops the addresses the policy refuses, and fails
 /// with [`PolicyDenied`] when none is left.
 #[derive(Clone)]
-pub struct PolicyResolver {
+pub(crate) struct PolicyResolver {
     inner: GaiResolver,
     policy: TargetPolicy,
 }
 
 impl PolicyResolver {
-    pub fn new(policy: TargetPolicy) -> Self {
+    pub(crate) fn new(policy: TargetPolicy) -> Self {
         PolicyResolver {
             inner: GaiResolver::new(),
             policy,
@@ -124,7 +124,7 @@ impl Service<Name> for PolicyResolver {
 }
 
 /// Keeps the allowed addresses; none allowed is an error naming the first.
-pub fn filter(
+pub(crate) fn filter(
     policy: TargetPolicy,
     host: &str,
     addrs: Vec<SocketAddr>,

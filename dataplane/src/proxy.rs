@@ -22,10 +22,11 @@ use tracing::{debug, warn};
 
 use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
 use crate::budget::Held;
+use crate::causes::chain;
 use crate::deadline::{self, Timer};
-use crate::error::{chain, classify_send_error, ProxyError, SendFailure};
+use crate::error::{classify_send_error, ProxyError, SendFailure};
+use crate::error_kind::UpstreamErrorKind;
 use crate::headers;
-use crate::metrics::UpstreamErrorKind;
 use crate::pool::{SendError, SendResult};
 use crate::record::{Outcome, RequestRecord};
 use crate::routing::{has_dot_segment, Route};
@@ -34,14 +35,14 @@ use crate::tunnel::Tunnels;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, shared by all connections.
-pub struct Proxy {
-    pub state: Arc<RoutingState>,
-    pub upstream: Upstream,
-    pub tunnels: Tunnels,
-    pub response_header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_request_body: Option<u64>,
-    pub forwarded_headers: bool,
+pub(crate) struct Proxy {
+    pub(crate) state: Arc<RoutingState>,
+    pub(crate) upstream: Upstream<RequestBody>,
+    pub(crate) tunnels: Tunnels,
+    pub(crate) response_header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) forwarded_headers: bool,
 }
 
 impl Proxy {
@@ -63,7 +64,7 @@ impl Proxy {
     /// `timer`: the one the response-header deadline and the upstream
     /// budget's hold are kept with; an HTTP/1 connection lends its own
     /// (see [`Timer`]), an HTTP/2 stream owns one.
-    pub fn handle<T: BorrowMut<Timer>>(
+    pub(crate) fn handle<T: BorrowMut<Timer>>(
         self: Arc<Self>,
         req: Request<ClientBody>,
         client: SocketAddr,
@@ -176,7 +177,7 @@ impl Proxy {
 }
 
 /// What a request keeps while its upstream answers.
-pub struct InFlight {
+pub(crate) struct InFlight {
     proxy: Arc<Proxy>,
     route: Arc<Route>,
     record: RequestRecord,
@@ -266,7 +267,7 @@ impl InFlight {
 pin_project! {
     /// The future [`Proxy::handle`] returns.
     #[project = ForwardProj]
-    pub enum Forward<S, T> {
+    pub(crate) enum Forward<S, T> {
         /// Answered without the upstream (refused, no mapping, too large).
         Answered { response: Option<Response<ProxyBody>> },
         /// Sent; waiting for the response head.
@@ -319,7 +320,7 @@ pin_project! {
     /// when there is no body), so a long upload is never cut while it moves.
     /// It also gives up the send's upstream budget place once the hold
     /// limit passes ([`Held`]); both deadlines are kept with one `timer`.
-    pub struct AwaitHead<S, T> {
+    pub(crate) struct AwaitHead<S, T> {
         #[pin]
         send: S,
         timer: T,

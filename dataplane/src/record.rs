@@ -31,7 +31,7 @@ impl RequestRecord {
         }
     }
 
-    pub fn stats(&self) -> &Arc<PrefixStats> {
+    pub(crate) fn stats(&self) -> &Arc<PrefixStats> {
         &self.stats
     }
 

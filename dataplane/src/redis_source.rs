@@ -53,7 +53,7 @@ async fn within<T>(
     }
 }
 
-pub struct RedisSource {
+pub(crate) struct RedisSource {
     client: redis::Client,
     keys: RedisKeys,
     state: Arc<RoutingState>,
@@ -74,7 +74,7 @@ struct Applied {
 }
 
 impl RedisSource {
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         prefix: &str,
         state: Arc<RoutingState>,
@@ -114,7 +114,7 @@ impl RedisSource {
     }
 
     /// Follows Redis until `shutdown`, reconnecting with jittered backoff.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut tried_cache = false;
         loop {

@@ -22,17 +22,17 @@ use crate::stats::PrefixStats;
 /// One routable mapping with everything the request path needs prepared.
 #[derive(Debug)]
 pub struct Route {
-    pub prefix: Arc<str>,
-    pub target: Target,
+    pub(crate) prefix: Arc<str>,
+    pub(crate) target: Target,
     /// The target exactly as configured, to recognise an unchanged entry.
     raw_target: Box<str>,
     /// The upstream host (scheme and authority), parsed and hashed once:
     /// the pools know their hosts by it.
-    pub upstream: HostKey,
+    pub(crate) upstream: HostKey,
     /// `Host` header value for the upstream request.
-    pub host: HeaderValue,
+    pub(crate) host: HeaderValue,
     /// Where this prefix's requests are counted.
-    pub stats: Arc<PrefixStats>,
+    pub(crate) stats: Arc<PrefixStats>,
 }
 
 /// An immutable set of routes; replaced whole, never edited.
@@ -44,9 +44,9 @@ pub struct Snapshot {
     routes: FnvHashMap<Arc<str>, Arc<Route>>,
     /// Segments in the deepest prefix: longer paths start probing there.
     max_depth: usize,
-    pub version: u64,
+    pub(crate) version: u64,
     /// Entries skipped because they failed validation.
-    pub invalid_entries: usize,
+    pub(crate) invalid_entries: usize,
 }
 
 impl Snapshot {
@@ -65,7 +65,7 @@ impl Snapshot {
     /// target did not change are shared, not rebuilt, so a reload of 10,000
     /// mappings that changes one costs hash inserts, not 10,000 validations
     /// and metric-series lookups.
-    pub fn next<I, P, T>(&self, entries: I, version: u64, metrics: &Metrics) -> Snapshot
+    pub(crate) fn next<I, P, T>(&self, entries: I, version: u64, metrics: &Metrics) -> Snapshot
     where
         I: IntoIterator<Item = (P, T)>,
         P: AsRef<str>,
@@ -97,7 +97,7 @@ impl Snapshot {
     /// The snapshot after one announced change (`target` `None`: deleted),
     /// sharing every other route. `raw_entries` is how many raw entries the
     /// source now holds, so the invalid count stays exact.
-    pub fn with_change(
+    pub(crate) fn with_change(
         &self,
         prefix: &str,
         target: Option<&str>,
@@ -131,16 +131,12 @@ impl Snapshot {
 
     /// [`apiproxy_shared::content_hash`] of the routes as configured, so the
     /// console can tell whether nodes serve the same set.
-    pub fn content_hash(&self) -> String {
+    pub(crate) fn content_hash(&self) -> String {
         apiproxy_shared::content_hash(self.routes.values().map(|r| (&*r.prefix, &*r.raw_target)))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 
     /// Longest prefix of `path` that matches on a segment boundary: the path
@@ -207,7 +203,11 @@ impl Route {
     /// then the rest of the path, then `?` and the raw query. Nothing is
     /// decoded or re-encoded; an empty result path is sent as `/`. The
     /// host is [`Route::upstream`], never rebuilt per request.
-    pub fn upstream_target(&self, rest: &str, query: Option<&str>) -> Result<Uri, InvalidUri> {
+    pub(crate) fn upstream_target(
+        &self,
+        rest: &str,
+        query: Option<&str>,
+    ) -> Result<Uri, InvalidUri> {
         let base = &self.target.base_path;
         let path_len = (base.len() + rest.len()).max(1);
         // Exactly the length: a `Vec` whose capacity is its length becomes
@@ -231,7 +231,7 @@ impl Route {
 /// `%2F` or `%5C` (nginx, IIS and WHATWG parsers treat them as `/`), and
 /// `;params` ignored (Tomcat reads `..;` as `..`). Such a path could climb
 /// out of the target's base path, into another prefix's upstream.
-pub fn has_dot_segment(path: &str) -> bool {
+pub(crate) fn has_dot_segment(path: &str) -> bool {
     let b = path.as_bytes();
     let encoded = |i: usize, hi: u8, lo: u8| {
         b.len() >= i + 3 && b[i] == b'%' && b[i + 1] == hi && (b[i + 2] | 0x20) == lo

@@ -13,15 +13,15 @@ use serde::{Deserialize, Serialize};
 
 /// What the cache file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedSnapshot {
-    pub version: u64,
+pub(crate) struct CachedSnapshot {
+    pub(crate) version: u64,
     /// [`content_hash`] of `mappings`: the checksum.
-    pub hash: String,
-    pub mappings: BTreeMap<String, String>,
+    pub(crate) hash: String,
+    pub(crate) mappings: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub(crate) enum CacheError {
     #[error("snapshot cache {path}: cannot read: {source}")]
     Read {
         path: String,
@@ -37,16 +37,16 @@ pub enum CacheError {
 }
 
 #[derive(Debug, Clone)]
-pub struct SnapshotCache {
+pub(crate) struct SnapshotCache {
     path: PathBuf,
 }
 
 impl SnapshotCache {
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         SnapshotCache { path }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -55,7 +55,7 @@ impl SnapshotCache {
     }
 
     /// Reads and verifies the cache.
-    pub fn load(&self) -> Result<CachedSnapshot, CacheError> {
+    pub(crate) fn load(&self) -> Result<CachedSnapshot, CacheError> {
         let bytes = std::fs::read(&self.path).map_err(|source| CacheError::Read {
             path: self.shown(),
             source,
@@ -83,7 +83,7 @@ impl SnapshotCache {
 
     /// Writes the cache atomically: a reader sees the old file or the new
     /// one, never a mix; only the owner can read it.
-    pub fn store(&self, snapshot: &CachedSnapshot) -> Result<(), CacheError> {
+    pub(crate) fn store(&self, snapshot: &CachedSnapshot) -> Result<(), CacheError> {
         let err = |source| CacheError::Write {
             path: self.shown(),
             source,

@@ -13,15 +13,15 @@ use crate::metrics::Metrics;
 use crate::routing::Snapshot;
 
 #[derive(Debug)]
-pub struct RoutingState {
+pub(crate) struct RoutingState {
     snapshot: ArcSwap<Snapshot>,
     applied: AtomicBool,
     draining: AtomicBool,
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
 }
 
 impl RoutingState {
-    pub fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         RoutingState {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: AtomicBool::new(false),
@@ -31,7 +31,7 @@ impl RoutingState {
     }
 
     /// The current snapshot, or `None` before the first one is applied.
-    pub fn snapshot(&self) -> Option<arc_swap::Guard<Arc<Snapshot>>> {
+    pub(crate) fn snapshot(&self) -> Option<arc_swap::Guard<Arc<Snapshot>>> {
         self.applied
             .load(Ordering::Acquire)
             .then(|| self.snapshot.load())
@@ -39,12 +39,12 @@ impl RoutingState {
 
     /// The current snapshot (empty before the first), to build the next
     /// one from.
-    pub fn current(&self) -> Arc<Snapshot> {
+    pub(crate) fn current(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
     /// Swaps in a new snapshot whole and updates the config gauges.
-    pub fn apply(&self, snapshot: Snapshot) {
+    pub(crate) fn apply(&self, snapshot: Snapshot) {
         let (version, invalid) = (snapshot.version, snapshot.invalid_entries);
         info!(
             version,
@@ -64,12 +64,12 @@ impl RoutingState {
         m.config_reload(true);
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
     /// `Ok` when ready to take traffic, else the reason.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             Err("draining")
         } else if !self.applied.load(Ordering::Acquire) {

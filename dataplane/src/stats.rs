@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use apiproxy_shared::stats::{bucket_index, BUCKETS};
 
-use crate::metrics::UpstreamErrorKind;
+use crate::error_kind::UpstreamErrorKind;
 
 /// Label of requests that matched no mapping.
-pub const NO_PREFIX: &str = "none";
+pub(crate) const NO_PREFIX: &str = "none";
 
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl PrefixStats {
         }
     }
 
-    pub fn prefix(&self) -> &Arc<str> {
+    pub(crate) fn prefix(&self) -> &Arc<str> {
         &self.prefix
     }
 
@@ -149,21 +149,21 @@ impl PrefixStats {
     }
 
     /// Body bytes received from the client.
-    pub fn bytes_in(&self, n: u64) {
+    pub(crate) fn bytes_in(&self, n: u64) {
         if self.recording {
             self.shard().bytes_in.fetch_add(n, Relaxed);
         }
     }
 
     /// Body bytes sent to the client.
-    pub fn bytes_out(&self, n: u64) {
+    pub(crate) fn bytes_out(&self, n: u64) {
         if self.recording {
             self.shard().bytes_out.fetch_add(n, Relaxed);
         }
     }
 
     /// Requests of this prefix not finished yet.
-    pub fn inflight(&self) -> i64 {
+    pub(crate) fn inflight(&self) -> i64 {
         // Ends first: a start read after them can only make the sum larger
         // than the truth for a moment, never count a finished request twice.
         let ended: u64 = self
@@ -208,16 +208,16 @@ fn add_all<const N: usize>(into: &mut [u64; N], from: &[AtomicU64; N]) {
 /// Plain totals of one prefix, read from its shards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
-    pub status: [u64; 5],
-    pub errors: u64,
-    pub cancelled: u64,
-    pub upstream_errors: [u64; UpstreamErrorKind::ALL.len()],
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub latency: [u64; BUCKETS],
-    pub latency_sum_us: u64,
-    pub ttfb: [u64; BUCKETS],
-    pub ttfb_sum_us: u64,
+    pub(crate) status: [u64; 5],
+    pub(crate) errors: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) upstream_errors: [u64; UpstreamErrorKind::ALL.len()],
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) latency: [u64; BUCKETS],
+    pub(crate) latency_sum_us: u64,
+    pub(crate) ttfb: [u64; BUCKETS],
+    pub(crate) ttfb_sum_us: u64,
 }
 
 impl Totals {
@@ -226,7 +226,7 @@ impl Totals {
     }
 
     /// What was added since `earlier` (an older read of the same counters).
-    pub fn since(&self, earlier: &Totals) -> Totals {
+    pub(crate) fn since(&self, earlier: &Totals) -> Totals {
         fn sub<const N: usize>(a: &[u64; N], b: &[u64; N]) -> [u64; N] {
             std::array::from_fn(|i| a[i].saturating_sub(b[i]))
         }
@@ -244,7 +244,7 @@ impl Totals {
         }
     }
 
-    pub fn is_zero(&self) -> bool {
+    pub(crate) fn is_zero(&self) -> bool {
         *self == Totals::default()
     }
 }
@@ -275,12 +275,12 @@ impl StatsRegistry {
     }
 
     /// Whether request stats are recorded (`API_PROXY_ENABLE_STATS`).
-    pub fn recording(&self) -> bool {
+    pub(crate) fn recording(&self) -> bool {
         self.recording
     }
 
     /// Requests in flight over every prefix.
-    pub fn inflight(&self) -> i64 {
+    pub(crate) fn inflight(&self) -> i64 {
         let map = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
         map.values().map(|s| s.inflight()).sum::<i64>() + self.unmatched.inflight()
     }
@@ -302,12 +302,12 @@ impl StatsRegistry {
     }
 
     /// Requests that matched no mapping (`prefix="none"`).
-    pub fn unmatched(&self) -> &Arc<PrefixStats> {
+    pub(crate) fn unmatched(&self) -> &Arc<PrefixStats> {
         &self.unmatched
     }
 
     /// Every mapped prefix's stats, sorted by prefix.
-    pub fn all(&self) -> Vec<Arc<PrefixStats>> {
+    pub(crate) fn all(&self) -> Vec<Arc<PrefixStats>> {
         let map = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<_> = map.values().cloned().collect();
         drop(map);

@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::StatsPush;
+use crate::connect::{tls_config, TlsSetupError};
 use crate::routing::Snapshot;
 use crate::state::RoutingState;
 use crate::stats::Totals;
-use crate::upstream::{tls_config, TlsSetupError};
 
 /// Longest wait for one push; a slow control plane never holds batches up
 /// for longer than this.
@@ -60,7 +60,7 @@ enum Sent {
     Failed(String),
 }
 
-pub struct StatsPusher {
+pub(crate) struct StatsPusher {
     client: PushClient,
     settings: StatsPush,
     authorization: HeaderValue,
@@ -78,7 +78,7 @@ pub struct StatsPusher {
 }
 
 impl StatsPusher {
-    pub fn new(
+    pub(crate) fn new(
         settings: StatsPush,
         state: Arc<RoutingState>,
         ca_file: Option<&std::path::Path>,
@@ -113,7 +113,7 @@ impl StatsPusher {
     }
 
     /// Pushes every interval until `shutdown`, then flushes what is left.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         info!(
             node_id = %self.settings.node_id,
             boot_id = %self.boot_id,
@@ -261,7 +261,7 @@ impl StatsPusher {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| crate::error::chain(&e))?;
+                .map_err(|e| crate::causes::chain(&e))?;
             let status = response.status();
             // Read the (small) body so the connection goes back to the pool.
             let body = response

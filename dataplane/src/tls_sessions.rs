@@ -30,7 +30,7 @@ const TICKETS_PER_SERVER: usize = 128;
 const SERVERS: usize = 256;
 
 /// The store the upstream TLS config resumes sessions from.
-pub fn store() -> Arc<dyn ClientSessionStore> {
+pub(crate) fn store() -> Arc<dyn ClientSessionStore> {
     Arc::new(SessionStore {
         rest: ClientSessionMemoryCache::new(SERVERS),
         tickets: Mutex::default(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::h1::Upgraded;
+use crate::http1::Upgraded;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use tracing::{debug, Instrument};
 
 /// Spawns and tracks tunnels, so shutdown can wait for them.
 #[derive(Clone)]
-pub struct Tunnels {
+pub(crate) struct Tunnels {
     tracker: TaskTracker,
     idle_timeout: Duration,
     /// Cancelled when the drain deadline passes.
@@ -26,7 +26,7 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    pub fn new(idle_timeout: Duration, abort: CancellationToken) -> Self {
+    pub(crate) fn new(idle_timeout: Duration, abort: CancellationToken) -> Self {
         Tunnels {
             tracker: TaskTracker::new(),
             idle_timeout,
@@ -35,7 +35,7 @@ impl Tunnels {
     }
 
     /// `client` and `upstream`: both connections, already switched.
-    pub fn spawn<C>(&self, client: C, upstream: Upgraded, prefix: Arc<str>)
+    pub(crate) fn spawn<C>(&self, client: C, upstream: Upgraded, prefix: Arc<str>)
     where
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -62,7 +62,7 @@ impl Tunnels {
     }
 
     /// Stops accepting new tunnels and waits for the open ones to end.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.tracker.close();
         self.tracker.wait().await;
     }

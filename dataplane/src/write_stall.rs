@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 /// with `TimedOut`, which ends the connection and drops what it carried
 /// (the upstream request with it).
 #[derive(Debug)]
-pub struct WriteStallTimeout<S> {
+pub(crate) struct WriteStallTimeout<S> {
     inner: S,
     timeout: Duration,
     /// A write is blocked and `sleep` runs to its deadline.
@@ -27,7 +27,7 @@ pub struct WriteStallTimeout<S> {
 }
 
 impl<S> WriteStallTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
         WriteStallTimeout {
             inner,
             timeout,
@@ -36,7 +36,7 @@ impl<S> WriteStallTimeout<S> {
         }
     }
 
-    pub fn into_inner(self) -> S {
+    pub(crate) fn into_inner(self) -> S {
         self.inner
     }
 

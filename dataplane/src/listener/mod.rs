@@ -1,6 +1,8 @@
 //! The proxy listener: accepts connections, serves HTTP/1.1 (our own,
-//! `h1_server.rs`) and h2c with prior knowledge (hyper's) on the same
+//! `http1`) and h2c with prior knowledge (hyper's) on the same
 //! port, and drains on shutdown.
+
+mod http1;
 
 use std::future::Future;
 use std::io;
@@ -20,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::body::ClientBody;
 use crate::deadline::Timer;
-use crate::h1_server::{self, MAX_HEAD_BYTES};
+use crate::http1::MAX_REQUEST_HEAD;
 use crate::proxy::Proxy;
 use crate::write_stall::WriteStallTimeout;
 
@@ -59,7 +61,7 @@ impl Builders {
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             // And one whose streams keep failing on our side gets GOAWAY too.
             .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
-            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .max_header_list_size(MAX_REQUEST_HEAD as u32)
             // A peer that went away without a FIN is found and closed.
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -71,7 +73,7 @@ impl Builders {
 /// in-flight requests finish; returns once they have, or at `drain_timeout`
 /// after closing the connections still open (their requests are then
 /// counted as cancelled before the last stats batch goes out).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
@@ -141,7 +143,7 @@ async fn connection(
         },
     };
     if !h2 {
-        let served = h1_server::serve(stream, peer, proxy, &shutdown, HEADER_READ_TIMEOUT).await;
+        let served = http1::serve(stream, peer, proxy, &shutdown, HEADER_READ_TIMEOUT).await;
         if let Err(error) = served {
             debug!(%peer, %error, "connection ended with an error");
         }

@@ -1,5 +1,5 @@
 //! Our pool of upstream connections: HTTP/1.1 ones driven by our own
-//! client ([`crate::h1`]), HTTP/2 ones by h2 ([`crate::h2`]).
+//! client ([`crate::http1`]), HTTP/2 ones by h2 ([`crate::h2`]).
 //!
 //! Per host (scheme + authority) it keeps a stack of idle HTTP/1.1
 //! connections and a list of shared HTTP/2 connections. A request takes a
@@ -27,30 +27,33 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use fnv::FnvHashMap;
-use futures_util::future::{FutureExt as _, Shared};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::budget::{Budget, BudgetLimits, Held};
-use crate::metrics::UpstreamErrorKind;
-use crate::upstream::{ConnectError, Connector};
-use crate::{h1, h2};
+mod host;
+mod host_key;
+mod send;
+
+use crate::budget::{BudgetLimits, Held};
+use crate::connect::{ConnectError, Connector};
+use crate::error_kind::UpstreamErrorKind;
+use crate::{h2, http1};
+
+use host::{lock, DialTicket, Dialed, Found, Host};
+pub(crate) use host_key::HostKey;
+pub(crate) use send::{SendBody, SendError, SendResult, UpstreamBody, UpstreamBodyError};
 
 /// How often idle connections are looked at for expiry, and for a close
 /// by the upstream: nothing polls an idle connection, so until the reaper
@@ -62,249 +65,6 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// it, a refused HTTP/2 stream, a wait for another request's handshake
 /// each take a turn).
 const MAX_TURNS: usize = 8;
-
-/// Why an upstream request failed before its response head.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    // Not transparent: the classifier finds the `ConnectError` among the
-    // sources.
-    #[error("{0}")]
-    Connect(#[from] ConnectError),
-    #[error("{0}")]
-    H2(#[source] h2::Error),
-    #[error("{0}")]
-    Exchange(#[source] h1::Error),
-    #[error("the new upstream connection closed before taking the request")]
-    Closed,
-}
-
-/// What the pool can carry upstream: any streaming body hyper can write
-/// on HTTP/1.1 and HTTP/2.
-pub trait SendBody:
-    http_body::Body<Data = Bytes, Error = Self::SendError> + Send + Unpin + 'static
-{
-    type SendError: Into<Box<dyn StdError + Send + Sync>>;
-}
-
-impl<B, E> SendBody for B
-where
-    B: http_body::Body<Data = Bytes, Error = E> + Send + Unpin + 'static,
-    E: Into<Box<dyn StdError + Send + Sync>>,
-{
-    type SendError = E;
-}
-
-/// An upstream host as the pool knows it: scheme and authority. A route
-/// makes its key once, when the snapshot is built, and hands it to every
-/// send, so a request neither builds nor hashes one: the key is hashed
-/// when made, and compared as the bytes it was spelled with (`Authority`'s
-/// own `Hash` lowercases byte by byte, about a thousand instructions a
-/// lookup). A mapping spells its host one way; two spellings would only
-/// mean two pools.
-#[derive(Clone, Debug)]
-pub struct HostKey {
-    scheme: Scheme,
-    authority: Authority,
-    hash: u64,
-}
-
-impl HostKey {
-    pub fn new(scheme: Scheme, authority: Authority) -> HostKey {
-        let mut hasher = fnv::FnvHasher::default();
-        scheme.as_str().hash(&mut hasher);
-        authority.as_str().hash(&mut hasher);
-        HostKey {
-            scheme,
-            authority,
-            hash: hasher.finish(),
-        }
-    }
-}
-
-impl PartialEq for HostKey {
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.authority.as_str(), other.authority.as_str());
-        // The pool's key is a clone of the route's, sharing its bytes: the
-        // same pointer spares the comparison.
-        let same_bytes = (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b;
-        self.hash == other.hash && same_bytes && self.scheme == other.scheme
-    }
-}
-
-impl Eq for HostKey {}
-
-impl Hash for HostKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// `scheme://authority`, as in a URL.
-impl std::fmt::Display for HostKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl HostKey {
-    /// `uri` (either form) in absolute form on this host.
-    fn absolute(&self, uri: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
-    }
-}
-
-/// One upstream host. A request finds it by key once, when the request is
-/// made, and holds it from then on: the checkout, and the release of the
-/// connection after the response, lock only this host's connections.
-struct Host {
-    key: HostKey,
-    budget: Budget,
-    /// Idle HTTP/1.1 connections, most recently used last: the warmest is
-    /// taken first, and the coldest are left to expire when traffic falls.
-    /// Shared with the response bodies that send their connection back.
-    idle: h1::Home,
-    h2: Mutex<H2Conns>,
-}
-
-impl Host {
-    fn new(key: HostKey, limits: BudgetLimits) -> Self {
-        Host {
-            key,
-            budget: Budget::new(limits),
-            idle: h1::Home::default(),
-            h2: Mutex::default(),
-        }
-    }
-
-    /// Records what a connection made for this host turned out to be;
-    /// with the `ticket` it was dialled under, ends that dial and tells
-    /// those who waited for it.
-    fn dialed(
-        &self,
-        ticket: Option<DialTicket>,
-        outcome: Dialed,
-        conn: Option<Arc<h2::Connection>>,
-    ) {
-        {
-            let mut h2 = lock(&self.h2);
-            if let Some(ticket) = &ticket {
-                h2.dials.retain(|d| d.id != ticket.id);
-            }
-            h2.conns.extend(conn);
-            match outcome {
-                Dialed::H2 => h2.speaks_h2 = Some(true),
-                Dialed::H1 => h2.speaks_h2 = Some(false),
-                Dialed::Failed(_) => {}
-            }
-        }
-        if let Some(tell) = ticket.and_then(|mut t| t.tell.take()) {
-            let _ = tell.send(outcome);
-        }
-    }
-}
-
-/// A host's HTTP/2 connections, and the connections being opened to it.
-#[derive(Default)]
-struct H2Conns {
-    /// Oldest first: streams fill the oldest, so extras empty first.
-    conns: Vec<Arc<h2::Connection>>,
-    dials: Vec<Dial>,
-    next_dial: u64,
-    /// What ALPN chose on the last connection made: `None` until one was.
-    speaks_h2: Option<bool>,
-}
-
-/// A connection being opened, and how many requests wait for it.
-struct Dial {
-    id: u64,
-    waiting: usize,
-    outcome: Shared<oneshot::Receiver<Dialed>>,
-}
-
-/// What a dial made, told to the requests that waited for it.
-#[derive(Clone, Debug)]
-enum Dialed {
-    /// An HTTP/2 connection, now in the host's list.
-    H2,
-    /// An HTTP/1.1 connection, taken by the request that made it.
-    H1,
-    Failed(ConnectError),
-}
-
-impl H2Conns {
-    /// A stream on the oldest connection with room; closed connections
-    /// found on the way are forgotten.
-    fn lease(&mut self) -> Option<h2::Lease> {
-        self.conns.retain(|c| !c.is_closed());
-        self.conns.iter().find_map(h2::Connection::lease)
-    }
-
-    /// A dial to wait for, or a ticket to dial.
-    fn wait_or_dial(&mut self, host: &Arc<Host>) -> Found {
-        // What the newest connection allows is what the next will.
-        let expected = self
-            .conns
-            .last()
-            .map_or(h2::ASSUMED_STREAMS, |c| c.stream_limit());
-        // The dialer takes one stream itself.
-        if let Some(dial) = self.dials.iter_mut().find(|d| d.waiting + 1 < expected) {
-            dial.waiting += 1;
-            return Found::Wait(dial.outcome.clone());
-        }
-        let (tell, outcome) = oneshot::channel();
-        let id = self.next_dial;
-        self.next_dial += 1;
-        self.dials.push(Dial {
-            id,
-            waiting: 0,
-            outcome: outcome.shared(),
-        });
-        Found::Dial(Some(DialTicket {
-            host: host.clone(),
-            id,
-            tell: Some(tell),
-        }))
-    }
-}
-
-/// The right to open a connection others wait for. Dropped unused (the
-/// request went away mid-dial), it lets them go and try for themselves.
-struct DialTicket {
-    host: Arc<Host>,
-    id: u64,
-    tell: Option<oneshot::Sender<Dialed>>,
-}
-
-impl Drop for DialTicket {
-    fn drop(&mut self) {
-        if self.tell.is_some() {
-            lock(&self.host.h2).dials.retain(|d| d.id != self.id);
-        }
-    }
-}
-
-/// Where a request's connection comes from.
-enum Found {
-    Conn(Checkout),
-    /// Another request is opening one.
-    Wait(Shared<oneshot::Receiver<Dialed>>),
-    /// Open one (and tell the waiters, with a ticket).
-    Dial(Option<DialTicket>),
-}
-
-/// A lock whose holder panicked still guards consistent data here (each
-/// critical section is a push, a pop or a retain).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 struct Inner {
     connector: Connector,
@@ -329,7 +89,7 @@ impl Inner {
 }
 
 /// A cheap handle; clones share the connections.
-pub struct Pool<B> {
+pub(crate) struct Pool<B> {
     inner: Arc<Inner>,
     /// The request bodies it sends (the connections are body-agnostic).
     _body: PhantomData<fn(B)>,
@@ -344,60 +104,11 @@ impl<B> Clone for Pool<B> {
     }
 }
 
-/// An upstream response body, from either kind of connection.
-#[derive(Debug)]
-pub enum UpstreamBody<B> {
-    H1(h1::ResponseBody<B>),
-    H2(h2::ResponseBody<B>),
-}
-
-impl<B> UpstreamBody<B> {
-    /// After a 101 on HTTP/1.1: the connection, for the tunnel.
-    pub fn into_upgraded(self) -> Option<h1::Upgraded> {
-        match self {
-            UpstreamBody::H1(body) => body.into_upgraded(),
-            UpstreamBody::H2(_) => None,
-        }
-    }
-}
-
-impl<B: SendBody> Body for UpstreamBody<B> {
-    type Data = Bytes;
-    type Error = Box<dyn StdError + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::H2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::H2(body) => body.size_hint(),
-        }
-    }
-}
-
-/// A response head; its body reads the rest.
-pub type SendResult<B> = Result<Response<UpstreamBody<B>>, SendError>;
-
 /// A connection taken for one request.
-enum Checkout {
+pub(super) enum Checkout {
     /// `reused`: it served a request before.
     H1 {
-        conn: h1::Connection,
+        conn: http1::Connection,
         reused: bool,
     },
     H2(h2::Lease),
@@ -413,7 +124,11 @@ enum Pending<B> {
 
 impl<B: SendBody> Pool<B> {
     /// Must be called inside the runtime: the pool's reaper runs there.
-    pub fn new(connector: Connector, idle_timeout: Duration, budget: BudgetLimits) -> Pool<B> {
+    pub(crate) fn new(
+        connector: Connector,
+        idle_timeout: Duration,
+        budget: BudgetLimits,
+    ) -> Pool<B> {
         let inner = Arc::new(Inner {
             connector,
             idle_timeout,
@@ -438,7 +153,7 @@ impl<B: SendBody> Pool<B> {
     /// pool: the caller can keep it in a struct of its own, and `req` is
     /// stored once, in the closure (an `async fn` would store it twice).
     /// The caller gives the place up once its hold passes ([`Held`]).
-    pub fn send(
+    pub(crate) fn send(
         &self,
         host: &HostKey,
         req: Request<B>,
@@ -448,8 +163,8 @@ impl<B: SendBody> Pool<B> {
         let budget = host.budget.clone();
         // The send is boxed, and made only once the request has its place:
         // a request waiting in the queue then holds just its own few
-        // hundred bytes, not the send's as well, and the send's size
-        // (about 540 bytes) is not part of every client connection's state
+        // hundred bytes, not the send's as well, and the send's size is
+        // not part of every client connection's state
         // (its request future lives as long as the connection).
         // The future owns a handle to the pool (one more reference count
         // change per request) so that it can outlive this borrow.
@@ -567,7 +282,7 @@ impl<B: SendBody> Pool<B> {
         if !io.connected().is_negotiated_h2() {
             host.dialed(ticket, Dialed::H1, None);
             return Ok(Checkout::H1 {
-                conn: h1::Connection::new(TokioIo::new(io)),
+                conn: http1::Connection::new(TokioIo::new(io)),
                 reused: false,
             });
         }
@@ -605,7 +320,7 @@ enum Unsent<B> {
 }
 
 /// [`Pool::send_in_budget`]'s future, written out so that the common
-/// case, a pooled HTTP/1.1 connection, is an [`h1::Exchange`] and little
+/// case, a pooled HTTP/1.1 connection, is an [`http1::Exchange`] and little
 /// else: it is made (and boxed, and moved) once a request, and an
 /// `async fn` kept the request beside the exchange made from it, and the
 /// retry's state beside both (1.9 KB, copied on every request).
@@ -651,7 +366,7 @@ fn send_on<B: SendBody>(conn: Checkout, host: &Host, mut req: Request<B>) -> Sen
     match conn {
         Checkout::H1 { conn, reused } => {
             let authority = host.key.authority.as_str();
-            SendOn::H1(h1::send(conn, req, authority, host.idle.clone(), reused))
+            SendOn::H1(http1::send(conn, req, authority, host.idle.clone(), reused))
         }
         Checkout::H2(lease) => {
             // HTTP/2 carries scheme and authority as pseudo-headers.
@@ -667,7 +382,7 @@ fn send_on<B: SendBody>(conn: Checkout, host: &Host, mut req: Request<B>) -> Sen
 // The large variant is the common one, kept in place on purpose.
 #[allow(clippy::large_enum_variant)]
 enum SendOn<B> {
-    H1(h1::Exchange<B>),
+    H1(http1::Exchange<B>),
     H2(h2::Exchange<B>),
 }
 
@@ -681,8 +396,8 @@ impl<B: SendBody> Future for SendOn<B> {
         Poll::Ready(match self.get_mut() {
             SendOn::H1(exchange) => match ready!(Pin::new(exchange).poll(cx)) {
                 Ok(response) => Ok(response.map(UpstreamBody::H1)),
-                Err(h1::Failed::Unsent(req)) => Err(Unsent::Back(req)),
-                Err(h1::Failed::Failed(e)) => Err(Unsent::Failed(SendError::Exchange(e))),
+                Err(http1::Failed::Unsent(req)) => Err(Unsent::Back(req)),
+                Err(http1::Failed::Failed(e)) => Err(Unsent::Failed(SendError::Exchange(e))),
             },
             SendOn::H2(send) => match ready!(Pin::new(send).poll(cx)) {
                 Ok(response) => Ok(response.map(UpstreamBody::H2)),
@@ -740,10 +455,11 @@ async fn reap(pool: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connect::{tls_config, UpstreamSettings};
     use crate::deadline::Timer;
     use crate::policy::TargetPolicy;
     use crate::proxy::AwaitHead;
-    use crate::upstream::{tls_config, UpstreamSettings};
+    use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -965,7 +681,7 @@ mod tests {
         assert!(
             matches!(
                 second,
-                Err(SendError::Exchange(h1::Error::ClosedBeforeHead))
+                Err(SendError::Exchange(http1::ExchangeError::ClosedBeforeHead))
             ),
             "{:?}",
             second.map(|r| r.status())
