@@ -7,8 +7,8 @@
 # ([[bin]], [[bench]], [[test]], [[example]], at its `path` or where Cargo
 # looks for it), so `cargo build --locked` compiles every dependency while
 # the project's own code is not there yet. The Dockerfile then copies the
-# real sources over the stubs. tests/tests/deploy.rs runs this script on a
-# copy of the manifests and checks that Cargo accepts the result.
+# real sources over the stubs. tests/tests/deploy_dockerfile.rs runs this
+# script on a copy of the manifests and checks that Cargo accepts the result.
 set -eu
 
 members=$(sed -n 's/^members *= *\[\(.*\)\]/\1/p' Cargo.toml | tr -d '",')

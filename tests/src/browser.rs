@@ -2,15 +2,15 @@
 //! the console tests. Debian's `chromium` and `chromium-driver` packages
 //! provide both; `.ci/run` installs them.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
-
-use crate::free_port;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -31,19 +31,29 @@ impl Browser {
                 "{path} missing: apt-get install chromium chromium-driver (see .ci/run)"
             );
         }
-        let port = free_port();
         let mut cmd = Command::new(CHROMEDRIVER);
-        cmd.arg(format!("--port={port}"));
+        // Port 0: chromedriver binds a free port and says which.
+        cmd.arg("--port=0");
         // For a hung or failing session: where chromedriver should log.
         if let Ok(path) = std::env::var("APIPROXY_CHROMEDRIVER_LOG") {
-            cmd.arg(format!("--log-path={path}.{port}"))
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            cmd.arg(format!("--log-path={path}.{}-{n}", std::process::id()))
                 .arg("--verbose");
         }
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let driver = cmd.spawn().expect("spawn chromedriver");
+        let mut driver = cmd.spawn().expect("spawn chromedriver");
+        let port = match started_on(&mut driver) {
+            Some(port) => port,
+            None => {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                panic!("chromedriver did not say on which port it listens");
+            }
+        };
         let url = format!("http://127.0.0.1:{port}");
         let caps = json!({
             "goog:chromeOptions": {
@@ -146,6 +156,25 @@ impl Browser {
         std::fs::write(&path, png).expect("write screenshot");
         path
     }
+}
+
+/// The port of chromedriver's "started successfully on port N." line
+/// (within 20 s); its output is drained to its end so that it never blocks
+/// on a full pipe.
+fn started_on(driver: &mut Child) -> Option<u16> {
+    let stdout = driver.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(port) = line
+                .split_once("started successfully on port ")
+                .and_then(|(_, rest)| rest.trim_end_matches('.').parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).ok()
 }
 
 impl Drop for Browser {

@@ -51,8 +51,9 @@ impl ControlPlane {
     }
 
     /// A control plane that takes stats pushes signed with [`NODE_TOKEN`]
-    /// and calls a node `down` after 2 s of silence, on a fixed `port` so a
-    /// replacement comes back on the same address.
+    /// and calls a node `down` after 2 s of silence. The first one listens
+    /// on `port` 0 (any free port, read from `addr`); a replacement is
+    /// given that port, to come back on the same address.
     pub fn start_for_nodes(redis_url: &str, port: u16) -> ControlPlane {
         let listen = format!("127.0.0.1:{port}");
         ControlPlane::start(
@@ -67,16 +68,7 @@ impl ControlPlane {
 
     /// An admin API call with the bearer token.
     pub async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "controlplane")
-            .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-        call(self.addr, req.body(Full::new(body)).unwrap()).await
+        admin_call(self.addr, ADMIN_TOKEN, method, path, body).await
     }
 
     /// SIGKILL: no drain, no goodbye.
@@ -100,6 +92,28 @@ impl ControlPlane {
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
         crate::dataplane::wait_exit(&mut self.child, timeout)
     }
+}
+
+/// An admin API call to the control plane at `addr` with `token` as the
+/// bearer token (a JSON body when there is one): for control planes no
+/// [`ControlPlane`] started.
+pub async fn admin_call(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "controlplane")
+        .header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    call(addr, req.body(Full::new(body)).unwrap()).await
 }
 
 /// `GET /stats` from the control plane on `port`; `None` unless 200.

@@ -24,12 +24,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A started binary: the child, its log lines so far and to come, and the
+/// addresses its start-up line named.
+type Spawned = (Child, Arc<Mutex<Vec<String>>>, Vec<SocketAddr>);
+
 /// Spawns a workspace binary with a clean environment plus `env`,
 /// collecting its (JSON) log lines; returns the child, the logs and the
 /// first log line that has all of `addr_fields`, parsed. With `etc_hosts`,
 /// the binary runs in a private mount namespace where that file is
 /// `/etc/hosts`: its real resolver (getaddrinfo) then answers whatever the
 /// test writes there, and nothing outside the process sees it.
+///
+/// Listeners on port 0 report where they bound in that line. A fixed
+/// address (a process restarted where its predecessor listened) may be
+/// held for a moment by another process: a binary that exits because its
+/// address is in use is started again, for up to 10 s.
 pub(crate) fn spawn_logged(
     name: &str,
     dir: &TempDir,
@@ -37,7 +46,33 @@ pub(crate) fn spawn_logged(
     args: &[&str],
     addr_fields: &'static [&'static str],
     etc_hosts: Option<&std::path::Path>,
-) -> (Child, Arc<Mutex<Vec<String>>>, Vec<SocketAddr>) {
+) -> Spawned {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..50 {
+        match spawn_once(name, dir, env, args, addr_fields, etc_hosts) {
+            Ok(spawned) => return spawned,
+            Err(logs)
+                if Instant::now() < deadline
+                    && logs.iter().any(|l| l.contains("Address already in use")) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(logs) => panic!("{name} did not start; logs:\n{}", logs.join("\n")),
+        }
+    }
+    panic!("{name} did not start: its address stayed in use");
+}
+
+/// One start of [`spawn_logged`]; the logs of a child that exited or did
+/// not report its addresses within 20 s (killed, then).
+fn spawn_once(
+    name: &str,
+    dir: &TempDir,
+    env: &[(&str, &str)],
+    args: &[&str],
+    addr_fields: &'static [&'static str],
+    etc_hosts: Option<&std::path::Path>,
+) -> Result<Spawned, Vec<String>> {
     let mut cmd = match etc_hosts {
         None => Command::new(binary(name)),
         Some(hosts) => {
@@ -82,13 +117,12 @@ pub(crate) fn spawn_logged(
         }
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(addrs) => (child, logs, addrs),
+        Ok(addrs) => Ok((child, logs, addrs)),
         Err(_) => {
             let _ = child.kill();
-            panic!(
-                "{name} did not start; logs:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
+            let _ = child.wait();
+            let lines = logs.lock().unwrap().clone();
+            Err(lines)
         }
     }
 }
@@ -321,16 +355,19 @@ pub(crate) fn send_signal(pid: u32, sig: &str) {
     assert!(status.success());
 }
 
-pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+/// Waits for `child` to exit, at most `timeout`; past it, kills the child
+/// (a hung process is not left behind) and panics.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {timeout:?}"
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not exit within {timeout:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod controlplane;
 pub mod dataplane;
+pub mod deploy;
 pub mod origins;
 pub mod redis;
 pub mod tls;
@@ -40,14 +41,61 @@ where
     }
 }
 
-/// A port that was free a moment ago, for a server that must come back on
-/// the same address after a restart.
+/// A port that was free a moment ago, for a child process that cannot
+/// listen on port 0 and tell where it bound (`redis-server`, nginx,
+/// haproxy): its start must detect a failed bind and retry with another
+/// port, since another process may take this one first. Servers in the
+/// test process bind `127.0.0.1:0` and hand the listener over; the
+/// workspace binaries listen on `127.0.0.1:0` and log their address.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An address on 127.0.0.1 that refuses every connection for as long as
+/// the test process runs, for a target that is down: a socket bound there
+/// that never listens holds the port, so no other process can take it (a
+/// port that was merely free a moment ago could be).
+pub fn refusing_addr() -> std::net::SocketAddr {
+    static HELD: std::sync::OnceLock<(tokio::net::TcpSocket, std::net::SocketAddr)> =
+        std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .expect("bind 127.0.0.1:0");
+        let addr = socket.local_addr().expect("bound address");
+        (socket, addr)
+    })
+    .1
+}
+
+/// Whether process `pid` itself holds a socket listening on TCP `port` of
+/// 127.0.0.1 (`/proc/net/tcp` lists the listening sockets, the process's
+/// `fd` directory names the sockets it holds). A connection to the port
+/// would not tell: it may reach another process that took the port first.
+pub(crate) fn listens_on(pid: u32, port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A: LISTEN), inode
+            (fields.len() > 9 && fields[1] == local && fields[3] == "0A")
+                .then(|| format!("socket:[{}]", fields[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
 }
 
 /// Every binary a fixture started is checked, when the fixture is

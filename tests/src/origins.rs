@@ -70,32 +70,35 @@ impl Origin {
 
     /// Writes the certificate into a new directory, starts what `command`
     /// makes of it (given the directory and a free port) and waits until
-    /// it listens.
+    /// it listens. Neither server can listen on port 0 and say where: when
+    /// another process takes the free port first, the start is detected as
+    /// failed and made again on another port.
     fn start(name: &str, ca: &TestCa, command: impl Fn(&str, u16) -> Command) -> Origin {
         let dir = TempDir::new(name);
         std::fs::write(dir.path("cert.pem"), &ca.server_cert_pem).unwrap();
         std::fs::write(dir.path("key.pem"), &ca.server_key_pem).unwrap();
-        let port = crate::free_port();
-        let log = std::fs::File::create(dir.path("output.log")).unwrap();
-        let child = command(dir.0.to_str().expect("utf-8 path"), port)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} runs (Debian's {name} package): {e}"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not listen: {}",
-                std::fs::read_to_string(dir.path("output.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..5 {
+            let port = crate::free_port();
+            let _ = std::fs::remove_file(dir.path("error.log"));
+            let log = std::fs::File::create(dir.path("output.log")).unwrap();
+            let mut child = command(dir.0.to_str().expect("utf-8 path"), port)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{name} runs (Debian's {name} package): {e}"));
+            if listening(&mut child, port, &dir) {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                return Origin { child, addr, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Origin { child, addr, dir }
+        panic!(
+            "{name} did not listen: {}",
+            std::fs::read_to_string(dir.path("output.log")).unwrap_or_default()
+        );
     }
-
     /// nginx's access log, a line a request.
     pub fn access_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path("access.log"))
@@ -104,6 +107,28 @@ impl Origin {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// Whether `child` came to listen on `port` itself (within 10 s); false
+/// as soon as its bind failed (it exited, or logged that the address is in
+/// use: nginx keeps trying for a while before it gives up).
+fn listening(child: &mut Child, port: u16, dir: &TempDir) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if crate::listens_on(child.id(), port) {
+            return true;
+        }
+        let logs = ["output.log", "error.log"]
+            .map(|f| std::fs::read_to_string(dir.path(f)).unwrap_or_default());
+        if logs.iter().any(|l| l.contains("Address already in use")) {
+            return false;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Debian's path for `name`, else whatever `PATH` finds.

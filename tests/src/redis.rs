@@ -2,6 +2,7 @@
 //! proxy that can cut and restore the link to it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct RedisServer {
     dir: TempDir,
     /// Extra `redis-server` arguments (auth, TLS).
     args: Vec<String>,
+    /// A configuration file, read as it is: persistence is left as it says.
+    config: Option<PathBuf>,
     tls: bool,
     /// Certificate files of a TLS server, removed with it.
     _files: Option<TempDir>,
@@ -55,11 +58,26 @@ impl RedisServer {
     /// Starts with extra arguments, e.g. `["--requirepass", "pw"]`. With
     /// `tls`, the port is a TLS port (the arguments must name the files).
     pub fn start_with(args: &[&str], tls: bool) -> RedisServer {
+        RedisServer::start_in(TempDir::new("redis"), None, args, tls)
+    }
+
+    /// Starts from the configuration file `conf` (its text), as a
+    /// deployment would mount it; only the address, the data directory and
+    /// the log file are given on the command line.
+    pub fn start_with_config(conf: &str) -> RedisServer {
+        let dir = TempDir::new("redis");
+        let file = dir.path("redis.conf");
+        std::fs::write(&file, conf).expect("write redis.conf");
+        RedisServer::start_in(dir, Some(file), &[], false)
+    }
+
+    fn start_in(dir: TempDir, config: Option<PathBuf>, args: &[&str], tls: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: 0,
-            dir: TempDir::new("redis"),
+            dir,
             args: args.iter().map(|a| a.to_string()).collect(),
+            config,
             tls,
             _files: None,
         };
@@ -109,9 +127,15 @@ impl RedisServer {
         };
         let log = self.dir.path("redis.log");
         let _ = std::fs::remove_file(&log);
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        match &self.config {
+            // The file comes first, the options after it override it.
+            Some(file) => cmd.arg(file),
+            None => cmd.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = cmd
             .args(ports)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
             .args(&self.args)
             .args(["--dir", self.dir.0.to_str().unwrap()])
             .arg("--logfile")

@@ -15,7 +15,7 @@ use apiproxy_tests::client::get_reply;
 use apiproxy_tests::controlplane::{stats, ControlPlane};
 use apiproxy_tests::redis::{ChaosProxy, RedisServer};
 use apiproxy_tests::upstream::{self, full, handler, Upstream};
-use apiproxy_tests::{eventually, free_port, DataPlane};
+use apiproxy_tests::{eventually, DataPlane};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -410,8 +410,8 @@ async fn chaos_under_load_fails_no_request_and_keeps_stats_exact() {
     // TempDir) across restarts.
     let mut redis =
         RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"], false);
-    let cp_port = free_port();
-    let mut cp = ControlPlane::start_for_nodes(&redis.url(), cp_port);
+    let mut cp = ControlPlane::start_for_nodes(&redis.url(), 0);
+    let cp_port = cp.addr.port();
     // The nodes reach Redis and the control plane only through these.
     let redis_link = ChaosProxy::start(redis.addr()).await;
     let cp_link = ChaosProxy::start(SocketAddr::from(([127, 0, 0, 1], cp_port))).await;

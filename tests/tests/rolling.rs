@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiproxy_tests::upstream::{self, Upstream};
-use apiproxy_tests::{eventually, free_port, DataPlane};
+use apiproxy_tests::{eventually, DataPlane};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
@@ -145,15 +145,14 @@ fn node(mappings: &str, listen: &str, metrics: &str) -> DataPlane {
 async fn a_rolling_restart_under_streaming_load_fails_no_request() {
     let up: Upstream = upstream::sse(10, Duration::from_millis(40)).await;
     let mappings = serde_json::json!({"/s": up.url()}).to_string();
-    let addrs: Vec<(String, String)> = (0..2)
-        .map(|_| {
-            (
-                format!("127.0.0.1:{}", free_port()),
-                format!("127.0.0.1:{}", free_port()),
-            )
-        })
+    let mut nodes: Vec<DataPlane> = (0..2)
+        .map(|_| node(&mappings, "127.0.0.1:0", "127.0.0.1:0"))
         .collect();
-    let mut nodes: Vec<DataPlane> = addrs.iter().map(|(l, m)| node(&mappings, l, m)).collect();
+    // A restarted node comes back on its predecessor's addresses.
+    let addrs: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (n.addr.to_string(), n.metrics_addr.to_string()))
+        .collect();
     let lb = balancer(nodes.iter().map(|n| (n.addr, n.metrics_addr)).collect()).await;
     eventually(
         "balancer sees both ready",

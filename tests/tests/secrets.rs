@@ -9,7 +9,7 @@ use apiproxy_tests::client::{call, get_reply};
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, echo_handler};
-use apiproxy_tests::{eventually, free_port, DataPlane};
+use apiproxy_tests::{eventually, DataPlane};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -25,18 +25,9 @@ const CLIENT_COOKIE: &str = "client-session-secret-55aa55aa55aa";
 async fn no_secret_is_ever_logged() {
     let mut redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD], false);
     let url = format!("redis://:{REDIS_PASSWORD}@{}/", redis.addr());
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let debug = ("RUST_LOG", "debug");
-    let cp = ControlPlane::start(
-        &url,
-        &[
-            ("API_PROXY_ADMIN_LISTEN", &listen),
-            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
-            debug,
-        ],
-    );
-    let cp_url = format!("http://{listen}");
+    let cp = ControlPlane::start(&url, &[("API_PROXY_NODE_TOKEN", NODE_TOKEN), debug]);
+    let cp_url = format!("http://{}", cp.addr);
     let dp = DataPlane::start_redis(
         &url,
         &[

@@ -11,7 +11,7 @@ use apiproxy_tests::client::get_reply;
 use apiproxy_tests::controlplane::{stats, ControlPlane, NODE_TOKEN};
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, channel_body, full, handler, Upstream};
-use apiproxy_tests::{eventually, free_port, DataPlane};
+use apiproxy_tests::{eventually, refusing_addr, DataPlane};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -176,7 +176,7 @@ async fn assert_stats_exact(cp_port: u16, e: &Expected) {
 async fn create_mappings(cp: &ControlPlane, up: &Upstream) {
     for (prefix, target) in [
         ("/up", up.url()),
-        ("/down", format!("http://127.0.0.1:{}", free_port())),
+        ("/down", format!("http://{}", refusing_addr())),
     ] {
         let r = cp
             .admin(
@@ -219,8 +219,8 @@ fn background_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_stay_exact_across_a_controlplane_kill() {
     let redis = RedisServer::start();
-    let port = free_port();
-    let cp = controlplane(&redis, port);
+    let cp = controlplane(&redis, 0);
+    let port = cp.addr.port();
     let up = mixed_upstream().await;
     create_mappings(&cp, &up).await;
     let nodes = [
@@ -307,8 +307,8 @@ async fn stats_stay_exact_across_a_controlplane_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_controlplane_outage_loses_nothing_and_holds_memory_flat() {
     let redis = RedisServer::start();
-    let port = free_port();
-    let cp = controlplane(&redis, port);
+    let cp = controlplane(&redis, 0);
+    let port = cp.addr.port();
     let up = mixed_upstream().await;
     create_mappings(&cp, &up).await;
     let dp = node(&redis, port, "dp-1", &[]);
@@ -355,8 +355,8 @@ async fn a_long_controlplane_outage_loses_nothing_and_holds_memory_flat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_off_records_nothing_but_the_node_is_listed() {
     let redis = RedisServer::start();
-    let port = free_port();
-    let cp = controlplane(&redis, port);
+    let cp = controlplane(&redis, 0);
+    let port = cp.addr.port();
     let up = mixed_upstream().await;
     create_mappings(&cp, &up).await;
     let dp = node(
@@ -388,8 +388,8 @@ async fn stats_off_records_nothing_but_the_node_is_listed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_final_batch_is_flushed_on_shutdown() {
     let redis = RedisServer::start();
-    let port = free_port();
-    let cp = controlplane(&redis, port);
+    let cp = controlplane(&redis, 0);
+    let port = cp.addr.port();
     let up = mixed_upstream().await;
     create_mappings(&cp, &up).await;
     // A push interval far longer than the test: only the final flush can

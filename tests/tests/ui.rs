@@ -10,7 +10,7 @@ use apiproxy_tests::client::get_reply;
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, echo_handler};
-use apiproxy_tests::{eventually, free_port, DataPlane};
+use apiproxy_tests::{eventually, DataPlane};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 
@@ -24,16 +24,8 @@ struct Fleet {
 
 fn fleet() -> Fleet {
     let redis = RedisServer::start();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cp = ControlPlane::start(
-        &redis.url(),
-        &[
-            ("API_PROXY_ADMIN_LISTEN", &listen),
-            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
-        ],
-    );
-    let url = format!("http://{listen}");
+    let cp = ControlPlane::start(&redis.url(), &[("API_PROXY_NODE_TOKEN", NODE_TOKEN)]);
+    let url = format!("http://{}", cp.addr);
     let node = |id: &str| {
         DataPlane::start_redis(
             &redis.url(),

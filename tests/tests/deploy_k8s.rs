@@ -1,0 +1,551 @@
+//! `deploy/k8s/`, the kustomize base and its optional ServiceMonitor
+//! component, against the real binaries: every resource the base needs,
+//! every setting a container gets is one its binary reads, ports and
+//! probes are the binaries' defaults, and the settings boot the real
+//! binaries (the Secret's placeholders are refused). Kubernetes cannot run
+//! here; `kubectl kustomize` renders the base.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use apiproxy_tests::client::get;
+use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
+use apiproxy_tests::dataplane::binary;
+use apiproxy_tests::deploy::{
+    accepted, assert_accepted, assert_refused, binary_of, container_port, duration, k8s_resources,
+    parse_yaml_stream, read, repo, run, s, yaml, yaml_docs, K8S, NODE_TOKEN, PLACEHOLDER,
+    PROXY_PORT,
+};
+use apiproxy_tests::redis::RedisServer;
+use apiproxy_tests::{eventually, DataPlane, TempDir};
+use serde_json::{json, Value};
+
+/// `128Mi`, `1Gi`, `250M` → bytes.
+fn quantity(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let n: f64 = text[..split]
+        .parse()
+        .unwrap_or_else(|_| panic!("quantity {text:?}"));
+    n * match &text[split..] {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        other => panic!("quantity unit {other:?}"),
+    }
+}
+
+/// A container's environment variable names and literal values: `env`,
+/// and every key of the ConfigMaps and Secrets it takes with `envFrom`.
+fn container_env(
+    container: &Value,
+    resources: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        let (kind, name, field) = if from["configMapRef"].is_object() {
+            ("ConfigMap", &from["configMapRef"]["name"], "data")
+        } else {
+            ("Secret", &from["secretRef"]["name"], "stringData")
+        };
+        let res = resources
+            .get(&format!("{kind}/{}", s(name)))
+            .unwrap_or_else(|| panic!("envFrom {kind} {name} is not in the base"));
+        for (k, v) in res[field].as_object().expect("data") {
+            out.insert(k.clone(), Some(s(v).to_owned()));
+        }
+    }
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = s(&var["name"]).to_owned();
+        let value = if let Some(v) = var["value"].as_str() {
+            Some(v.to_owned())
+        } else if var["valueFrom"]["secretKeyRef"].is_object() {
+            let r = &var["valueFrom"]["secretKeyRef"];
+            let secret = resources
+                .get(&format!("Secret/{}", s(&r["name"])))
+                .unwrap_or_else(|| panic!("secret {} missing", r["name"]));
+            let value = &secret["stringData"][s(&r["key"])];
+            assert!(value.is_string(), "secret key {} missing", r["key"]);
+            Some(s(value).to_owned())
+        } else {
+            assert!(
+                var["valueFrom"]["fieldRef"].is_object(),
+                "{name}: unexpected env source"
+            );
+            None
+        };
+        out.insert(name, value);
+    }
+    out
+}
+
+fn containers(deployment: &Value) -> Vec<&Value> {
+    let spec = &deployment["spec"]["template"]["spec"];
+    spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_array().expect("containers"))
+        .collect()
+}
+
+#[test]
+fn k8s_base_is_complete_and_matches_the_binaries() {
+    let resources = k8s_resources();
+    for key in [
+        "Secret/apiproxy",
+        "ConfigMap/apiproxy-dataplane",
+        "ConfigMap/apiproxy-controlplane",
+        "Deployment/apiproxy-controlplane",
+        "Service/apiproxy-controlplane",
+        "Deployment/apiproxy-dataplane",
+        "Service/apiproxy-dataplane",
+        "HorizontalPodAutoscaler/apiproxy-dataplane",
+        "PodDisruptionBudget/apiproxy-dataplane",
+    ] {
+        assert!(resources.contains_key(key), "{key} missing from the base");
+    }
+    assert_eq!(
+        resources["HorizontalPodAutoscaler/apiproxy-dataplane"]["apiVersion"],
+        "autoscaling/v2"
+    );
+    assert_eq!(
+        resources["PodDisruptionBudget/apiproxy-dataplane"]["apiVersion"],
+        "policy/v1"
+    );
+    assert!(
+        !resources.keys().any(|k| k.starts_with("ServiceMonitor/")),
+        "ServiceMonitor is optional"
+    );
+
+    // No working secret: the placeholders are refused (checked for real in
+    // k8s_settings_boot_the_real_binaries).
+    let secret = &resources["Secret/apiproxy"]["stringData"];
+    assert_eq!(secret["ADMIN_TOKEN"], PLACEHOLDER);
+    assert_eq!(secret["API_PROXY_NODE_TOKEN"], "");
+    assert!(
+        s(&secret["API_PROXY_REDIS_URL"]).contains(".invalid:"),
+        "{}",
+        secret["API_PROXY_REDIS_URL"]
+    );
+
+    let dp_acc = accepted("apiproxy-dataplane");
+    let cp_acc = accepted("apiproxy-controlplane");
+    let metrics_port = dp_acc.default_port("API_PROXY_METRICS_LISTEN");
+    let admin_port = cp_acc.default_port("API_PROXY_ADMIN_LISTEN");
+
+    for (deployment, main_port, probe_port) in [
+        ("Deployment/apiproxy-dataplane", PROXY_PORT, metrics_port),
+        ("Deployment/apiproxy-controlplane", admin_port, admin_port),
+    ] {
+        let d = &resources[deployment];
+        let pod = &d["spec"]["template"];
+        let spec = &pod["spec"];
+        assert_eq!(
+            spec["securityContext"]["runAsNonRoot"], true,
+            "{deployment}"
+        );
+        assert_eq!(spec["automountServiceAccountToken"], false, "{deployment}");
+        for c in containers(d) {
+            let bin = binary_of(&c["command"]);
+            let env = container_env(c, &resources);
+            assert_accepted(
+                bin,
+                env.keys().cloned(),
+                &format!("{deployment} container {}", c["name"]),
+            );
+            let sc = &c["securityContext"];
+            assert_eq!(
+                sc["readOnlyRootFilesystem"], true,
+                "{deployment} {}",
+                c["name"]
+            );
+            assert_eq!(
+                sc["allowPrivilegeEscalation"], false,
+                "{deployment} {}",
+                c["name"]
+            );
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+            let r = &c["resources"];
+            for q in [
+                &r["requests"]["cpu"],
+                &r["requests"]["memory"],
+                &r["limits"]["memory"],
+            ] {
+                assert!(q.is_string(), "{deployment} {}: resources {r}", c["name"]);
+            }
+            assert!(quantity(s(&r["requests"]["memory"])) <= quantity(s(&r["limits"]["memory"])));
+        }
+        let main = spec["containers"].as_array().unwrap().first().unwrap();
+        let ports: BTreeSet<u16> = main["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["containerPort"].as_u64().unwrap() as u16)
+            .collect();
+        assert!(
+            ports.contains(&main_port) && ports.contains(&probe_port),
+            "{deployment} ports {ports:?}"
+        );
+        assert_eq!(
+            main["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{deployment}"
+        );
+        assert_eq!(
+            main["livenessProbe"]["httpGet"]["path"], "/healthz",
+            "{deployment}"
+        );
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                container_port(main, &main[probe]["httpGet"]["port"]),
+                probe_port,
+                "{deployment} {probe}"
+            );
+        }
+        let annotations = &pod["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], probe_port.to_string());
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    }
+
+    // Services select the pods and reach the named container ports.
+    for (service, deployment) in [
+        (
+            "Service/apiproxy-dataplane",
+            "Deployment/apiproxy-dataplane",
+        ),
+        (
+            "Service/apiproxy-controlplane",
+            "Deployment/apiproxy-controlplane",
+        ),
+    ] {
+        let svc = &resources[service];
+        let d = &resources[deployment];
+        let pod_labels = d["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .unwrap();
+        for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+            assert_eq!(pod_labels.get(k), Some(v), "{service} selector {k}");
+        }
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"], svc["spec"]["selector"],
+            "{deployment}"
+        );
+        let main = d["spec"]["template"]["spec"]["containers"][0].clone();
+        for port in svc["spec"]["ports"].as_array().unwrap() {
+            assert_eq!(
+                port["port"].as_u64().unwrap() as u16,
+                container_port(&main, &port["targetPort"]),
+                "{service} port {}",
+                port["name"]
+            );
+        }
+    }
+    let dp_pod_labels =
+        &resources["Deployment/apiproxy-dataplane"]["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in resources["PodDisruptionBudget/apiproxy-dataplane"]["spec"]["selector"]
+        ["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&dp_pod_labels[k], v, "PDB selector {k}");
+    }
+    let hpa = &resources["HorizontalPodAutoscaler/apiproxy-dataplane"]["spec"];
+    assert_eq!(hpa["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["scaleTargetRef"]["name"], "apiproxy-dataplane");
+    assert!(hpa["minReplicas"].as_u64().unwrap() >= 2);
+    assert!(
+        resources["Deployment/apiproxy-dataplane"]["spec"]["replicas"].is_null(),
+        "the HPA owns the data plane's replica count"
+    );
+
+    // The control plane URL of the data planes is the control plane's Service.
+    let dp_config = &resources["ConfigMap/apiproxy-dataplane"]["data"];
+    assert_eq!(
+        dp_config["API_PROXY_CONTROLPLANE_URL"],
+        format!("http://apiproxy-controlplane:{admin_port}")
+    );
+    assert_eq!(
+        dp_config["API_PROXY_REDIS_PREFIX"],
+        resources["ConfigMap/apiproxy-controlplane"]["data"]["API_PROXY_REDIS_PREFIX"],
+        "both planes use the same key namespace"
+    );
+
+    // Graceful termination outlasts the pause and the drain.
+    let dp = &resources["Deployment/apiproxy-dataplane"]["spec"]["template"]["spec"];
+    let main = &dp["containers"][0];
+    let pause = Duration::from_secs(
+        main["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_u64()
+            .expect("preStop sleep"),
+    );
+    let drain = duration(
+        dp_config["API_PROXY_DRAIN_TIMEOUT"]
+            .as_str()
+            .or(dp_acc.default("API_PROXY_DRAIN_TIMEOUT"))
+            .unwrap(),
+    );
+    let grace = Duration::from_secs(dp["terminationGracePeriodSeconds"].as_u64().unwrap());
+    assert!(
+        grace > pause + drain,
+        "terminationGracePeriodSeconds {grace:?} <= preStop {pause:?} + drain {drain:?}"
+    );
+    assert_eq!(
+        resources["Deployment/apiproxy-dataplane"]["spec"]["strategy"]["rollingUpdate"]
+            ["maxUnavailable"],
+        0
+    );
+
+    // The snapshot cache is on a writable volume.
+    let cache = s(&dp_config["API_PROXY_SNAPSHOT_CACHE"]);
+    let mount = main["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(cache).starts_with(s(&m["mountPath"])));
+    assert!(mount.is_some(), "{cache} is not on a mounted volume");
+
+    // Memory sized from the measured figures: the request covers the
+    // 1000-connection peak that docs/BENCHMARKS.md reports, and the
+    // manifest cites figures that are in that file.
+    let benchmarks = read("docs/BENCHMARKS.md");
+    let manifest = read(&format!("{K8S}/dataplane-deployment.yaml"));
+    for figure in [
+        "26.3 MiB", "7.7 MiB", "11.9 MiB", "26.9 MiB", "+2.1 MiB", "+0.1 MiB",
+    ] {
+        assert!(
+            manifest.contains(figure),
+            "dataplane-deployment.yaml should cite {figure}"
+        );
+        assert!(
+            benchmarks.contains(figure),
+            "{figure} is not in docs/BENCHMARKS.md any more: update the resources"
+        );
+    }
+    let request = quantity(s(&main["resources"]["requests"]["memory"]));
+    assert!(
+        request >= 27.8 * 1024.0 * 1024.0,
+        "memory request below the measured peak"
+    );
+
+    // The optional ServiceMonitor component.
+    let component = yaml(&format!(
+        "{K8S}/components/servicemonitor/kustomization.yaml"
+    ));
+    assert_eq!(component["kind"], "Component");
+    for file in component["resources"].as_array().unwrap() {
+        for sm in yaml_docs(&format!("{K8S}/components/servicemonitor/{}", s(file))) {
+            assert_eq!(sm["kind"], "ServiceMonitor");
+            let selector = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+            let svc = resources
+                .values()
+                .find(|r| {
+                    r["kind"] == "Service" && r["spec"]["selector"].as_object() == Some(selector)
+                })
+                .unwrap_or_else(|| {
+                    panic!("no Service for ServiceMonitor {}", sm["metadata"]["name"])
+                });
+            for endpoint in sm["spec"]["endpoints"].as_array().unwrap() {
+                assert_eq!(endpoint["path"], "/metrics");
+                let port = svc["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == endpoint["port"])
+                    .expect("ServiceMonitor port is a Service port name");
+                let n = port["port"].as_u64().unwrap() as u16;
+                assert!(n == metrics_port || n == admin_port, "scrapes port {n}");
+            }
+        }
+    }
+}
+
+/// `kubectl kustomize` renders the base, and an overlay with the
+/// ServiceMonitor component. kubectl comes with this project's machine
+/// image (it is no Cargo dependency); without it this test says so and
+/// checks nothing more than the other tests do.
+#[test]
+fn k8s_kustomize_renders_the_base_and_the_component() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("kubectl not found: kustomize rendering not checked");
+        return;
+    }
+    let render = |dir: &Path| -> Vec<Value> {
+        let (status, output) = run(
+            Command::new("kubectl").arg("kustomize").arg(dir),
+            Duration::from_secs(60),
+        );
+        assert!(
+            status.success(),
+            "kubectl kustomize {}: {output}",
+            dir.display()
+        );
+        parse_yaml_stream(&output, "kubectl kustomize output")
+    };
+    let base = render(&repo().join(K8S));
+    let names = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .map(|d| format!("{}/{}", s(&d["kind"]), s(&d["metadata"]["name"])))
+            .collect()
+    };
+    assert_eq!(names(&base), k8s_resources().keys().cloned().collect());
+    for d in base.iter().filter(|d| d["kind"] == "Deployment") {
+        for c in containers(d) {
+            assert!(
+                s(&c["image"]).starts_with("apiproxy:"),
+                "image {}",
+                c["image"]
+            );
+        }
+    }
+
+    // Kustomize wants relative paths: the overlay lives under target/.
+    let overlay =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("k8s-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).unwrap();
+    let up = overlay.canonicalize().unwrap();
+    let root = repo().canonicalize().unwrap();
+    let common = up.ancestors().find(|a| root.starts_with(a)).unwrap();
+    let back = "../".repeat(up.strip_prefix(common).unwrap().components().count());
+    let to_repo = format!("{back}{}", root.strip_prefix(common).unwrap().display());
+    let to_repo = to_repo.trim_end_matches('/');
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{to_repo}/{K8S}]\ncomponents: [{to_repo}/{K8S}/components/servicemonitor]\n"
+        ),
+    )
+    .unwrap();
+    let with_monitor = render(&overlay);
+    let _ = std::fs::remove_dir_all(&overlay);
+    let extra: Vec<String> = names(&with_monitor)
+        .difference(&names(&base))
+        .cloned()
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            "ServiceMonitor/apiproxy-controlplane",
+            "ServiceMonitor/apiproxy-dataplane"
+        ]
+    );
+}
+
+/// The Kubernetes settings boot the real binaries (the Secret's values
+/// replaced by working ones), and the Secret's placeholders are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() {
+    let resources = k8s_resources();
+    let redis = RedisServer::start();
+    let dp_deployment = &resources["Deployment/apiproxy-dataplane"];
+    let cp_deployment = &resources["Deployment/apiproxy-controlplane"];
+    let dp_env = container_env(
+        &dp_deployment["spec"]["template"]["spec"]["containers"][0],
+        &resources,
+    );
+    let cp_env = container_env(
+        &cp_deployment["spec"]["template"]["spec"]["containers"][0],
+        &resources,
+    );
+
+    // As applied, unedited: refused before anything binds.
+    let literal = |env: &BTreeMap<String, Option<String>>| -> Vec<(String, String)> {
+        env.iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .map(|(k, v)| match k.as_str() {
+                "API_PROXY_REDIS_URL" => (k, redis.url()),
+                "API_PROXY_ADMIN_LISTEN" | "API_PROXY_LISTEN" | "API_PROXY_METRICS_LISTEN" => {
+                    (k, "127.0.0.1:0".into())
+                }
+                _ => (k, v),
+            })
+            .collect()
+    };
+    let mut cp_literal = literal(&cp_env);
+    cp_literal.push(("API_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+    assert_refused("apiproxy-controlplane", &cp_literal, "ADMIN_TOKEN");
+    let mut dp_literal = literal(&dp_env);
+    dp_literal.push(("API_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
+    dp_literal.push(("API_PROXY_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
+    assert_refused("apiproxy-dataplane", &dp_literal, "API_PROXY_NODE_TOKEN");
+
+    // With working secrets, Redis here and the Service names resolved.
+    let dir = TempDir::new("k8s-env");
+    let init = containers(cp_deployment)
+        .into_iter()
+        .find(|c| c["name"] == "init")
+        .expect("init container");
+    let mut cmd = Command::new(binary(binary_of(&init["command"])));
+    cmd.env_clear()
+        .current_dir(&dir.0)
+        .args(init["command"].as_array().unwrap()[1..].iter().map(s));
+    for (k, v) in literal(&container_env(init, &resources)) {
+        cmd.env(k, v);
+    }
+    let (status, output) = run(&mut cmd, Duration::from_secs(20));
+    assert!(status.success(), "init container: {output}");
+
+    let cp_pairs: Vec<(String, String)> = literal(&cp_env)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "ADMIN_TOKEN" => (k, ADMIN_TOKEN.to_owned()),
+            "API_PROXY_NODE_TOKEN" => (k, NODE_TOKEN.to_owned()),
+            _ => (k, v),
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = cp_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let cp = ControlPlane::start(&redis.url(), &refs);
+    eventually("control plane ready", Duration::from_secs(10), || async {
+        (get(&format!("http://{}/readyz", cp.addr)).await.0 == 200).then_some(())
+    })
+    .await;
+
+    let cache = dir.path("snapshot");
+    let dp_pairs: Vec<(String, String)> = literal(&dp_env)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "API_PROXY_NODE_TOKEN" => (k, NODE_TOKEN.to_owned()),
+            "API_PROXY_CONTROLPLANE_URL" => (k, format!("http://{}", cp.addr)),
+            "API_PROXY_SNAPSHOT_CACHE" => (k, cache.to_str().unwrap().to_owned()),
+            _ => (k, v),
+        })
+        .chain([("API_PROXY_NODE_ID".to_owned(), "k8s-pod-1".to_owned())])
+        .collect();
+    let refs: Vec<(&str, &str)> = dp_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let node = DataPlane::start_redis(&redis.url(), &refs);
+    eventually("data plane ready", Duration::from_secs(10), || async {
+        (node.readyz().await == 200).then_some(())
+    })
+    .await;
+    eventually("snapshot cache written", Duration::from_secs(5), || async {
+        cache.exists().then_some(())
+    })
+    .await;
+    eventually("node listed", Duration::from_secs(10), || async {
+        let listed = cp.admin("GET", "/api/nodes", None).await.json();
+        listed["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node_id"] == "k8s-pod-1" && n["state"] == "up")
+            .then_some(())
+    })
+    .await;
+}
