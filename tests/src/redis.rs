@@ -19,7 +19,7 @@ use crate::{free_port, TempDir};
 /// process took the port first, the connection reaches that one while
 /// Redis fails to bind and exits. So its log is read: it says it is ready
 /// only once it listens.
-pub fn wait_until_listening(child: &mut Child, log: &std::path::Path) -> bool {
+fn wait_until_listening(child: &mut Child, log: &std::path::Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {

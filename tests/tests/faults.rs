@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::{get_reply, send};
 use apiproxy_tests::upstream::{self, channel_body, full, handler};
-use apiproxy_tests::{one_mapping, DataPlane};
+use apiproxy_tests::{one_mapping, refusing_addr, DataPlane};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -104,13 +104,8 @@ fn get(path: &str) -> Request<Empty<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_refuses() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dp = DataPlane::start(
-        &one_mapping("/down", &format!("http://127.0.0.1:{port}")),
+        &one_mapping("/down", &format!("http://{}", refusing_addr())),
         &[],
     );
     let baseline = dp.open_fds();
