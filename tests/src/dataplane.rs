@@ -47,9 +47,31 @@ pub(crate) fn spawn_logged(
     addr_fields: &'static [&'static str],
     etc_hosts: Option<&std::path::Path>,
 ) -> Spawned {
+    let command = || {
+        let mut cmd = match etc_hosts {
+            None => Command::new(binary(name)),
+            Some(hosts) => {
+                // `unshare` execs, then `sh` execs: the child's PID is the
+                // binary's own.
+                let mut cmd = Command::new("unshare");
+                cmd.args(["--mount", "--", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+                    .arg(hosts)
+                    .arg(binary(name));
+                cmd
+            }
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .current_dir(&dir.0)
+            .args(args)
+            .envs(env.iter().copied());
+        cmd
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     for _ in 0..50 {
-        match spawn_once(name, dir, env, args, addr_fields, etc_hosts) {
+        match spawn_once(name, command(), addr_fields) {
             Ok(spawned) => return spawned,
             Err(logs)
                 if Instant::now() < deadline
@@ -67,36 +89,12 @@ pub(crate) fn spawn_logged(
 /// not report its addresses within 20 s (killed, then).
 fn spawn_once(
     name: &str,
-    dir: &TempDir,
-    env: &[(&str, &str)],
-    args: &[&str],
+    mut cmd: Command,
     addr_fields: &'static [&'static str],
-    etc_hosts: Option<&std::path::Path>,
 ) -> Result<Spawned, Vec<String>> {
-    let mut cmd = match etc_hosts {
-        None => Command::new(binary(name)),
-        Some(hosts) => {
-            // `unshare` execs, then `sh` execs: the child's PID is the
-            // binary's own.
-            let mut cmd = Command::new("unshare");
-            cmd.args(["--mount", "--", "sh", "-c"])
-                .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
-                .arg(hosts)
-                .arg(binary(name));
-            cmd
-        }
-    };
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .current_dir(&dir.0)
-        .args(args)
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
     let stderr = child.stderr.take().expect("stderr");
     let logs = Arc::new(Mutex::new(Vec::new()));

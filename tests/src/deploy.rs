@@ -256,6 +256,14 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String) {
     (status, output)
 }
 
+/// Owned `(name, value)` settings as the fixtures take them.
+pub fn as_refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// Runs a binary with exactly `env` (plus PATH) and expects it to refuse
 /// to start: exit 64 with a line naming `needle`.
 pub fn assert_refused(bin: &str, env: &[(String, String)], needle: &str) {

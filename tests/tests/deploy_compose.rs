@@ -13,8 +13,8 @@ use apiproxy_tests::client::get;
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::dataplane::binary;
 use apiproxy_tests::deploy::{
-    accepted, assert_accepted, binary_of, compose, duration, read, repo, run, run_healthcheck, s,
-    NODE_TOKEN, PROXY_PORT,
+    accepted, as_refs, assert_accepted, binary_of, compose, duration, read, repo, run,
+    run_healthcheck, s, NODE_TOKEN, PROXY_PORT,
 };
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, echo_handler};
@@ -386,10 +386,7 @@ async fn compose_settings_boot_the_real_binaries() {
     }
     let cp_env = compose_env(&services["controlplane"], &vars);
     let cp_pairs = to_pairs(cp_env, &[]);
-    let cp_refs: Vec<(&str, &str)> = cp_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let cp_refs = as_refs(&cp_pairs);
     let redis_url = cp_pairs
         .iter()
         .find(|(k, _)| k == "API_PROXY_REDIS_URL")
@@ -424,10 +421,7 @@ async fn compose_settings_boot_the_real_binaries() {
                 _ => {}
             }
         }
-        let refs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let refs = as_refs(&pairs);
         nodes.push(DataPlane::start_redis(&redis_url, &refs));
     }
     let up = upstream::http(echo_handler()).await;

@@ -14,9 +14,9 @@ use apiproxy_tests::client::get;
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::dataplane::binary;
 use apiproxy_tests::deploy::{
-    accepted, assert_accepted, assert_refused, binary_of, container_port, duration, k8s_resources,
-    parse_yaml_stream, read, repo, run, s, yaml, yaml_docs, K8S, NODE_TOKEN, PLACEHOLDER,
-    PROXY_PORT,
+    accepted, as_refs, assert_accepted, assert_refused, binary_of, container_port, duration,
+    k8s_resources, parse_yaml_stream, read, repo, run, s, yaml, yaml_docs, K8S, NODE_TOKEN,
+    PLACEHOLDER, PROXY_PORT,
 };
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::{eventually, DataPlane, TempDir};
@@ -505,10 +505,7 @@ async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() 
             _ => (k, v),
         })
         .collect();
-    let refs: Vec<(&str, &str)> = cp_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs = as_refs(&cp_pairs);
     let cp = ControlPlane::start(&redis.url(), &refs);
     eventually("control plane ready", Duration::from_secs(10), || async {
         (get(&format!("http://{}/readyz", cp.addr)).await.0 == 200).then_some(())
@@ -526,10 +523,7 @@ async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() 
         })
         .chain([("API_PROXY_NODE_ID".to_owned(), "k8s-pod-1".to_owned())])
         .collect();
-    let refs: Vec<(&str, &str)> = dp_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs = as_refs(&dp_pairs);
     let node = DataPlane::start_redis(&redis.url(), &refs);
     eventually("data plane ready", Duration::from_secs(10), || async {
         (node.readyz().await == 200).then_some(())
