@@ -1,0 +1,254 @@
+//! README claims that no other test proves, each against the real
+//! binaries: the one retry of a refused connect (and of a reset one,
+//! ignored while not met), the HTTP/2 listener's header-list limit, and
+//! Redis announcements read once per burst and resyncs that apply only a
+//! change. (No total-duration limit: `tests/streaming.rs`.) The minute-long
+//! waits (idle ping, login lockout) are in `tests/claims_slow.rs`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiproxy_shared::RedisKeys;
+use apiproxy_tests::client::get_reply;
+use apiproxy_tests::redis::{hset_plain, upsert, RedisServer};
+use apiproxy_tests::tls::{trusting_dataplane, TestCa};
+use apiproxy_tests::upstream::{self, echo_handler};
+use apiproxy_tests::{eventually, one_mapping, DataPlane};
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// README, Failures: "A refused or reset connect is retried once". A port
+/// bound but not listening refuses every connect: each request is retried
+/// exactly once (the data plane's debug line before the retry), then fails
+/// with `upstream_connect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_is_retried_once() {
+    const RETRY: &str = "connect refused or reset; retrying once";
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let target = format!("http://{}", closed.local_addr().unwrap());
+    let dp = DataPlane::start(
+        &one_mapping("/closed", &target),
+        &[("RUST_LOG", "info,apiproxy_dataplane::upstream=debug")],
+    );
+    for n in 1..=2 {
+        let reply = get_reply(dp.addr, "/closed/x").await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+        assert_eq!(reply.headers["x-apiproxy-error"], "upstream_connect");
+        let retries = dp.logs().iter().filter(|l| l.contains(RETRY)).count();
+        assert_eq!(retries, n, "one retry per request: {:?}", dp.logs());
+    }
+}
+
+/// The same claim for a reset: an HTTPS upstream resets its first
+/// connection during the TLS handshake (part of the connect) and answers
+/// the second; the client should get 200 and the upstream see exactly two
+/// connections, and an upstream that resets every connect exactly two
+/// per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not met reliably today (failed 4 runs of 6): hyper-rustls wraps the \
+            handshake's ConnectionReset in an io::Error of kind Other, which \
+            upstream::is_retryable does not retry"]
+async fn a_connect_reset_once_is_retried_once() {
+    let ca = TestCa::new();
+    let acceptor = ca.acceptor_offering(&[b"http/1.1"]);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let up = upstream::raw(move |tcp| {
+        let (acceptor, first) = (acceptor.clone(), seen.fetch_add(1, Ordering::SeqCst) == 0);
+        async move {
+            if first {
+                let _ = tcp.set_zero_linger();
+                drop(tcp); // RST before the server's TLS hello
+                return;
+            }
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let _ = tls
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            let _ = tls.flush().await;
+            // Held open until the proxy lets go, so a third connection
+            // could only come from a third attempt.
+            let _ = tls.read(&mut buf).await;
+        }
+    })
+    .await;
+    let target = format!("https://localhost:{}", up.addr.port());
+    let (dp, _ca) = trusting_dataplane(&ca, &one_mapping("/tls", &target), &[]);
+
+    let reply = get_reply(dp.addr, "/tls/x").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(up.counters.accepted(), 2, "one reset connect, one retry");
+
+    // Once only: an upstream that resets every connect fails the request
+    // after the second attempt, with the connect error.
+    let always = upstream::raw(|tcp| async move {
+        let _ = tcp.set_zero_linger();
+    })
+    .await;
+    let target = format!("https://localhost:{}", always.addr.port());
+    let (dp, _ca) = trusting_dataplane(&ca, &one_mapping("/tls", &target), &[]);
+    let reply = get_reply(dp.addr, "/tls/x").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(always.counters.accepted(), 2, "exactly one retry");
+}
+
+/// An h2c request to the proxy carrying `header_bytes` of header values
+/// in four fields; its status, or the stream error.
+async fn h2c_with_headers(dp: &DataPlane, header_bytes: usize) -> Result<u16, h2::Error> {
+    let tcp = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut request = Request::get(format!("http://{}/up/x", dp.addr));
+    for i in 0..4 {
+        request = request.header(format!("x-big-{i}"), "a".repeat(header_bytes / 4));
+    }
+    let (response, _) = client.send_request(request.body(()).unwrap(), true)?;
+    Ok(response.await?.status().as_u16())
+}
+
+/// README, Slow and hostile clients: "HTTP/2 clients get ... a 64 KiB
+/// header list". Just under it passes (hyper's own default is 16 KiB, so
+/// this needs the configured limit), just over it gets 431 or the stream
+/// refused, never the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_header_lists_up_to_64_kib_pass_and_larger_ones_are_refused() {
+    let up = upstream::http(echo_handler()).await;
+    let dp = DataPlane::start(&one_mapping("/up", &up.url()), &[]);
+
+    let under = h2c_with_headers(&dp, 63 * 1024).await;
+    assert_eq!(under.ok(), Some(200), "a 63 KiB header list passes");
+    assert_eq!(up.counters.accepted(), 1);
+
+    match h2c_with_headers(&dp, 66 * 1024).await {
+        Ok(status) => assert_eq!(status, 431, "a 66 KiB header list is refused"),
+        Err(e) => assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e}"),
+    }
+    assert_eq!(
+        dp.metric(r#"apiproxy_requests_total{prefix="/up",status_class="2xx"}"#)
+            .await,
+        1.0,
+        "the oversized request never reached the upstream"
+    );
+}
+
+/// Calls of `command` Redis has executed, from `INFO commandstats`.
+async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let field = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&field))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// README, Redis mode: the node "re-reads on each announcement (bursts
+/// coalesced into one read ...)". Twenty announcements published in one
+/// transaction cost the node one read of the hash (`HGETALL`, counted by
+/// Redis itself), not twenty; a later single announcement is then
+/// followed with a one-field read, and shows the burst was all handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_announcements_is_one_read() {
+    const BURST: usize = 20;
+    let redis = RedisServer::start();
+    let keys = RedisKeys::default();
+    let mut conn = redis.conn().await;
+    let up = upstream::http(echo_handler()).await;
+    upsert(&mut conn, &keys, "/a", &up.url()).await;
+    let dp = DataPlane::start_redis(&redis.url(), &[("API_PROXY_RESYNC_INTERVAL", "10m")]);
+    dp.wait_status("/a/x", 200).await;
+    let before = redis_calls(&mut conn, "hgetall").await;
+
+    let mut burst = redis::pipe();
+    burst.atomic();
+    for i in 0..BURST {
+        burst
+            .hset(&keys.mappings, format!("/b{i}"), up.url())
+            .ignore();
+    }
+    burst.incr(&keys.version, 1).ignore();
+    for _ in 0..BURST {
+        // The Go version's payload: "re-read everything".
+        burst
+            .cmd("PUBLISH")
+            .arg(&keys.updates)
+            .arg("mapping_added")
+            .ignore();
+    }
+    let () = burst.query_async(&mut conn).await.unwrap();
+    // Announcements are handled in order: once this one is applied, the
+    // burst before it was too.
+    upsert(&mut conn, &keys, "/sentinel", &up.url()).await;
+    dp.wait_status("/sentinel/x", 200).await;
+
+    for i in 0..BURST {
+        assert_eq!(get_reply(dp.addr, &format!("/b{i}/x")).await.status, 200);
+    }
+    assert_eq!(
+        redis_calls(&mut conn, "hgetall").await - before,
+        1,
+        "{BURST} announcements in one burst: one full read"
+    );
+}
+
+/// README, Redis mode: a resync every `API_PROXY_RESYNC_INTERVAL` is
+/// "applied only when the content changed". Resyncs that read the same
+/// content (counted by Redis) apply nothing: no reload is counted, no
+/// "mappings applied" logged; the first one after a direct `HSET` applies
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_that_finds_nothing_changed_applies_nothing() {
+    const OK: &str = r#"apiproxy_config_reloads_total{result="ok"}"#;
+    let redis = RedisServer::start();
+    let keys = RedisKeys::default();
+    let mut conn = redis.conn().await;
+    let up = upstream::http(echo_handler()).await;
+    upsert(&mut conn, &keys, "/a", &up.url()).await;
+    let dp = DataPlane::start_redis(&redis.url(), &[("API_PROXY_RESYNC_INTERVAL", "200ms")]);
+    dp.wait_status("/a/x", 200).await;
+    let applied = |dp: &DataPlane| {
+        dp.logs()
+            .iter()
+            .filter(|l| l.contains("mappings applied"))
+            .count()
+    };
+    assert_eq!(applied(&dp), 1);
+    assert_eq!(dp.metric(OK).await, 1.0);
+
+    let before = redis_calls(&mut conn, "hgetall").await;
+    eventually("five resyncs", Duration::from_secs(10), || async {
+        let mut conn = redis.conn().await;
+        (redis_calls(&mut conn, "hgetall").await >= before + 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        dp.metric(OK).await,
+        1.0,
+        "an unchanged resync counted a reload"
+    );
+    assert_eq!(applied(&dp), 1, "an unchanged resync applied a snapshot");
+    assert_eq!(dp.metric("apiproxy_config_version").await, 1.0);
+
+    // A change with no version bump and no announcement: the next resync
+    // applies it, once.
+    hset_plain(&mut conn, &keys, "/c", &up.url()).await;
+    dp.wait_status("/c/x", 200).await;
+    dp.wait_metric(OK, 2.0).await;
+    assert_eq!(applied(&dp), 2);
+}

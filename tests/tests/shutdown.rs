@@ -1,0 +1,65 @@
+//! README, Shutdown: "on SIGTERM or SIGINT `/readyz` turns 503, the
+//! listener closes, in-flight requests and streams finish within the drain
+//! timeout, and the process exits 0". The same test for each signal.
+
+use std::time::Duration;
+
+use apiproxy_tests::client::{get, send};
+use apiproxy_tests::upstream;
+use apiproxy_tests::{eventually, DataPlane};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+
+/// A stream is open when `signal` arrives: readiness turns 503, the
+/// listener closes, the stream runs to its end cleanly, the exit is 0.
+async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
+    let up = upstream::sse(10, Duration::from_millis(150)).await;
+    let mut dp = DataPlane::start(&serde_json::json!({"/s": up.url()}).to_string(), &[]);
+    let response = send(
+        dp.addr,
+        Request::get("/s/x").body(Empty::<Bytes>::new()).unwrap(),
+    )
+    .await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+
+    dp.signal(signal);
+    // The signal arrives asynchronously: readiness turns 503 within moments.
+    let ready = format!("http://{}/readyz", dp.metrics_addr);
+    let reason = eventually("readiness 503", Duration::from_secs(1), || async {
+        let (status, reason) = get(&ready).await;
+        (status == 503).then_some(reason)
+    })
+    .await;
+    assert!(reason.contains("draining"), "{reason}");
+    eventually("listener closed", Duration::from_secs(2), || async {
+        tokio::net::TcpStream::connect(dp.addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+
+    // The stream in flight runs to its end, cleanly.
+    let mut events = 1;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("no abort while draining");
+        events += frame
+            .data_ref()
+            .map_or(0, |d| String::from_utf8_lossy(d).matches("data:").count());
+    }
+    assert_eq!(events, 10);
+    let status = dp.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_streams_then_exits_zero() {
+    drains_in_flight_streams_then_exits_zero("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_in_flight_streams_then_exits_zero() {
+    drains_in_flight_streams_then_exits_zero("INT").await;
+}
