@@ -532,23 +532,48 @@ mod tests {
     /// Mostly accepted pieces, so that whole inputs are accepted often
     /// enough for the round-trip checks to run.
     fn piece(
-        (accepted, refused): (&'static [&'static str], &'static [&'static str]),
+        lists: (&'static [&'static str], &'static [&'static str]),
     ) -> impl Strategy<Value = &'static str> {
-        use proptest::sample::select;
-        prop_oneof![6 => select(accepted), 1 => select(refused)]
+        judged_piece(lists).prop_map(|(piece, _)| piece)
     }
 
-    fn hostile_target() -> impl Strategy<Value = String> {
-        let path = proptest::collection::vec(piece(PATH_PIECES), 0..6);
+    /// A piece, and whether it came from the accepted list.
+    fn judged_piece(
+        (accepted, refused): (&'static [&'static str], &'static [&'static str]),
+    ) -> impl Strategy<Value = (&'static str, bool)> {
+        use proptest::sample::select;
+        prop_oneof![
+            6 => select(accepted).prop_map(|p| (p, true)),
+            1 => select(refused).prop_map(|p| (p, false)),
+        ]
+    }
+
+    /// A target, and whether validation must accept it: true when it is
+    /// built of accepted pieces only, its path (if any) starting with `/`.
+    fn hostile_target() -> impl Strategy<Value = (String, bool)> {
+        let path = proptest::collection::vec(judged_piece(PATH_PIECES), 0..6);
         let built = (
-            piece(SCHEMES),
-            piece(USERINFO),
-            piece(HOSTS),
-            piece(PORTS),
+            judged_piece(SCHEMES),
+            judged_piece(USERINFO),
+            judged_piece(HOSTS),
+            judged_piece(PORTS),
             path,
         )
-            .prop_map(|(s, u, h, p, path)| format!("{s}{u}{h}{p}{}", path.concat()));
-        prop_oneof![6 => built, 1 => any::<String>()]
+            .prop_map(|((s, s_ok), (u, u_ok), (h, h_ok), (p, p_ok), path)| {
+                let path_ok = path.iter().all(|(_, ok)| *ok);
+                let path: String = path.into_iter().map(|(piece, _)| piece).collect();
+                // Without a `/` after the authority, the path's pieces
+                // join the host or port; and a refused piece can be made
+                // good by its neighbour (no host, then a path `a`).
+                let valid = s_ok
+                    && u_ok
+                    && h_ok
+                    && p_ok
+                    && path_ok
+                    && (path.is_empty() || path.starts_with('/'));
+                (format!("{s}{u}{h}{p}{path}"), valid)
+            });
+        prop_oneof![6 => built, 1 => any::<String>().prop_map(|s| (s, false))]
     }
 
     const SEGMENTS: (&[&str], &[&str]) = (
@@ -575,8 +600,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn targets_never_panic_and_accepted_ones_round_trip(raw in hostile_target()) {
+        fn targets_never_panic_and_accepted_ones_round_trip(
+            (raw, valid) in hostile_target()
+        ) {
             check_target(&raw)?;
+            // Two-sided: refused targets are checked above, and one built
+            // of accepted pieces only must be accepted.
+            if valid {
+                prop_assert!(Target::parse(&raw).is_ok(), "refused: {:?}", raw);
+            }
         }
 
         #[test]
