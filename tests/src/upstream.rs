@@ -274,6 +274,41 @@ pub async fn sse(events: usize, gap: std::time::Duration) -> Upstream {
     .await
 }
 
+/// A `text/event-stream` upstream that sends the first of `events` events
+/// at once and the others `gap` apart only once the returned sender says
+/// `true`: a test can hold a stream open for as long as it needs, and a
+/// client that gets the first event knows nothing buffered it.
+pub async fn sse_held(
+    events: usize,
+    gap: std::time::Duration,
+) -> (Upstream, tokio::sync::watch::Sender<bool>) {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let up = http(handler(move |_req: Request<Incoming>| {
+        let mut released = released.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let event = |i| Ok(Bytes::from(format!("data: event {i}\n\n")));
+                if tx.send(event(0)).await.is_err() || released.wait_for(|r| *r).await.is_err() {
+                    return;
+                }
+                for i in 1..events {
+                    tokio::time::sleep(gap).await;
+                    if tx.send(event(i)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
+        }
+    }))
+    .await;
+    (up, release)
+}
+
 /// Handler that answers with what it received: method, URI, version,
 /// headers and the body's length, as JSON.
 pub fn echo_handler() -> Handler {

@@ -608,8 +608,9 @@ async fn chaos_under_load_fails_no_request_and_keeps_stats_exact() {
         "changed after settling: {again}"
     );
 
-    // The victim's loss: at most what it served in its last two push
-    // intervals (the batch on its way may die with it), plus scheduling
+    // The victim's loss: what it served in its last two push intervals
+    // (the batch on its way may die with it), bounded here at three (a
+    // loaded machine delays pushes by up to an interval) plus scheduling
     // slack; never more than it served.
     assert!(victim_pushed <= victim_served);
     let lost = victim_served - victim_pushed;
@@ -617,7 +618,7 @@ async fn chaos_under_load_fails_no_request_and_keeps_stats_exact() {
         let from = killed_at - window;
         finished.iter().filter(|t| **t > from).count() as u64
     };
-    let bound_window = 2 * STATS_INTERVAL + Duration::from_millis(100);
+    let bound_window = 3 * STATS_INTERVAL + Duration::from_millis(100);
     let after_last_batch = finished
         .iter()
         .filter(|t| unix_ms(**t) > victim_seen)

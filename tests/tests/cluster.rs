@@ -13,12 +13,15 @@ use apiproxy_tests::DataPlane;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mapping_made_in_the_api_is_routed_within_a_second() {
+async fn a_mapping_made_in_the_api_is_routed_by_its_announcement() {
     let redis = RedisServer::start();
     let cp = ControlPlane::start(&redis.url(), &[]);
+    // No resync during the test: only the announcements can carry the
+    // changes, and each gets 3 s on a loaded machine.
+    let no_resync = [("API_PROXY_RESYNC_INTERVAL", "10m")];
     let nodes = [
-        DataPlane::start_redis(&redis.url(), &[]),
-        DataPlane::start_redis(&redis.url(), &[]),
+        DataPlane::start_redis(&redis.url(), &no_resync),
+        DataPlane::start_redis(&redis.url(), &no_resync),
     ];
     let a = upstream::http(echo_handler()).await;
     let b = upstream::http(echo_handler()).await;
@@ -36,7 +39,7 @@ async fn a_mapping_made_in_the_api_is_routed_within_a_second() {
         node.wait_status("/svc/x", 200).await;
     }
     assert!(
-        start.elapsed() < Duration::from_secs(1),
+        start.elapsed() < Duration::from_secs(3),
         "took {:?}",
         start.elapsed()
     );
@@ -50,7 +53,7 @@ async fn a_mapping_made_in_the_api_is_routed_within_a_second() {
         .await;
     assert_eq!(reply.status, 200);
     for node in &nodes {
-        apiproxy_tests::eventually("update routed", Duration::from_secs(1), || async {
+        apiproxy_tests::eventually("update routed", Duration::from_secs(3), || async {
             (get_reply(node.addr, "/svc/x").await.json()["uri"] == "/v2/x").then_some(())
         })
         .await;

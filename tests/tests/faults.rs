@@ -285,17 +285,29 @@ async fn upstream_429_and_503_pass_through_with_their_bodies() {
 }
 
 /// The client sends `request` to an upstream that never answers, waits
-/// `settle`, and leaves before the response head: the upstream must see
+/// until the upstream has read the head and the `body_len` bytes of body
+/// after it, and leaves before the response head: the upstream must see
 /// its connection closed within a second, and the request be counted as
 /// cancelled.
-async fn client_leaves_before_the_head(request: &[u8], settle: Duration) {
-    let (up, mut closed) = scripted(|s: TcpStream| async move { Some(s) }).await;
+async fn client_leaves_before_the_head(request: &[u8], body_len: usize) {
+    let (body_in, mut body_read) = mpsc::unbounded_channel();
+    let (up, mut closed) = scripted(move |mut s: TcpStream| {
+        let body_in = body_in.clone();
+        async move {
+            let mut body = vec![0u8; body_len];
+            s.read_exact(&mut body).await.ok()?;
+            let _ = body_in.send(());
+            Some(s)
+        }
+    })
+    .await;
     let dp = DataPlane::start(&one_mapping("/a", &up.url()), &[]);
     let baseline = dp.open_fds();
     let mut client = TcpStream::connect(dp.addr).await.unwrap();
     client.write_all(request).await.unwrap();
-    up.wait_accepted(1).await;
-    tokio::time::sleep(settle).await;
+    tokio::time::timeout(Duration::from_secs(5), body_read.recv())
+        .await
+        .expect("the request reached the upstream within 5 s");
     let left = Instant::now();
     drop(client);
     assert_closed_within_a_second(&mut closed, left).await;
@@ -307,7 +319,7 @@ async fn client_leaves_before_the_head(request: &[u8], settle: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_aborts_before_the_head() {
-    client_leaves_before_the_head(b"GET /a/x HTTP/1.1\r\nHost: t\r\n\r\n", Duration::ZERO).await;
+    client_leaves_before_the_head(b"GET /a/x HTTP/1.1\r\nHost: t\r\n\r\n", 0).await;
 }
 
 /// The LLM case: the prompt went up whole, the generation has not begun,
@@ -316,8 +328,8 @@ async fn client_aborts_before_the_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_aborts_after_its_body_before_the_head() {
     let request = b"POST /a/x HTTP/1.1\r\nHost: t\r\ncontent-length: 12\r\n\r\n{\"prompt\":1}";
-    // Time for the body to reach the upstream first.
-    client_leaves_before_the_head(request, Duration::from_millis(200)).await;
+    // The client leaves once the whole body has reached the upstream.
+    client_leaves_before_the_head(request, 12).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,7 +108,15 @@ async fn a_cut_link_keeps_the_snapshot_and_catches_up_when_restored() {
     let up = upstream::http(echo_handler()).await;
     upsert(&mut conn, &keys, "/a", &up.url()).await;
     let chaos = ChaosProxy::start(redis.addr()).await;
-    let node = DataPlane::start_redis(&chaos.url(), &[FAST_RESYNC]);
+    // Each failed reconnect is logged at debug level.
+    const RETRY_FAILED: &str = "Redis still unreachable";
+    let node = DataPlane::start_redis(
+        &chaos.url(),
+        &[
+            FAST_RESYNC,
+            ("RUST_LOG", "info,apiproxy_dataplane::redis_source=debug"),
+        ],
+    );
     node.wait_status("/a/x", 200).await;
 
     chaos.cut();
@@ -116,7 +124,19 @@ async fn a_cut_link_keeps_the_snapshot_and_catches_up_when_restored() {
     // Changes while the node cannot hear them.
     upsert(&mut conn, &keys, "/b", &up.url()).await;
     delete(&mut conn, &keys, "/a").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node has tried to reach Redis since, and failed: twice, so that
+    // the second attempt surely began after the changes were made.
+    let failed = |node: &DataPlane| {
+        node.logs()
+            .iter()
+            .filter(|l| l.contains(RETRY_FAILED))
+            .count()
+    };
+    let before = failed(&node);
+    apiproxy_tests::eventually("two failed reconnects", Duration::from_secs(20), || async {
+        (failed(&node) >= before + 2).then_some(())
+    })
+    .await;
     assert_eq!(
         get_reply(node.addr, "/a/x").await.status,
         200,

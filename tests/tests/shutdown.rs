@@ -12,9 +12,10 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 
 /// A stream is open when `signal` arrives: readiness turns 503, the
-/// listener closes, the stream runs to its end cleanly, the exit is 0.
+/// listener closes, the stream (held back by its upstream until then) runs
+/// to its end cleanly, the exit is 0.
 async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
-    let up = upstream::sse(10, Duration::from_millis(150)).await;
+    let (up, release) = upstream::sse_held(10, Duration::from_millis(50)).await;
     let mut dp = DataPlane::start(&serde_json::json!({"/s": up.url()}).to_string(), &[]);
     let response = send(
         dp.addr,
@@ -25,15 +26,16 @@ async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
     body.frame().await.unwrap().unwrap();
 
     dp.signal(signal);
-    // The signal arrives asynchronously: readiness turns 503 within moments.
+    // The signal arrives asynchronously: readiness turns 503 within moments
+    // (bounded at 5 s; the stream is held open meanwhile).
     let ready = format!("http://{}/readyz", dp.metrics_addr);
-    let reason = eventually("readiness 503", Duration::from_secs(1), || async {
+    let reason = eventually("readiness 503", Duration::from_secs(5), || async {
         let (status, reason) = get(&ready).await;
         (status == 503).then_some(reason)
     })
     .await;
     assert!(reason.contains("draining"), "{reason}");
-    eventually("listener closed", Duration::from_secs(2), || async {
+    eventually("listener closed", Duration::from_secs(5), || async {
         tokio::net::TcpStream::connect(dp.addr)
             .await
             .is_err()
@@ -42,6 +44,7 @@ async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
     .await;
 
     // The stream in flight runs to its end, cleanly.
+    release.send(true).unwrap();
     let mut events = 1;
     while let Some(frame) = body.frame().await {
         let frame = frame.expect("no abort while draining");

@@ -128,8 +128,9 @@ async fn unmatched_so_far(dp: &DataPlane) -> u64 {
 }
 
 /// Waits until `/stats` shows exactly `e` (it may only get there from
-/// below), then checks every figure once more after further pushes.
-async fn assert_stats_exact(cp_port: u16, e: &Expected) {
+/// below), then checks every figure once more after every node listed by
+/// `cp` has pushed three more batches.
+async fn assert_stats_exact(cp: &ControlPlane, cp_port: u16, e: &Expected) {
     let check = |s: &Value| {
         s["total"] == e.total() && s["unmatched"] == e.unmatched && s["errors"] == e.errors()
     };
@@ -151,8 +152,26 @@ async fn assert_stats_exact(cp_port: u16, e: &Expected) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // Several more push intervals: nothing is counted twice.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Three more batches from every node (pushed every 200 ms, and
+    // `last_seen` is when the control plane applied one): nothing is
+    // counted twice.
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let settled = unix_ms() + 3 * 200;
+    eventually("three more batches", Duration::from_secs(10), || async {
+        let listed = cp.admin("GET", "/api/nodes", None).await.json();
+        let nodes = listed["nodes"].as_array()?.clone();
+        (!nodes.is_empty()
+            && nodes
+                .iter()
+                .all(|n| n["last_seen"].as_u64().is_some_and(|t| t > settled)))
+        .then_some(())
+    })
+    .await;
     let s2 = stats(cp_port).await.unwrap();
     assert!(check(&s2), "changed after settling: {s} -> {s2}");
     assert_eq!(s["cancelled"], e.up_cancelled, "{s}");
@@ -258,7 +277,7 @@ async fn stats_stay_exact_across_a_controlplane_kill() {
     }
     stop.store(true, Ordering::Relaxed);
     e.up += load.await.unwrap();
-    assert_stats_exact(port, &e).await;
+    assert_stats_exact(&cp, port, &e).await;
 
     // Both nodes are listed with the version they applied.
     let version = cp.admin("GET", "/api/mappings", None).await.json()["version"].clone();
@@ -348,8 +367,8 @@ async fn a_long_controlplane_outage_loses_nothing_and_holds_memory_flat() {
         "RSS grew from {before} to {max} while the control plane was away"
     );
 
-    let _cp = controlplane(&redis, port);
-    assert_stats_exact(port, &e).await;
+    let cp = controlplane(&redis, port);
+    assert_stats_exact(&cp, port, &e).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
