@@ -186,6 +186,27 @@ async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// A Redis holding `/a` (routed to an echo upstream) and a node following
+/// it that resyncs every `resync`, once the node routes `/a`.
+async fn redis_node(
+    resync: &str,
+) -> (
+    RedisServer,
+    redis::aio::MultiplexedConnection,
+    RedisKeys,
+    upstream::Upstream,
+    DataPlane,
+) {
+    let redis = RedisServer::start();
+    let keys = RedisKeys::default();
+    let mut conn = redis.conn().await;
+    let up = upstream::http(echo_handler()).await;
+    upsert(&mut conn, &keys, "/a", &up.url()).await;
+    let dp = DataPlane::start_redis(&redis.url(), &[("API_PROXY_RESYNC_INTERVAL", resync)]);
+    dp.wait_status("/a/x", 200).await;
+    (redis, conn, keys, up, dp)
+}
+
 /// README, Redis mode: the node "re-reads on each announcement (bursts
 /// coalesced into one read ...)". Twenty announcements published in one
 /// transaction cost the node one read of the hash (`HGETALL`, counted by
@@ -195,13 +216,7 @@ async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_announcements_is_one_read() {
     const BURST: usize = 20;
-    let redis = RedisServer::start();
-    let keys = RedisKeys::default();
-    let mut conn = redis.conn().await;
-    let up = upstream::http(echo_handler()).await;
-    upsert(&mut conn, &keys, "/a", &up.url()).await;
-    let dp = DataPlane::start_redis(&redis.url(), &[("API_PROXY_RESYNC_INTERVAL", "10m")]);
-    dp.wait_status("/a/x", 200).await;
+    let (_redis, mut conn, keys, up, dp) = redis_node("10m").await;
     let before = redis_calls(&mut conn, "hgetall").await;
 
     let mut burst = redis::pipe();
@@ -247,13 +262,7 @@ async fn a_burst_of_announcements_is_one_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_that_finds_nothing_changed_applies_nothing() {
     const OK: &str = r#"apiproxy_config_reloads_total{result="ok"}"#;
-    let redis = RedisServer::start();
-    let keys = RedisKeys::default();
-    let mut conn = redis.conn().await;
-    let up = upstream::http(echo_handler()).await;
-    upsert(&mut conn, &keys, "/a", &up.url()).await;
-    let dp = DataPlane::start_redis(&redis.url(), &[("API_PROXY_RESYNC_INTERVAL", "200ms")]);
-    dp.wait_status("/a/x", 200).await;
+    let (redis, mut conn, keys, up, dp) = redis_node("200ms").await;
     // The log is read by another thread: what it shows may lag a moment
     // (the reload counter, read first below, does not).
     let applied = |n: usize| {

@@ -1,22 +1,22 @@
 //! README, Shutdown: "on SIGTERM or SIGINT `/readyz` turns 503, the
 //! listener closes, in-flight requests and streams finish within the drain
-//! timeout, and the process exits 0". The same test for each signal.
+//! timeout, and the process exits 0". The same test for each signal, and
+//! the drain timeout's bound.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apiproxy_tests::client::{get, send};
-use apiproxy_tests::upstream;
+use apiproxy_tests::upstream::{self, Upstream};
 use apiproxy_tests::{eventually, DataPlane};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 
-/// A stream is open when `signal` arrives: readiness turns 503, the
-/// listener closes, the stream (held back by its upstream until then) runs
-/// to its end cleanly, the exit is 0.
-async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
-    let (up, release) = upstream::sse_held(10, Duration::from_millis(50)).await;
-    let mut dp = DataPlane::start(&serde_json::json!({"/s": up.url()}).to_string(), &[]);
+/// A data plane routing `/s` to `up`, started with `env`, and a stream
+/// through it that has delivered its first event.
+async fn stream_through(up: &Upstream, env: &[(&str, &str)]) -> (DataPlane, Incoming) {
+    let dp = DataPlane::start(&serde_json::json!({"/s": up.url()}).to_string(), env);
     let response = send(
         dp.addr,
         Request::get("/s/x").body(Empty::<Bytes>::new()).unwrap(),
@@ -24,6 +24,15 @@ async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
     .await;
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();
+    (dp, body)
+}
+
+/// A stream is open when `signal` arrives: readiness turns 503, the
+/// listener closes, the stream (held back by its upstream until then) runs
+/// to its end cleanly, the exit is 0.
+async fn drains_in_flight_streams_then_exits_zero(signal: &str) {
+    let (up, release) = upstream::sse_held(10, Duration::from_millis(50)).await;
+    let (mut dp, mut body) = stream_through(&up, &[]).await;
 
     dp.signal(signal);
     // The signal arrives asynchronously: readiness turns 503 within moments
@@ -65,4 +74,34 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_in_flight_streams_then_exits_zero() {
     drains_in_flight_streams_then_exits_zero("INT").await;
+}
+
+/// A stream longer than the drain timeout is cut at it: the process still
+/// exits 0, soon after the timeout, and the stream does not end cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_bounds_the_shutdown() {
+    let up = upstream::sse(1000, Duration::from_millis(100)).await;
+    let (mut dp, mut body) = stream_through(&up, &[("API_PROXY_DRAIN_TIMEOUT", "500ms")]).await;
+    let start = Instant::now();
+    dp.signal("TERM");
+    let status = dp.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The cut-off stream is visibly truncated, not finished cleanly.
+    let mut aborted = false;
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            aborted = true;
+            break;
+        }
+    }
+    assert!(
+        aborted,
+        "a stream cut by the drain deadline must not end cleanly"
+    );
+    drop(up);
 }
