@@ -543,6 +543,64 @@ def cmd_stats(a, st):
     save(a, "stats", data, "\n\n".join(text))
 
 
+def metric_sum(port, name):
+    """Sum of every sample of `name` on a data plane's /metrics."""
+    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(r"^%s(?:\{[^}]*\})? (\S+)$" % re.escape(name), text, re.M))
+
+
+def cmd_outage(a, st):
+    """Stats through a control-plane outage: a data plane under light load
+    pushing every 200 ms to a real control plane that is killed (SIGKILL)
+    for --outage seconds: its RSS over the outage (it keeps at most two
+    batches), its failed pushes, and whether the cluster total is exact
+    once a new control plane is up."""
+    if not os.access(a.cp_binary, os.X_OK):
+        raise SystemExit("no control plane binary at %s (cargo build --release -p apiproxy-controlplane)"
+                         % a.cp_binary)
+    st.upstream(1024)
+    st.start("redis", ["redis-server", "--port", str(P["redis"]), "--bind", HOST, "--save", "",
+                       "--appendonly", "no", "--dir", st.dir], LOAD_CPU, P["redis"])
+    token = "bench-node-token-0123456789"
+    cp_env = {"API_PROXY_REDIS_URL": "redis://%s:%d/" % (HOST, P["redis"]),
+              "API_PROXY_ADMIN_LISTEN": "%s:%d" % (HOST, P["controlplane"]),
+              "ADMIN_TOKEN": "bench-admin-token-0123456789", "API_PROXY_NODE_TOKEN": token, "RUST_LOG": "warn"}
+    cp = st.start("controlplane", [a.cp_binary], LOAD_CPU, P["controlplane"], cp_env)
+    dp = st.dataplane({"/": P["upstream"]}, extra_env={
+        "API_PROXY_CONTROLPLANE_URL": "http://%s:%d" % (HOST, P["controlplane"]),
+        "API_PROXY_NODE_TOKEN": token, "API_PROXY_NODE_ID": "bench", "API_PROXY_STATS_INTERVAL": "200ms"})
+    load = spawn(["wrk", "-t1", "-c%d" % a.conns, "-d%ds" % (a.warmup + a.outage), "--timeout", "10s",
+                  "http://%s:%d/" % (HOST, P["dataplane"])])
+    time.sleep(a.warmup)
+    cp.kill()  # SIGKILL: no goodbye, the node's pushes start failing
+    cp.wait(10)
+    st.procs.remove(cp)
+    before = rss_kib([dp.pid])
+    failures_before = metric_sum(P["metrics"], "apiproxy_stats_push_failures_total")
+    samples = []
+    for _ in range(a.outage):
+        time.sleep(1)
+        samples.append(rss_kib([dp.pid]))
+    rc, out, err = collect(load, 60)
+    failures = metric_sum(P["metrics"], "apiproxy_stats_push_failures_total") - failures_before
+    st.start("controlplane", [a.cp_binary], LOAD_CPU, P["controlplane"], cp_env)
+    served = metric_sum(P["metrics"], "apiproxy_requests_total")
+    deadline, total = time.monotonic() + 15, None
+    while time.monotonic() < deadline and total != served:
+        time.sleep(0.2)
+        with urllib.request.urlopen("http://%s:%d/stats" % (HOST, P["controlplane"]), timeout=10) as r:
+            total = json.load(r)["total"]
+    data = {"rss_before_kib": before, "rss_samples_kib": samples, "failed_pushes": failures,
+            "served": served, "cluster_total": total, "wrk": parse_wrk(out) if rc == 0 else err[-400:]}
+    text = ("== control-plane outage: %d s, wrk -c%d on one data plane pushing every 200 ms\n" % (a.outage, a.conns)
+            + table(["RSS before MiB", "RSS max MiB", "growth KiB", "failed pushes", "served", "cluster total",
+                     "exact"],
+                    [["%.1f" % (before / 1024), "%.1f" % (max(samples) / 1024), max(samples) - before,
+                      "%.0f" % failures, "%.0f" % served, total, "yes" if total == served else "NO"]]))
+    save(a, "outage", data, text)
+
+
 def summarize_throughput(a, conns, names, rounds, ref="nginx", twin="nginx-b"):
     rows = []
     for n in names:
@@ -1078,6 +1136,11 @@ def main():
     q.add_argument("--warmup", type=int, default=2, help="warm-up seconds per conns value")
     q.add_argument("--body-size", type=int, default=1024)
     q.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
+    o = add("outage", "stats through a control-plane outage: data plane RSS, failed pushes, exact total")
+    o.add_argument("--outage", type=int, default=30, help="seconds the control plane is away")
+    o.add_argument("--warmup", type=int, default=2, help="seconds of load before the kill")
+    o.add_argument("--conns", type=int, default=8)
+    o.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
     i = add("instr", "callgrind: user-space instructions per request")
     i.add_argument("--n1", type=int, default=2000)
     i.add_argument("--n2", type=int, default=6000)
@@ -1110,7 +1173,7 @@ def main():
         return
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
     need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
-            "stats": ["wrk", "redis-server"], "h2": ["wrk"]}[a.cmd]
+            "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"]}[a.cmd]
     missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
@@ -1119,7 +1182,7 @@ def main():
     else:
         log("fewer than 2 CPUs: running unpinned")
     run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr,
-            "stats": cmd_stats, "h2": cmd_h2}[a.cmd])
+            "stats": cmd_stats, "outage": cmd_outage, "h2": cmd_h2}[a.cmd])
 
 
 if __name__ == "__main__":

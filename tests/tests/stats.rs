@@ -324,7 +324,7 @@ async fn stats_stay_exact_across_a_controlplane_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_controlplane_outage_loses_nothing_and_holds_memory_flat() {
+async fn a_long_controlplane_outage_loses_nothing() {
     let redis = RedisServer::start();
     let cp = controlplane(&redis, 0);
     let port = cp.addr.port();
@@ -340,32 +340,17 @@ async fn a_long_controlplane_outage_loses_nothing_and_holds_memory_flat() {
     mix(&dp, &mut e).await;
 
     cp.kill();
-    // Warm up the failing path before the memory baseline.
+    // Under load for 10 s while the control plane is away. (Its memory
+    // through a 30 s outage is a benchmark: `bench/bench.py outage`.)
     let (stop, load) = background_load(vec![dp.addr]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = dp.rss_bytes();
     let failures_before = dp.metric("apiproxy_stats_push_failures_total").await;
-    let mut max = before;
-    for _ in 0..28 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        max = max.max(dp.rss_bytes());
-    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     e.up += load.await.unwrap();
     mix(&dp, &mut e).await;
     let failures = dp.metric("apiproxy_stats_push_failures_total").await - failures_before;
-    println!(
-        "30 s outage: RSS {:.1} MiB -> max {:.1} MiB, {failures} failed pushes, {} requests",
-        before as f64 / 1048576.0,
-        max as f64 / 1048576.0,
-        e.total()
-    );
-    // 150 ticks of 200 ms; a loaded machine may delay some.
-    assert!(failures >= 50.0, "pushes kept being tried: {failures}");
-    assert!(
-        max < before + 4 * 1024 * 1024,
-        "RSS grew from {before} to {max} while the control plane was away"
-    );
+    // 50 ticks of 200 ms; a loaded machine may delay some.
+    assert!(failures >= 16.0, "pushes kept being tried: {failures}");
 
     let cp = controlplane(&redis, port);
     assert_stats_exact(&cp, port, &e).await;
