@@ -61,13 +61,28 @@ fn io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
     find_cause::<io::Error>(err).map(io::Error::kind)
 }
 
-/// Refused or reset while connecting: nothing of the request has left, so
-/// one retry is safe.
+/// Refused or reset while connecting (TCP, or the TLS handshake): nothing
+/// of the request has left, so one retry is safe. A reset inside the TLS
+/// handshake comes back wrapped in an `io::Error` of another kind, so every
+/// `io::Error` of the chain is looked at, not only the first.
 fn is_retryable(err: &(dyn StdError + 'static)) -> bool {
-    matches!(
-        io_kind(err),
-        Some(io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset)
-    )
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+            ) {
+                return true;
+            }
+            // `source()` of an io::Error skips the error it wraps.
+            if io.get_ref().is_some_and(|inner| is_retryable(inner)) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 type Inner = HttpsConnector<HttpConnector<PolicyResolver>>;
@@ -246,6 +261,11 @@ mod tests {
             rustls::Error::General("bad cert".into()),
         ));
         assert!(!is_retryable(&*tls));
+        // A reset inside the TLS handshake, as hyper-rustls hands it back.
+        let wrapped: Box<dyn StdError + Send + Sync> = Box::new(io::Error::other(io::Error::from(
+            io::ErrorKind::ConnectionReset,
+        )));
+        assert!(is_retryable(&*wrapped));
     }
 
     #[test]

@@ -124,8 +124,8 @@ pub(crate) fn classify_send_error(err: &SendError, failure: Option<BodyFailure>)
         SendError::Connect(connect) => {
             SendFailure::Respond(ProxyError::upstream(connect.kind, connect.to_string()))
         }
-        // The body records every failure of its own; this is the client's
-        // side all the same.
+        // The body records each failure of its own in the slot; one
+        // without it is the client's side all the same.
         err if err.is_client_body() => SendFailure::ClientGone,
         err => SendFailure::Respond(ProxyError::upstream(
             err.kind(),

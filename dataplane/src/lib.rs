@@ -7,7 +7,9 @@
 // The request path, in layers that only point down:
 // wire (`http1`, `h2`) -> transport (`connect`, `tls_sessions`, `pool`,
 // `budget`, `upstream`) -> proxy (`proxy`, `body`, `error`, `tunnel`) ->
-// `listener`. Beside it: routing state and its sources, stats, metrics.
+// `listener`. Below every layer: `headers` (field and token helpers),
+// `write_stall`, `deadline`, `causes`, `error_kind`. Beside the path:
+// routing state and its sources, stats, metrics.
 mod body;
 mod budget;
 mod causes;

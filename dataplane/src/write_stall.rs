@@ -1,5 +1,5 @@
 //! A client that stops reading must not hold its upstream open forever.
-//! When the socket cannot take more bytes, hyper stops polling the response
+//! When the socket cannot take more bytes, the listener stops polling the response
 //! body, so the body's own idle timer never runs; the deadline has to sit
 //! on the socket's write side instead.
 

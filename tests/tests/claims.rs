@@ -1,6 +1,6 @@
 //! README claims that no other test proves, each against the real
-//! binaries: the one retry of a refused connect (and of a reset one,
-//! ignored while not met), the HTTP/2 listener's header-list limit, and
+//! binaries: the one retry of a refused or reset connect, the HTTP/2
+//! listener's header-list limit, and
 //! Redis announcements read once per burst and resyncs that apply only a
 //! change. (No total-duration limit: `tests/streaming.rs`.) The minute-long
 //! waits (idle ping, login lockout) are in `tests/claims_slow.rs`.
@@ -75,9 +75,6 @@ async fn a_refused_connect_is_retried_once() {
 /// connections, and an upstream that resets every connect exactly two
 /// per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not met reliably today (failed 4 runs of 6): hyper-rustls wraps the \
-            handshake's ConnectionReset in an io::Error of kind Other, which \
-            upstream::is_retryable does not retry"]
 async fn a_connect_reset_once_is_retried_once() {
     let ca = TestCa::new();
     let acceptor = ca.acceptor_offering(&[b"http/1.1"]);

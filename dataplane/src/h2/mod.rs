@@ -64,7 +64,7 @@ impl Error {
     }
 
     /// The client's request body failed, not the upstream.
-    pub(crate) fn is_body(&self) -> bool {
+    pub(crate) fn is_client_body(&self) -> bool {
         matches!(self, Error::Body(_))
     }
 }

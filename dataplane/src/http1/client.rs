@@ -14,8 +14,8 @@
 //! request was written; cut short, it is dropped, which closes it.
 //!
 //! Once the response head is in, the rest of an upload moves when the
-//! response body is polled (hyper polls it while the client can take
-//! more); a response that ends first ends the upload, and its connection
+//! response body is polled (the listener polls it while the client can
+//! take more); a response that ends first ends the upload, and its connection
 //! is closed rather than reused.
 
 use std::collections::VecDeque;

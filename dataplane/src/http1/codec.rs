@@ -160,8 +160,7 @@ impl Decoder {
     }
 
     /// The body's next frame in `read`; after a frame, [`Self::is_ended`]
-    /// tells whether it was the last. Its only errors are
-    /// [`Error::Protocol`].
+    /// tells whether it was the last.
     pub(crate) fn next(&mut self, read: &mut BytesMut) -> Result<Next, FramingError> {
         Ok(match self.step(read)? {
             Step::Data(data) => Next::Frame(Frame::data(data)),

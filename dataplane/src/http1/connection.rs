@@ -49,12 +49,19 @@ impl ExchangeError {
         matches!(self, ExchangeError::Protocol(_))
     }
 
-    /// The client's request body failed, not the upstream.
-    pub(crate) fn is_body(&self) -> bool {
+    /// The request body failed or broke its length: not the upstream's
+    /// doing, so the exchange ends without retry.
+    pub(super) fn is_body(&self) -> bool {
         matches!(
             self,
             ExchangeError::Body(_) | ExchangeError::BodyShort(_) | ExchangeError::BodyLong
         )
+    }
+
+    /// The client's request body failed while it was read (its own error,
+    /// which the body records too).
+    pub(crate) fn is_client_body(&self) -> bool {
+        matches!(self, ExchangeError::Body(_))
     }
 
     pub(super) fn protocol(what: impl Into<String>) -> ExchangeError {

@@ -313,6 +313,22 @@ mod tests {
     /// connection is open: at 10,000 open event streams each byte is
     /// 10 KB. With the request future's room shared with the streaming
     /// of the body it is 2,856 bytes (3,488 when both were held at once).
+    /// A refused head is answered with the status and type SPEC §3 gives
+    /// it: 431 (typed `bad_request`) for a head too large, 400 for one
+    /// malformed.
+    #[test]
+    fn refused_heads_keep_their_status_and_type() {
+        let large = refused(http1::Refusal::TooLarge(
+            "request head larger than 64 KiB".into(),
+        ));
+        assert_eq!(large.status().as_u16(), 431);
+        assert_eq!(large.kind(), "bad_request");
+        assert_eq!(large.to_string(), "request head larger than 64 KiB");
+        let bad = refused(http1::Refusal::Malformed("malformed request head".into()));
+        assert_eq!(bad.status().as_u16(), 400);
+        assert_eq!(bad.kind(), "bad_request");
+    }
+
     #[test]
     fn the_connection_future_stays_small() {
         let size = size_of_output(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::{FutureExt as _, Shared};
 use tokio::sync::oneshot;
 
-use super::{Checkout, HostKey};
+use super::HostKey;
 use crate::budget::{Budget, BudgetLimits};
 use crate::connect::ConnectError;
 use crate::{h2, http1};
@@ -139,6 +139,16 @@ impl Drop for DialTicket {
             lock(&self.host.h2).dials.retain(|d| d.id != self.id);
         }
     }
+}
+
+/// A connection taken for one request.
+pub(super) enum Checkout {
+    /// `reused`: it served a request before.
+    H1 {
+        conn: http1::Connection,
+        reused: bool,
+    },
+    H2(h2::Lease),
 }
 
 /// Where a request's connection comes from.

@@ -17,7 +17,8 @@
 //! to the end (the body sends it home), so a checkout finds it ready at
 //! once; one whose body was cut is dropped, which closes it. Idle
 //! connections older than the idle timeout, or closed by the upstream, are
-//! closed by a reaper. Each host has a [`Budget`] of requests sent at once;
+//! closed by a reaper. Each host has a budget ([`crate::budget`]) of
+//! requests sent at once;
 //! the rest queue.
 //!
 //! Why not hyper-util's pool: it spawns a task per request to watch for the
@@ -51,7 +52,7 @@ use crate::connect::{ConnectError, Connector};
 use crate::error_kind::UpstreamErrorKind;
 use crate::{h2, http1};
 
-use host::{lock, DialTicket, Dialed, Found, Host};
+use host::{lock, Checkout, DialTicket, Dialed, Found, Host};
 pub(crate) use host_key::HostKey;
 pub(crate) use send::{SendBody, SendError, SendResult, UpstreamBody, UpstreamBodyError};
 
@@ -104,16 +105,6 @@ impl<B> Clone for Pool<B> {
     }
 }
 
-/// A connection taken for one request.
-pub(super) enum Checkout {
-    /// `reused`: it served a request before.
-    H1 {
-        conn: http1::Connection,
-        reused: bool,
-    },
-    H2(h2::Lease),
-}
-
 /// A request still to be sent.
 enum Pending<B> {
     Request(Box<Request<B>>),
@@ -147,7 +138,7 @@ impl<B: SendBody> Pool<B> {
     /// that a pooled connection gave back unsent (it closed at that moment)
     /// is sent once more on a new connection. `req`'s URI may be in origin
     /// form: the host is `host`. `start`: when the request began (see
-    /// [`Budget::run`]).
+    /// [`crate::budget::Budget::run`]).
     ///
     /// A plain function returning the future, which owns a handle to the
     /// pool: the caller can keep it in a struct of its own, and `req` is

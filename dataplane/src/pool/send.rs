@@ -16,8 +16,6 @@ use crate::{h2, http1};
 /// Why an upstream request failed before its response head.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
-    // Not transparent: the classifier finds the `ConnectError` among the
-    // sources.
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("{0}")]
@@ -42,8 +40,8 @@ impl SendError {
     /// The client's request body failed, not the upstream.
     pub(crate) fn is_client_body(&self) -> bool {
         match self {
-            SendError::H2(e) => e.is_body(),
-            SendError::Exchange(e) => e.is_body(),
+            SendError::H2(e) => e.is_client_body(),
+            SendError::Exchange(e) => e.is_client_body(),
             SendError::Connect(_) | SendError::Closed => false,
         }
     }
