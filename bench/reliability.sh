@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long versions of the reliability tests; their figures go in
-# docs/RELIABILITY.md. `.ci/run` runs the short versions as part of
-# `cargo test --workspace`. Everything runs on 127.0.0.1; every test stops
+# docs/RELIABILITY.md. The test suite (`scripts/test`) runs the short
+# versions. Everything runs on 127.0.0.1; every test stops
 # the processes it started by their PID.
 #
 #   bench/reliability.sh [soak|chaos|slow|hostile|fuzz|all]   (default: all)
