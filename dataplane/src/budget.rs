@@ -3,8 +3,8 @@
 //!
 //! A fast upstream answers a thousand concurrent clients no sooner when it
 //! is sent a thousand requests at once: each extra request in flight costs
-//! us an upstream connection with its buffers and task (about 30 KiB) and
-//! the upstream a socket, and nothing is gained. So a request takes a place
+//! us an upstream connection with its buffers and task and the upstream a
+//! socket, and nothing is gained. So a request takes a place
 //! before it is sent, and requests beyond the places wait in a first-come
 //! queue inside the proxy, where a waiting request costs only its client
 //! connection.
@@ -46,25 +46,21 @@ impl BudgetLimits {
     /// 1024 places, as many as Envoy's default circuit breakers allow a
     /// cluster: the budget is a guard against a flood of connections, not
     /// a throttle. With our own HTTP/1.1 client and listener an upstream
-    /// request in flight costs a few KiB, and the queue was what cost: at
-    /// 1000 clients and an upstream on a busy CPU, 32 places served 0.79–0.80×
-    /// nginx's requests a second while the proxy sat partly idle, 128 and
-    /// 256 places 0.85–0.88× at more CPU per request than nginx (queued
-    /// requests wait on the semaphore and a timer each), and 1024 places
-    /// 0.96–0.99× at 23–25 MiB (docs/BENCHMARKS.md, "Upstream budget,
-    /// second pass"). One node sends a host at most 1024 ÷ its latency
+    /// request in flight costs little, and the queue was what cost: at 1000
+    /// clients and an upstream on a busy CPU, fewer places left the proxy
+    /// partly idle while requests waited (each queued request waits on the
+    /// semaphore and a timer), and served fewer requests a second than
+    /// nginx; 1024 places served about as many. One node sends a host at most 1024 ÷ its latency
     /// requests a second before requests wait, and at most 10,240 a second
     /// of slow requests (each holds its place 100 ms).
     ///
     /// 100 ms: a request slower than that is not one a queue helps (an
     /// LLM generation, a slow remote API), and most answers of a fast one
     /// come sooner, so they leave the budget with their head and cost no
-    /// timer firing. It was 20 ms: then, at 1000 clients on a saturated
-    /// proxy, where an answer's head waits tens of milliseconds in the
-    /// proxy's own queue, most requests had their hold fire (a wake, a
-    /// poll, a timer set again): 1–3 % fewer requests a second than with
-    /// a 1 s hold, alternately measured (docs/BENCHMARKS.md, "One timer
-    /// per connection").
+    /// timer firing. Much shorter holds fire on most requests at 1000
+    /// clients on a saturated proxy, where an answer's head waits tens of
+    /// milliseconds in the proxy's own queue (a wake, a poll, a timer set
+    /// again each), and cost throughput.
     ///
     /// 500 ms: the most a burst of requests can be delayed by the budget.
     pub(crate) const DEFAULT: BudgetLimits = BudgetLimits {

@@ -2,9 +2,8 @@
 //! deadline, then its request's response-header deadline and upstream
 //! budget hold, then the next head's, and so on.
 //!
-//! A tokio timer set and cancelled for each deadline costs about 740
-//! instructions (made, entered in the timer wheel, taken out again); a
-//! request used to pay for two. A [`Timer`] is set once and left alone
+//! A tokio timer set and cancelled for each deadline is made, entered in
+//! the timer wheel and taken out again, twice a request. A [`Timer`] is set once and left alone
 //! while deadlines come and go: it only ever has to fire *no later* than
 //! the deadline at hand, so it is moved only when a deadline is earlier
 //! than the one it is set for, and when it fires early it is set again
@@ -27,8 +26,8 @@ pub(crate) struct Timer {
     /// The task that last polled `sleep` while it was pending: the task it
     /// wakes, unless it has fired since (`is_elapsed` says so). Every
     /// reset here is followed by a poll, which keeps this true. Polling it
-    /// again would only register the same waker once more (about 130
-    /// instructions, twice a request).
+    /// again would only register the same waker once more, twice a
+    /// request.
     armed_for: Option<Waker>,
 }
 

@@ -1,6 +1,6 @@
 //! A real headless Chromium driven through chromedriver (WebDriver), for
 //! the console tests. Debian's `chromium` and `chromium-driver` packages
-//! provide both; `.ci/run` installs them.
+//! provide both; `scripts/test` installs them.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ impl Browser {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(path).exists(),
-                "{path} missing: apt-get install chromium chromium-driver (see .ci/run)"
+                "{path} missing: apt-get install chromium chromium-driver (scripts/test installs them)"
             );
         }
         let mut cmd = Command::new(CHROMEDRIVER);

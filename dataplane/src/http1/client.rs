@@ -3,9 +3,8 @@
 //!
 //! Why not hyper's connection-level client: it runs each connection in a
 //! task of its own and hands every request and response across channels,
-//! so each request woke two tasks and crossed four queues. On the proxy's
-//! hot path that was about a third of our user-space instructions (see
-//! docs/BENCHMARKS.md). What is left is small enough to own: write a head
+//! so each request woke two tasks and crossed four queues, a large share of
+//! the proxy's user-space instructions. What is left is small enough to own: write a head
 //! and a body, parse a head with `httparse` (the parser hyper uses), and
 //! decode a body framed by length, by chunks or by the close.
 //!

@@ -67,7 +67,7 @@ pub(crate) fn poll_fill<R: AsyncRead + Unpin>(
 /// KiB buffer it kept all of it until written, while the buffer itself
 /// stayed with each open stream. At thousands of open streams that was
 /// most of their memory. (Heads and whole answers keep [`poll_fill`]'s
-/// reused buffer: copying them cost 2 % more instructions a request.)
+/// reused buffer: copying them cost instructions on every request.)
 pub(crate) fn poll_fill_lean<R: AsyncRead + Unpin>(
     io: &mut R,
     read: &mut BytesMut,

@@ -9,8 +9,7 @@ use http::Uri;
 /// makes its key once, when the snapshot is built, and hands it to every
 /// send, so a request neither builds nor hashes one: the key is hashed
 /// when made, and compared as the bytes it was spelled with (`Authority`'s
-/// own `Hash` lowercases byte by byte, about a thousand instructions a
-/// lookup). A mapping spells its host one way; two spellings would only
+/// own `Hash` lowercases byte by byte, a cost paid on every lookup). A mapping spells its host one way; two spellings would only
 /// mean two pools.
 #[derive(Clone, Debug)]
 pub(crate) struct HostKey {

@@ -23,8 +23,9 @@
 //!
 //! Why not hyper-util's pool: it spawns a task per request to watch for the
 //! connection's return, boxes its checkout futures and hashes its keys
-//! through `Authority`'s byte-by-byte lowercasing `Hash` (see [`HostKey`]);
-//! on this path that was a fifth of our user-space instructions.
+//! through `Authority`'s byte-by-byte lowercasing `Hash` (see [`HostKey`]):
+//! on this path that was a large share of our user-space instructions
+//! (docs/BENCHMARKS.md has the figures).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -314,7 +315,7 @@ enum Unsent<B> {
 /// case, a pooled HTTP/1.1 connection, is an [`http1::Exchange`] and little
 /// else: it is made (and boxed, and moved) once a request, and an
 /// `async fn` kept the request beside the exchange made from it, and the
-/// retry's state beside both (1.9 KB, copied on every request).
+/// retry's state beside both, all copied on every request.
 // The large variant is the common one, kept in place on purpose.
 #[allow(clippy::large_enum_variant)]
 enum InBudget<B> {
