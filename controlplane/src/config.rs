@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use apiproxy_shared::cli::{parse_args, parse_duration};
-pub use apiproxy_shared::cli::{ConfigError, LogFormat, EXIT_CONFIG};
+use apiproxy_startup::cli::{parse_args, parse_duration};
+pub use apiproxy_startup::cli::{ConfigError, LogFormat, EXIT_CONFIG};
 use clap::{Parser, Subcommand};
 
 /// The `.env.example` placeholder, refused as a real token.

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, EXIT_CONFIG};
+pub use store::StoreError;
 
 use crate::api::AppState;
 use crate::auth::{LoginLimiter, Secret, Sessions};
@@ -70,6 +71,14 @@ pub fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
             e.kind()
         )
     })
+}
+
+/// `init`: [`DEFAULT_MAPPINGS`] into the mappings hash when it is empty;
+/// `None` when it held anything (nothing is written then).
+pub async fn init(config: &Config, conn: ConnectionManager) -> Result<Option<u64>, StoreError> {
+    Store::new(conn, &config.redis_prefix)
+        .init_defaults(&DEFAULT_MAPPINGS, "init")
+        .await
 }
 
 /// The whole HTTP application for `config` over `conn`.

@@ -3,28 +3,18 @@
 
 use std::process::ExitCode;
 
-use apiproxy_controlplane::config::LogFormat;
-use apiproxy_controlplane::store::Store;
-use apiproxy_controlplane::{app, redis_connection, serve, Config, DEFAULT_MAPPINGS, EXIT_CONFIG};
+use apiproxy_controlplane::{app, init, redis_connection, serve, Config, DEFAULT_MAPPINGS};
+use apiproxy_startup::{config_failed, configure, init_logging, stop_signal};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
+
+const PROGRAM: &str = "apiproxy-controlplane";
 
 fn main() -> ExitCode {
-    let _ = dotenvy::dotenv();
-    let env = std::env::vars().collect();
-    let config = match Config::parse(std::env::args_os(), &env) {
-        Ok(c) => c,
-        Err(e) => {
-            let code = e.exit_code();
-            if code == 0 {
-                print!("{e}");
-            } else {
-                eprintln!("apiproxy-controlplane: {e}");
-            }
-            return ExitCode::from(u8::try_from(code).unwrap_or(1));
-        }
+    let config = match configure(PROGRAM, Config::parse) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -40,13 +30,10 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let conn = match redis_connection(&config.redis_url) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("apiproxy-controlplane: {e}");
-                return ExitCode::from(EXIT_CONFIG as u8);
-            }
+            Err(e) => return config_failed(PROGRAM, e),
         };
         if config.init_only {
-            return init(Store::new(conn, &config.redis_prefix)).await;
+            return write_defaults(&config, conn).await;
         }
         if config.node_token.is_none() {
             warn!("API_PROXY_NODE_TOKEN is not set: every stats push from data planes will be refused (401)");
@@ -77,8 +64,8 @@ fn main() -> ExitCode {
 
 /// `init`: the default mappings into an empty hash, else nothing. Exit 0
 /// either way; 1 when Redis cannot be reached.
-async fn init(store: Store) -> ExitCode {
-    match store.init_defaults(&DEFAULT_MAPPINGS, "init").await {
+async fn write_defaults(config: &Config, conn: redis::aio::ConnectionManager) -> ExitCode {
+    match init(config, conn).await {
         Ok(Some(version)) => {
             info!(
                 count = DEFAULT_MAPPINGS.len(),
@@ -97,26 +84,10 @@ async fn init(store: Store) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
+/// The stop signal, logged under this binary's name, cancels `shutdown`.
+/// (Awaited outside `info!`: a disabled level skips the macro's arguments.)
 async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    let signal = stop_signal().await;
+    info!("{signal} received");
     shutdown.cancel();
 }

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) use apiproxy_shared::cli::LogFormat;
-use apiproxy_shared::cli::{parse_args, parse_duration};
-pub use apiproxy_shared::cli::{ConfigError, EXIT_CONFIG};
+pub(crate) use apiproxy_startup::cli::LogFormat;
+use apiproxy_startup::cli::{parse_args, parse_duration};
+pub use apiproxy_startup::cli::{ConfigError, EXIT_CONFIG};
 use clap::Parser;
 
 use apiproxy_shared::stats::MAX_ID_LEN;

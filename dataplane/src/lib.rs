@@ -35,7 +35,6 @@ mod snapshot_cache;
 mod state;
 mod stats;
 mod stats_push;
-pub mod telemetry;
 mod tls_sessions;
 mod tunnel;
 mod upstream;

@@ -2,28 +2,20 @@
 
 use std::process::ExitCode;
 
-use apiproxy_dataplane::{telemetry, Config, DataPlane, EXIT_CONFIG};
+use apiproxy_dataplane::{Config, DataPlane};
+use apiproxy_startup::{config_failed, configure, init_logging, stop_signal};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+const PROGRAM: &str = "apiproxy-dataplane";
+
 fn main() -> ExitCode {
-    // A .env file fills in what the real environment does not set.
-    let _ = dotenvy::dotenv();
-    let env = std::env::vars().collect();
-    let config = match Config::parse(std::env::args_os(), &env) {
+    let config = match configure(PROGRAM, Config::parse) {
         Ok(config) => config,
-        Err(e) => {
-            let code = e.exit_code();
-            if code == 0 {
-                print!("{e}");
-            } else {
-                eprintln!("apiproxy-dataplane: {e}");
-            }
-            return exit(code);
-        }
+        Err(code) => return code,
     };
-    telemetry::init(config.log_format);
+    init_logging(config.log_format);
 
     let runtime = if config.workers == 1 {
         // One worker: the current-thread runtime has no cross-thread wakeups.
@@ -47,10 +39,7 @@ fn main() -> ExitCode {
         let (listen, metrics_listen) = (config.listen, config.metrics_listen);
         let dataplane = match DataPlane::new(config) {
             Ok(dp) => dp,
-            Err(e) => {
-                eprintln!("apiproxy-dataplane: {e}");
-                return exit(EXIT_CONFIG);
-            }
+            Err(e) => return config_failed(PROGRAM, e),
         };
         let (proxy, ops) = match (
             TcpListener::bind(listen).await,
@@ -67,23 +56,16 @@ fn main() -> ExitCode {
     })
 }
 
-fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
 fn bind_failed(name: &str, addr: std::net::SocketAddr, e: std::io::Error) -> ExitCode {
     error!("{name}: cannot listen on {addr}: {e}");
     ExitCode::FAILURE
 }
 
+/// The stop signal, logged under this binary's name, cancels `shutdown`.
+/// (Awaited outside `info!`: a disabled level skips the macro's arguments.)
 async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    let signal = stop_signal().await;
+    info!("{signal} received");
     shutdown.cancel();
 }
 

@@ -3,7 +3,6 @@
 //! Wire types and validation only: nothing in this crate does I/O, so both
 //! sides (and their tests) apply exactly the same rules.
 
-pub mod cli;
 pub mod content_hash;
 pub mod mapping;
 pub mod prometheus_text;

@@ -85,7 +85,7 @@ fn dockerfile_builds_both_binaries_from_a_cached_dependency_layer() {
     // The real build has every source the binaries compile, static/ (the
     // console, embedded) included.
     let between = &lines[builds[0]..builds[1]];
-    for dir in ["shared", "dataplane", "controlplane", "static"] {
+    for dir in ["shared", "startup", "dataplane", "controlplane", "static"] {
         assert!(
             between.iter().any(|l| *l == format!("COPY {dir} {dir}")),
             "COPY {dir}"

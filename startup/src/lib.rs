@@ -1,0 +1,74 @@
+//! What both binaries do around their work, in one place: read the
+//! configuration (a `.env` file, then flags with environment fallbacks;
+//! a configuration error exits 64), set up logging, and wait for the
+//! signal to stop. The wire types both sides share are in `apiproxy-shared`.
+
+pub mod cli;
+
+use std::collections::HashMap;
+use std::env::ArgsOs;
+use std::fmt::Display;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+pub use cli::{ConfigError, LogFormat, EXIT_CONFIG};
+
+/// The configuration `parse` makes of the command line and the
+/// environment, a `.env` file filling in what the real environment does not
+/// set. `--help` and `--version` go to stdout and exit 0; an error is one
+/// line on stderr, `{program}: {error}`, and exits [`EXIT_CONFIG`].
+pub fn configure<C>(
+    program: &str,
+    parse: impl FnOnce(ArgsOs, &HashMap<String, String>) -> Result<C, ConfigError>,
+) -> Result<C, ExitCode> {
+    let _ = dotenvy::dotenv();
+    let env = std::env::vars().collect();
+    parse(std::env::args_os(), &env).map_err(|e| {
+        let code = e.exit_code();
+        if code == 0 {
+            print!("{e}");
+        } else {
+            eprintln!("{program}: {e}");
+        }
+        exit(code)
+    })
+}
+
+/// A configuration error found after parsing (a value that parses but
+/// cannot be used): `{program}: {error}` on stderr, exit [`EXIT_CONFIG`].
+pub fn config_failed(program: &str, error: impl Display) -> ExitCode {
+    eprintln!("{program}: {error}");
+    exit(EXIT_CONFIG)
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Logging: `RUST_LOG` filter (default `info`), text or JSON lines on
+/// stderr, colours only on a terminal.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, which both mean "drain and stop", and names
+/// the one that came. The binary logs it, under its own name.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
