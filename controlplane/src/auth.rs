@@ -13,9 +13,9 @@ use redis::AsyncCommands;
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 
-pub const SESSION_COOKIE: &str = "apiproxy_session";
+pub(crate) const SESSION_COOKIE: &str = "apiproxy_session";
 /// How long a session lasts without a new login.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 const LOGIN_MAX_FAILURES: u32 = 10;
 
@@ -31,18 +31,18 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Compares candidates with a secret without leaking, through timing,
 /// where they differ or how long the secret is.
-pub struct Secret {
+pub(crate) struct Secret {
     digest: [u8; 32],
 }
 
 impl Secret {
-    pub fn new(secret: &str) -> Secret {
+    pub(crate) fn new(secret: &str) -> Secret {
         Secret {
             digest: sha256(secret.as_bytes()),
         }
     }
 
-    pub fn matches(&self, candidate: &str) -> bool {
+    pub(crate) fn matches(&self, candidate: &str) -> bool {
         let other = sha256(candidate.as_bytes());
         self.digest
             .iter()
@@ -57,14 +57,14 @@ impl Secret {
 /// Each session records (as a digest) which admin token opened it, so
 /// changing `ADMIN_TOKEN` ends every session opened with the old one.
 #[derive(Clone)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     conn: ConnectionManager,
     prefix: String,
     token_digest: String,
 }
 
 impl Sessions {
-    pub fn new(conn: ConnectionManager, redis_prefix: &str, admin_token: &str) -> Sessions {
+    pub(crate) fn new(conn: ConnectionManager, redis_prefix: &str, admin_token: &str) -> Sessions {
         Sessions {
             conn,
             prefix: format!("{redis_prefix}:session:"),
@@ -79,7 +79,7 @@ impl Sessions {
     }
 
     /// A new session; returns the id for the cookie.
-    pub async fn create(&self) -> redis::RedisResult<String> {
+    pub(crate) async fn create(&self) -> redis::RedisResult<String> {
         let mut bytes = [0u8; 32];
         SystemRandom::new().fill(&mut bytes).map_err(|_| {
             redis::RedisError::from((
@@ -95,7 +95,7 @@ impl Sessions {
         Ok(id)
     }
 
-    pub async fn is_valid(&self, id: &str) -> redis::RedisResult<bool> {
+    pub(crate) async fn is_valid(&self, id: &str) -> redis::RedisResult<bool> {
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(false);
         }
@@ -104,7 +104,7 @@ impl Sessions {
         Ok(stored.is_some_and(|d| d == self.token_digest))
     }
 
-    pub async fn delete(&self, id: &str) -> redis::RedisResult<()> {
+    pub(crate) async fn delete(&self, id: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         conn.del(self.key(id)).await
     }
@@ -113,13 +113,13 @@ impl Sessions {
 /// After 10 failed logins from one address within a minute, every login
 /// from it is refused until that minute has passed.
 #[derive(Default)]
-pub struct LoginLimiter {
+pub(crate) struct LoginLimiter {
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 impl LoginLimiter {
     /// `Err(seconds)` to wait when the address is locked out.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let map = self.failures.lock().expect("limiter lock");
         match map.get(&ip) {
             Some((start, n)) if *n >= LOGIN_MAX_FAILURES && start.elapsed() < LOGIN_WINDOW => {
@@ -129,7 +129,7 @@ impl LoginLimiter {
         }
     }
 
-    pub fn failed(&self, ip: IpAddr) {
+    pub(crate) fn failed(&self, ip: IpAddr) {
         let mut map = self.failures.lock().expect("limiter lock");
         // Forget windows that are over, so the map stays small.
         map.retain(|_, (start, _)| start.elapsed() < LOGIN_WINDOW);

@@ -17,7 +17,7 @@ use utoipa::openapi::RefOr;
 use crate::stats_store::MAX_DELTA;
 
 /// Stands for `StatsBatch` in the OpenAPI document.
-pub struct StatsBatchSchema;
+pub(crate) struct StatsBatchSchema;
 
 impl utoipa::PartialSchema for StatsBatchSchema {
     fn schema() -> RefOr<Schema> {

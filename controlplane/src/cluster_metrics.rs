@@ -45,7 +45,7 @@ const COUNTERS: [Counter; 5] = [
 /// Owns the registry of the control plane's own process metrics; the
 /// cluster series are rendered from Redis on each scrape (they are other
 /// processes' counters, which a prometheus-crate counter cannot hold).
-pub struct ClusterMetrics {
+pub(crate) struct ClusterMetrics {
     registry: Registry,
 }
 
@@ -56,7 +56,7 @@ impl Default for ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    pub fn new() -> ClusterMetrics {
+    pub(crate) fn new() -> ClusterMetrics {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry
@@ -68,7 +68,7 @@ impl ClusterMetrics {
     }
 
     /// The text exposition: cluster series, then the process metrics.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         totals: &Counters,
         endpoints: &BTreeMap<String, EndpointTotals>,

@@ -7,20 +7,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use apiproxy_startup::cli::{parse_args, parse_duration};
-pub use apiproxy_startup::cli::{ConfigError, LogFormat, EXIT_CONFIG};
+use apiproxy_startup::cli::{ConfigError, LogFormat};
 use clap::{Parser, Subcommand};
 
 /// The `.env.example` placeholder, refused as a real token.
-pub const PLACEHOLDER_TOKEN: &str = "change-me-to-a-long-random-secret";
+pub(crate) const PLACEHOLDER_TOKEN: &str = "change-me-to-a-long-random-secret";
 const MIN_TOKEN_LEN: usize = 16;
 
 /// apiproxy control plane: mapping API over Redis, admin console and
 /// cluster stats. The admin secret comes from ADMIN_TOKEN (environment only).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "apiproxy-controlplane", version, about, long_about = None)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 
     /// Console, admin API, /stats, /metrics and health.
     #[arg(
@@ -30,7 +30,7 @@ pub struct Args {
         default_value = "0.0.0.0:8001",
         global = true
     )]
-    pub admin_listen: SocketAddr,
+    pub(crate) admin_listen: SocketAddr,
 
     /// redis://[user]:[pass]@host:port/db or rediss://.
     #[arg(
@@ -40,7 +40,7 @@ pub struct Args {
         hide_env_values = true,
         global = true
     )]
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
 
     /// Namespace of every Redis key and channel.
     #[arg(
@@ -50,19 +50,19 @@ pub struct Args {
         default_value = "apiproxy",
         global = true
     )]
-    pub redis_prefix: String,
+    pub(crate) redis_prefix: String,
 
     /// A node with no stats batch for this long is `down`.
     #[arg(long, env = "API_PROXY_NODE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
-    pub node_timeout: Duration,
+    pub(crate) node_timeout: Duration,
 
     /// false: /stats and the dashboard data need admin auth too.
     #[arg(long, env = "API_PROXY_PUBLIC_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, global = true)]
-    pub public_stats: bool,
+    pub(crate) public_stats: bool,
 
     /// Mark the session cookie Secure (set when served over TLS).
     #[arg(long, env = "API_PROXY_COOKIE_SECURE", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set, global = true)]
-    pub cookie_secure: bool,
+    pub(crate) cookie_secure: bool,
 
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(
@@ -73,11 +73,11 @@ pub struct Args {
         default_value = "text",
         global = true
     )]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Write the default mappings into an empty hash (needs only API_PROXY_REDIS_URL).
     Init,
 }
@@ -86,12 +86,12 @@ pub enum Command {
 pub struct Config {
     pub admin_listen: SocketAddr,
     pub redis_url: String,
-    pub redis_prefix: String,
-    pub node_timeout: Duration,
-    pub public_stats: bool,
-    pub cookie_secure: bool,
+    pub(crate) redis_prefix: String,
+    pub(crate) node_timeout: Duration,
+    pub(crate) public_stats: bool,
+    pub(crate) cookie_secure: bool,
     pub log_format: LogFormat,
-    pub admin_token: String,
+    pub(crate) admin_token: String,
     pub node_token: Option<String>,
     pub init_only: bool,
 }
@@ -149,6 +149,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apiproxy_startup::EXIT_CONFIG;
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env = env

@@ -10,7 +10,7 @@ use crate::stats_store::ApplyError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     #[error("{0}")]
     BadRequest(String),
     #[error("authentication required")]

@@ -2,18 +2,19 @@
 //! through the shared crate's key names and validation rules, and the
 //! cluster stats the data planes push (SPEC §6).
 
-pub mod api;
-pub mod assets;
-pub mod auth;
-pub mod batch_schema;
-pub mod cluster_metrics;
-pub mod config;
-pub mod error;
-pub mod model;
-pub mod stats_api;
-pub mod stats_report;
-pub mod stats_store;
-pub mod store;
+mod assets;
+mod auth;
+mod batch_schema;
+mod cluster_metrics;
+mod config;
+mod error;
+mod extract;
+mod handlers;
+mod model;
+mod router;
+mod stats_report;
+mod stats_store;
+mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +25,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigError, EXIT_CONFIG};
+pub use config::Config;
 pub use store::StoreError;
 
-use crate::api::AppState;
 use crate::auth::{LoginLimiter, Secret, Sessions};
 use crate::cluster_metrics::ClusterMetrics;
+use crate::extract::AppState;
 use crate::stats_store::StatsStore;
 use crate::store::Store;
 
@@ -95,7 +96,7 @@ pub fn app(config: &Config, conn: ConnectionManager) -> Router {
         node_timeout: config.node_timeout,
         metrics: ClusterMetrics::new(),
     };
-    api::router(Arc::new(state))
+    router::router(Arc::new(state))
 }
 
 /// Serves until `shutdown`, then lets in-flight requests finish.

@@ -15,7 +15,12 @@ use crate::model::{
 use crate::stats_store::{num, Counters, EndpointTotals, NodeRecord, Series, SeriesBucket};
 
 /// What a node's record says about it at `now_ms`.
-pub fn node_state(node: &NodeRecord, now_ms: u64, timeout: Duration, version: u64) -> NodeState {
+pub(crate) fn node_state(
+    node: &NodeRecord,
+    now_ms: u64,
+    timeout: Duration,
+    version: u64,
+) -> NodeState {
     if now_ms.saturating_sub(node.last_seen) > timeout.as_millis() as u64 {
         NodeState::Down
     } else if node.config_version != version {
@@ -26,7 +31,7 @@ pub fn node_state(node: &NodeRecord, now_ms: u64, timeout: Duration, version: u6
 }
 
 /// The node list of `GET /api/nodes`, in the order given (by id).
-pub fn node_list(
+pub(crate) fn node_list(
     records: Vec<NodeRecord>,
     now_ms: u64,
     timeout: Duration,
@@ -49,7 +54,7 @@ pub fn node_list(
         .collect()
 }
 
-pub fn node_counts(nodes: &[NodeInfo]) -> NodeCounts {
+pub(crate) fn node_counts(nodes: &[NodeInfo]) -> NodeCounts {
     let mut counts = NodeCounts::default();
     for n in nodes {
         *match n.state {
@@ -143,7 +148,7 @@ fn performance(
 }
 
 /// The `/stats` body at `now_ms`.
-pub fn report(
+pub(crate) fn report(
     totals: &Counters,
     endpoints: &BTreeMap<String, EndpointTotals>,
     nodes: &[NodeInfo],

@@ -31,11 +31,11 @@ use apiproxy_shared::{RedisKeys, StatsBatch};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-pub use writes::MAX_DELTA;
+pub(crate) use writes::MAX_DELTA;
 
 /// Series buckets `/stats` returns: 24 h of minutes, 30 days of hours.
-pub const MINUTE_BUCKETS: u64 = 1440;
-pub const HOUR_BUCKETS: u64 = 720;
+pub(crate) const MINUTE_BUCKETS: u64 = 1440;
+pub(crate) const HOUR_BUCKETS: u64 = 720;
 
 /// Field names shared by the writes and the reads.
 mod field {
@@ -57,14 +57,14 @@ mod field {
 
 /// What applying a batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     New,
     /// Its seq was already applied for this node and boot: nothing written.
     Duplicate,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     /// The batch would add more than [`MAX_DELTA`] to a counter (400).
     #[error("`{0}` adds more than 2^50 in one batch")]
     TooLarge(String),
@@ -73,29 +73,29 @@ pub enum ApplyError {
 }
 
 /// A hash as read back: field → value.
-pub type Counters = HashMap<String, String>;
+pub(crate) type Counters = HashMap<String, String>;
 
 /// One number of a hash read back; missing or unreadable counts as 0
 /// (a hand-edited value should not take the whole page down).
-pub fn num(hash: &Counters, field: &str) -> u64 {
+pub(crate) fn num(hash: &Counters, field: &str) -> u64 {
     hash.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// One endpoint's totals since the stats began.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EndpointTotals {
-    pub count: u64,
-    pub error_count: u64,
-    pub cancelled: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub latency_sum_ms: u64,
+pub(crate) struct EndpointTotals {
+    pub(crate) count: u64,
+    pub(crate) error_count: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) latency_sum_ms: u64,
     /// Unix ms of the last batch that carried a request; 0: none.
-    pub last_request: u64,
+    pub(crate) last_request: u64,
     /// Per class, in [`STATUS_CLASSES`] order.
-    pub status: [u64; STATUS_CLASSES.len()],
-    pub latency: [u64; BUCKETS],
-    pub ttfb: [u64; BUCKETS],
+    pub(crate) status: [u64; STATUS_CLASSES.len()],
+    pub(crate) latency: [u64; BUCKETS],
+    pub(crate) ttfb: [u64; BUCKETS],
 }
 
 impl EndpointTotals {
@@ -117,18 +117,18 @@ impl EndpointTotals {
 
 /// What a node last reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRecord {
-    pub node_id: String,
-    pub boot_id: String,
-    pub seq: u64,
-    pub config_version: u64,
-    pub config_hash: String,
+pub(crate) struct NodeRecord {
+    pub(crate) node_id: String,
+    pub(crate) boot_id: String,
+    pub(crate) seq: u64,
+    pub(crate) config_version: u64,
+    pub(crate) config_hash: String,
     /// Unix ms of its last applied batch.
-    pub last_seen: u64,
-    pub inflight: u64,
-    pub rss_bytes: u64,
-    pub uptime_s: u64,
-    pub requests_total: u64,
+    pub(crate) last_seen: u64,
+    pub(crate) inflight: u64,
+    pub(crate) rss_bytes: u64,
+    pub(crate) uptime_s: u64,
+    pub(crate) requests_total: u64,
 }
 
 impl NodeRecord {
@@ -151,34 +151,34 @@ impl NodeRecord {
 
 /// One series bucket (minute or hour) that holds anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesBucket {
+pub(crate) struct SeriesBucket {
     /// Bucket start, unix seconds.
-    pub t: u64,
-    pub count: u64,
-    pub errors: u64,
-    pub latency: [u64; BUCKETS],
+    pub(crate) t: u64,
+    pub(crate) count: u64,
+    pub(crate) errors: u64,
+    pub(crate) latency: [u64; BUCKETS],
 }
 
 /// The series `/stats` shows, oldest first, and the two newest minutes'
 /// request counts over all endpoints (for the request rate).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Series {
-    pub minute: Vec<SeriesBucket>,
-    pub hour: Vec<SeriesBucket>,
-    pub this_minute: u64,
-    pub last_minute: u64,
+pub(crate) struct Series {
+    pub(crate) minute: Vec<SeriesBucket>,
+    pub(crate) hour: Vec<SeriesBucket>,
+    pub(crate) this_minute: u64,
+    pub(crate) last_minute: u64,
 }
 
 /// The stats and node registry of one Redis namespace.
 #[derive(Clone)]
-pub struct StatsStore {
+pub(crate) struct StatsStore {
     conn: ConnectionManager,
     keys: RedisKeys,
     apply: Script,
 }
 
 impl StatsStore {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> StatsStore {
+    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> StatsStore {
         StatsStore {
             conn,
             keys: RedisKeys::new(prefix),
@@ -188,7 +188,11 @@ impl StatsStore {
 
     /// Applies `batch` once (one EVALSHA); a repeat of an applied
     /// `(node_id, boot_id, seq)` writes nothing.
-    pub async fn apply(&self, batch: &StatsBatch, now_ms: u64) -> Result<Applied, ApplyError> {
+    pub(crate) async fn apply(
+        &self,
+        batch: &StatsBatch,
+        now_ms: u64,
+    ) -> Result<Applied, ApplyError> {
         let writes = writes::plan(&self.keys, batch, now_ms);
         if let Some(field) = writes.too_large {
             return Err(ApplyError::TooLarge(field));
@@ -211,7 +215,7 @@ impl StatsStore {
 
     /// The cluster totals and every endpoint's, sorted by prefix (two
     /// round trips: the set of endpoints, then their hashes).
-    pub async fn endpoints(
+    pub(crate) async fn endpoints(
         &self,
     ) -> redis::RedisResult<(Counters, BTreeMap<String, EndpointTotals>)> {
         let mut conn = self.conn.clone();
@@ -233,7 +237,7 @@ impl StatsStore {
 
     /// Every node still registered, sorted by id, and the current mappings
     /// version. Ids whose hash has expired are dropped from the set here.
-    pub async fn nodes(&self) -> redis::RedisResult<(Vec<NodeRecord>, u64)> {
+    pub(crate) async fn nodes(&self) -> redis::RedisResult<(Vec<NodeRecord>, u64)> {
         let mut conn = self.conn.clone();
         let (mut ids, version): (Vec<String>, Option<u64>) = redis::pipe()
             .smembers(&self.keys.nodes)
@@ -282,7 +286,11 @@ impl StatsStore {
     /// The last 24 h of minutes and 30 days of hours up to `now_s`, of
     /// one endpoint or (`None`) all of them, in one round trip: HMGET of
     /// just the fields needed, never the whole (per-endpoint) hashes.
-    pub async fn series(&self, now_s: u64, endpoint: Option<&str>) -> redis::RedisResult<Series> {
+    pub(crate) async fn series(
+        &self,
+        now_s: u64,
+        endpoint: Option<&str>,
+    ) -> redis::RedisResult<Series> {
         let suffix = endpoint.unwrap_or("");
         let mut fields = vec![format!("c{suffix}"), format!("e{suffix}")];
         fields.extend((0..BUCKETS).map(|i| format!("{}{suffix}", field::series_bucket(i))));

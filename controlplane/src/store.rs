@@ -26,14 +26,14 @@ pub enum StoreError {
 
 /// One audit entry (SPEC §5).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct AuditEntry {
-    pub id: String,
-    pub time: u64,
-    pub op: String,
-    pub prefix: String,
-    pub old_target: Option<String>,
-    pub new_target: Option<String>,
-    pub actor: String,
+pub(crate) struct AuditEntry {
+    pub(crate) id: String,
+    pub(crate) time: u64,
+    pub(crate) op: String,
+    pub(crate) prefix: String,
+    pub(crate) old_target: Option<String>,
+    pub(crate) new_target: Option<String>,
+    pub(crate) actor: String,
 }
 
 // KEYS: mappings, version, audit. ARGV: prefix, target, actor, time, maxlen.
@@ -100,13 +100,13 @@ pub(crate) fn now_ms() -> u64 {
 
 /// The mapping store of one Redis namespace.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     conn: ConnectionManager,
     keys: RedisKeys,
 }
 
 impl Store {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Store {
+    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> Store {
         Store {
             conn,
             keys: RedisKeys::new(prefix),
@@ -114,7 +114,7 @@ impl Store {
     }
 
     /// All mappings and the version, read in one transaction.
-    pub async fn list(&self) -> Result<(BTreeMap<String, String>, u64), StoreError> {
+    pub(crate) async fn list(&self) -> Result<(BTreeMap<String, String>, u64), StoreError> {
         let mut conn = self.conn.clone();
         let (map, version): (BTreeMap<String, String>, Option<u64>) = redis::pipe()
             .atomic()
@@ -125,7 +125,7 @@ impl Store {
         Ok((map, version.unwrap_or(0)))
     }
 
-    pub async fn get(&self, prefix: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn get(&self, prefix: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.clone();
         Ok(conn.hget(&self.keys.mappings, prefix).await?)
     }
@@ -152,7 +152,12 @@ impl Store {
         Ok(u64::try_from(version).ok())
     }
 
-    pub async fn create(&self, prefix: &str, target: &str, actor: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn create(
+        &self,
+        prefix: &str,
+        target: &str,
+        actor: &str,
+    ) -> Result<u64, StoreError> {
         let v = self
             .change(CREATE, prefix, target, actor)
             .await?
@@ -161,7 +166,12 @@ impl Store {
         Ok(v)
     }
 
-    pub async fn update(&self, prefix: &str, target: &str, actor: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn update(
+        &self,
+        prefix: &str,
+        target: &str,
+        actor: &str,
+    ) -> Result<u64, StoreError> {
         let v = self
             .change(UPDATE, prefix, target, actor)
             .await?
@@ -170,7 +180,7 @@ impl Store {
         Ok(v)
     }
 
-    pub async fn delete(&self, prefix: &str, actor: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn delete(&self, prefix: &str, actor: &str) -> Result<u64, StoreError> {
         let v = self
             .change(DELETE, prefix, "", actor)
             .await?
@@ -180,7 +190,7 @@ impl Store {
     }
 
     /// Replaces the whole set atomically with one version bump.
-    pub async fn replace(
+    pub(crate) async fn replace(
         &self,
         mappings: &BTreeMap<String, String>,
         actor: &str,
@@ -196,7 +206,7 @@ impl Store {
     /// emptiness check is inside the script, so a concurrent create or a
     /// second `init` cannot be overwritten. `None` when the hash held
     /// anything.
-    pub async fn init_defaults(
+    pub(crate) async fn init_defaults(
         &self,
         defaults: &[(&str, &str)],
         actor: &str,
@@ -253,7 +263,7 @@ impl Store {
     }
 
     /// The newest `limit` audit entries, newest first.
-    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    pub(crate) async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let mut conn = self.conn.clone();
         let reply: redis::streams::StreamRangeReply = conn
             .xrevrange_count(&self.keys.audit, "+", "-", limit)
@@ -276,7 +286,7 @@ impl Store {
             .collect())
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())

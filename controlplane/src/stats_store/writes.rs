@@ -20,7 +20,7 @@ const HOUR_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 /// back), so each batch is bounded far below that: 8192 batches at the
 /// limit before a counter could overflow, where a real node adds a few
 /// thousand per batch.
-pub const MAX_DELTA: u64 = 1 << 50;
+pub(crate) const MAX_DELTA: u64 = 1 << 50;
 
 // KEYS[1]: the seq key; KEYS[2]: the node hash; then the keys the writes
 // name by index. ARGV[1]: seq; ARGV[2]: seq TTL (s); ARGV[3]: boot_id;

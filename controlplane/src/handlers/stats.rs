@@ -5,16 +5,15 @@
 
 use apiproxy_shared::{validate_prefix, StatsBatch};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::api::{bearer, ApiJson, Shared};
 use crate::batch_schema::StatsBatchSchema;
 use crate::error::AppError;
+use crate::extract::{ApiJson, NodeAuth, Shared};
 use crate::model::{ErrorBody, NodeInfo, NodeList, StatsReport};
 use crate::stats_report::{node_counts, node_list, report};
 use crate::stats_store::Applied;
@@ -22,24 +21,7 @@ use crate::store::now_ms;
 
 /// Push bodies may be larger than admin bodies: a batch holds two
 /// histograms per prefix that saw traffic.
-pub const PUSH_BODY_LIMIT: usize = 1024 * 1024;
-
-/// A data plane: `Authorization: Bearer <API_PROXY_NODE_TOKEN>`, compared
-/// in constant time. Without a configured token every push is refused.
-/// Checked before the body is read, so an unauthenticated client learns
-/// nothing about the body rules.
-pub struct NodeAuth;
-
-impl FromRequestParts<Shared> for NodeAuth {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, AppError> {
-        match (&state.node, bearer(&parts.headers)) {
-            (Some(secret), Some(token)) if secret.matches(token) => Ok(NodeAuth),
-            _ => Err(AppError::Unauthorized),
-        }
-    }
-}
+pub(crate) const PUSH_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What `validate()` cannot know: a boot id holding `:` would make two
 /// (node, boot) pairs share one dedup key (`…:seq:{node_id}:{boot_id}`).

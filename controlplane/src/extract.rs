@@ -1,0 +1,195 @@
+//! What the handlers take from a request: the state every route shares,
+//! the JSON body, the client's address, the `{prefix}` path, and the two
+//! authentication checks (admin: bearer token or session cookie; node:
+//! the data planes' bearer token). Names no handler.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{LoginLimiter, Secret, Sessions, SESSION_COOKIE};
+use crate::cluster_metrics::ClusterMetrics;
+use crate::error::AppError;
+use crate::stats_store::StatsStore;
+use crate::store::Store;
+
+/// Admin request bodies over this are refused with 413 (SPEC §5).
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) stats: StatsStore,
+    pub(crate) sessions: Sessions,
+    pub(crate) admin: Secret,
+    /// `API_PROXY_NODE_TOKEN`; `None`: every stats push is refused.
+    pub(crate) node: Option<Secret>,
+    pub(crate) limiter: LoginLimiter,
+    pub(crate) cookie_secure: bool,
+    /// `false`: `/stats` needs admin auth.
+    pub(crate) public_stats: bool,
+    /// A node with no batch for this long is `down`.
+    pub(crate) node_timeout: Duration,
+    pub(crate) metrics: ClusterMetrics,
+}
+
+pub(crate) type Shared = Arc<AppState>;
+
+/// JSON body of at most `LIMIT` bytes, whose rejections are API errors:
+/// over the limit 413; a missing JSON content type, malformed JSON, wrong
+/// types and unknown fields 400 with serde's message (it names the field).
+/// The limit is part of the type, so each route states its own; this is
+/// the API's only body extractor.
+pub(crate) struct ApiJson<T, const LIMIT: usize = BODY_LIMIT>(pub T);
+
+impl<S, T, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
+        if !is_json(req.headers()) {
+            return Err(AppError::BadRequest(
+                "expected a request with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|e| {
+                if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                    AppError::PayloadTooLarge { limit: LIMIT }
+                } else {
+                    AppError::BadRequest("the request body could not be read".into())
+                }
+            })?;
+        let Json(value) =
+            Json::<T>::from_bytes(&bytes).map_err(|e| AppError::BadRequest(e.body_text()))?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// `application/json` or a `+json` type, parameters (`; charset=…`) aside.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The client's address, the audit log's `actor`.
+pub(crate) struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        Ok(ClientAddr(ip))
+    }
+}
+
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Bearer token or a valid session cookie; else 401. A wrong bearer token
+/// counts as a failed login, so guessing through any admin route is
+/// throttled like guessing through the login.
+pub(crate) async fn require_admin(
+    State(state): State<Shared>,
+    ClientAddr(ip): ClientAddr,
+    req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let headers = req.headers();
+    let authorised = match (bearer(headers), cookie(headers, SESSION_COOKIE)) {
+        (Some(token), _) => {
+            state
+                .limiter
+                .check(ip)
+                .map_err(|retry_after| AppError::TooManyRequests { retry_after })?;
+            let ok = state.admin.matches(token);
+            if !ok {
+                state.limiter.failed(ip);
+            }
+            ok
+        }
+        (None, Some(id)) => state.sessions.is_valid(id).await?,
+        (None, None) => false,
+    };
+    if !authorised {
+        return Err(AppError::Unauthorized);
+    }
+    Ok(next.run(req).await)
+}
+
+/// `{prefix}` in a path is the prefix without its leading slash and may
+/// hold slashes; `%2F` (decoded to `/`) addresses the prefix `/` itself. A
+/// path that does not decode is a 400 in the API's JSON format.
+pub(crate) struct PrefixPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| AppError::BadRequest(format!("prefix: {}", e.body_text())))?;
+        Ok(PrefixPath(if raw == "/" { raw } else { format!("/{raw}") }))
+    }
+}
+
+/// A data plane: `Authorization: Bearer <API_PROXY_NODE_TOKEN>`, compared
+/// in constant time. Without a configured token every push is refused.
+/// Checked before the body is read, so an unauthenticated client learns
+/// nothing about the body rules.
+pub(crate) struct NodeAuth;
+
+impl FromRequestParts<Shared> for NodeAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, AppError> {
+        match (&state.node, bearer(&parts.headers)) {
+            (Some(secret), Some(token)) if secret.matches(token) => Ok(NodeAuth),
+            _ => Err(AppError::Unauthorized),
+        }
+    }
+}

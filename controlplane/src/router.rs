@@ -1,0 +1,97 @@
+//! The control plane's HTTP application: every route and the handler it
+//! runs, which of them need admin authentication, and the OpenAPI
+//! document that describes them. The only module that names every handler.
+
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+use crate::auth::SESSION_COOKIE;
+use crate::error::AppError;
+use crate::extract::{require_admin, Shared};
+use crate::handlers::{audit, health, mappings, session, stats};
+
+pub(crate) fn router(state: Shared) -> Router {
+    let report = Router::new().route("/stats", get(stats::stats));
+    let (admin, public) = if state.public_stats {
+        (Router::new(), report)
+    } else {
+        (report, Router::new())
+    };
+    let admin = admin
+        .route(
+            "/api/mappings",
+            get(mappings::list)
+                .post(mappings::create)
+                .put(mappings::replace_all),
+        )
+        .route(
+            "/api/mappings/{*prefix}",
+            get(mappings::get_one)
+                .put(mappings::update)
+                .delete(mappings::delete),
+        )
+        .route("/api/audit", get(audit::audit))
+        .route("/api/nodes", get(stats::nodes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .merge(admin)
+        .merge(public)
+        // The console pages are public: they sign in through the API.
+        .merge(crate::assets::router())
+        .route("/internal/stats", post(stats::push))
+        .route("/metrics", get(stats::metrics))
+        .route("/api/admin/login", post(session::login))
+        .route("/api/admin/logout", post(session::logout))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/openapi.json", get(openapi))
+        .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .with_state(state)
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "this document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The OpenAPI 3 document of every route in [`router`].
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "apiproxy control plane", description = "Admin API: mappings in Redis, audit, sessions; cluster stats and the data planes' stats pushes."),
+    paths(mappings::list, mappings::create, mappings::replace_all, mappings::get_one, mappings::update, mappings::delete,
+        audit::audit, session::login, session::logout, health::healthz, health::readyz, openapi,
+        stats::push, stats::stats, stats::nodes, stats::metrics),
+    modifiers(&SecuritySchemes)
+)]
+pub(crate) struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let bearer = |secret: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(secret))
+                    .build(),
+            )
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", bearer("ADMIN_TOKEN"));
+        components.add_security_scheme(
+            "node",
+            bearer("API_PROXY_NODE_TOKEN: data-plane stats pushes"),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(SESSION_COOKIE))),
+        );
+    }
+}
