@@ -108,3 +108,73 @@ async fn toml_mappings_file() {
     let dp = DataPlane::start("{}", &[("API_PROXY_MAPPINGS_FILE", file.to_str().unwrap())]);
     assert_eq!(get_reply(dp.addr, "/t/x").await.json()["uri"], "/x");
 }
+
+/// Both binaries serve until SIGTERM however quiet their log, then exit 0:
+/// waiting for the signal must not hang on the log level (a disabled
+/// `info!` does not evaluate its arguments, so an await among them would
+/// never run and the binary would stop at once).
+#[test]
+fn both_binaries_wait_for_the_signal_at_any_log_level() {
+    use std::process::{Command, Stdio};
+
+    let dir = apiproxy_tests::TempDir::new("quiet");
+    let mappings = dir.path("mappings.json");
+    std::fs::write(&mappings, r#"{"/a": "http://127.0.0.1:9"}"#).unwrap();
+    let dataplane_env = [
+        ("API_PROXY_MAPPINGS_FILE", mappings.to_str().unwrap()),
+        ("API_PROXY_LISTEN", "127.0.0.1:0"),
+        ("API_PROXY_METRICS_LISTEN", "127.0.0.1:0"),
+    ];
+    // Redis is not needed to serve: the connection is made lazily.
+    let controlplane_env = [
+        ("API_PROXY_REDIS_URL", "redis://127.0.0.1:1/"),
+        ("API_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("ADMIN_TOKEN", apiproxy_tests::controlplane::ADMIN_TOKEN),
+    ];
+    let binaries: [(&str, &[(&str, &str)]); 2] = [
+        ("apiproxy-dataplane", &dataplane_env),
+        ("apiproxy-controlplane", &controlplane_env),
+    ];
+    for (name, env) in binaries {
+        for level in ["warn", "off"] {
+            let mut child = Command::new(apiproxy_tests::dataplane::binary(name))
+                .env_clear()
+                .envs(env.iter().copied())
+                .env("RUST_LOG", level)
+                .current_dir(&dir.0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Without a signal it keeps serving (it stopped within
+            // milliseconds when the wait was skipped).
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                let exited = child.try_wait().unwrap();
+                assert!(
+                    exited.is_none(),
+                    "{name} RUST_LOG={level}: exited unsignalled: {exited:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let kill = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(kill.success());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("{name} RUST_LOG={level}: no exit 10 s after SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert_eq!(status.code(), Some(0), "{name} RUST_LOG={level}");
+        }
+    }
+}
