@@ -36,7 +36,8 @@ BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "n
               "dp-h1": 18193, "metrics-h1": 18196, "dp-h2": 18194, "metrics-h2": 18195,
               "origin-h1": 18448, "origin-plain": 18449, "origin-chat": 18450, "origin-chat-h1": 18451, "origin-slow-h1": 18452,
               "nginx-plain": 18186, "dp-plain": 18187, "metrics-plain": 18188,
-              "base-h1": 18189, "metrics-base-h1": 18200, "base-h2": 18201, "metrics-base-h2": 18202}
+              "base-h1": 18189, "metrics-base-h1": 18200, "base-h2": 18201, "metrics-base-h2": 18202,
+              "base": 18203, "metrics-base": 18204}
 P = dict(BASE_PORTS)  # after --port-offset
 LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
 NOFILE = [65536]      # fd limit children get (ulimit -n), set in run()
@@ -420,6 +421,8 @@ def cmd_throughput(a, st):
     roots = {"nginx": st.nginx_proxy("nginx", routes).pid, "nginx-b": st.nginx_proxy("nginx-b", routes).pid}
     if not a.skip_dataplane:
         roots["dataplane"] = st.dataplane(routes).pid
+    if a.baseline:  # another build, loaded in the same rounds (an A/B of a change)
+        roots["base"] = st.dataplane(routes, name="base", metrics="metrics-base", binary=a.baseline).pid
     data, text = measure(a, roots, "nginx", "nginx-b")
     save(a, "throughput", data, "\n\n".join(text))
 
@@ -1122,6 +1125,7 @@ def main():
     t.add_argument("--rounds", type=int, default=6)
     t.add_argument("--warmup", type=int, default=2, help="warm-up seconds per conns value")
     t.add_argument("--body-size", type=int, default=1024)
+    t.add_argument("--baseline", help="also load a data plane of this binary (target `base`), for an A/B")
     s = add("stream", "big download / upload: MiB/s and proxy RSS")
     s.add_argument("--size-mib", type=int, default=1024)
     s.add_argument("--nginx-buffer", help="also an nginx with proxy_buffer_size/proxy_buffers of this size, e.g. 64k")

@@ -11,7 +11,30 @@ use crate::pool::SendError;
 
 pub(crate) const ERROR_HEADER: &str = "x-apiproxy-error";
 
+/// Which side of the proxy a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The client's request cannot be served as sent.
+    Client,
+    /// The upstream failed, or did not answer in time.
+    Upstream,
+    /// The proxy itself cannot serve yet.
+    Proxy,
+}
+
+impl Side {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Proxy => "proxy",
+        }
+    }
+}
+
 /// Why the proxy answered by itself instead of with the upstream's response.
+/// Each variant is made where the failure is met, so it carries its side
+/// ([`ProxyError::side`]) and kind from there.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
     #[error("no mapping for {0}")]
@@ -40,6 +63,18 @@ impl ProxyError {
         ProxyError::Upstream {
             kind,
             message: message.into(),
+        }
+    }
+
+    pub(crate) fn side(&self) -> Side {
+        match self {
+            ProxyError::NoMapping(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::PayloadTooLarge(_) => Side::Client,
+            ProxyError::NotReady => Side::Proxy,
+            ProxyError::Upstream { .. } => Side::Upstream,
         }
     }
 
@@ -143,22 +178,78 @@ mod tests {
     fn status_and_type_per_error() {
         use UpstreamErrorKind::*;
         let cases = [
-            (ProxyError::NoMapping("/x".into()), 404, "no_mapping"),
-            (ProxyError::BadRequest("x".into()), 400, "bad_request"),
-            (ProxyError::HeadTooLarge("x".into()), 431, "bad_request"),
-            (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
-            (ProxyError::PayloadTooLarge(1), 413, "payload_too_large"),
-            (ProxyError::NotReady, 503, "not_ready"),
-            (ProxyError::upstream(Connect, "x"), 502, "upstream_connect"),
-            (ProxyError::upstream(Tls, "x"), 502, "upstream_connect"),
-            (ProxyError::upstream(Policy, "x"), 502, "upstream_connect"),
-            (ProxyError::upstream(Reset, "x"), 502, "upstream_error"),
-            (ProxyError::upstream(Protocol, "x"), 502, "upstream_error"),
-            (ProxyError::upstream(Timeout, "x"), 504, "upstream_timeout"),
+            (
+                ProxyError::NoMapping("/x".into()),
+                404,
+                "no_mapping",
+                Side::Client,
+            ),
+            (
+                ProxyError::BadRequest("x".into()),
+                400,
+                "bad_request",
+                Side::Client,
+            ),
+            (
+                ProxyError::HeadTooLarge("x".into()),
+                431,
+                "bad_request",
+                Side::Client,
+            ),
+            (
+                ProxyError::MethodNotAllowed,
+                405,
+                "method_not_allowed",
+                Side::Client,
+            ),
+            (
+                ProxyError::PayloadTooLarge(1),
+                413,
+                "payload_too_large",
+                Side::Client,
+            ),
+            (ProxyError::NotReady, 503, "not_ready", Side::Proxy),
+            (
+                ProxyError::upstream(Connect, "x"),
+                502,
+                "upstream_connect",
+                Side::Upstream,
+            ),
+            (
+                ProxyError::upstream(Tls, "x"),
+                502,
+                "upstream_connect",
+                Side::Upstream,
+            ),
+            (
+                ProxyError::upstream(Policy, "x"),
+                502,
+                "upstream_connect",
+                Side::Upstream,
+            ),
+            (
+                ProxyError::upstream(Reset, "x"),
+                502,
+                "upstream_error",
+                Side::Upstream,
+            ),
+            (
+                ProxyError::upstream(Protocol, "x"),
+                502,
+                "upstream_error",
+                Side::Upstream,
+            ),
+            (
+                ProxyError::upstream(Timeout, "x"),
+                504,
+                "upstream_timeout",
+                Side::Upstream,
+            ),
         ];
-        for (err, status, kind) in cases {
+        for (err, status, kind, side) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.kind(), kind, "{err:?}");
+            assert_eq!(err.side(), side, "{err:?}");
             let resp = err.into_response();
             assert_eq!(resp.headers()[ERROR_HEADER], kind);
             assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");

@@ -438,11 +438,12 @@ fn finish_with(mut record: RequestRecord, error: ProxyError) -> ProxyError {
 }
 
 fn log_upstream_failure(route: &Route, e: &ProxyError, err: &SendError) {
+    let side = e.side().as_str();
     match e {
         ProxyError::Upstream { kind, .. } => {
-            warn!(prefix = %route.prefix, kind = kind.as_str(), error = %chain(err), "upstream request failed")
+            warn!(prefix = %route.prefix, side, kind = kind.as_str(), error = %chain(err), "upstream request failed")
         }
-        _ => debug!(prefix = %route.prefix, error = %chain(err), "request failed"),
+        _ => debug!(prefix = %route.prefix, side, error = %chain(err), "request failed"),
     }
 }
 

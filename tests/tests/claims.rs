@@ -45,7 +45,7 @@ async fn a_refused_connect_is_retried_once() {
             "/barrier": format!("http://{}", barrier.local_addr().unwrap()),
         })
         .to_string(),
-        &[("RUST_LOG", "info,apiproxy_dataplane::upstream=debug")],
+        &[("RUST_LOG", "info,apiproxy_dataplane::connect=debug")],
     );
     for path in ["/closed/x", "/closed/y", "/barrier/x"] {
         let reply = get_reply(dp.addr, path).await;
