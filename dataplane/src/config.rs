@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) use apiproxy_startup::cli::LogFormat;
-use apiproxy_startup::cli::{parse_args, parse_duration};
+use apiproxy_startup::cli::{parse_args_and_matches, parse_duration};
 pub use apiproxy_startup::cli::{ConfigError, EXIT_CONFIG};
 use clap::Parser;
 
@@ -85,7 +85,9 @@ pub(crate) struct Args {
     #[arg(long, env = "API_PROXY_STATS_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub(crate) stats_interval: Duration,
 
-    /// false: record no request stats at all.
+    /// false: record no request stats at all. ENABLE_STATS, the Go
+    /// version's name, is read when neither this flag nor its variable is
+    /// set.
     #[arg(long, env = "API_PROXY_ENABLE_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     pub(crate) enable_stats: bool,
 
@@ -167,6 +169,48 @@ pub struct Config {
     pub(crate) enable_stats: bool,
     /// Where and how stats batches go; `None`: no push.
     pub(crate) stats_push: Option<StatsPush>,
+    /// Said once at start, when logging is up: an older variable name
+    /// read or overridden.
+    pub notices: Vec<String>,
+}
+
+/// The Go version's name of `API_PROXY_ENABLE_STATS`.
+const ENABLE_STATS_ALIAS: &str = "ENABLE_STATS";
+
+/// `ENABLE_STATS` when it stands in for `API_PROXY_ENABLE_STATS`: its
+/// value, read as the new variable's would be, when the new name (or its
+/// flag) is not set, and the line that says so; the new name wins when
+/// both are set, and the line says that instead.
+fn enable_stats_alias(
+    defaulted: bool,
+    env: &HashMap<String, String>,
+) -> Result<(Option<bool>, Option<String>), ConfigError> {
+    let Some(value) = env.get(ENABLE_STATS_ALIAS) else {
+        return Ok((None, None));
+    };
+    if !defaulted {
+        return Ok((
+            None,
+            Some(format!(
+                "{ENABLE_STATS_ALIAS} (the Go version's name) is ignored: API_PROXY_ENABLE_STATS is set and wins"
+            )),
+        ));
+    }
+    let enabled = match value.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "{ENABLE_STATS_ALIAS}: invalid value {value:?} (true or false), read as API_PROXY_ENABLE_STATS"
+            )))
+        }
+    };
+    Ok((
+        Some(enabled),
+        Some(format!(
+            "{ENABLE_STATS_ALIAS}={enabled} (the Go version's name) read as API_PROXY_ENABLE_STATS; set API_PROXY_ENABLE_STATS instead"
+        )),
+    ))
 }
 
 /// The stats push settings (`API_PROXY_CONTROLPLANE_URL` and friends).
@@ -231,8 +275,16 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args: Args = parse_args(args)?;
-        Config::from_args(args, env)
+        let (mut args, matches): (Args, _) = parse_args_and_matches(args)?;
+        let defaulted =
+            matches.value_source("enable_stats") == Some(clap::parser::ValueSource::DefaultValue);
+        let (alias, notice) = enable_stats_alias(defaulted, env)?;
+        if let Some(enabled) = alias {
+            args.enable_stats = enabled;
+        }
+        let mut config = Config::from_args(args, env)?;
+        config.notices.extend(notice);
+        Ok(config)
     }
 
     fn from_args(args: Args, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
@@ -324,6 +376,7 @@ impl Config {
             log_format: args.log_format,
             enable_stats: args.enable_stats,
             stats_push,
+            notices: Vec::new(),
         })
     }
 }
@@ -462,5 +515,47 @@ mod tests {
         .unwrap();
         assert_eq!(c.drain_timeout, Duration::from_millis(500));
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn enable_stats_reads_the_go_name_when_the_new_one_is_unset() {
+        let file = ["--mappings-file", "m"];
+        let c = parse(&file, &[("ENABLE_STATS", "false")]).unwrap();
+        assert!(!c.enable_stats);
+        assert_eq!(c.notices.len(), 1);
+        assert!(
+            c.notices[0].contains("ENABLE_STATS=false")
+                && c.notices[0].contains("API_PROXY_ENABLE_STATS"),
+            "{:?}",
+            c.notices
+        );
+        let c = parse(&file, &[]).unwrap();
+        assert!(c.enable_stats);
+        assert!(c.notices.is_empty());
+        let err = parse(&file, &[("ENABLE_STATS", "no")]).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_CONFIG);
+        assert!(err.to_string().starts_with("ENABLE_STATS:"), "{err}");
+    }
+
+    #[test]
+    fn enable_stats_the_new_name_wins_over_the_go_name() {
+        // The flag stands for its variable here: clap reads the variable
+        // from the process environment, which unit tests leave alone.
+        let c = parse(
+            &["--mappings-file", "m", "--enable-stats", "true"],
+            &[("ENABLE_STATS", "false")],
+        )
+        .unwrap();
+        assert!(c.enable_stats);
+        assert_eq!(c.notices.len(), 1);
+        assert!(c.notices[0].contains("ignored"), "{:?}", c.notices);
+        // A bad value of the ignored name is ignored too.
+        let (value, notice) = enable_stats_alias(
+            false,
+            &[("ENABLE_STATS".to_owned(), "bogus".to_owned())].into(),
+        )
+        .unwrap();
+        assert_eq!(value, None);
+        assert!(notice.is_some());
     }
 }

@@ -6,7 +6,7 @@ use apiproxy_dataplane::{Config, DataPlane};
 use apiproxy_startup::{config_failed, configure, init_logging, stop_signal};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 const PROGRAM: &str = "apiproxy-dataplane";
 
@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     init_logging(config.log_format);
+    for notice in &config.notices {
+        warn!("{notice}");
+    }
 
     let runtime = if config.workers == 1 {
         // One worker: the current-thread runtime has no cross-thread wakeups.

@@ -46,7 +46,19 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    P::try_parse_from(args).map_err(|e| match e.kind() {
+    parse_args_and_matches(args).map(|(parsed, _)| parsed)
+}
+
+/// [`parse_args`], with clap's matches beside: they tell where each value
+/// came from (a flag, its variable, or the default), e.g. to let an older
+/// variable name stand in only for a default.
+pub fn parse_args_and_matches<P, I, T>(args: I) -> Result<(P, clap::ArgMatches), ConfigError>
+where
+    P: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let one_line = |e: clap::Error| match e.kind() {
         clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
             ConfigError::Info(e.to_string())
         }
@@ -54,5 +66,8 @@ where
             let text = e.to_string();
             ConfigError::Invalid(text.lines().next().unwrap_or_default().trim().to_owned())
         }
-    })
+    };
+    let matches = P::command().try_get_matches_from(args).map_err(one_line)?;
+    let parsed = P::from_arg_matches(&matches).map_err(one_line)?;
+    Ok((parsed, matches))
 }
