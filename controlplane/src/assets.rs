@@ -41,16 +41,29 @@ const FILES: [(&str, &str, &str); 5] = [
 
 const DASHBOARD: &str = include_str!("../../static/index.html");
 const ADMIN: &str = include_str!("../../static/admin.html");
+const FAVICON: &[u8] = include_bytes!("../../static/favicon.ico");
+/// The console is no place for a search engine (the Go version's answer).
+const ROBOTS: &str = "User-agent: *\nDisallow: /\n";
 
 /// Scripts and styles from this origin only, never framed: nothing inline
 /// can run even if a mapping target held markup.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// `/` (dashboard), `/admin` and `/static/{file}`.
+/// `/` and `/index.html` (dashboard), `/admin`, `/static/{file}`, and
+/// the Go version's `/favicon.ico` and `/robots.txt`.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { page(DASHBOARD) }))
+        .route("/index.html", get(|| async { page(DASHBOARD) }))
+        .route(
+            "/favicon.ico",
+            get(|| async { asset("image/x-icon", FAVICON) }),
+        )
+        .route(
+            "/robots.txt",
+            get(|| async { asset("text/plain; charset=utf-8", ROBOTS) }),
+        )
         .route("/admin", get(|| async { page(ADMIN) }))
         .route("/static/{file}", get(file))
 }
@@ -63,12 +76,12 @@ async fn file(Path(name): Path<String>) -> Result<Response, AppError> {
     FILES
         .iter()
         .find(|(file, _, _)| *file == name)
-        .map(|(_, kind, body)| asset(kind, body))
+        .map(|(_, kind, body)| asset(kind, *body))
         .ok_or(AppError::NotFound(format!("no static file {name}")))
 }
 
-fn asset(kind: &'static str, body: &'static str) -> Response {
-    let mut response = (StatusCode::OK, body).into_response();
+fn asset(kind: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = (StatusCode::OK, body.into()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     // Revalidate on every load so an upgraded binary's console is used at

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
@@ -43,10 +43,13 @@ pub(crate) struct AppState {
 pub(crate) type Shared = Arc<AppState>;
 
 /// JSON body of at most `LIMIT` bytes, whose rejections are API errors:
-/// over the limit 413; a missing JSON content type, malformed JSON, wrong
-/// types and unknown fields 400 with serde's message (it names the field).
-/// The limit is part of the type, so each route states its own; this is
-/// the API's only body extractor.
+/// over the limit 413; malformed JSON, wrong types and unknown fields 400
+/// with serde's message (it names the field). The body is read as JSON
+/// whatever `Content-Type` says, as the Go version did: `curl -d '{…}'`
+/// sends `application/x-www-form-urlencoded`. (A cross-site form cannot
+/// use this: the session cookie is `SameSite=Strict`, and the bearer token
+/// is never sent by a browser on its own.) The limit is part of the type,
+/// so each route states its own; this is the API's only body extractor.
 pub(crate) struct ApiJson<T, const LIMIT: usize = BODY_LIMIT>(pub T);
 
 impl<S, T, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT>
@@ -57,11 +60,6 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
-        if !is_json(req.headers()) {
-            return Err(AppError::BadRequest(
-                "expected a request with Content-Type: application/json".into(),
-            ));
-        }
         let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
             .await
             .map_err(|e| {
@@ -75,24 +73,6 @@ where
             Json::<T>::from_bytes(&bytes).map_err(|e| AppError::BadRequest(e.body_text()))?;
         Ok(ApiJson(value))
     }
-}
-
-/// `application/json` or a `+json` type, parameters (`; charset=…`) aside.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The client's address, the audit log's `actor`.
@@ -161,19 +141,36 @@ pub(crate) async fn require_admin(
     Ok(next.run(req).await)
 }
 
+/// Where the `{prefix}` routes start.
+pub(crate) const MAPPING_PATH: &str = "/api/mappings/";
+
 /// `{prefix}` in a path is the prefix without its leading slash and may
-/// hold slashes; `%2F` (decoded to `/`) addresses the prefix `/` itself. A
-/// path that does not decode is a 400 in the API's JSON format.
+/// hold slashes; `%2F` (decoded to `/`) and the empty prefix
+/// (`/api/mappings/`, the Go version's way) address the prefix `/`
+/// itself. Read from the path after [`MAPPING_PATH`], percent-decoded, so
+/// the same handlers serve `/api/mappings/`, `/api/mappings/reload` (a
+/// mapping `/reload` is read, updated and deleted there) and
+/// `/api/mappings/{*prefix}`. A path that does not decode to UTF-8 is a
+/// 400 in the API's JSON format.
 pub(crate) struct PrefixPath(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| AppError::BadRequest(format!("prefix: {}", e.body_text())))?;
-        Ok(PrefixPath(if raw == "/" { raw } else { format!("/{raw}") }))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let raw = parts
+            .uri
+            .path()
+            .strip_prefix(MAPPING_PATH)
+            .ok_or_else(|| AppError::NotFound("no such route".into()))?;
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|e| AppError::BadRequest(format!("prefix: not UTF-8 once decoded: {e}")))?;
+        // "" (the empty prefix) and "/" (`%2F`) are both the prefix `/`.
+        Ok(PrefixPath(match decoded.as_ref() {
+            "/" => "/".to_owned(),
+            rest => format!("/{rest}"),
+        }))
     }
 }
 

@@ -69,7 +69,26 @@ pub(crate) struct MappingFound {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MappingDeleted {
     pub(crate) success: bool,
+    /// `Mapping deleted successfully`, the Go version's text.
+    pub(crate) message: String,
     pub(crate) prefix: String,
+    pub(crate) version: u64,
+}
+
+/// `GET /api/public/mappings`: the Go version's public list (no version).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PublicMappingList {
+    pub(crate) success: bool,
+    pub(crate) count: usize,
+    pub(crate) mappings: BTreeMap<String, String>,
+}
+
+/// `POST /api/mappings/reload`, in the Go version's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Reloaded {
+    /// `Mappings reloaded successfully`.
+    pub(crate) message: String,
+    /// The current mappings version (a reload does not change it).
     pub(crate) version: u64,
 }
 
@@ -81,6 +100,14 @@ pub(crate) struct AuditList {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Success {
     pub(crate) success: bool,
+}
+
+/// `POST /api/admin/login` when the token is right.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LoggedIn {
+    pub(crate) success: bool,
+    /// `Authentication successful`, the Go version's text.
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

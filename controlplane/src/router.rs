@@ -9,11 +9,15 @@ use utoipa::OpenApi;
 
 use crate::auth::SESSION_COOKIE;
 use crate::error::AppError;
-use crate::extract::{require_admin, Shared};
+use crate::extract::{require_admin, Shared, MAPPING_PATH};
 use crate::handlers::{audit, health, mappings, session, stats};
 
 pub(crate) fn router(state: Shared) -> Router {
-    let report = Router::new().route("/stats", get(stats::stats));
+    // What the Go version served to anyone: public unless
+    // `API_PROXY_PUBLIC_STATS=false`.
+    let report = Router::new()
+        .route("/stats", get(stats::stats))
+        .route("/api/public/mappings", get(mappings::public_list));
     let (admin, public) = if state.public_stats {
         (Router::new(), report)
     } else {
@@ -25,6 +29,22 @@ pub(crate) fn router(state: Shared) -> Router {
             get(mappings::list)
                 .post(mappings::create)
                 .put(mappings::replace_all),
+        )
+        // One set of `{prefix}` handlers on three routes (see `PrefixPath`):
+        // the empty prefix, the prefix `/reload` beside the reload, and the
+        // rest.
+        .route(
+            MAPPING_PATH,
+            get(mappings::get_one)
+                .put(mappings::update)
+                .delete(mappings::delete),
+        )
+        .route(
+            "/api/mappings/reload",
+            post(mappings::reload)
+                .get(mappings::get_one)
+                .put(mappings::update)
+                .delete(mappings::delete),
         )
         .route(
             "/api/mappings/{*prefix}",
@@ -62,11 +82,45 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[openapi(
     info(title = "apiproxy control plane", description = "Admin API: mappings in Redis, audit, sessions; cluster stats and the data planes' stats pushes."),
     paths(mappings::list, mappings::create, mappings::replace_all, mappings::get_one, mappings::update, mappings::delete,
+        mappings::public_list, mappings::reload,
         audit::audit, session::login, session::logout, health::healthz, health::readyz, openapi,
         stats::push, stats::stats, stats::nodes, stats::metrics),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes, &FixedPrefixRoutes)
 )]
 pub(crate) struct ApiDoc;
+
+/// The `{prefix}` operations where the path itself names the prefix:
+/// `/api/mappings/` (the prefix `/`, the Go version's way) and
+/// `/api/mappings/reload` (the prefix `/reload`, beside the reload). The
+/// same handlers serve them, so the document copies their operations.
+struct FixedPrefixRoutes;
+
+impl utoipa::Modify for FixedPrefixRoutes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(template) = doc.paths.paths.get("/api/mappings/{prefix}").cloned() else {
+            return;
+        };
+        for (path, prefix, name) in [
+            (MAPPING_PATH, "/", "root"),
+            ("/api/mappings/reload", "/reload", "reload"),
+        ] {
+            let item = doc.paths.paths.entry(path.to_owned()).or_default();
+            for (slot, operation) in [
+                (&mut item.get, &template.get),
+                (&mut item.put, &template.put),
+                (&mut item.delete, &template.delete),
+            ] {
+                let Some(mut operation) = operation.clone() else {
+                    continue;
+                };
+                operation.parameters = None;
+                operation.operation_id = operation.operation_id.map(|id| format!("{id}_{name}"));
+                operation.description = Some(format!("The same, for the prefix `{prefix}`."));
+                *slot = Some(operation);
+            }
+        }
+    }
+}
 
 struct SecuritySchemes;
 

@@ -245,21 +245,42 @@ impl Store {
         Ok(Some(v))
     }
 
+    /// Announces a full re-read (`replace`, no prefix, at the current
+    /// version): every node, a Go one too, re-reads the whole hash, so an
+    /// edit made straight in Redis applies at once. Writes nothing; the
+    /// announcement is the whole point, so failing to publish is an error.
+    /// Returns the current version.
+    pub(crate) async fn announce_reload(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let version: Option<u64> = conn.get(&self.keys.version).await?;
+        let version = version.unwrap_or(0);
+        self.publish(version, UpdateOp::Replace, None).await?;
+        Ok(version)
+    }
+
     /// Publishes the change. A lost announcement is not fatal: nodes also
     /// re-read on their resync interval.
     async fn announce(&self, version: u64, op: UpdateOp, prefix: Option<&str>) {
+        if let Err(error) = self.publish(version, op, prefix).await {
+            tracing::warn!(%error, version, "could not announce a mapping change; nodes will catch up on resync");
+        }
+    }
+
+    async fn publish(
+        &self,
+        version: u64,
+        op: UpdateOp,
+        prefix: Option<&str>,
+    ) -> Result<(), StoreError> {
         let message = UpdateMessage {
             version,
             op,
             prefix: prefix.map(str::to_owned),
         };
         let mut conn = self.conn.clone();
-        if let Err(error) = conn
-            .publish::<_, _, ()>(&self.keys.updates, message.to_json())
-            .await
-        {
-            tracing::warn!(%error, version, "could not announce a mapping change; nodes will catch up on resync");
-        }
+        conn.publish::<_, _, ()>(&self.keys.updates, message.to_json())
+            .await?;
+        Ok(())
     }
 
     /// The newest `limit` audit entries, newest first.

@@ -1,5 +1,6 @@
 //! Mapping CRUD (SPEC §5): list, create, replace all, get, update and
-//! delete, each write checked by the shared crate's validation.
+//! delete, each write checked by the shared crate's validation; and the Go
+//! version's public list and reload.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use crate::error::AppError;
 use crate::extract::{ApiJson, ClientAddr, PrefixPath, Shared};
 use crate::model::{
     AllMappings, ErrorBody, Mapping, MappingChanged, MappingDeleted, MappingFound, MappingList,
-    NewMapping, NewTarget,
+    NewMapping, NewTarget, PublicMappingList, Reloaded,
 };
 
 fn check(prefix: &str, target: &str) -> Result<(String, String), AppError> {
@@ -63,7 +64,7 @@ fn changed(prefix: String, target: String, version: u64, what: &str) -> MappingC
 }
 
 #[utoipa::path(get, path = "/api/mappings/{prefix}", tag = "mappings", security(("bearer" = []), ("session" = [])),
-    params(("prefix" = String, Path, description = "the prefix without its leading slash; may hold slashes; %2F is the prefix /")),
+    params(("prefix" = String, Path, description = "the prefix without its leading slash; may hold slashes; %2F (or nothing, /api/mappings/) is the prefix /")),
     responses((status = 200, body = MappingFound), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<Shared>,
@@ -109,7 +110,41 @@ pub(crate) async fn delete(
     tracing::info!(%prefix, %actor, version, "mapping deleted");
     Ok(Json(MappingDeleted {
         success: true,
+        message: "Mapping deleted successfully".into(),
         prefix,
+        version,
+    }))
+}
+
+/// The Go version's public list: served without auth while stats are
+/// public (`API_PROXY_PUBLIC_STATS`), behind admin auth otherwise.
+#[utoipa::path(get, path = "/api/public/mappings", tag = "mappings", security((), ("bearer" = []), ("session" = [])),
+    responses((status = 200, body = PublicMappingList), (status = 401, body = ErrorBody, description = "only with API_PROXY_PUBLIC_STATS=false"),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn public_list(
+    State(state): State<Shared>,
+) -> Result<Json<PublicMappingList>, AppError> {
+    let (mappings, _) = state.store.list().await?;
+    Ok(Json(PublicMappingList {
+        success: true,
+        count: mappings.len(),
+        mappings,
+    }))
+}
+
+/// Makes every data plane re-read the whole hash now (a `replace`
+/// announcement at the current version), e.g. after an edit made straight
+/// in Redis; nothing is written.
+#[utoipa::path(post, path = "/api/mappings/reload", tag = "mappings", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = Reloaded), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn reload(
+    State(state): State<Shared>,
+    ClientAddr(actor): ClientAddr,
+) -> Result<Json<Reloaded>, AppError> {
+    let version = state.store.announce_reload().await?;
+    tracing::info!(%actor, version, "full re-read of the mappings announced");
+    Ok(Json(Reloaded {
+        message: "Mappings reloaded successfully".into(),
         version,
     }))
 }

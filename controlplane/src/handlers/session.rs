@@ -1,5 +1,6 @@
 //! The console's session (SPEC §5): login with the admin token sets a
-//! session cookie, logout ends it.
+//! session cookie, logout ends it. The login body is read as JSON whatever
+//! its `Content-Type` (see [`ApiJson`]).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -9,10 +10,10 @@ use axum::Json;
 use crate::auth::{SESSION_COOKIE, SESSION_TTL};
 use crate::error::AppError;
 use crate::extract::{cookie, ApiJson, ClientAddr, Shared};
-use crate::model::{ErrorBody, Login, Success};
+use crate::model::{ErrorBody, LoggedIn, Login, Success};
 
 #[utoipa::path(post, path = "/api/admin/login", tag = "session", request_body = Login,
-    responses((status = 200, body = Success, description = "sets the session cookie"), (status = 400, body = ErrorBody),
+    responses((status = 200, body = LoggedIn, description = "sets the session cookie"), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn login(
     State(state): State<Shared>,
@@ -34,7 +35,11 @@ pub(crate) async fn login(
         "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_TTL.as_secs()
     );
-    let mut response = Json(Success { success: true }).into_response();
+    let mut response = Json(LoggedIn {
+        success: true,
+        message: "Authentication successful".into(),
+    })
+    .into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).expect("ASCII cookie"),
