@@ -166,7 +166,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
         let decoded = percent_encoding::percent_decode_str(raw)
             .decode_utf8()
             .map_err(|e| AppError::BadRequest(format!("prefix: not UTF-8 once decoded: {e}")))?;
-        // "" (the empty prefix) and "/" (`%2F`) are both the prefix `/`.
+        // `%2F` is the prefix `/`; so is the empty prefix, by the format.
         Ok(PrefixPath(match decoded.as_ref() {
             "/" => "/".to_owned(),
             rest => format!("/{rest}"),
@@ -188,5 +188,37 @@ impl FromRequestParts<Shared> for NodeAuth {
             (Some(secret), Some(token)) if secret.matches(token) => Ok(NodeAuth),
             _ => Err(AppError::Unauthorized),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn prefix_of(path: &str) -> Result<String, AppError> {
+        let (mut parts, ()) = axum::http::Request::get(path)
+            .body(())
+            .unwrap()
+            .into_parts();
+        PrefixPath::from_request_parts(&mut parts, &())
+            .await
+            .map(|PrefixPath(p)| p)
+    }
+
+    #[tokio::test]
+    async fn the_path_names_the_prefix() {
+        for (path, prefix) in [
+            ("/api/mappings/", "/"),
+            ("/api/mappings/%2F", "/"),
+            ("/api/mappings/reload", "/reload"),
+            ("/api/mappings/google/v1", "/google/v1"),
+            ("/api/mappings/caf%C3%A9", "/café"),
+        ] {
+            assert_eq!(prefix_of(path).await.unwrap(), prefix, "{path}");
+        }
+        assert!(matches!(
+            prefix_of("/api/mappings/%FF").await,
+            Err(AppError::BadRequest(_))
+        ));
     }
 }
