@@ -27,7 +27,8 @@ impl utoipa::PartialSchema for StatsBatchSchema {
             .property("rss_bytes", integer(0, u64::MAX))
             .required("rss_bytes")
             .property("uptime_s", integer(0, u64::MAX))
-            .required("uptime_s");
+            .required("uptime_s")
+            .property("tasks", integer(0, u64::MAX));
         // MAX_ENDPOINTS is not stated as `maxProperties`: the 1 MiB body
         // limit (413) is reached first.
         let endpoints = ObjectBuilder::new()

@@ -99,6 +99,45 @@ pub fn app(config: &Config, conn: ConnectionManager) -> Router {
     router::router(Arc::new(state))
 }
 
+/// Imports the Go version's saved stats once (while our totals are empty),
+/// logging what it did. Tries again every 2 s while Redis cannot be
+/// reached, at most 150 times (5 min), or until `shutdown`.
+pub async fn import_go_stats(
+    config: &Config,
+    conn: ConnectionManager,
+    shutdown: CancellationToken,
+) {
+    use crate::stats_store::GoImport;
+    let stats = StatsStore::new(conn, &config.redis_prefix);
+    for attempt in 1..=150 {
+        match stats.import_go_stats(store::now_ms()).await {
+            Ok(GoImport::Imported(summary, warnings)) => {
+                for warning in &warnings {
+                    tracing::warn!("Go stats import: {warning}");
+                }
+                tracing::info!(%summary, "imported the Go version's stats into the cluster totals");
+                return;
+            }
+            Ok(GoImport::Skipped) => {
+                tracing::info!("the Go version's stats are not imported: our totals are not empty");
+                return;
+            }
+            Ok(GoImport::Nothing | GoImport::Done) => return,
+            Err(e) if attempt == 150 => {
+                tracing::warn!(error = %e, "Go stats import: Redis unreachable, given up until the next start");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "Go stats import: Redis unreachable, retrying")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
 /// Serves until `shutdown`, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,

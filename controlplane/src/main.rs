@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
-use apiproxy_controlplane::{app, init, redis_connection, serve, Config, DEFAULT_MAPPINGS};
+use apiproxy_controlplane::{
+    app, import_go_stats, init, redis_connection, serve, Config, DEFAULT_MAPPINGS,
+};
 use apiproxy_startup::{config_failed, configure, init_logging, stop_signal};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +51,13 @@ fn main() -> ExitCode {
         info!(admin_addr = %local, "serving");
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
+        // Before the first push can make our totals non-empty, when Redis
+        // answers at once; else in the background.
+        let import = tokio::spawn({
+            let (config, conn, shutdown) = (config.clone(), conn.clone(), shutdown.clone());
+            async move { import_go_stats(&config, conn, shutdown).await }
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), import).await;
         match serve(listener, app(&config, conn), shutdown).await {
             Ok(()) => {
                 info!("stopped");

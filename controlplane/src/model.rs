@@ -141,14 +141,37 @@ pub(crate) struct StatsReport {
     pub(crate) performance: Performance,
     pub(crate) series: SeriesReport,
     pub(crate) nodes: NodeCounts,
+    /// The Go version's field: the mean request duration since the stats
+    /// began, as a Go duration string (`"12.3ms"`, `"1.5s"`, `"0s"`).
+    pub(crate) avg_response: String,
+    /// The Go version's field: stats events dropped. Always 0: nothing
+    /// countable is dropped (a node keeps its deltas until a push is
+    /// acknowledged; the control plane applies a batch whole or refuses it).
+    pub(crate) dropped_events: u64,
+    /// The Go version's field: the newest proxied requests (at most
+    /// 10,000), cluster-wide, newest last. `timestamp` is the second the
+    /// control plane applied the batch that carried the request.
+    pub(crate) requests: Vec<RequestRecord>,
+}
+
+/// One entry of [`StatsReport::requests`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct RequestRecord {
+    /// Unix seconds.
+    pub(crate) timestamp: u64,
+    /// The mapping prefix.
+    pub(crate) endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub(crate) struct EndpointStats {
     pub(crate) count: u64,
     pub(crate) error_count: u64,
-    /// Unix ms when a batch last carried a request for it; 0: never.
+    /// Unix seconds when a batch last carried a request for it (as the Go
+    /// version had it); 0: never.
     pub(crate) last_request: u64,
+    /// The same in unix ms.
+    pub(crate) last_request_ms: u64,
     /// Median duration estimated from the histogram; 0 with no requests.
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
@@ -170,6 +193,9 @@ pub(crate) struct Performance {
     pub(crate) error_rate: f64,
     /// Resident memory of the nodes that are not down, MiB.
     pub(crate) memory_usage_mb: f64,
+    /// The Go version's field. Here: the async tasks alive across the
+    /// nodes that are not down (each request and connection is one).
+    pub(crate) goroutine_count: u64,
 }
 
 /// Request series, oldest first; buckets with no request are left out.
@@ -221,6 +247,8 @@ pub(crate) struct NodeInfo {
     /// Requests served since the node booted.
     pub(crate) requests_total: u64,
     pub(crate) uptime_s: u64,
+    /// Async tasks alive in the node.
+    pub(crate) tasks: u64,
 }
 
 /// `down`: no batch for `API_PROXY_NODE_TIMEOUT`; `stale`: pushing, but

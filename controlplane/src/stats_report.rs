@@ -9,10 +9,15 @@ use std::time::Duration;
 use apiproxy_shared::stats::{quantile, BUCKETS};
 
 use crate::model::{
-    EndpointStats, NodeCounts, NodeInfo, NodeState, Performance, SeriesPoint, SeriesReport,
-    StatsReport,
+    EndpointStats, NodeCounts, NodeInfo, NodeState, Performance, RequestRecord, SeriesPoint,
+    SeriesReport, StatsReport,
 };
-use crate::stats_store::{num, Counters, EndpointTotals, NodeRecord, Series, SeriesBucket};
+use crate::stats_store::{
+    num, parse_request_run, Counters, EndpointTotals, NodeRecord, Series, SeriesBucket,
+};
+
+/// Most entries in `/stats`' `requests`, as the Go version kept.
+pub(crate) const MAX_REQUESTS: usize = 10_000;
 
 /// What a node's record says about it at `now_ms`.
 pub(crate) fn node_state(
@@ -50,6 +55,7 @@ pub(crate) fn node_list(
             rss_bytes: n.rss_bytes,
             requests_total: n.requests_total,
             uptime_s: n.uptime_s,
+            tasks: n.tasks,
         })
         .collect()
 }
@@ -88,7 +94,8 @@ fn endpoint_stats(e: &EndpointTotals) -> EndpointStats {
     EndpointStats {
         count: e.count,
         error_count: e.error_count,
-        last_request: e.last_request,
+        last_request: e.last_request / 1000,
+        last_request_ms: e.last_request,
         p50_ms: quantile_ms(&e.latency, 0.5),
         p99_ms: quantile_ms(&e.latency, 0.99),
         bytes_in: e.bytes_in,
@@ -115,36 +122,104 @@ fn performance(
     series: &Series,
     now_ms: u64,
 ) -> Performance {
-    let mut latency = [0u64; BUCKETS];
-    let (mut count, mut latency_sum_ms) = (0u64, 0u64);
-    for e in endpoints.values() {
-        for (sum, n) in latency.iter_mut().zip(e.latency) {
-            *sum = sum.saturating_add(n);
-        }
-        count = count.saturating_add(e.count);
-        latency_sum_ms = latency_sum_ms.saturating_add(e.latency_sum_ms);
-    }
+    let latency = cluster_latency(endpoints);
     let (total, errors) = (num(totals, "total"), num(totals, "errors"));
-    let rss: u64 = nodes
-        .iter()
-        .filter(|n| n.state != NodeState::Down)
-        .map(|n| n.rss_bytes)
-        .sum();
+    let live = || nodes.iter().filter(|n| n.state != NodeState::Down);
+    let rss: u64 = live().map(|n| n.rss_bytes).sum();
     Performance {
         requests_per_sec: requests_per_sec(series.this_minute, series.last_minute, now_ms),
-        avg_response_time_ms: if count == 0 {
-            0.0
-        } else {
-            round3(latency_sum_ms as f64 / count as f64)
-        },
-        p99_response_time_ms: quantile_ms(&latency, 0.99),
+        avg_response_time_ms: latency.mean_ms().map_or(0.0, round3),
+        p99_response_time_ms: quantile_ms(&latency.buckets, 0.99),
         error_rate: if total == 0 {
             0.0
         } else {
             round3(errors as f64 / total as f64 * 100.0)
         },
         memory_usage_mb: round3(rss as f64 / (1024.0 * 1024.0)),
+        goroutine_count: live().map(|n| n.tasks).sum(),
     }
+}
+
+/// Every endpoint's durations together.
+struct ClusterLatency {
+    buckets: [u64; BUCKETS],
+    /// Requests with a measured duration: those in the histograms (counts
+    /// imported from the Go version have none).
+    timed: u64,
+    sum_ms: u64,
+}
+
+impl ClusterLatency {
+    fn mean_ms(&self) -> Option<f64> {
+        (self.timed > 0).then(|| self.sum_ms as f64 / self.timed as f64)
+    }
+}
+
+fn cluster_latency(endpoints: &BTreeMap<String, EndpointTotals>) -> ClusterLatency {
+    let mut all = ClusterLatency {
+        buckets: [0; BUCKETS],
+        timed: 0,
+        sum_ms: 0,
+    };
+    for e in endpoints.values() {
+        for (sum, n) in all.buckets.iter_mut().zip(e.latency) {
+            *sum = sum.saturating_add(n);
+        }
+        all.sum_ms = all.sum_ms.saturating_add(e.latency_sum_ms);
+    }
+    all.timed = all.buckets.iter().fold(0, |a, n| a.saturating_add(*n));
+    all
+}
+
+/// A duration as Go's `time.Duration.String()` writes it: `"0s"`,
+/// `"750ns"`, `"1.5µs"`, `"12.3ms"`, `"1.5s"`, `"2m3.4s"`, `"1h0m0s"`.
+pub(crate) fn go_duration(nanos: u64) -> String {
+    /// `n / 10^digits` with the fraction's trailing zeros dropped.
+    fn decimal(n: u64, digits: u32) -> String {
+        let unit = 10u64.pow(digits);
+        let frac = n % unit;
+        if frac == 0 {
+            return (n / unit).to_string();
+        }
+        let frac = format!("{frac:0width$}", width = digits as usize);
+        format!("{}.{}", n / unit, frac.trim_end_matches('0'))
+    }
+    match nanos {
+        0 => "0s".to_owned(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", decimal(n, 3)),
+        n if n < 1_000_000_000 => format!("{}ms", decimal(n, 6)),
+        n => {
+            let (hours, minutes) = (n / 3_600_000_000_000, n / 60_000_000_000 % 60);
+            let seconds = format!("{}s", decimal(n % 60_000_000_000, 9));
+            if hours > 0 {
+                format!("{hours}h{minutes}m{seconds}")
+            } else if minutes > 0 {
+                format!("{minutes}m{seconds}")
+            } else {
+                seconds
+            }
+        }
+    }
+}
+
+/// The newest [`MAX_REQUESTS`] requests of the stored runs (oldest
+/// first), newest last; unreadable runs are skipped.
+pub(crate) fn request_records(runs: &[String]) -> Vec<RequestRecord> {
+    let mut out = Vec::new();
+    for (t, count, prefix) in runs.iter().rev().filter_map(|r| parse_request_run(r)) {
+        let room = MAX_REQUESTS - out.len();
+        let n = usize::try_from(count).map_or(room, |c| c.min(room));
+        out.extend((0..n).map(|_| RequestRecord {
+            timestamp: t,
+            endpoint: prefix.to_owned(),
+        }));
+        if out.len() == MAX_REQUESTS {
+            break;
+        }
+    }
+    out.reverse();
+    out
 }
 
 /// The `/stats` body at `now_ms`.
@@ -153,9 +228,19 @@ pub(crate) fn report(
     endpoints: &BTreeMap<String, EndpointTotals>,
     nodes: &[NodeInfo],
     series: &Series,
+    request_runs: &[String],
     now_ms: u64,
 ) -> StatsReport {
+    let latency = cluster_latency(endpoints);
+    let avg_ns = latency
+        .sum_ms
+        .saturating_mul(1_000_000)
+        .checked_div(latency.timed)
+        .unwrap_or(0);
     StatsReport {
+        avg_response: go_duration(avg_ns),
+        dropped_events: 0,
+        requests: request_records(request_runs),
         total: num(totals, "total"),
         errors: num(totals, "errors"),
         unmatched: num(totals, "unmatched"),
@@ -189,6 +274,7 @@ mod tests {
             rss_bytes: 3 * 1024 * 1024,
             uptime_s: 1,
             requests_total: 0,
+            tasks: 7,
         }
     }
 
@@ -251,7 +337,8 @@ mod tests {
             this_minute: 100,
             last_minute: 0,
         };
-        let r = report(&totals, &endpoints, &nodes, &series, 100_000);
+        let runs = ["90 2 /a", "junk", "100 1 /b"].map(String::from);
+        let r = report(&totals, &endpoints, &nodes, &series, &runs, 100_000);
         assert_eq!(
             (r.total, r.errors, r.unmatched, r.cancelled),
             (100, 5, 3, 0)
@@ -259,6 +346,20 @@ mod tests {
         let a = &r.endpoints["/a"];
         assert_eq!((a.p50_ms, a.p99_ms), (100.0, 247.0));
         assert_eq!(r.performance.avg_response_time_ms, 120.0);
+        assert_eq!(r.avg_response, "120ms");
+        assert_eq!(r.dropped_events, 0);
+        assert_eq!(
+            r.performance.goroutine_count, 7,
+            "the down node's tasks are left out"
+        );
+        let entry = |t, e: &str| RequestRecord {
+            timestamp: t,
+            endpoint: e.to_owned(),
+        };
+        assert_eq!(
+            r.requests,
+            [entry(90, "/a"), entry(90, "/a"), entry(100, "/b")]
+        );
         assert_eq!(r.performance.p99_response_time_ms, 247.0);
         assert_eq!(r.performance.error_rate, 5.0);
         assert_eq!(
@@ -275,9 +376,81 @@ mod tests {
             }
         );
 
-        let empty = report(&Counters::new(), &BTreeMap::new(), &[], &series, 0);
+        let empty = report(&Counters::new(), &BTreeMap::new(), &[], &series, &[], 0);
+        assert_eq!(empty.avg_response, "0s");
+        assert!(empty.requests.is_empty());
         assert_eq!(empty.performance.error_rate, 0.0);
         assert_eq!(empty.performance.avg_response_time_ms, 0.0);
         assert_eq!(empty.performance.p99_response_time_ms, 0.0);
+    }
+
+    #[test]
+    fn last_request_is_in_seconds_and_milliseconds() {
+        let e = EndpointTotals {
+            last_request: 1_700_000_123_456,
+            ..EndpointTotals::default()
+        };
+        let s = endpoint_stats(&e);
+        assert_eq!(
+            (s.last_request, s.last_request_ms),
+            (1_700_000_123, 1_700_000_123_456)
+        );
+    }
+
+    #[test]
+    fn the_average_leaves_out_counts_without_durations() {
+        let mut latency = [0u64; BUCKETS];
+        latency[3] = 10;
+        let timed = EndpointTotals {
+            count: 10,
+            latency_sum_ms: 400,
+            latency,
+            ..EndpointTotals::default()
+        };
+        let imported = EndpointTotals {
+            count: 1_000,
+            ..EndpointTotals::default()
+        };
+        let endpoints = BTreeMap::from([("/a".to_owned(), timed), ("/go".to_owned(), imported)]);
+        let series = Series {
+            minute: vec![],
+            hour: vec![],
+            this_minute: 0,
+            last_minute: 0,
+        };
+        let r = report(&Counters::new(), &endpoints, &[], &series, &[], 0);
+        assert_eq!(r.performance.avg_response_time_ms, 40.0);
+        assert_eq!(r.avg_response, "40ms");
+    }
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        for (nanos, text) in [
+            (0, "0s"),
+            (750, "750ns"),
+            (1_500, "1.5µs"),
+            (12_300_000, "12.3ms"),
+            (120_000_000, "120ms"),
+            (1_000_000_000, "1s"),
+            (1_500_000_000, "1.5s"),
+            (123_400_000_000, "2m3.4s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (3_723_000_000_001, "1h2m3.000000001s"),
+        ] {
+            assert_eq!(go_duration(nanos), text);
+        }
+    }
+
+    #[test]
+    fn requests_are_capped_to_the_newest() {
+        let runs = ["1 9999 /old", "2 1 /b", "3 2 /c"].map(String::from);
+        let r = request_records(&runs);
+        assert_eq!(r.len(), MAX_REQUESTS);
+        assert_eq!((r[0].timestamp, r[0].endpoint.as_str()), (1, "/old"));
+        assert_eq!(r.iter().filter(|e| e.endpoint == "/old").count(), 9_997);
+        assert_eq!((r[9_997].timestamp, r[9_997].endpoint.as_str()), (2, "/b"));
+        assert_eq!(r[MAX_REQUESTS - 1].endpoint, "/c");
+        let huge = [format!("5 {} /x", u64::MAX)];
+        assert_eq!(request_records(&huge).len(), MAX_REQUESTS);
     }
 }

@@ -19,9 +19,14 @@
 //! - `{p}:stats:minute:{t}` (25 h) and `{p}:stats:hour:{t}` (31 days)
 //!   hashes: `c`, `e`, `b0`…`b18` over all endpoints, and the same with
 //!   the prefix appended (`c/openai`) per endpoint.
+//! - `{p}:stats:requests` list: the newest requests as runs
+//!   `"{unix s} {count} {prefix}"`, one per endpoint per batch, oldest
+//!   first, the newest 10,000 runs kept.
+//! - `{p}:stats:go_import` string: the Go version's stats were imported.
 //! - `{p}:node:{node_id}` hash (1 h, refreshed by each batch) and the set
 //!   `{p}:nodes`.
 
+mod go_import;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +36,7 @@ use apiproxy_shared::{RedisKeys, StatsBatch};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-pub(crate) use writes::MAX_DELTA;
+pub(crate) use writes::{parse_request_run, MAX_DELTA};
 
 /// Series buckets `/stats` returns: 24 h of minutes, 30 days of hours.
 pub(crate) const MINUTE_BUCKETS: u64 = 1440;
@@ -129,6 +134,7 @@ pub(crate) struct NodeRecord {
     pub(crate) rss_bytes: u64,
     pub(crate) uptime_s: u64,
     pub(crate) requests_total: u64,
+    pub(crate) tasks: u64,
 }
 
 impl NodeRecord {
@@ -145,6 +151,7 @@ impl NodeRecord {
             rss_bytes: num(h, "rss_bytes"),
             uptime_s: num(h, "uptime_s"),
             requests_total: num(h, field::REQUESTS_TOTAL),
+            tasks: num(h, "tasks"),
         }
     }
 }
@@ -167,6 +174,19 @@ pub(crate) struct Series {
     pub(crate) hour: Vec<SeriesBucket>,
     pub(crate) this_minute: u64,
     pub(crate) last_minute: u64,
+}
+
+/// What [`StatsStore::import_go_stats`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GoImport {
+    /// No Go stats in this Redis.
+    Nothing,
+    /// Imported now; the summary (JSON) and the warnings of what was skipped.
+    Imported(String, Vec<String>),
+    /// Imported (or skipped) before.
+    Done,
+    /// Our totals were not empty: not imported, and never will be.
+    Skipped,
 }
 
 /// The stats and node registry of one Redis namespace.
@@ -233,6 +253,119 @@ impl StatsStore {
             .map(|(prefix, h)| (prefix, EndpointTotals::from_hash(&h)))
             .collect();
         Ok((totals, endpoints))
+    }
+
+    /// Imports the Go version's saved stats once, while our totals are
+    /// empty (see [`go_import`]).
+    pub(crate) async fn import_go_stats(&self, now_ms: u64) -> redis::RedisResult<GoImport> {
+        let mut conn = self.conn.clone();
+        let done: bool = redis::cmd("EXISTS")
+            .arg(&self.keys.stats_go_import)
+            .query_async(&mut conn)
+            .await?;
+        if done {
+            return Ok(GoImport::Done);
+        }
+        let mut warnings = Vec::new();
+        let mut text = Vec::new();
+        for key in go_import::GO_KEYS {
+            text.push(self.go_string(key, &mut warnings).await?);
+        }
+        let endpoints = match text[2].take() {
+            Some(t) => serde_json::from_str(&t).ok().or_else(|| {
+                warnings.push(format!("{}: not JSON, skipped", go_import::GO_KEYS[2]));
+                None
+            }),
+            None => self.go_endpoint_hash(&mut warnings).await?,
+        };
+        let mut go = go_import::GoStats::parse(
+            text[0].as_deref(),
+            text[1].as_deref(),
+            endpoints,
+            text[3].as_deref(),
+        );
+        warnings.append(&mut go.warnings);
+        if go.is_empty() {
+            for warning in &warnings {
+                tracing::warn!("Go stats import: {warning}");
+            }
+            return Ok(GoImport::Nothing);
+        }
+        let writes = go.plan(&self.keys, now_ms, crate::store::AUDIT_MAX_LEN);
+        let script = Script::new(go_import::IMPORT);
+        let mut invocation = script.prepare_invoke();
+        for key in &writes.keys {
+            invocation.key(key);
+        }
+        for arg in &writes.args {
+            invocation.arg(arg);
+        }
+        let outcome: String = invocation.invoke_async(&mut conn).await?;
+        Ok(match outcome.as_str() {
+            "imported" => GoImport::Imported(go.summary(now_ms), warnings),
+            "skipped" => GoImport::Skipped,
+            _ => GoImport::Done,
+        })
+    }
+
+    /// A Go key read as a string; `None` when absent or another type
+    /// (a warning then, except for `stats:endpoints`, which may be a hash).
+    async fn go_string(
+        &self,
+        key: &str,
+        warnings: &mut Vec<String>,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut conn = self.conn.clone();
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+        match kind.as_str() {
+            "string" => redis::cmd("GET").arg(key).query_async(&mut conn).await,
+            "none" => Ok(None),
+            _ if key == go_import::GO_KEYS[2] && kind == "hash" => Ok(None),
+            _ => {
+                warnings.push(format!("{key}: a Redis {kind}, not a string, skipped"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// `stats:endpoints` as a hash of per-endpoint JSON objects, read as
+    /// the one JSON object the Go version wrote; `None` when not a hash.
+    async fn go_endpoint_hash(
+        &self,
+        warnings: &mut Vec<String>,
+    ) -> redis::RedisResult<Option<serde_json::Value>> {
+        let key = go_import::GO_KEYS[2];
+        let mut conn = self.conn.clone();
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+        if kind != "hash" {
+            return Ok(None);
+        }
+        let hash: Counters = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
+        let mut map = serde_json::Map::new();
+        for (prefix, text) in hash {
+            match serde_json::from_str(&text) {
+                Ok(v) => {
+                    map.insert(prefix, v);
+                }
+                Err(_) => warnings.push(format!("{key}: {prefix:?} is not JSON, skipped")),
+            }
+        }
+        Ok(Some(serde_json::Value::Object(map)))
+    }
+
+    /// The runs of the newest requests, oldest first (as stored: see
+    /// [`writes::request_run`]).
+    pub(crate) async fn request_runs(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("LRANGE")
+            .arg(&self.keys.stats_requests)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
     }
 
     /// Every node still registered, sorted by id, and the current mappings

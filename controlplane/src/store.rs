@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use serde::Serialize;
 
 /// Audit entries kept (approximately) in the stream.
-const AUDIT_MAX_LEN: usize = 10_000;
+pub(crate) const AUDIT_MAX_LEN: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apiproxy_shared::stats::BUCKETS;
 use apiproxy_shared::{EndpointDelta, Gauges, RedisKeys, StatsBatch};
@@ -54,6 +54,7 @@ fn batch(
             inflight: 1,
             rss_bytes: 10 * MIB,
             uptime_s: 60,
+            tasks: 3,
         },
         unmatched: 0,
         endpoints: endpoints
@@ -272,7 +273,18 @@ async fn stats_add_up_batches_from_several_nodes() {
     assert_eq!(o["error_count"], 3);
     assert_eq!(o["bytes_in"], 3000);
     assert_eq!(o["bytes_out"], 30_000);
-    assert!(o["last_request"].as_u64().unwrap() > 1_600_000_000_000);
+    let now_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last_ms = o["last_request_ms"].as_u64().unwrap();
+    assert!(last_ms > 1_600_000_000_000);
+    assert_eq!(
+        o["last_request"],
+        last_ms / 1000,
+        "seconds, as the Go version"
+    );
+    assert!(now_s.abs_diff(last_ms / 1000) < 60);
     let (p50, p99) = (o["p50_ms"].as_f64().unwrap(), o["p99_ms"].as_f64().unwrap());
     assert!(
         25.0 < p50 && p50 <= 100.0 && p50 <= p99 && p99 <= 100.0,
@@ -287,6 +299,24 @@ async fn stats_add_up_batches_from_several_nodes() {
 
     let perf = &s["performance"];
     assert_eq!(perf["avg_response_time_ms"], 40.0);
+    assert_eq!(s["avg_response"], "40ms");
+    assert_eq!(s["dropped_events"], 0);
+    assert_eq!(
+        perf["goroutine_count"], 6,
+        "3 tasks on each of the two nodes"
+    );
+    let requests = s["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 35, "one entry per proxied request");
+    let to = |e: &str| requests.iter().filter(|r| r["endpoint"] == e).count();
+    assert_eq!((to("/openai"), to("/claude")), (30, 5));
+    for r in requests {
+        assert!(now_s.abs_diff(r["timestamp"].as_u64().unwrap()) < 60, "{r}");
+    }
+    let times: Vec<u64> = requests
+        .iter()
+        .map(|r| r["timestamp"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "newest last");
     assert_eq!(perf["error_rate"], 8.571, "3 / 35 in percent");
     assert_eq!(perf["memory_usage_mb"], 30.0);
     let p99 = perf["p99_response_time_ms"].as_f64().unwrap();
@@ -340,6 +370,7 @@ async fn nodes_are_up_stale_or_down() {
         inflight: 4,
         rss_bytes: 5 * MIB,
         uptime_s: 99,
+        tasks: 6,
     };
     let stale = batch("b-stale", "b", 1, &[]);
     assert_eq!(push(&api, &up).await, StatusCode::NO_CONTENT);
@@ -363,11 +394,16 @@ async fn nodes_are_up_stale_or_down() {
     assert_eq!(a["inflight"], 4);
     assert_eq!(a["rss_bytes"], 5 * MIB);
     assert_eq!(a["uptime_s"], 99);
+    assert_eq!(a["tasks"], 6);
     assert_eq!(a["requests_total"], 3);
     assert!(a["last_seen"].as_u64().unwrap() > 1_600_000_000_000);
 
     let s = stats(&api, "").await;
     assert_eq!(s["nodes"], json!({"up": 1, "stale": 1, "down": 1}));
+    assert_eq!(
+        s["performance"]["goroutine_count"], 9,
+        "the up and stale nodes' tasks; the down node is left out"
+    );
     assert_eq!(
         s["performance"]["memory_usage_mb"], 15.0,
         "the down node is left out"

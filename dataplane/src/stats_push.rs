@@ -240,6 +240,7 @@ impl StatsPusher {
             inflight: u64::try_from(self.state.metrics.inflight()).unwrap_or(0),
             rss_bytes: rss_bytes().unwrap_or(0),
             uptime_s: self.started.elapsed().as_secs(),
+            tasks: alive_tasks(),
         }
     }
 
@@ -370,6 +371,11 @@ fn boot_id() -> String {
     )
 }
 
+/// Tasks alive in this runtime; 0 outside one.
+fn alive_tasks() -> u64 {
+    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
+}
+
 /// Resident set size from `/proc/self/status` (kB there).
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -394,6 +400,17 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert_ne!(a, boot_id());
+    }
+
+    #[tokio::test]
+    async fn alive_tasks_are_counted_in_a_runtime() {
+        assert_eq!(std::thread::spawn(alive_tasks).join().unwrap(), 0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let before = alive_tasks();
+        let task = tokio::spawn(async move { rx.await.ok() });
+        assert_eq!(alive_tasks(), before + 1);
+        tx.send(()).unwrap();
+        task.await.unwrap();
     }
 
     #[test]

@@ -9,6 +9,10 @@
 /// Default namespace of every key and channel.
 pub const DEFAULT_PREFIX: &str = "apiproxy";
 
+/// Runs kept in [`RedisKeys::stats_requests`]: each holds at least one
+/// request, so they always cover the newest 10,000 requests.
+pub const REQUEST_RUNS: usize = 10_000;
+
 /// The names of everything apiproxy keeps in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisKeys {
@@ -25,6 +29,12 @@ pub struct RedisKeys {
     pub stats_totals: String,
     /// Set: every prefix that has a [`RedisKeys::stats_endpoint`] hash.
     pub stats_endpoints: String,
+    /// List: the newest proxied requests as runs `"{unix s} {count}
+    /// {prefix}"`, oldest first, at most [`REQUEST_RUNS`] of them.
+    pub stats_requests: String,
+    /// String: set once the Go version's stats were imported (or found
+    /// not to be importable); JSON saying what was done and when.
+    pub stats_go_import: String,
     /// Set: node ids that have pushed; a member whose
     /// [`RedisKeys::node`] hash expired is gone.
     pub nodes: String,
@@ -40,6 +50,8 @@ impl RedisKeys {
             audit: format!("{prefix}:audit"),
             stats_totals: format!("{prefix}:stats:totals"),
             stats_endpoints: format!("{prefix}:stats:endpoints"),
+            stats_requests: format!("{prefix}:stats:requests"),
+            stats_go_import: format!("{prefix}:stats:go_import"),
             nodes: format!("{prefix}:nodes"),
             namespace: prefix.to_owned(),
         }
@@ -98,6 +110,8 @@ mod tests {
         let k = RedisKeys::new("p");
         assert_eq!(k.stats_totals, "p:stats:totals");
         assert_eq!(k.stats_endpoints, "p:stats:endpoints");
+        assert_eq!(k.stats_requests, "p:stats:requests");
+        assert_eq!(k.stats_go_import, "p:stats:go_import");
         assert_eq!(k.nodes, "p:nodes");
         assert_eq!(k.stats_endpoint("/openai"), "p:stats:endpoint:/openai");
         assert_eq!(k.stats_seq("dp-1", "b-1"), "p:stats:seq:dp-1:b-1");

@@ -63,6 +63,10 @@ pub struct Gauges {
     pub inflight: u64,
     pub rss_bytes: u64,
     pub uptime_s: u64,
+    /// Tasks alive in the node's async runtime (the nearest figure to the
+    /// Go version's goroutine count). 0 from a node that does not send it.
+    #[serde(default)]
+    pub tasks: u64,
 }
 
 /// What one prefix saw since the last acknowledged batch.

@@ -80,12 +80,15 @@ pub(crate) async fn stats(
         validate_prefix(prefix).map_err(|e| AppError::BadRequest(format!("endpoint: {e}")))?;
     }
     let now = now_ms();
-    let ((totals, endpoints), nodes, series) = tokio::try_join!(
+    let ((totals, endpoints), nodes, series, runs) = tokio::try_join!(
         state.stats.endpoints(),
         nodes_now(&state),
         state.stats.series(now / 1000, q.endpoint.as_deref()),
+        state.stats.request_runs(),
     )?;
-    Ok(Json(report(&totals, &endpoints, &nodes, &series, now)))
+    Ok(Json(report(
+        &totals, &endpoints, &nodes, &series, &runs, now,
+    )))
 }
 
 #[utoipa::path(get, path = "/api/nodes", tag = "stats", security(("bearer" = []), ("session" = [])),

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use apiproxy_shared::redis_keys::REQUEST_RUNS;
 use apiproxy_shared::{EndpointDelta, RedisKeys, StatsBatch};
 
 use super::field;
@@ -22,6 +23,24 @@ const HOUR_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 /// thousand per batch.
 pub(crate) const MAX_DELTA: u64 = 1 << 50;
 
+/// The Lua function `run(op, key, a, b)` that performs one write of a
+/// [`Writes`] list; it returns an error reply for an unknown op.
+macro_rules! run_op {
+    () => {
+        r"
+local function run(op, key, a, b)
+  if op == 'incr' then redis.call('HINCRBY', key, a, b)
+  elseif op == 'set' then redis.call('HSET', key, a, b)
+  elseif op == 'add' then redis.call('SADD', key, a)
+  elseif op == 'expire' then redis.call('EXPIRE', key, a)
+  elseif op == 'push' then redis.call('RPUSH', key, a)
+  elseif op == 'keep' then redis.call('LTRIM', key, -tonumber(a), -1)
+  else return redis.error_reply('unknown op ' .. op) end
+end"
+    };
+}
+pub(super) use run_op;
+
 // KEYS[1]: the seq key; KEYS[2]: the node hash; then the keys the writes
 // name by index. ARGV[1]: seq; ARGV[2]: seq TTL (s); ARGV[3]: boot_id;
 // then the writes, four arguments each: op, key index, field or member
@@ -29,7 +48,9 @@ pub(crate) const MAX_DELTA: u64 = 1 << 50;
 //
 // Sequence numbers are compared as decimal strings (length, then bytes)
 // because Lua numbers are doubles and a u64 seq may not fit one.
-pub(super) const APPLY: &str = r"
+pub(super) const APPLY: &str = concat!(
+    run_op!(),
+    r"
 local function le(a, b) return #a < #b or (#a == #b and a <= b) end
 local last = redis.call('GET', KEYS[1])
 if last and le(ARGV[1], last) then return 'duplicate' end
@@ -41,14 +62,11 @@ if redis.call('HGET', KEYS[2], 'boot_id') ~= ARGV[3] then
   redis.call('HDEL', KEYS[2], 'requests_total')
 end
 for i = 4, #ARGV, 4 do
-  local op, key, a, b = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
-  if op == 'incr' then redis.call('HINCRBY', key, a, b)
-  elseif op == 'set' then redis.call('HSET', key, a, b)
-  elseif op == 'add' then redis.call('SADD', key, a)
-  elseif op == 'expire' then redis.call('EXPIRE', key, a)
-  else return redis.error_reply('unknown op ' .. op) end
+  local err = run(ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
+  if err then return err end
 end
-return 'applied'";
+return 'applied'"
+);
 
 /// The writes one batch implies, in order, as the script's KEYS and ARGV.
 #[derive(Debug, Default)]
@@ -61,7 +79,7 @@ pub(super) struct Writes {
 
 impl Writes {
     /// Declares a key; returns its 1-based index for the script.
-    fn key(&mut self, name: String) -> usize {
+    pub(super) fn key(&mut self, name: String) -> usize {
         self.keys.push(name);
         self.keys.len()
     }
@@ -72,7 +90,7 @@ impl Writes {
     }
 
     /// HINCRBY, left out when there is nothing to add.
-    fn incr(&mut self, key: usize, field: &str, by: u64) {
+    pub(super) fn incr(&mut self, key: usize, field: &str, by: u64) {
         if by > MAX_DELTA && self.too_large.is_none() {
             self.too_large = Some(field.to_owned());
         }
@@ -81,17 +99,42 @@ impl Writes {
         }
     }
 
-    fn set(&mut self, key: usize, field: &str, value: impl ToString) {
+    pub(super) fn set(&mut self, key: usize, field: &str, value: impl ToString) {
         self.op("set", key, field, value.to_string());
     }
 
-    fn add(&mut self, key: usize, member: &str) {
+    pub(super) fn add(&mut self, key: usize, member: &str) {
         self.op("add", key, member, String::new());
     }
 
     fn expire(&mut self, key: usize, ttl: Duration) {
         self.op("expire", key, &ttl.as_secs().to_string(), String::new());
     }
+
+    /// RPUSH of one element.
+    pub(super) fn push(&mut self, key: usize, value: &str) {
+        self.op("push", key, value, String::new());
+    }
+
+    /// LTRIM to the newest `n` elements.
+    pub(super) fn keep(&mut self, key: usize, n: usize) {
+        self.op("keep", key, &n.to_string(), String::new());
+    }
+}
+
+/// One run of [`RedisKeys::stats_requests`]: `count` requests to `prefix`
+/// in second `t`.
+pub(crate) fn request_run(t: u64, count: u64, prefix: &str) -> String {
+    format!("{t} {count} {prefix}")
+}
+
+/// A run read back; `None` for one that is not `"{t} {count} {prefix}"`.
+pub(crate) fn parse_request_run(run: &str) -> Option<(u64, u64, &str)> {
+    let mut parts = run.splitn(3, ' ');
+    let t = parts.next()?.parse().ok()?;
+    let count = parts.next()?.parse().ok()?;
+    let prefix = parts.next().filter(|p| p.starts_with('/'))?;
+    Some((t, count, prefix))
 }
 
 /// Counters of one endpoint's hash that a delta adds to.
@@ -155,6 +198,7 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
     let endpoints = w.key(keys.stats_endpoints.clone());
     let minute = w.key(keys.stats_minute(now_s / 60 * 60));
     let hour = w.key(keys.stats_hour(now_s / 3600 * 3600));
+    let requests_list = w.key(keys.stats_requests.clone());
 
     let mut sums = BTreeMap::new();
     let mut series_sums = BTreeMap::new();
@@ -170,6 +214,7 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
         }
         if e.requests > 0 {
             w.set(hash, field::LAST_REQUEST, now_ms);
+            w.push(requests_list, &request_run(now_s, e.requests, prefix));
         }
         for (f, n) in &series {
             let per_endpoint = format!("{f}{prefix}");
@@ -195,6 +240,9 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
     }
     w.expire(minute, MINUTE_TTL);
     w.expire(hour, HOUR_TTL);
+    if requests > 0 {
+        w.keep(requests_list, REQUEST_RUNS);
+    }
 
     w.set(node, "boot_id", &batch.boot_id);
     w.set(node, "seq", batch.seq);
@@ -204,6 +252,7 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
     w.set(node, "inflight", batch.gauges.inflight);
     w.set(node, "rss_bytes", batch.gauges.rss_bytes);
     w.set(node, "uptime_s", batch.gauges.uptime_s);
+    w.set(node, "tasks", batch.gauges.tasks);
     w.incr(
         node,
         field::REQUESTS_TOTAL,
@@ -248,6 +297,7 @@ mod tests {
                 inflight: 2,
                 rss_bytes: 1000,
                 uptime_s: 5,
+                tasks: 9,
             },
             unmatched: 4,
             endpoints: BTreeMap::from([
@@ -303,6 +353,10 @@ mod tests {
             ("incr", "p:stats:minute:1700000100", "c/a", "3"),
             ("incr", "p:stats:hour:1699999200", "e/b", "1"),
             ("expire", "p:stats:minute:1700000100", "90000", ""),
+            ("push", "p:stats:requests", "1700000123 3 /a", ""),
+            ("push", "p:stats:requests", "1700000123 5 /b", ""),
+            ("keep", "p:stats:requests", "10000", ""),
+            ("set", "p:node:dp-1", "tasks", "9"),
             ("set", "p:node:dp-1", "config_version", "3"),
             ("set", "p:node:dp-1", "last_seen", "1700000123456"),
             ("incr", "p:node:dp-1", "requests_total", "12"),
@@ -313,6 +367,23 @@ mod tests {
         }
         // Zero counters are not written at all.
         assert!(!ops(&w).iter().any(|o| o.2 == "cancelled" || o.2 == "t0"));
+    }
+
+    #[test]
+    fn request_runs_round_trip_and_odd_ones_are_refused() {
+        assert_eq!(request_run(12, 3, "/a b"), "12 3 /a b");
+        assert_eq!(parse_request_run("12 3 /a b"), Some((12, 3, "/a b")));
+        for odd in ["", "12", "12 3", "x 3 /a", "12 x /a", "12 3 a", "-1 3 /a"] {
+            assert_eq!(parse_request_run(odd), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_without_requests_pushes_no_run() {
+        let mut b = batch();
+        b.endpoints.clear();
+        let w = plan(&RedisKeys::new("p"), &b, 1_000);
+        assert!(!ops(&w).iter().any(|o| o.0 == "push" || o.0 == "keep"));
     }
 
     #[test]
