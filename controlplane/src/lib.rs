@@ -122,7 +122,13 @@ pub async fn import_go_stats(
                 tracing::info!("the Go version's stats are not imported: our totals are not empty");
                 return;
             }
-            Ok(GoImport::Nothing | GoImport::Done) => return,
+            Ok(GoImport::Done) => {
+                tracing::info!(
+                    "the Go version's stats were imported (or skipped) before: not again"
+                );
+                return;
+            }
+            Ok(GoImport::Nothing) => return,
             Err(e) if attempt == 150 => {
                 tracing::warn!(error = %e, "Go stats import: Redis unreachable, given up until the next start");
                 return;
