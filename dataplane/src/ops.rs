@@ -87,9 +87,7 @@ fn respond(state: &RoutingState, req: &Request<Incoming>) -> Response<ProxyBody>
 /// leak shows here first (the soak test checks it returns to baseline).
 fn metrics_text(state: &RoutingState) -> Vec<u8> {
     let mut text = state.metrics.encode();
-    let tasks = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    let tasks = crate::stats_push::alive_tasks();
     let mut out = String::new();
     head(
         &mut out,

@@ -371,8 +371,9 @@ fn boot_id() -> String {
     )
 }
 
-/// Tasks alive in this runtime; 0 outside one.
-fn alive_tasks() -> u64 {
+/// Tasks alive in this runtime; 0 outside one. Pushed as a gauge (the
+/// console's `goroutine_count`) and exported as `apiproxy_runtime_tasks`.
+pub(crate) fn alive_tasks() -> u64 {
     tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
 }
 
