@@ -256,16 +256,11 @@ impl StatsStore {
     }
 
     /// Imports the Go version's saved stats once, while our totals are
-    /// empty (see [`go_import`]).
+    /// empty (see [`go_import`]). Without Go stats, nothing is written.
     pub(crate) async fn import_go_stats(&self, now_ms: u64) -> redis::RedisResult<GoImport> {
-        let mut conn = self.conn.clone();
-        let done: bool = redis::cmd("EXISTS")
-            .arg(&self.keys.stats_go_import)
-            .query_async(&mut conn)
-            .await?;
-        if done {
-            return Ok(GoImport::Done);
-        }
+        // The marker is checked by the script alone, atomically with the
+        // writes: the Go keys are read (and warned about) on every start
+        // while they exist (the Go version gave them 7 days).
         let mut warnings = Vec::new();
         let mut text = Vec::new();
         for key in go_import::GO_KEYS {
@@ -300,6 +295,7 @@ impl StatsStore {
         for arg in &writes.args {
             invocation.arg(arg);
         }
+        let mut conn = self.conn.clone();
         let outcome: String = invocation.invoke_async(&mut conn).await?;
         Ok(match outcome.as_str() {
             "imported" => GoImport::Imported(go.summary(now_ms), warnings),
