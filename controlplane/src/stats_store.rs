@@ -217,15 +217,7 @@ impl StatsStore {
         if let Some(field) = writes.too_large {
             return Err(ApplyError::TooLarge(field));
         }
-        let mut invocation = self.apply.prepare_invoke();
-        for key in &writes.keys {
-            invocation.key(key);
-        }
-        for arg in &writes.args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        let outcome: String = invocation.invoke_async(&mut conn).await?;
+        let outcome = self.run(&self.apply, &writes).await?;
         Ok(if outcome == "duplicate" {
             Applied::Duplicate
         } else {
@@ -287,16 +279,8 @@ impl StatsStore {
             return Ok(GoImport::Nothing);
         }
         let writes = go.plan(&self.keys, now_ms, crate::store::AUDIT_MAX_LEN);
-        let script = Script::new(go_import::IMPORT);
-        let mut invocation = script.prepare_invoke();
-        for key in &writes.keys {
-            invocation.key(key);
-        }
-        for arg in &writes.args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        let outcome: String = invocation.invoke_async(&mut conn).await?;
+        let import = Script::new(go_import::IMPORT);
+        let outcome = self.run(&import, &writes).await?;
         Ok(match outcome.as_str() {
             "imported" => GoImport::Imported(go.summary(now_ms), warnings),
             "skipped" => GoImport::Skipped,
@@ -394,6 +378,19 @@ impl StatsStore {
                 .await?;
         }
         Ok((nodes, version.unwrap_or(0)))
+    }
+
+    /// Runs `script` with the KEYS and ARGV of `writes`; its reply.
+    async fn run(&self, script: &Script, writes: &writes::Writes) -> redis::RedisResult<String> {
+        let mut invocation = script.prepare_invoke();
+        for key in &writes.keys {
+            invocation.key(key);
+        }
+        for arg in &writes.args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        invocation.invoke_async(&mut conn).await
     }
 
     /// HGETALL of every key, in one round trip.
