@@ -11,7 +11,10 @@ pub mod stats;
 pub mod update;
 
 pub use content_hash::content_hash;
-pub use mapping::{validate_mapping, validate_prefix, Mapping, MappingError, Scheme, Target};
+pub use mapping::{
+    canonical_prefix, loggable_target, validate_mapping, validate_prefix, Mapping, MappingError,
+    Scheme, Target,
+};
 pub use redis_keys::RedisKeys;
 pub use stats::{EndpointDelta, Gauges, StatsBatch};
 pub use update::{UpdateMessage, UpdateOp};

@@ -2,6 +2,7 @@
 //! (SPEC §5). Every mapping the data plane routes and every mapping the
 //! control plane stores passes through [`validate_mapping`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -53,12 +54,16 @@ pub struct Target {
     pub authority: String,
     /// Empty, or begins with `/` and does not end with `/`.
     pub base_path: String,
+    /// The target's own query (without `?`, never empty): sent before the
+    /// client's. It may hold credentials (`key=`): never log it.
+    pub query: Option<String>,
 }
 
 impl Target {
     /// Parses and validates a target URL (SPEC §5): absolute `http` or
-    /// `https`, a host, no user info, no query, no fragment, at most
-    /// [`MAX_TARGET_LEN`] bytes. A trailing `/` is dropped.
+    /// `https`, a host, no user info, no fragment, at most
+    /// [`MAX_TARGET_LEN`] bytes. A trailing `/` of the path is dropped, and
+    /// so is an empty query (a bare `?`).
     pub fn parse(raw: &str) -> Result<Target, MappingError> {
         use MappingError::Target as E;
         if raw.is_empty() {
@@ -78,9 +83,12 @@ impl Target {
         if rest.contains('#') {
             return Err(E("must not contain a fragment (#)"));
         }
-        if rest.contains('?') {
-            return Err(E("must not contain a query (?)"));
-        }
+        // The query ends the authority and the path wherever it starts, as
+        // in every URL parser: `http://h?x/y` is the host `h`.
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -92,11 +100,15 @@ impl Target {
         if !path.bytes().all(is_path_byte) {
             return Err(E("path contains characters not allowed in a URL path"));
         }
+        if !query.unwrap_or("").bytes().all(is_query_byte) {
+            return Err(E("query contains characters not allowed in a URL query"));
+        }
         let base_path = path.trim_end_matches('/');
         Ok(Target {
             scheme,
             authority: authority.to_ascii_lowercase(),
             base_path: base_path.to_owned(),
+            query: query.filter(|q| !q.is_empty()).map(str::to_owned),
         })
     }
 
@@ -118,7 +130,20 @@ impl fmt::Display for Target {
             self.scheme.as_str(),
             self.authority,
             self.base_path
-        )
+        )?;
+        match &self.query {
+            Some(query) => write!(f, "?{query}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A target as it may be logged: without its query (`?…` shows that it
+/// has one), which may hold credentials.
+pub fn loggable_target(target: &str) -> Cow<'_, str> {
+    match target.split_once('?') {
+        Some((before, _)) => Cow::Owned(format!("{before}?…")),
+        None => Cow::Borrowed(target),
     }
 }
 
@@ -187,16 +212,28 @@ fn is_path_byte(b: u8) -> bool {
     is_prefix_byte(b) || b == b'%'
 }
 
-/// Characters a prefix may hold: unreserved, sub-delims, `:`, `@`, `/`.
-/// No `%`, so a prefix has exactly one spelling on the wire.
+/// Characters a query may hold: a path's, and `?`.
+fn is_query_byte(b: u8) -> bool {
+    is_path_byte(b) || b == b'?'
+}
+
+/// ASCII characters a prefix may hold: unreserved, sub-delims, `:`, `@`,
+/// `/`. A `%` only as the encoding of a non-ASCII byte, so that a prefix
+/// has exactly one spelling on the wire.
 fn is_prefix_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
 }
 
-/// Validates a prefix (SPEC §5): starts with `/`, at most
-/// [`MAX_PREFIX_LEN`] bytes, URL path characters only, no empty or dot
-/// segments, no trailing `/` except the prefix `/` itself.
-pub fn validate_prefix(prefix: &str) -> Result<(), MappingError> {
+/// The one spelling of a prefix (SPEC §5), in which it is matched against
+/// the raw request path: non-ASCII characters percent-encoded as UTF-8 with
+/// upper-case hex (`/café` is `/caf%C3%A9`), and a trailing `/` dropped
+/// (`/trail/` is `/trail`) except from the prefix `/` itself. Refused
+/// unless that spelling starts with `/`, is at most [`MAX_PREFIX_LEN`]
+/// bytes of URL path characters, holds a `%` only as `%XX` encoding a byte
+/// of 0x80 or more (`%C3%A9` typed directly is `é`; `%c3%a9`, `%2F` or
+/// `%41` are refused), decodes to UTF-8, and has no empty or dot segments.
+/// Borrowed unless non-ASCII characters had to be encoded.
+pub fn canonical_prefix(prefix: &str) -> Result<Cow<'_, str>, MappingError> {
     use MappingError::Prefix as E;
     if prefix.is_empty() {
         return Err(E("must not be empty"));
@@ -204,24 +241,81 @@ pub fn validate_prefix(prefix: &str) -> Result<(), MappingError> {
     if !prefix.starts_with('/') {
         return Err(E("must start with /"));
     }
+    if prefix == "/" {
+        return Ok(Cow::Borrowed(prefix));
+    }
+    // Every character may only grow; a trailing `/` is the one thing that
+    // can shrink, so this bounds the work on hostile input.
+    if prefix.len() > MAX_PREFIX_LEN + 1 {
+        return Err(E("longer than 256 bytes"));
+    }
+    let mut spelled: Cow<'_, str> = Cow::Borrowed(prefix);
+    if !prefix.is_ascii() {
+        let mut encoded = String::with_capacity(prefix.len() * 3);
+        for b in prefix.bytes() {
+            if b.is_ascii() {
+                encoded.push(char::from(b));
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        spelled = Cow::Owned(encoded);
+    }
+    if spelled.ends_with('/') {
+        match spelled {
+            Cow::Borrowed(s) => spelled = Cow::Borrowed(&s[..s.len() - 1]),
+            Cow::Owned(ref mut s) => {
+                s.pop();
+            }
+        }
+    }
+    check_spelling(&spelled)?;
+    Ok(spelled)
+}
+
+/// The rules of [`canonical_prefix`] on a spelling already encoded and
+/// without its trailing `/`.
+fn check_spelling(prefix: &str) -> Result<(), MappingError> {
+    use MappingError::Prefix as E;
     if prefix.len() > MAX_PREFIX_LEN {
         return Err(E("longer than 256 bytes"));
     }
-    if prefix == "/" {
-        return Ok(());
+    let b = prefix.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |j: usize| match b.get(j) {
+                    Some(d @ b'0'..=b'9') => Some(d - b'0'),
+                    Some(d @ b'A'..=b'F') => Some(d - b'A' + 10),
+                    _ => None,
+                };
+                match (hex(i + 1), hex(i + 2)) {
+                    (Some(hi @ 8..), Some(lo)) => decoded.push(hi << 4 | lo),
+                    _ => return Err(E(
+                        "% only as the encoding of a non-ASCII byte (%80 to %FF, upper-case hex)",
+                    )),
+                }
+                i += 3;
+            }
+            c if is_prefix_byte(c) => {
+                decoded.push(c);
+                i += 1;
+            }
+            c => {
+                return Err(match c {
+                    b'?' => E("must not contain ?"),
+                    b'#' => E("must not contain #"),
+                    b'\\' => E("must not contain \\"),
+                    c if c.is_ascii_whitespace() => E("must not contain whitespace"),
+                    _ => E("contains characters not allowed in a URL path"),
+                })
+            }
+        }
     }
-    if let Some(b) = prefix.bytes().find(|b| !is_prefix_byte(*b)) {
-        return Err(match b {
-            b'?' => E("must not contain ?"),
-            b'#' => E("must not contain #"),
-            b'%' => E("must not contain %"),
-            b'\\' => E("must not contain \\"),
-            b if b.is_ascii_whitespace() => E("must not contain whitespace"),
-            _ => E("contains characters not allowed in a URL path"),
-        });
-    }
-    if prefix.ends_with('/') {
-        return Err(E("must not end with / (except the prefix / itself)"));
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(E("percent-encoded bytes are not UTF-8"));
     }
     for segment in prefix[1..].split('/') {
         match segment {
@@ -233,13 +327,26 @@ pub fn validate_prefix(prefix: &str) -> Result<(), MappingError> {
     Ok(())
 }
 
-/// Validates both halves of a mapping and returns it with the target
-/// normalised (lower-case scheme and host, no trailing `/`).
+/// Validates a prefix that must already be in its one spelling
+/// ([`canonical_prefix`]), as the prefixes nodes report stats for are.
+pub fn validate_prefix(prefix: &str) -> Result<(), MappingError> {
+    if canonical_prefix(prefix)? == prefix {
+        Ok(())
+    } else {
+        Err(MappingError::Prefix(
+            "must be written in its one spelling (non-ASCII percent-encoded, no trailing /)",
+        ))
+    }
+}
+
+/// Validates both halves of a mapping and returns it normalised: the
+/// prefix in its one spelling ([`canonical_prefix`]), the target with a
+/// lower-case scheme and host and no trailing `/` on its path.
 pub fn validate_mapping(prefix: &str, target: &str) -> Result<Mapping, MappingError> {
-    validate_prefix(prefix)?;
+    let prefix = canonical_prefix(prefix)?;
     let parsed = Target::parse(target)?;
     Ok(Mapping {
-        prefix: prefix.to_owned(),
+        prefix: prefix.into_owned(),
         target: parsed.to_string(),
     })
 }
@@ -265,14 +372,61 @@ mod tests {
     #[test]
     fn prefix_rules_each_have_a_message_naming_the_field() {
         for bad in [
-            "", "openai", "/a/", "/a//b", "/a/./b", "/..", "/a b", "/a?b", "/a#b", "/a%2Fb",
+            "",
+            "openai",
+            "//",
+            "/a//",
+            "/a//b",
+            "/a/./b",
+            "/..",
+            "/../",
+            "/a b",
+            "/a?b",
+            "/a#b",
+            "/a%2Fb",
             "/a\\b",
+            "/caf%c3%a9",
+            "/%41",
+            "/%C3",
+            "/%E9",
+            "/a%",
+            "/a%C",
         ] {
             let err = validate_prefix(bad).expect_err(bad);
             assert!(err.to_string().starts_with("prefix: "), "{bad}: {err}");
         }
         assert!(validate_prefix(&format!("/{}", "a".repeat(255))).is_ok());
         assert!(validate_prefix(&format!("/{}", "a".repeat(256))).is_err());
+        // The limit is on the one spelling: a trailing `/` does not count,
+        // an encoded character counts three bytes a byte.
+        assert!(canonical_prefix(&format!("/{}/", "a".repeat(255))).is_ok());
+        assert!(canonical_prefix(&format!("/{}é", "a".repeat(249))).is_ok());
+        assert!(canonical_prefix(&format!("/{}é", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn a_prefix_has_one_spelling() {
+        for (raw, one) in [
+            ("/", "/"),
+            ("/trail/", "/trail"),
+            ("/a/b/", "/a/b"),
+            ("/café", "/caf%C3%A9"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/café/", "/caf%C3%A9"),
+            ("/ca%C3%A9f%C3%A9", "/ca%C3%A9f%C3%A9"),
+            ("/日本/v1", "/%E6%97%A5%E6%9C%AC/v1"),
+            ("/💥", "/%F0%9F%92%A5"),
+        ] {
+            assert_eq!(canonical_prefix(raw).as_deref(), Ok(one), "{raw}");
+            assert_eq!(validate_mapping(raw, "http://h").unwrap().prefix, one);
+            assert_eq!(validate_prefix(one), Ok(()), "{one}");
+            if raw != one {
+                let err = validate_prefix(raw).expect_err(raw);
+                assert!(err.to_string().contains("one spelling"), "{raw}: {err}");
+            }
+        }
+        // Unchanged ASCII spellings are not copied.
+        assert!(matches!(canonical_prefix("/openai"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]
@@ -283,8 +437,11 @@ mod tests {
             "ftp://x",
             "https://",
             "https://user:pw@host",
-            "https://host/?q=1",
+            "https://host/?q=1#f",
             "https://host/#f",
+            "https://host/?q=é",
+            "https://host/?q\\x",
+            "https://host?q=a b",
             "https://ho st",
             "https://host:0",
             "https://host:65536",
@@ -307,6 +464,48 @@ mod tests {
         assert_eq!(t.base_path, "/api");
         assert_eq!(t.to_string(), "https://api.example.com:8443/api");
         assert_eq!(Target::parse("http://[::1]:80").unwrap().host(), "::1");
+        assert_eq!(t.query, None);
+    }
+
+    #[test]
+    fn target_query_is_kept_and_never_logged() {
+        for (raw, base, query, shown) in [
+            (
+                "http://host/q?key=K",
+                "/q",
+                Some("key=K"),
+                "http://host/q?key=K",
+            ),
+            (
+                "http://host/q/?key=K",
+                "/q",
+                Some("key=K"),
+                "http://host/q?key=K",
+            ),
+            ("http://host?key=K", "", Some("key=K"), "http://host?key=K"),
+            (
+                "http://host/?a=1&b=%20/?",
+                "",
+                Some("a=1&b=%20/?"),
+                "http://host?a=1&b=%20/?",
+            ),
+            ("http://host/q?", "/q", None, "http://host/q"),
+            // The query ends the host: `?` cannot move it.
+            (
+                "http://host?@evil.test/x",
+                "",
+                Some("@evil.test/x"),
+                "http://host?@evil.test/x",
+            ),
+        ] {
+            let t = Target::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(t.authority, "host", "{raw}");
+            assert_eq!(t.base_path, base, "{raw}");
+            assert_eq!(t.query.as_deref(), query, "{raw}");
+            assert_eq!(t.to_string(), shown, "{raw}");
+        }
+        assert_eq!(loggable_target("http://host/q?key=K"), "http://host/q?…");
+        assert_eq!(loggable_target("http://host/q"), "http://host/q");
     }
 
     #[test]
@@ -335,7 +534,8 @@ mod tests {
     }
 
     /// An accepted target connects to exactly the host written between
-    /// `://` and the path (user info, `\`, `#` or `?` cannot move it),
+    /// `://` and the path or query (user info, `\`, `#` or `?` cannot move
+    /// it), keeps the query after the first `?` (a bare `?` dropped),
     /// normalises to a fixed point, and round-trips as a mapping.
     fn check_target(raw: &str) -> Result<(), TestCaseError> {
         let mapping = validate_mapping("/p", raw);
@@ -351,6 +551,10 @@ mod tests {
             return Err(TestCaseError::fail("accepted without ://"));
         };
         prop_assert_eq!(scheme.to_ascii_lowercase(), target.scheme.as_str());
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         prop_assert_eq!(authority.to_ascii_lowercase(), target.authority.as_str());
         // `host[:port]`: a name or an IPv6 address in brackets, and a port
@@ -379,6 +583,11 @@ mod tests {
         prop_assert!(path
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'));
+        prop_assert_eq!(target.query.as_deref(), query.filter(|q| !q.is_empty()));
+        prop_assert!(query
+            .unwrap_or("")
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'#' && b != b'\\'));
 
         let mapping = mapping.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&mapping.target, &target.to_string());
@@ -393,30 +602,73 @@ mod tests {
     }
 
     /// SPEC §5's prefix rule, read as "one spelling on the wire, nothing a
-    /// URL normaliser could change": `/`, or at most 256 bytes of
-    /// `/`-separated segments that are not empty, `.` or `..`, made of
-    /// unreserved characters, sub-delims, `:` and `@` (no `%`: an encoded
-    /// spelling would be a second one). Accepted exactly then.
+    /// URL normaliser could change", computed here with plain string
+    /// operations: the raw prefix with its non-ASCII bytes written `%XX`
+    /// (upper-case hex) and one trailing `/` dropped is `/`, or at most 256
+    /// bytes of `/`-separated segments that are not empty, `.` or `..`,
+    /// made of unreserved characters, sub-delims, `:`, `@` and `%XX` of a
+    /// byte 0x80 or more (any other `%` would be a second spelling), whose
+    /// decoded bytes are UTF-8. Accepted exactly then, as that spelling,
+    /// which is its own.
     fn check_prefix(raw: &str) -> Result<(), TestCaseError> {
+        let encoded: String = raw
+            .bytes()
+            .map(|b| match b {
+                0x80.. => format!("%{b:02X}"),
+                _ => char::from(b).to_string(),
+            })
+            .collect();
+        let one = match encoded.strip_suffix('/') {
+            Some(shorter) if shorter.starts_with('/') => shorter.to_owned(),
+            _ => encoded,
+        };
+        let plain_byte = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
         let plain = |s: &str| {
-            !matches!(s, "" | "." | "..")
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b))
+            if matches!(s, "" | "." | "..") {
+                return false;
+            }
+            let mut pieces = s.split('%');
+            let first = pieces.next().unwrap_or("");
+            first.bytes().all(plain_byte)
+                && pieces.all(|p| {
+                    p.len() >= 2
+                        && matches!(p.as_bytes()[0], b'8'..=b'9' | b'A'..=b'F')
+                        && matches!(p.as_bytes()[1], b'0'..=b'9' | b'A'..=b'F')
+                        && p[2..].bytes().all(plain_byte)
+                })
+        };
+        let utf8 = || {
+            let mut bytes = Vec::new();
+            let mut pieces = one.split('%');
+            bytes.extend(pieces.next().unwrap_or("").bytes());
+            for p in pieces {
+                bytes.push(u8::from_str_radix(&p[..2], 16).unwrap());
+                bytes.extend(p[2..].bytes());
+            }
+            String::from_utf8(bytes).is_ok()
         };
         let expected = raw == "/"
-            || (raw.len() <= MAX_PREFIX_LEN
-                && raw
+            || (one.len() <= MAX_PREFIX_LEN
+                && one
                     .strip_prefix('/')
-                    .is_some_and(|r| r.split('/').all(plain)));
-        match validate_prefix(raw) {
-            Ok(()) => {
+                    .is_some_and(|r| r.split('/').all(plain))
+                && utf8());
+        match canonical_prefix(raw) {
+            Ok(canonical) => {
                 prop_assert!(expected, "accepted");
+                prop_assert_eq!(&*canonical, one.as_str());
+                let again = canonical_prefix(&one);
+                prop_assert_eq!(again.as_deref(), Ok(one.as_str()));
+                prop_assert_eq!(validate_prefix(&one), Ok(()));
+                prop_assert_eq!(validate_prefix(raw).is_ok(), raw == one);
                 let mapping = validate_mapping(raw, "http://h");
-                prop_assert_eq!(mapping.map(|m| m.prefix), Ok(raw.to_owned()));
+                prop_assert_eq!(mapping.map(|m| m.prefix), Ok(one));
             }
             Err(error) => {
                 prop_assert!(!expected, "refused: {}", error);
                 prop_assert!(error.to_string().starts_with("prefix: "), "{}", error);
+                prop_assert_eq!(validate_prefix(raw), Err(error.clone()));
+                prop_assert_eq!(validate_mapping(raw, "http://h"), Err(error));
             }
         }
         Ok(())
@@ -463,6 +715,7 @@ mod tests {
             "127.0.0.1",
             "localhost",
             "a_b",
+            "h?",
             "xn--bcher-kva.test",
             "[::1]",
             "[FE80::1:2]",
@@ -486,7 +739,6 @@ mod tests {
             "a\\b",
             "a%2eb",
             "h#",
-            "h?",
             "h\t",
         ],
     );
@@ -525,8 +777,11 @@ mod tests {
             "A-b_c",
             "%",
             "%zz",
+            "?",
+            "?key=K",
+            "&a=1",
         ],
-        &["\\", "?", "#", "é", "💥", " ", "\t", "\u{0}", "\u{7f}"],
+        &["\\", "#", "é", "💥", " ", "\t", "\u{0}", "\u{7f}"],
     );
 
     /// Mostly accepted pieces, so that whole inputs are accepted often
@@ -570,16 +825,31 @@ mod tests {
                     && h_ok
                     && p_ok
                     && path_ok
-                    && (path.is_empty() || path.starts_with('/'));
+                    && (path.is_empty() || path.starts_with('/') || path.starts_with('?'));
                 (format!("{s}{u}{h}{p}{path}"), valid)
             });
         prop_oneof![6 => built, 1 => any::<String>().prop_map(|s| (s, false))]
     }
 
     const SEGMENTS: (&[&str], &[&str]) = (
-        &["...", ".a", "a.", "~", "@", ":", ";x=1", "!$&'()*+,="],
         &[
-            "", ".", "..", "%2e", "%2F", "%", "\\", "?", "#", "é", " ", "\t",
+            "...",
+            ".a",
+            "a.",
+            "~",
+            "@",
+            ":",
+            ";x=1",
+            "!$&'()*+,=",
+            "é",
+            "café",
+            "%C3%A9",
+            "💥",
+            "%F0%9F%92%A5",
+        ],
+        &[
+            "", ".", "..", "%2e", "%2F", "%", "\\", "?", "#", " ", "\t", "%c3%a9", "%C3", "%A9",
+            "%41", "%E9", "%C3%", "%G0",
         ],
     );
 
@@ -590,7 +860,7 @@ mod tests {
             1 => piece(SEGMENTS).prop_map(String::from),
         ];
         prop_oneof![
-            6 => vec(segment, 1..5).prop_map(|s| format!("/{}", s.join("/"))),
+            6 => (vec(segment, 1..5), "/?").prop_map(|(s, end)| format!("/{}{end}", s.join("/"))),
             1 => vec(piece(PATH_PIECES), 0..8).prop_map(|p| p.concat()),
             // Around the 256-byte limit.
             1 => "(/[a-z]{1,3}){60,90}",
