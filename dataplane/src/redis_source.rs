@@ -234,7 +234,7 @@ impl RedisSource {
             prefix,
             target.as_deref(),
             update.version,
-            applied.entries.len(),
+            &applied.entries,
             &self.state.metrics,
         );
         debug!(

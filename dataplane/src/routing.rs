@@ -7,9 +7,11 @@
 //! depth (capped by the deepest configured prefix), never on how many
 //! mappings there are.
 
+use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use apiproxy_shared::{validate_mapping, Target};
+use apiproxy_shared::{canonical_prefix, validate_mapping, Target};
 use fnv::FnvHashMap;
 use http::uri::{InvalidUri, PathAndQuery};
 use http::{HeaderValue, Uri};
@@ -22,7 +24,12 @@ use crate::stats::PrefixStats;
 /// One routable mapping with everything the request path needs prepared.
 #[derive(Debug)]
 pub struct Route {
+    /// The prefix in its one spelling ([`canonical_prefix`]): what the raw
+    /// request path is matched against, and the name stats know it by.
     pub(crate) prefix: Arc<str>,
+    /// The prefix exactly as configured (`/trail/`, `/café`), to recognise
+    /// an unchanged entry and for the content hash.
+    raw_prefix: Box<str>,
     pub(crate) target: Target,
     /// The target exactly as configured, to recognise an unchanged entry.
     raw_target: Box<str>,
@@ -45,8 +52,13 @@ pub struct Snapshot {
     /// Segments in the deepest prefix: longer paths start probing there.
     max_depth: usize,
     pub(crate) version: u64,
-    /// Entries skipped because they failed validation.
+    /// Entries skipped because they failed validation, or lost to another
+    /// spelling of their prefix.
     pub(crate) invalid_entries: usize,
+    /// Whether some entry's prefix is not in its one spelling, so that one
+    /// change may decide between two entries: [`Snapshot::with_change`]
+    /// then rebuilds from all of them.
+    aliased: bool,
 }
 
 impl Snapshot {
@@ -78,7 +90,9 @@ impl Snapshot {
         for (prefix, target) in entries {
             let (prefix, target) = (prefix.as_ref(), target.as_ref());
             let route = match self.routes.get(prefix) {
-                Some(same) if &*same.raw_target == target => same.clone(),
+                Some(same) if *same.raw_prefix == *prefix && &*same.raw_target == target => {
+                    same.clone()
+                }
                 _ => match Route::new(prefix, target, metrics) {
                     Ok(route) => Arc::new(route),
                     Err(error) => {
@@ -88,23 +102,59 @@ impl Snapshot {
                     }
                 },
             };
-            snapshot.max_depth = snapshot.max_depth.max(depth(prefix));
-            snapshot.routes.insert(route.prefix.clone(), route);
+            snapshot.insert(route);
         }
         snapshot
     }
 
+    /// Adds a route. Two spellings of one prefix (`/trail` and `/trail/`,
+    /// as the Go version allowed) are one route: the entry in the one
+    /// spelling wins, else the smaller raw prefix, whatever the order the
+    /// entries come in, so every node picks the same; the other is counted
+    /// as invalid.
+    fn insert(&mut self, route: Arc<Route>) {
+        self.aliased |= *route.raw_prefix != *route.prefix;
+        self.max_depth = self.max_depth.max(depth(&route.prefix));
+        match self.routes.entry(route.prefix.clone()) {
+            Entry::Vacant(slot) => {
+                slot.insert(route);
+            }
+            // The same raw prefix twice (never from a hash): the later wins.
+            Entry::Occupied(mut slot) if slot.get().raw_prefix == route.raw_prefix => {
+                slot.insert(route);
+            }
+            Entry::Occupied(mut slot) => {
+                let rank = |r: &Route| (*r.raw_prefix != *r.prefix, r.raw_prefix.clone());
+                let (kept, skipped) = if rank(&route) < rank(slot.get()) {
+                    let old = slot.insert(route);
+                    (slot.get().raw_prefix.clone(), old.raw_prefix.clone())
+                } else {
+                    (slot.get().raw_prefix.clone(), route.raw_prefix.clone())
+                };
+                warn!(prefix = %slot.key(), kept = %kept, skipped = %skipped, "skipping a second spelling of one prefix");
+                self.invalid_entries += 1;
+            }
+        }
+    }
+
     /// The snapshot after one announced change (`target` `None`: deleted),
-    /// sharing every other route. `raw_entries` is how many raw entries the
-    /// source now holds, so the invalid count stays exact.
+    /// sharing every other route. `entries` are the raw entries the source
+    /// now holds (the change applied), so the invalid count stays exact;
+    /// when a prefix is not in its one spelling, here or in the change,
+    /// the change may decide between two spellings, and the snapshot is
+    /// rebuilt from them all.
     pub(crate) fn with_change(
         &self,
         prefix: &str,
         target: Option<&str>,
         version: u64,
-        raw_entries: usize,
+        entries: &BTreeMap<String, String>,
         metrics: &Metrics,
     ) -> Snapshot {
+        if self.aliased || canonical_prefix(prefix).is_ok_and(|one| one != prefix) {
+            return self.next(entries, version, metrics);
+        }
+        let raw_entries = entries.len();
         let mut routes = self.routes.clone();
         routes.remove(prefix);
         let mut max_depth = self.max_depth;
@@ -126,13 +176,19 @@ impl Snapshot {
             routes,
             max_depth,
             version,
+            aliased: false,
         }
     }
 
-    /// [`apiproxy_shared::content_hash`] of the routes as configured, so the
+    /// [`apiproxy_shared::content_hash`] of the routed entries as
+    /// configured (raw prefix and target, as the hash holds them), so the
     /// console can tell whether nodes serve the same set.
     pub(crate) fn content_hash(&self) -> String {
-        apiproxy_shared::content_hash(self.routes.values().map(|r| (&*r.prefix, &*r.raw_target)))
+        apiproxy_shared::content_hash(
+            self.routes
+                .values()
+                .map(|r| (&*r.raw_prefix, &*r.raw_target)),
+        )
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -180,6 +236,8 @@ impl Route {
         metrics: &Metrics,
     ) -> Result<Route, apiproxy_shared::MappingError> {
         let mapping = validate_mapping(prefix, target)?;
+        let raw_prefix = prefix;
+        let prefix = mapping.prefix.as_str();
         let target_raw = target;
         let target = Target::parse(&mapping.target)?;
         let host = HeaderValue::from_str(&target.authority).map_err(|_| {
@@ -192,6 +250,7 @@ impl Route {
                 target.authority.parse().map_err(invalid)?,
             ),
             prefix: Arc::from(prefix),
+            raw_prefix: raw_prefix.into(),
             host,
             stats: metrics.prefix(prefix),
             raw_target: target_raw.into(),
@@ -200,9 +259,11 @@ impl Route {
     }
 
     /// The upstream request target, in origin form: the target's base path,
-    /// then the rest of the path, then `?` and the raw query. Nothing is
-    /// decoded or re-encoded; an empty result path is sent as `/`. The
-    /// host is [`Route::upstream`], never rebuilt per request.
+    /// then the rest of the path, then `?` and the raw query. A target with
+    /// its own query sends it first, then `&` and the client's query if it
+    /// is not empty (`/q/rest?key=K&a=1`). Nothing is decoded or
+    /// re-encoded; an empty result path is sent as `/`. The host is
+    /// [`Route::upstream`], never rebuilt per request.
     pub(crate) fn upstream_target(
         &self,
         rest: &str,
@@ -210,15 +271,29 @@ impl Route {
     ) -> Result<Uri, InvalidUri> {
         let base = &self.target.base_path;
         let path_len = (base.len() + rest.len()).max(1);
+        let own = self.target.query.as_deref();
+        let query_len = match (own, query) {
+            (None, None) => 0,
+            (None, Some(q)) => q.len() + 1,
+            (Some(own), None | Some("")) => own.len() + 1,
+            (Some(own), Some(q)) => own.len() + q.len() + 2,
+        };
         // Exactly the length: a `Vec` whose capacity is its length becomes
         // the URI's `Bytes` as it is; any other costs one more allocation.
-        let mut target = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
+        let mut target = String::with_capacity(path_len + query_len);
         target.push_str(base);
         target.push_str(rest);
         if target.is_empty() {
             target.push('/');
         }
-        if let Some(q) = query {
+        if let Some(own) = own {
+            target.push('?');
+            target.push_str(own);
+            if let Some(q) = query.filter(|q| !q.is_empty()) {
+                target.push('&');
+                target.push_str(q);
+            }
+        } else if let Some(q) = query {
             target.push('?');
             target.push_str(q);
         }
@@ -342,12 +417,24 @@ mod tests {
             .is_none());
     }
 
+    fn raw(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect()
+    }
+
     #[test]
     fn with_change_edits_one_route_and_keeps_counts_exact() {
         let metrics = Metrics::new();
         let first = Snapshot::build([("/a", "http://a"), ("/bad", "ftp://x")], 1, &metrics);
         assert_eq!(first.invalid_entries, 1);
-        let added = first.with_change("/b/c", Some("http://b"), 2, 3, &metrics);
+        let all = raw(&[
+            ("/a", "http://a"),
+            ("/bad", "ftp://x"),
+            ("/b/c", "http://b"),
+        ]);
+        let added = first.with_change("/b/c", Some("http://b"), 2, &all, &metrics);
         assert_eq!(
             (added.len(), added.invalid_entries, added.version),
             (2, 1, 2)
@@ -357,12 +444,163 @@ mod tests {
             added.lookup("/a").unwrap().0
         ));
         assert_eq!(added.lookup("/b/c/d").unwrap().1, "/d");
-        let deleted = added.with_change("/a", None, 3, 2, &metrics);
+        let all = raw(&[("/bad", "ftp://x"), ("/b/c", "http://b")]);
+        let deleted = added.with_change("/a", None, 3, &all, &metrics);
         assert!(deleted.lookup("/a").is_none());
-        let fixed = deleted.with_change("/bad", Some("http://ok"), 4, 2, &metrics);
+        let all = raw(&[("/bad", "http://ok"), ("/b/c", "http://b")]);
+        let fixed = deleted.with_change("/bad", Some("http://ok"), 4, &all, &metrics);
         assert_eq!((fixed.len(), fixed.invalid_entries), (2, 0));
-        let broken = fixed.with_change("/a", Some("nope"), 5, 3, &metrics);
+        let all = raw(&[("/a", "nope"), ("/bad", "http://ok"), ("/b/c", "http://b")]);
+        let broken = fixed.with_change("/a", Some("nope"), 5, &all, &metrics);
         assert_eq!((broken.len(), broken.invalid_entries), (2, 1));
+        assert!(Arc::ptr_eq(
+            fixed.lookup("/b/c").unwrap().0,
+            broken.lookup("/b/c").unwrap().0
+        ));
+    }
+
+    #[test]
+    fn go_era_prefixes_route_in_their_one_spelling() {
+        let s = snapshot(&[
+            ("/trail/", "http://t/base"),
+            ("/café", "http://c"),
+            ("/日本/v1/", "http://j"),
+        ]);
+        assert_eq!((s.len(), s.invalid_entries), (3, 0));
+        assert_eq!(route_for(&s, "/trail/x"), Some(("/trail".into(), "/x")));
+        assert_eq!(route_for(&s, "/trail/"), Some(("/trail".into(), "/")));
+        assert_eq!(route_for(&s, "/trail"), Some(("/trail".into(), "")));
+        assert_eq!(route_for(&s, "/trailer"), None);
+        // The raw path: non-ASCII as percent-encoded UTF-8, upper-case hex.
+        assert_eq!(
+            route_for(&s, "/caf%C3%A9/x"),
+            Some(("/caf%C3%A9".into(), "/x"))
+        );
+        assert_eq!(route_for(&s, "/caf%c3%a9/x"), None);
+        assert_eq!(route_for(&s, "/café/x"), None);
+        assert_eq!(
+            route_for(&s, "/%E6%97%A5%E6%9C%AC/v1/m"),
+            Some(("/%E6%97%A5%E6%9C%AC/v1".into(), "/m"))
+        );
+        let (route, rest) = s.lookup("/trail/x").unwrap();
+        assert_eq!(route.upstream_target(rest, None).unwrap(), "/base/x");
+        // Nodes report stats under the one spelling, and the hash of what
+        // the hash holds, as configured.
+        assert_eq!(&**route.stats.prefix(), "/trail");
+        assert_eq!(
+            s.content_hash(),
+            apiproxy_shared::content_hash([
+                ("/trail/", "http://t/base"),
+                ("/café", "http://c"),
+                ("/日本/v1/", "http://j"),
+            ])
+        );
+    }
+
+    #[test]
+    fn two_spellings_of_one_prefix_are_decided_the_same_in_any_order() {
+        let metrics = Metrics::new();
+        for (entries, kept) in [
+            (
+                vec![("/trail/", "http://slash"), ("/trail", "http://one")],
+                "/trail",
+            ),
+            (
+                vec![("/trail", "http://one"), ("/trail/", "http://slash")],
+                "/trail",
+            ),
+            (
+                vec![("/café", "http://raw"), ("/caf%C3%A9", "http://one")],
+                "/caf%C3%A9",
+            ),
+            (vec![("/café/", "http://b"), ("/café", "http://a")], "/café"),
+            (vec![("/café", "http://a"), ("/café/", "http://b")], "/café"),
+            (
+                vec![
+                    ("/caf%C3%A9/", "http://c"),
+                    ("/café", "http://a"),
+                    ("/café/", "http://b"),
+                ],
+                "/caf%C3%A9/",
+            ),
+        ] {
+            let s = Snapshot::build(entries.iter().copied(), 1, &metrics);
+            let (route, _) = s.lookup(&canonical_prefix(kept).unwrap()).unwrap();
+            assert_eq!(&*route.raw_prefix, kept, "{entries:?}");
+            let target = entries.iter().find(|e| e.0 == kept).unwrap().1;
+            assert_eq!(route.target.to_string(), target, "{entries:?}");
+            assert_eq!((s.len(), s.invalid_entries), (1, entries.len() - 1));
+            assert_eq!(
+                s.content_hash(),
+                apiproxy_shared::content_hash([(kept, target)])
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_between_two_spellings_rebuilds_from_all_entries() {
+        let metrics = Metrics::new();
+        let first = Snapshot::build(
+            [("/trail/", "http://slash"), ("/x", "http://x")],
+            1,
+            &metrics,
+        );
+        // The one spelling arrives: it wins, the other becomes invalid.
+        let all = raw(&[
+            ("/trail/", "http://slash"),
+            ("/trail", "http://one"),
+            ("/x", "http://x"),
+        ]);
+        let added = first.with_change("/trail", Some("http://one"), 2, &all, &metrics);
+        assert_eq!((added.len(), added.invalid_entries), (2, 1));
+        assert_eq!(
+            added.lookup("/trail/a").unwrap().0.target.to_string(),
+            "http://one"
+        );
+        // It goes: the other spelling routes again.
+        let all = raw(&[("/trail/", "http://slash"), ("/x", "http://x")]);
+        let deleted = added.with_change("/trail", None, 3, &all, &metrics);
+        assert_eq!((deleted.len(), deleted.invalid_entries), (2, 0));
+        assert_eq!(
+            deleted.lookup("/trail/a").unwrap().0.target.to_string(),
+            "http://slash"
+        );
+        assert_eq!(deleted.version, 3);
+        // Without other spellings, a change shares the untouched routes.
+        let plain = Snapshot::build([("/a", "http://a")], 1, &metrics);
+        let all = raw(&[("/a", "http://a"), ("/b", "http://b")]);
+        let changed = plain.with_change("/b", Some("http://b"), 2, &all, &metrics);
+        assert!(!changed.aliased);
+        assert_eq!((changed.len(), changed.invalid_entries), (2, 0));
+    }
+
+    #[test]
+    fn a_target_query_comes_before_the_clients() {
+        let s = snapshot(&[
+            ("/gemini", "https://g.test/v1beta?key=K"),
+            ("/bare", "http://b.test?key=K"),
+            ("/slash", "http://s.test/s/"),
+        ]);
+        let url = |path: &str, q: Option<&str>| {
+            let (r, rest) = s.lookup(path).unwrap();
+            format!("{}{}", r.upstream, r.upstream_target(rest, q).unwrap())
+        };
+        assert_eq!(
+            url("/gemini/models", Some("a=1")),
+            "https://g.test/v1beta/models?key=K&a=1"
+        );
+        assert_eq!(
+            url("/gemini/models", None),
+            "https://g.test/v1beta/models?key=K"
+        );
+        assert_eq!(
+            url("/gemini/models", Some("")),
+            "https://g.test/v1beta/models?key=K"
+        );
+        assert_eq!(url("/gemini", None), "https://g.test/v1beta?key=K");
+        assert_eq!(url("/bare", Some("key=X")), "http://b.test/?key=K&key=X");
+        assert_eq!(url("/slash/x", Some("a=1")), "http://s.test/s/x?a=1");
+        assert_eq!(url("/slash", None), "http://s.test/s");
     }
 
     #[test]
@@ -495,16 +733,62 @@ mod tests {
         })
     }
 
-    fn is_valid((prefix, target): &&(String, String)) -> bool {
-        validate_mapping(prefix, target).is_ok()
+    /// What a table (one entry per raw prefix, as a hash holds them)
+    /// routes: for each prefix's one spelling, the entry that validation
+    /// accepts (what the control plane stores) among its spellings, the one
+    /// spelling first, else the smallest. Every other entry is invalid.
+    struct Routed {
+        /// One spelling -> (raw prefix, target).
+        routes: BTreeMap<String, (String, String)>,
+        invalid: usize,
     }
 
-    /// Builds the snapshot of a table: every entry that validation accepts
-    /// (what the control plane stores) is routed, every other one skipped.
+    impl Routed {
+        fn of(entries: &[(String, String)]) -> Routed {
+            let valid: Vec<_> = entries
+                .iter()
+                .filter_map(|(p, t)| validate_mapping(p, t).ok().map(|m| (m.prefix, p, t)))
+                .collect();
+            let mut spellings: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (one, raw, _) in &valid {
+                let all = spellings.entry(one.as_str()).or_default();
+                if !all.contains(&raw.as_str()) {
+                    all.push(raw);
+                }
+            }
+            let distinct: usize = spellings.values().map(Vec::len).sum();
+            let routes = spellings
+                .iter()
+                .map(|(one, raws)| {
+                    let best = raws.iter().min_by_key(|r| (**r != *one, **r)).unwrap();
+                    let (_, raw, target) = valid.iter().rev().find(|v| v.1 == best).unwrap();
+                    (one.to_string(), (raw.to_string(), target.to_string()))
+                })
+                .collect();
+            Routed {
+                routes,
+                invalid: entries.len() - valid.len() + distinct - spellings.len(),
+            }
+        }
+    }
+
+    /// Builds the snapshot of a table: it routes what [`Routed`] says,
+    /// counts the rest as invalid, and hashes the routed entries as they
+    /// are written.
     fn check_table(entries: &[(String, String)]) -> Result<Snapshot, TestCaseError> {
         let snapshot = Snapshot::build(entries.iter().cloned(), 1, &Metrics::new());
-        let invalid = entries.iter().filter(|e| !is_valid(e)).count();
-        prop_assert_eq!(snapshot.invalid_entries, invalid);
+        let routed = Routed::of(entries);
+        prop_assert_eq!(snapshot.invalid_entries, routed.invalid);
+        prop_assert_eq!(snapshot.len(), routed.routes.len());
+        prop_assert_eq!(
+            snapshot.content_hash(),
+            apiproxy_shared::content_hash(
+                routed
+                    .routes
+                    .values()
+                    .map(|(p, t)| (p.as_str(), t.as_str()))
+            )
+        );
         Ok(snapshot)
     }
 
@@ -536,10 +820,11 @@ mod tests {
                     .strip_prefix(*p)
                     .is_some_and(|r| r.is_empty() || r.starts_with('/'))
         };
-        let longest = entries
-            .iter()
-            .filter(is_valid)
-            .map(|(p, _)| p.as_str())
+        let routed = Routed::of(entries);
+        let longest = routed
+            .routes
+            .keys()
+            .map(String::as_str)
             .filter(matches)
             .max_by_key(|p| if *p == "/" { 0 } else { p.len() });
         let found = snapshot.lookup(path);
@@ -552,10 +837,9 @@ mod tests {
         if !path.starts_with('/') || has_dot_segment(path) {
             return Ok(());
         }
-        let (prefix, configured) = entries
-            .iter()
-            .rev()
-            .find(|e| is_valid(e) && *e.0 == *route.prefix)
+        let (prefix, (_, configured)) = routed
+            .routes
+            .get_key_value(&*route.prefix)
             .expect("routed prefix is in the table");
         let target = ExpectedTarget::of(configured)?;
         let own_rest = if prefix == "/" {
@@ -570,7 +854,12 @@ mod tests {
         if upstream_path.is_empty() {
             upstream_path.push('/');
         }
-        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        let query = match (&target.query, query) {
+            (Some(own), Some(q)) if !q.is_empty() => format!("?{own}&{q}"),
+            (Some(own), _) => format!("?{own}"),
+            (None, Some(q)) => format!("?{q}"),
+            (None, None) => String::new(),
+        };
         prop_assert_eq!(
             &uri,
             &format!(
@@ -597,17 +886,22 @@ mod tests {
 
     /// What a valid configured target means, read with plain string
     /// operations rather than `Target::parse` (whose reading is what is
-    /// under test): the scheme before `://`, the authority up to the next
-    /// `/`, both in lower case, and the path after it without trailing
-    /// slashes.
+    /// under test): the query after the first `?` unless empty; before it,
+    /// the scheme before `://`, the authority up to the next `/`, both in
+    /// lower case, and the path after it without trailing slashes.
     struct ExpectedTarget {
         scheme: String,
         authority: String,
         base_path: String,
+        query: Option<String>,
     }
 
     impl ExpectedTarget {
         fn of(configured: &str) -> Result<ExpectedTarget, TestCaseError> {
+            let (configured, query) = match configured.split_once('?') {
+                Some((before, query)) => (before, Some(query).filter(|q| !q.is_empty())),
+                None => (configured, None),
+            };
             let (scheme, rest) = configured
                 .split_once("://")
                 .ok_or_else(|| fail(format!("routed target without ://: {configured}")))?;
@@ -616,6 +910,7 @@ mod tests {
                 scheme: scheme.to_ascii_lowercase(),
                 authority: authority.to_ascii_lowercase(),
                 base_path: path.trim_end_matches('/').to_owned(),
+                query: query.map(str::to_owned),
             })
         }
     }
@@ -686,23 +981,34 @@ mod tests {
         "/v1/x",
         "/a%2Fb",
         "/~u/!$&'()*+,;=:@",
+        "/q?key=K",
+        "?key=K&x=%20",
+        "/api/?",
+        "/?a?b",
     ];
 
     /// Mappings whose prefixes share segments, so requests hit several.
     fn table() -> impl Strategy<Value = Vec<(String, String)>> {
         use proptest::{collection::vec, sample::select};
-        let odd = [".a", "...", "@", ":", ";", "~", ".", "..", "%2e", ""];
+        let odd = [
+            ".a", "...", "@", ":", ";", "~", ".", "..", "%2e", "", "é", "%C3%A9", "%c3%a9", "%C3",
+        ];
         let segment = prop_oneof![
             4 => "[ab]{1,2}",
             1 => select(odd.to_vec()).prop_map(String::from),
         ];
+        // Some with a trailing `/`: a second spelling of the same prefix.
         let prefix = prop_oneof![
-            6 => vec(segment, 1..4).prop_map(|s| format!("/{}", s.join("/"))),
+            6 => (vec(segment, 1..4), "/?").prop_map(|(s, end)| format!("/{}{end}", s.join("/"))),
             1 => Just("/".to_owned()),
         ];
         let target = (select(SCHEMES), select(AUTHORITIES), select(BASE_PATHS))
             .prop_map(|(s, a, b)| format!("{s}://{a}{b}"));
-        vec((prefix, target), 0..6)
+        // One entry per raw prefix, as a Redis hash holds them.
+        vec((prefix, target), 0..6).prop_map(|entries| {
+            let unique: BTreeMap<_, _> = entries.into_iter().collect();
+            unique.into_iter().collect()
+        })
     }
 
     /// A table, and a request target that starts with one of its prefixes
@@ -711,6 +1017,11 @@ mod tests {
         use proptest::{collection::vec, sample::select};
         table().prop_flat_map(|entries| {
             let mut starts: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+            starts.extend(
+                entries
+                    .iter()
+                    .filter_map(|e| canonical_prefix(&e.0).ok().map(|p| p.into_owned())),
+            );
             starts.push("/".into());
             let rest = vec(select(REQUEST_PIECES), 0..8).prop_map(|p| p.concat());
             (
