@@ -162,6 +162,128 @@ async fn crud_follows_the_spec_table() {
     );
 }
 
+/// The Go version's shapes are stored in the prefix's one spelling, so a
+/// second spelling of a route is a duplicate (409), also of an entry the Go
+/// version wrote; a target keeps its query.
+#[tokio::test]
+async fn go_era_shapes_are_stored_in_one_spelling() {
+    let api = Api::start();
+    for (prefix, target, stored, stored_target) in [
+        (
+            "/trail/",
+            "http://t.test/base/",
+            "/trail",
+            "http://t.test/base",
+        ),
+        ("/café", "http://c.test", "/caf%C3%A9", "http://c.test"),
+        (
+            "/g",
+            "https://G.test/v1beta/?key=K",
+            "/g",
+            "https://g.test/v1beta?key=K",
+        ),
+    ] {
+        let (s, reply) = api
+            .admin(
+                "POST",
+                "/api/mappings",
+                Some(json!({"prefix": prefix, "target": target})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{prefix}: {reply}");
+        assert_eq!(
+            reply["mapping"],
+            json!({"prefix": stored, "target": stored_target})
+        );
+    }
+    for (second, first) in [
+        ("/trail", "/trail"),
+        ("/caf%C3%A9", "/caf%C3%A9"),
+        ("/café/", "/caf%C3%A9"),
+    ] {
+        let (s, reply) = api
+            .admin(
+                "POST",
+                "/api/mappings",
+                Some(json!({"prefix": second, "target": "http://x"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{second}: {reply}");
+        assert_eq!(
+            reply["error"],
+            format!("a mapping for {first} already exists"),
+            "{second}"
+        );
+    }
+    let (_, list) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(
+        list["mappings"],
+        json!({"/caf%C3%A9": "http://c.test", "/g": "https://g.test/v1beta?key=K",
+               "/trail": "http://t.test/base"})
+    );
+    // The path names either spelling.
+    for path in ["/api/mappings/caf%C3%A9", "/api/mappings/caf%25C3%25A9"] {
+        let (s, reply) = api.admin("GET", path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(reply["mapping"]["prefix"], "/caf%C3%A9", "{path}");
+    }
+    let (s, reply) = api
+        .admin(
+            "PUT",
+            "/api/mappings/trail/",
+            Some(json!({"target": "http://u.test"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &reply["mapping"]["prefix"]),
+        (StatusCode::OK, &json!("/trail"))
+    );
+
+    // An entry the Go version wrote in another spelling: a create of its
+    // one spelling is a duplicate; its path deletes it as written.
+    let mut conn = api.redis.conn().await;
+    let keys = apiproxy_shared::RedisKeys::default();
+    hset_plain(&mut conn, &keys, "/go/", "http://go.test").await;
+    let (s, reply) = api
+        .admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/go", "target": "http://x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "a mapping for /go already exists, written /go/"
+    );
+    let (s, reply) = api.admin("DELETE", "/api/mappings/go/", None).await;
+    assert_eq!((s, &reply["prefix"]), (StatusCode::OK, &json!("/go/")));
+    let (s, _) = api
+        .admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/go", "target": "http://x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // Two spellings of one prefix in a replace-all: refused, nothing written.
+    let (s, reply) = api
+        .admin(
+            "PUT",
+            "/api/mappings",
+            Some(json!({"mappings": {"/a": "http://a", "/a/": "http://b"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "mappings[\"/a/\"]: the same prefix as \"/a\" (/a)"
+    );
+    let (_, after) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(after["count"], 4);
+}
+
 #[tokio::test]
 async fn validation_errors_name_the_field() {
     let api = Api::start();
@@ -170,7 +292,11 @@ async fn validation_errors_name_the_field() {
             json!({"prefix": "openai", "target": "https://a.b"}),
             "prefix",
         ),
-        (json!({"prefix": "/a/", "target": "https://a.b"}), "prefix"),
+        (json!({"prefix": "/a//", "target": "https://a.b"}), "prefix"),
+        (
+            json!({"prefix": "/a%c3%a9", "target": "https://a.b"}),
+            "prefix",
+        ),
         (json!({"prefix": "/a b", "target": "https://a.b"}), "prefix"),
         (json!({"prefix": "/a?x", "target": "https://a.b"}), "prefix"),
         (
@@ -191,7 +317,7 @@ async fn validation_errors_name_the_field() {
             "target",
         ),
         (
-            json!({"prefix": "/a", "target": "https://a.b/?q=1"}),
+            json!({"prefix": "/a", "target": "https://a.b/?q=é"}),
             "target",
         ),
         (

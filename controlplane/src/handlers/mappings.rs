@@ -1,10 +1,11 @@
 //! Mapping CRUD (SPEC §5): list, create, replace all, get, update and
-//! delete, each write checked by the shared crate's validation; and the Go
-//! version's public list and reload.
+//! delete, each write checked by the shared crate's validation and stored
+//! in the prefix's one spelling (`/trail/` as `/trail`, `/café` as
+//! `/caf%C3%A9`); and the Go version's public list and reload.
 
 use std::collections::BTreeMap;
 
-use apiproxy_shared::validate_mapping;
+use apiproxy_shared::{canonical_prefix, loggable_target, validate_mapping};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -16,9 +17,41 @@ use crate::model::{
     NewMapping, NewTarget, PublicMappingList, Reloaded,
 };
 
+/// The mapping as stored: the prefix in its one spelling, the target
+/// normalised.
 fn check(prefix: &str, target: &str) -> Result<(String, String), AppError> {
     let m = validate_mapping(prefix, target).map_err(|e| AppError::BadRequest(e.to_string()))?;
     Ok((m.prefix, m.target))
+}
+
+/// The key a path's prefix names: as written when the hash holds it so
+/// (an entry the Go version wrote, `/trail/`), else its one spelling
+/// (`/api/mappings/café` is `/caf%C3%A9`).
+async fn stored_key(state: &Shared, prefix: String) -> Result<(String, Option<String>), AppError> {
+    let found = state.store.get(&prefix).await?;
+    let one = match canonical_prefix(&prefix) {
+        Ok(one) if found.is_none() && one != prefix => one.into_owned(),
+        _ => return Ok((prefix, found)),
+    };
+    let found = state.store.get(&one).await?;
+    Ok((one, found))
+}
+
+/// 409 when the hash holds the prefix in another spelling, as the Go
+/// version may have written it (`/trail/` for `/trail`): one route, which
+/// the data plane would give to the one spelling, counting the other
+/// invalid.
+async fn refuse_other_spelling(state: &Shared, prefix: &str) -> Result<(), AppError> {
+    let (mappings, _) = state.store.list().await?;
+    let other = mappings
+        .keys()
+        .find(|k| *k != prefix && canonical_prefix(k).is_ok_and(|one| one == prefix));
+    match other {
+        Some(other) => Err(AppError::Conflict(format!(
+            "a mapping for {prefix} already exists, written {other}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[utoipa::path(get, path = "/api/mappings", tag = "mappings", security(("bearer" = []), ("session" = [])),
@@ -42,11 +75,13 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<NewMapping>,
 ) -> Result<(StatusCode, Json<MappingChanged>), AppError> {
     let (prefix, target) = check(&body.prefix, &body.target)?;
+    refuse_other_spelling(&state, &prefix).await?;
     let version = state
         .store
         .create(&prefix, &target, &actor.to_string())
         .await?;
-    tracing::info!(%prefix, %target, %actor, version, "mapping created");
+    let shown = loggable_target(&target);
+    tracing::info!(%prefix, target = %shown, %actor, version, "mapping created");
     Ok((
         StatusCode::CREATED,
         Json(changed(prefix, target, version, "created")),
@@ -70,12 +105,12 @@ pub(crate) async fn get_one(
     State(state): State<Shared>,
     PrefixPath(prefix): PrefixPath,
 ) -> Result<Json<MappingFound>, AppError> {
-    match state.store.get(&prefix).await? {
-        Some(target) => Ok(Json(MappingFound {
+    match stored_key(&state, prefix).await? {
+        (prefix, Some(target)) => Ok(Json(MappingFound {
             success: true,
             mapping: Mapping { prefix, target },
         })),
-        None => Err(AppError::NotFound(format!("no mapping for {prefix}"))),
+        (prefix, None) => Err(AppError::NotFound(format!("no mapping for {prefix}"))),
     }
 }
 
@@ -94,7 +129,8 @@ pub(crate) async fn update(
         .store
         .update(&prefix, &target, &actor.to_string())
         .await?;
-    tracing::info!(%prefix, %target, %actor, version, "mapping updated");
+    let shown = loggable_target(&target);
+    tracing::info!(%prefix, target = %shown, %actor, version, "mapping updated");
     Ok(Json(changed(prefix, target, version, "updated")))
 }
 
@@ -106,6 +142,7 @@ pub(crate) async fn delete(
     ClientAddr(actor): ClientAddr,
     PrefixPath(prefix): PrefixPath,
 ) -> Result<Json<MappingDeleted>, AppError> {
+    let (prefix, _) = stored_key(&state, prefix).await?;
     let version = state.store.delete(&prefix, &actor.to_string()).await?;
     tracing::info!(%prefix, %actor, version, "mapping deleted");
     Ok(Json(MappingDeleted {
@@ -158,9 +195,15 @@ pub(crate) async fn replace_all(
     ApiJson(body): ApiJson<AllMappings>,
 ) -> Result<Json<MappingList>, AppError> {
     let mut checked = BTreeMap::new();
-    for (prefix, target) in &body.mappings {
-        let (prefix, target) = check(prefix, target)
-            .map_err(|e| AppError::BadRequest(format!("mappings[{prefix:?}]: {e}")))?;
+    let mut spelled = BTreeMap::new();
+    for (raw, target) in &body.mappings {
+        let (prefix, target) = check(raw, target)
+            .map_err(|e| AppError::BadRequest(format!("mappings[{raw:?}]: {e}")))?;
+        if let Some(first) = spelled.insert(prefix.clone(), raw) {
+            return Err(AppError::BadRequest(format!(
+                "mappings[{raw:?}]: the same prefix as {first:?} ({prefix})"
+            )));
+        }
         checked.insert(prefix, target);
     }
     let version = state.store.replace(&checked, &actor.to_string()).await?;
