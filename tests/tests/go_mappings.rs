@@ -15,6 +15,7 @@ use apiproxy_tests::redis::{hset_plain, RedisServer};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The upstream's view of a request through the proxy: status, and the
 /// path and query the upstream received.
@@ -73,6 +74,17 @@ async fn go_era_entries_route_as_specified() {
     for path in ["/caf%c3%a9/x", "/trailer", "/a", "/ftp/x"] {
         assert_eq!(get_reply(dp.addr, path).await.status, 404, "{path}");
     }
+    // Raw UTF-8 bytes on the request line are not the percent-encoded
+    // spelling either.
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    stream
+        .write_all("GET /café/x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
     assert_eq!(
         dp.metric("apiproxy_config_invalid_entries").await,
         refused.len() as f64
