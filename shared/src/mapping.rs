@@ -138,8 +138,8 @@ impl fmt::Display for Target {
     }
 }
 
-/// A target as it may be logged: without its query (`?…` shows that it
-/// has one), which may hold credentials.
+/// A target as it may be logged or shown to anyone but an admin: without
+/// its query (`?…` shows that it has one), which may hold credentials.
 pub fn loggable_target(target: &str) -> Cow<'_, str> {
     match target.split_once('?') {
         Some((before, _)) => Cow::Owned(format!("{before}?…")),

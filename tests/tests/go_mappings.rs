@@ -174,6 +174,15 @@ async fn the_api_stores_one_spelling_and_refuses_what_does_not_route() {
         assert_eq!(reply.status, 400, "{prefix} {target}: {}", reply.text());
     }
 
+    // The public list (no credentials) never shows a target's query.
+    let public = get_reply(cp.addr, "/api/public/mappings").await;
+    assert_eq!(public.status, 200);
+    assert_eq!(
+        public.json()["mappings"],
+        json!({"/trail": format!("{u}/t"), "/caf%C3%A9": format!("{u}/c"),
+               "/gem": format!("{u}/q?…")})
+    );
+
     // What the API stored routes, with nothing counted invalid.
     dp.wait_status("/gem/x", 200).await;
     for (path, uri) in [

@@ -3,6 +3,7 @@
 //! in the prefix's one spelling (`/trail/` as `/trail`, `/café` as
 //! `/caf%C3%A9`); and the Go version's public list and reload.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use apiproxy_shared::{canonical_prefix, loggable_target, validate_mapping};
@@ -154,14 +155,20 @@ pub(crate) async fn delete(
 }
 
 /// The Go version's public list: served without auth while stats are
-/// public (`API_PROXY_PUBLIC_STATS`), behind admin auth otherwise.
+/// public (`API_PROXY_PUBLIC_STATS`), behind admin auth otherwise. A
+/// target's query is shown as `?…`: it may hold credentials (`key=`).
 #[utoipa::path(get, path = "/api/public/mappings", tag = "mappings", security((), ("bearer" = []), ("session" = [])),
     responses((status = 200, body = PublicMappingList), (status = 401, body = ErrorBody, description = "only with API_PROXY_PUBLIC_STATS=false"),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn public_list(
     State(state): State<Shared>,
 ) -> Result<Json<PublicMappingList>, AppError> {
-    let (mappings, _) = state.store.list().await?;
+    let (mut mappings, _) = state.store.list().await?;
+    for target in mappings.values_mut() {
+        if let Cow::Owned(shown) = loggable_target(target) {
+            *target = shown;
+        }
+    }
     Ok(Json(PublicMappingList {
         success: true,
         count: mappings.len(),
