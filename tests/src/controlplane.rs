@@ -72,6 +72,12 @@ impl ControlPlane {
     }
 
     /// SIGKILL: no drain, no goodbye.
+    /// `POST /api/mappings` `{"prefix", "target"}` with the bearer token.
+    pub async fn create(&self, prefix: &str, target: &str) -> Reply {
+        let body = serde_json::json!({"prefix": prefix, "target": target});
+        self.admin("POST", "/api/mappings", Some(body)).await
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -134,13 +134,7 @@ async fn the_api_stores_one_spelling_and_refuses_what_does_not_route() {
             format!("{u}/q?key=K"),
         ),
     ] {
-        let reply = cp
-            .admin(
-                "POST",
-                "/api/mappings",
-                Some(json!({"prefix": prefix, "target": target})),
-            )
-            .await;
+        let reply = cp.create(prefix, &target).await;
         assert_eq!(reply.status, 201, "{prefix}: {}", reply.text());
         assert_eq!(
             reply.json()["mapping"],
@@ -148,13 +142,7 @@ async fn the_api_stores_one_spelling_and_refuses_what_does_not_route() {
         );
     }
     for second in ["/trail", "/caf%C3%A9", "/café/", "/gem"] {
-        let reply = cp
-            .admin(
-                "POST",
-                "/api/mappings",
-                Some(json!({"prefix": second, "target": u})),
-            )
-            .await;
+        let reply = cp.create(second, &u).await;
         assert_eq!(reply.status, 409, "{second}: {}", reply.text());
     }
     for (prefix, target) in [
@@ -164,13 +152,7 @@ async fn the_api_stores_one_spelling_and_refuses_what_does_not_route() {
         ("/ftp", "ftp://127.0.0.1/x".to_owned()),
         ("/frag", format!("{u}/q?key=K#f")),
     ] {
-        let reply = cp
-            .admin(
-                "POST",
-                "/api/mappings",
-                Some(json!({"prefix": prefix, "target": target})),
-            )
-            .await;
+        let reply = cp.create(prefix, &target).await;
         assert_eq!(reply.status, 400, "{prefix} {target}: {}", reply.text());
     }
 
