@@ -48,8 +48,15 @@ pub(crate) struct Mapping {
 pub(crate) struct MappingList {
     pub(crate) success: bool,
     pub(crate) count: usize,
+    /// Every entry of the hash, as it holds them, routed or not.
     pub(crate) mappings: BTreeMap<String, String>,
     pub(crate) version: u64,
+    /// The entries of `mappings` the data plane skips, each with the
+    /// reason (the validation message, or the spelling of the prefix that
+    /// routes instead), e.g. `{"/a?b": "prefix: must not contain ?"}`.
+    /// Empty when every entry routes; only an entry written straight into
+    /// Redis (by the Go version, or by hand) can be listed here.
+    pub(crate) invalid: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -64,6 +71,12 @@ pub(crate) struct MappingChanged {
 pub(crate) struct MappingFound {
     pub(crate) success: bool,
     pub(crate) mapping: Mapping,
+    /// Whether the data plane routes this entry.
+    pub(crate) valid: bool,
+    /// Only when `valid` is false: why the data plane skips it, as in
+    /// [`MappingList::invalid`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

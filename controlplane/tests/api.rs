@@ -3,7 +3,7 @@
 
 mod support;
 
-use apiproxy_tests::redis::hset_plain;
+use apiproxy_tests::redis::{hdel_plain, hset_plain};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -587,6 +587,77 @@ async fn go_version_data_is_listed_and_editable() {
         StatusCode::OK
     );
     assert_eq!(api.admin("GET", "/api/mappings", None).await.1["count"], 0);
+}
+
+/// Entries written straight into the hash (by the Go version, by hand)
+/// that the data plane skips are listed as they are, and marked: the list's
+/// `invalid` names each with the reason, the single GET says `valid` and
+/// the reason. A reason never holds the target (its query may be a key).
+#[tokio::test]
+async fn entries_the_data_plane_skips_are_marked_invalid() {
+    let api = Api::start();
+    let mut conn = api.redis.conn().await;
+    let keys = apiproxy_shared::RedisKeys::default();
+    for (prefix, target) in [
+        ("/ok", "https://ok.test/v1?key=K"),
+        ("/go/", "http://go.test"),
+        ("/a?b", "http://x.test"),
+        ("/ftp", "ftp://x.test/p?key=SECRET"),
+        ("/trail", "http://t.test"),
+        ("/trail/", "http://u.test"),
+    ] {
+        hset_plain(&mut conn, &keys, prefix, target).await;
+    }
+    let (s, list) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["count"], 6);
+    assert_eq!(list["mappings"]["/ftp"], "ftp://x.test/p?key=SECRET");
+    assert_eq!(
+        list["invalid"],
+        json!({
+            "/a?b": "prefix: must not contain ?",
+            "/ftp": "target: must be an absolute http:// or https:// URL",
+            "/trail/": "prefix: another spelling of /trail; the entry /trail routes",
+        })
+    );
+    assert!(!list["invalid"].to_string().contains("SECRET"), "{list}");
+
+    for (path, valid, reason) in [
+        ("/api/mappings/ok", true, None),
+        ("/api/mappings/go/", true, None),
+        ("/api/mappings/trail", true, None),
+        (
+            "/api/mappings/a%3Fb",
+            false,
+            Some("prefix: must not contain ?"),
+        ),
+        (
+            "/api/mappings/ftp",
+            false,
+            Some("target: must be an absolute http:// or https:// URL"),
+        ),
+        (
+            "/api/mappings/trail/",
+            false,
+            Some("prefix: another spelling of /trail; the entry /trail routes"),
+        ),
+    ] {
+        let (s, found) = api.admin("GET", path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {found}");
+        assert_eq!(found["valid"], valid, "{path}: {found}");
+        assert_eq!(
+            found.get("reason").and_then(|r| r.as_str()),
+            reason,
+            "{path}"
+        );
+    }
+
+    // Once every entry routes, `invalid` is empty, not absent.
+    for prefix in ["/a?b", "/ftp", "/trail/"] {
+        hdel_plain(&mut conn, &keys, prefix).await;
+    }
+    let (_, list) = api.admin("GET", "/api/mappings", None).await;
+    assert_eq!((&list["count"], &list["invalid"]), (&json!(3), &json!({})));
 }
 
 #[tokio::test]

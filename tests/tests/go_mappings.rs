@@ -89,6 +89,10 @@ async fn go_era_entries_route_as_specified() {
         dp.metric("apiproxy_config_invalid_entries").await,
         refused.len() as f64
     );
+    // The console's list marks exactly the entries the node skips.
+    let list = cp.admin("GET", "/api/mappings", None).await.json();
+    let marked: Vec<&String> = list["invalid"].as_object().unwrap().keys().collect();
+    assert_eq!(marked, ["/a?b", "/ftp"], "{list}");
 
     // The node reports the hash of the routed entries as the hash holds
     // them, which the console can compute from the hash.

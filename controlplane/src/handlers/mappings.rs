@@ -62,9 +62,45 @@ pub(crate) async fn list(State(state): State<Shared>) -> Result<Json<MappingList
     Ok(Json(MappingList {
         success: true,
         count: mappings.len(),
+        invalid: not_routed(&mappings),
         mappings,
         version,
     }))
+}
+
+/// The entries the data plane skips, by the data plane's rules, each with
+/// the reason: those that fail validation (the message names the field
+/// and never holds the target), and a second spelling of a prefix whose
+/// other spelling routes (`/trail/` beside `/trail`: the one spelling
+/// wins, else the smaller entry as written).
+fn not_routed(mappings: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut invalid = BTreeMap::new();
+    let mut valid = Vec::new();
+    for (raw, target) in mappings {
+        match validate_mapping(raw, target) {
+            Ok(m) => valid.push((m.prefix, raw.as_str())),
+            Err(e) => {
+                invalid.insert(raw.clone(), e.to_string());
+            }
+        }
+    }
+    let mut routes: BTreeMap<&str, &str> = BTreeMap::new();
+    for (one, raw) in &valid {
+        let kept = routes.entry(one).or_insert(raw);
+        if (raw != one, *raw) < (kept != one, *kept) {
+            *kept = raw;
+        }
+    }
+    for (one, raw) in &valid {
+        let kept = routes[one.as_str()];
+        if kept != *raw {
+            invalid.insert(
+                (*raw).to_owned(),
+                format!("prefix: another spelling of {one}; the entry {kept} routes"),
+            );
+        }
+    }
+    invalid
 }
 
 #[utoipa::path(post, path = "/api/mappings", tag = "mappings", request_body = NewMapping, security(("bearer" = []), ("session" = [])),
@@ -107,10 +143,20 @@ pub(crate) async fn get_one(
     PrefixPath(prefix): PrefixPath,
 ) -> Result<Json<MappingFound>, AppError> {
     match stored_key(&state, prefix).await? {
-        (prefix, Some(target)) => Ok(Json(MappingFound {
-            success: true,
-            mapping: Mapping { prefix, target },
-        })),
+        (prefix, Some(target)) => {
+            let reason = match validate_mapping(&prefix, &target) {
+                Err(e) => Some(e.to_string()),
+                Ok(m) if m.prefix == prefix => None,
+                // Another spelling of the prefix may route instead.
+                Ok(_) => not_routed(&state.store.list().await?.0).remove(&prefix),
+            };
+            Ok(Json(MappingFound {
+                success: true,
+                mapping: Mapping { prefix, target },
+                valid: reason.is_none(),
+                reason,
+            }))
+        }
         (prefix, None) => Err(AppError::NotFound(format!("no mapping for {prefix}"))),
     }
 }
@@ -218,6 +264,7 @@ pub(crate) async fn replace_all(
     Ok(Json(MappingList {
         success: true,
         count: checked.len(),
+        invalid: BTreeMap::new(),
         mappings: checked,
         version,
     }))
