@@ -4,7 +4,7 @@
 // dialogs stay open with their input and show the API's error.
 "use strict";
 
-const model = { mappings: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null, draft: null };
+const model = { mappings: {}, invalid: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null, draft: null };
 
 function show(view) {
   document.getElementById("login-view").hidden = view !== "login";
@@ -47,6 +47,7 @@ async function load(first = false) {
       api("GET", "/api/audit?limit=100"),
     ]));
     model.mappings = list.mappings;
+    model.invalid = list.invalid || {};
     model.version = list.version;
     model.audit = audit.entries;
     if (first) announce("");
@@ -101,13 +102,22 @@ function renderMappings() {
           renderBulk();
         },
       })),
-      el("th", { scope: "row" }, el("code", {}, prefix)),
-      el("td", { class: "target" }, target),
+      el("th", { scope: "row" }, el("code", {}, prefix), notRouted(prefix)),
+      el("td", { class: "target" }, target,
+        prefix in model.invalid ? el("div", { class: "reason" }, model.invalid[prefix]) : null),
       el("td", { class: "row-actions" },
         el("button", { type: "button", class: "small", "aria-label": `${t("admin.edit")} ${prefix}`, onclick: () => openForm(prefix) }, t("admin.edit")),
         el("button", { type: "button", class: "small danger", "aria-label": `${t("admin.delete")} ${prefix}`, onclick: () => deleteOne(prefix) }, t("admin.delete"))))));
   }
   renderBulk();
+}
+
+/** The marker of an entry the data plane skips (written straight into
+ * Redis, e.g. by the Go version): a badge whose tooltip is the reason. */
+function notRouted(prefix) {
+  if (!(prefix in model.invalid)) return null;
+  return el("span", { class: "badge not-routed", title: t("admin.not_routed_why", model.invalid[prefix]) },
+    t("admin.not_routed"));
 }
 
 function renderBulk() {
@@ -164,6 +174,7 @@ async function logout() {
     await api("POST", "/api/admin/logout");
   } finally {
     model.mappings = {};
+    model.invalid = {};
     model.selected.clear();
     show("login");
   }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use apiproxy_tests::browser::Browser;
 use apiproxy_tests::client::get_reply;
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
-use apiproxy_tests::redis::RedisServer;
+use apiproxy_tests::redis::{hset_plain, RedisServer};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
+use serde_json::json;
 
 const NODE_TOKEN: &str = "ui-node-token-0123456789abcdef";
 
@@ -338,6 +339,61 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
             "{page}: controls without an accessible name"
         );
     }
+}
+
+/// An entry written straight into Redis that the data plane skips (the Go
+/// version accepted `/a?b` and `ftp://`) is listed with a "not routed"
+/// badge whose tooltip gives the reason, also shown under its target, in
+/// both languages; an entry that routes has neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_marks_entries_that_do_not_route() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let keys = apiproxy_shared::RedisKeys::default();
+    for (prefix, target) in [
+        ("/ok", "http://ok.test"),
+        ("/a?b", "http://x.test"),
+        ("/ftp", "ftp://x.test/p?key=SECRET"),
+    ] {
+        hset_plain(&mut conn, &keys, prefix, target).await;
+    }
+    let cp = ControlPlane::start(&redis.url(), &[]);
+    let b = Browser::start().await;
+    b.goto(&format!("http://{}/admin", cp.addr)).await;
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait_until("the hash's entries listed", &rows_are("/a?b,/ftp,/ok"))
+        .await;
+    // Per row: the badge's text and tooltip, and the reason shown.
+    let marks = || {
+        b.js("return Object.fromEntries([...document.querySelectorAll('#mappings tbody tr[data-prefix]')]\
+              .map(r => { const badge = r.querySelector('.badge.not-routed'); const why = r.querySelector('.reason');\
+                return [r.dataset.prefix, [badge && badge.textContent, badge && badge.title, why && why.textContent]]; }))")
+    };
+    assert_eq!(
+        marks().await,
+        json!({
+            "/a?b": ["not routed", "The proxy skips this entry: prefix: must not contain ?",
+                     "prefix: must not contain ?"],
+            "/ftp": ["not routed",
+                     "The proxy skips this entry: target: must be an absolute http:// or https:// URL",
+                     "target: must be an absolute http:// or https:// URL"],
+            "/ok": [null, null, null],
+        })
+    );
+    b.screenshot("admin-not-routed").await;
+
+    b.click("#lang-switch").await;
+    assert_eq!(
+        marks().await["/a?b"],
+        json!([
+            "未路由",
+            "代理跳过此条目：prefix: must not contain ?",
+            "prefix: must not contain ?"
+        ])
+    );
+    assert_eq!(marks().await["/ok"], json!([null, null, null]));
+    b.screenshot("admin-not-routed-zh").await;
 }
 
 /// Visible buttons, links and form fields that a screen reader could not
