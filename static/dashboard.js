@@ -29,12 +29,19 @@ async function refresh() {
   state.error = stats.status === "rejected" ? stats.reason : null;
   state.nodes = nodes.status === "fulfilled" ? nodes.value.nodes : null;
   state.nodesError = nodes.status === "rejected" ? nodes.reason : null;
-  state.mappings = list.status === "fulfilled" ? list.value.mappings : null;
+  // Entries the data plane skips are not endpoints: no row, no proxy URL.
+  state.mappings = list.status === "fulfilled" ? routed(list.value) : null;
   state.version = list.status === "fulfilled" ? list.value.version : null;
   // Nodes report a change at their next push: only a fleet that stays
   // apart over two refreshes in a row gets the banner.
   state.diverged = state.nodes && !fleet().converged ? state.diverged + 1 : 0;
   render();
+}
+
+/** The list's mappings without the entries it marks as not routed. */
+function routed(list) {
+  const skipped = list.invalid || {};
+  return Object.fromEntries(Object.entries(list.mappings || {}).filter(([prefix]) => !(prefix in skipped)));
 }
 
 /** The versions live nodes serve, and whether they all serve the current one. */

@@ -80,7 +80,7 @@ async fn the_go_readme_admin_flow_answers_with_the_go_fields() {
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.json(),
-        json!({"success": true, "count": 0, "mappings": {}, "version": 0})
+        json!({"success": true, "count": 0, "mappings": {}, "version": 0, "invalid": {}})
     );
 
     // curl -X POST http://host/api/mappings -H "Authorization: Bearer …" -d '{…}'

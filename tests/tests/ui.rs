@@ -394,6 +394,16 @@ async fn the_console_marks_entries_that_do_not_route() {
     );
     assert_eq!(marks().await["/ok"], json!([null, null, null]));
     b.screenshot("admin-not-routed-zh").await;
+
+    // The dashboard lists endpoints with their proxy URL: only the entry
+    // that routes (the session is the admin page's).
+    b.goto(&format!("http://{}/", cp.addr)).await;
+    b.wait_until(
+        "the dashboard's endpoints listed",
+        "return [...document.querySelectorAll('#endpoints tbody th')]\
+         .map(h => h.textContent).join(',') === '/ok'",
+    )
+    .await;
 }
 
 /// Visible buttons, links and form fields that a screen reader could not
