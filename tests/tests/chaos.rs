@@ -422,13 +422,7 @@ async fn chaos_under_load_fails_no_request_and_keeps_stats_exact() {
         ("/up", up.url()),
         ("/moving", format!("{}/setup", up.url())),
     ] {
-        let reply = cp
-            .admin(
-                "POST",
-                "/api/mappings",
-                Some(json!({"prefix": prefix, "target": target})),
-            )
-            .await;
+        let reply = cp.create(prefix, &target).await;
         assert_eq!(reply.status, 201, "{}", reply.text());
     }
     let seen = Arc::new(Seen::default());

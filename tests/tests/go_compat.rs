@@ -300,13 +300,7 @@ async fn the_empty_prefix_in_the_path_is_the_prefix_slash() {
         ("/", "https://default.example"),
         ("/reload", "https://r.example"),
     ] {
-        let reply = cp
-            .admin(
-                "POST",
-                "/api/mappings",
-                Some(json!({"prefix": prefix, "target": target})),
-            )
-            .await;
+        let reply = cp.create(prefix, target).await;
         assert_eq!(reply.status, 201, "{}", reply.text());
     }
     let reply = cp.admin("GET", "/api/mappings/", None).await;
