@@ -6,17 +6,28 @@ use std::error::Error as StdError;
 /// Finds a cause of type `T`, looking inside `io::Error`s too (their
 /// `source()` skips the error they wrap).
 pub(crate) fn find_cause<'a, T: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
+    find_cause_where(err, |_: &T| true)
+}
+
+/// The first cause of type `T` that `pred` accepts, walking the chain as
+/// [`find_cause`] does: a wrapped error of the same type further down is
+/// looked at too (a reset inside a TLS handshake comes back as an
+/// `io::Error` of another kind around the one that says reset).
+pub(crate) fn find_cause_where<'a, T: StdError + 'static>(
     mut err: &'a (dyn StdError + 'static),
+    pred: impl Fn(&T) -> bool + Copy,
 ) -> Option<&'a T> {
     loop {
-        if let Some(found) = err.downcast_ref::<T>() {
+        if let Some(found) = err.downcast_ref::<T>().filter(|t| pred(t)) {
             return Some(found);
         }
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            if let Some(found) = find_cause::<T>(inner) {
+            if let Some(found) = find_cause_where(inner, pred) {
                 return Some(found);
             }
         }

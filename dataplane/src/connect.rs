@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::causes::find_cause;
+use crate::causes::{find_cause, find_cause_where};
 use crate::error_kind::UpstreamErrorKind;
 use crate::policy::{PolicyDenied, PolicyResolver, TargetPolicy};
 
@@ -62,27 +62,15 @@ fn io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
 }
 
 /// Refused or reset while connecting (TCP, or the TLS handshake): nothing
-/// of the request has left, so one retry is safe. A reset inside the TLS
-/// handshake comes back wrapped in an `io::Error` of another kind, so every
-/// `io::Error` of the chain is looked at, not only the first.
+/// of the request has left, so one retry is safe.
 fn is_retryable(err: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-            ) {
-                return true;
-            }
-            // `source()` of an io::Error skips the error it wraps.
-            if io.get_ref().is_some_and(|inner| is_retryable(inner)) {
-                return true;
-            }
-        }
-        next = e.source();
-    }
-    false
+    find_cause_where(err, |io: &io::Error| {
+        matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+        )
+    })
+    .is_some()
 }
 
 type Inner = HttpsConnector<HttpConnector<PolicyResolver>>;
