@@ -171,6 +171,12 @@ impl DataPlane {
         )
     }
 
+    /// A Redis-mode node whose resync does not run during a test (10
+    /// minutes): only announcements (or a reload) carry changes to it.
+    pub fn start_redis_without_resync(url: &str) -> DataPlane {
+        DataPlane::start_redis(url, &[("API_PROXY_RESYNC_INTERVAL", "10m")])
+    }
+
     /// Starts a data plane in Redis mode that pushes stats every 200 ms to
     /// `controlplane_url` as `node_id`, signed with
     /// [`crate::controlplane::NODE_TOKEN`]; `extra` may override any of it.

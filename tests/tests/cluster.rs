@@ -18,10 +18,9 @@ async fn a_mapping_made_in_the_api_is_routed_by_its_announcement() {
     let cp = ControlPlane::start(&redis.url(), &[]);
     // No resync during the test: only the announcements can carry the
     // changes, and each gets 3 s on a loaded machine.
-    let no_resync = [("API_PROXY_RESYNC_INTERVAL", "10m")];
     let nodes = [
-        DataPlane::start_redis(&redis.url(), &no_resync),
-        DataPlane::start_redis(&redis.url(), &no_resync),
+        DataPlane::start_redis_without_resync(&redis.url()),
+        DataPlane::start_redis_without_resync(&redis.url()),
     ];
     let a = upstream::http(echo_handler()).await;
     let b = upstream::http(echo_handler()).await;

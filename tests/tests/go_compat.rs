@@ -169,10 +169,9 @@ async fn the_public_mapping_list_needs_auth_when_stats_are_private() {
 async fn reload_makes_every_node_reread_the_hash_at_once() {
     let redis = RedisServer::start();
     let cp = ControlPlane::start(&redis.url(), &[]);
-    let no_resync = [("API_PROXY_RESYNC_INTERVAL", "10m")];
     let nodes = [
-        DataPlane::start_redis(&redis.url(), &no_resync),
-        DataPlane::start_redis(&redis.url(), &no_resync),
+        DataPlane::start_redis_without_resync(&redis.url()),
+        DataPlane::start_redis_without_resync(&redis.url()),
     ];
     let up = upstream::http(echo_handler()).await;
     let reply = cp
