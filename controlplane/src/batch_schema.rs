@@ -176,6 +176,7 @@ mod tests {
             gauges: Gauges::default(),
             unmatched: 0,
             endpoints: BTreeMap::from([("/a".to_owned(), delta)]),
+            failed: Vec::new(),
         };
         let value = serde_json::to_value(&batch).unwrap();
         let schema = serde_json::to_value(StatsBatchSchema::schema()).unwrap();

@@ -61,6 +61,7 @@ fn batch(
             .iter()
             .map(|(p, d)| (p.to_string(), d.clone()))
             .collect(),
+        failed: Vec::new(),
     }
 }
 

@@ -227,6 +227,7 @@ impl StatsPusher {
             gauges: Gauges::default(),
             unmatched: unmatched.since(&self.acked_unmatched).requests(),
             endpoints,
+            failed: Vec::new(),
         };
         Pending {
             batch,

@@ -15,6 +15,6 @@ pub use mapping::{
     canonical_prefix, loggable_target, validate_mapping, validate_prefix, Mapping, MappingError,
     Scheme, Target,
 };
-pub use redis_keys::RedisKeys;
-pub use stats::{EndpointDelta, Gauges, StatsBatch};
+pub use redis_keys::{RedisKeys, FAILED_KEPT};
+pub use stats::{EndpointDelta, FailedRequest, Gauges, StatsBatch};
 pub use update::{UpdateMessage, UpdateOp};

@@ -13,6 +13,9 @@ pub const DEFAULT_PREFIX: &str = "apiproxy";
 /// request, so they always cover the newest 10,000 requests.
 pub const REQUEST_RUNS: usize = 10_000;
 
+/// Failed requests kept in [`RedisKeys::stats_failed`] for the fleet.
+pub const FAILED_KEPT: usize = 1_000;
+
 /// The names of everything apiproxy keeps in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisKeys {
@@ -32,6 +35,10 @@ pub struct RedisKeys {
     /// List: the newest proxied requests as runs `"{unix s} {count}
     /// {prefix}"`, oldest first, at most [`REQUEST_RUNS`] of them.
     pub stats_requests: String,
+    /// List: the fleet's newest failed requests, newest first, each a
+    /// [`crate::FailedRequest`] JSON with the `node_id` that saw it; at
+    /// most [`FAILED_KEPT`].
+    pub stats_failed: String,
     /// String: set once the Go version's stats were imported (or found
     /// not to be importable); JSON saying what was done and when.
     pub stats_go_import: String,
@@ -51,6 +58,7 @@ impl RedisKeys {
             stats_totals: format!("{prefix}:stats:totals"),
             stats_endpoints: format!("{prefix}:stats:endpoints"),
             stats_requests: format!("{prefix}:stats:requests"),
+            stats_failed: format!("{prefix}:stats:failed"),
             stats_go_import: format!("{prefix}:stats:go_import"),
             nodes: format!("{prefix}:nodes"),
             namespace: prefix.to_owned(),

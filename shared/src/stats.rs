@@ -54,6 +54,34 @@ pub struct StatsBatch {
     /// Per mapping prefix; prefixes with nothing new are left out.
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointDelta>,
+    /// Requests that failed since the last acknowledged batch, oldest
+    /// first, at most [`MAX_FAILED`] (the node keeps only its newest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedRequest>,
+}
+
+/// Most failed requests one batch may carry, and how many a node keeps.
+pub const MAX_FAILED: usize = 100;
+/// Longest `request_id` accepted (the data plane keeps a client's id only
+/// up to this length).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// One request that failed: a status of 500 or more, a proxy error, or a
+/// client that went away (`status` 499, `error_type` `cancelled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedRequest {
+    /// When the request started, unix milliseconds.
+    pub time: u64,
+    pub request_id: String,
+    /// The mapping prefix, or `none` for a request no mapping took.
+    pub prefix: String,
+    pub status: u16,
+    /// The proxy's error type (SPEC §3 `type`, or `cancelled`); absent for
+    /// an upstream's own 5xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    pub duration_ms: u64,
 }
 
 /// The node's state when the batch was made (absolute values, not deltas).
@@ -114,6 +142,10 @@ pub enum BatchError {
     Errors(String),
     #[error("too many endpoints (at most {0})")]
     TooManyEndpoints(usize),
+    #[error("too many failed requests (at most {0})")]
+    TooManyFailed(usize),
+    #[error("failed request {0}: {1}")]
+    Failed(usize, &'static str),
 }
 
 /// Longest `node_id`, `boot_id` and `config_hash` accepted.
@@ -146,6 +178,12 @@ impl StatsBatch {
         if self.endpoints.len() > MAX_ENDPOINTS {
             return Err(BatchError::TooManyEndpoints(MAX_ENDPOINTS));
         }
+        if self.failed.len() > MAX_FAILED {
+            return Err(BatchError::TooManyFailed(MAX_FAILED));
+        }
+        for (i, f) in self.failed.iter().enumerate() {
+            f.validate().map_err(|why| BatchError::Failed(i, why))?;
+        }
         for (prefix, e) in &self.endpoints {
             if crate::validate_prefix(prefix).is_err() {
                 return Err(BatchError::Prefix(prefix.clone()));
@@ -176,6 +214,24 @@ impl StatsBatch {
             }
             if e.errors > e.requests {
                 return Err(BatchError::Errors(prefix.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FailedRequest {
+    /// What serde cannot check: lengths and the prefix.
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err("`request_id` must hold 1 to 128 bytes");
+        }
+        if self.prefix != "none" && crate::validate_prefix(&self.prefix).is_err() {
+            return Err("`prefix` is neither a valid prefix nor `none`");
+        }
+        if let Some(t) = &self.error_type {
+            if t.is_empty() || t.len() > 64 {
+                return Err("`error_type` must hold 1 to 64 bytes");
             }
         }
         Ok(())
@@ -222,6 +278,17 @@ mod tests {
         }
     }
 
+    fn failed(prefix: &str) -> FailedRequest {
+        FailedRequest {
+            time: 1_700_000_000_000,
+            request_id: "r-1".into(),
+            prefix: prefix.into(),
+            status: 502,
+            error_type: Some("upstream_connect".into()),
+            duration_ms: 3,
+        }
+    }
+
     fn batch() -> StatsBatch {
         StatsBatch {
             node_id: "dp-1".into(),
@@ -234,6 +301,7 @@ mod tests {
             gauges: Gauges::default(),
             unmatched: 0,
             endpoints: BTreeMap::from([("/openai".to_owned(), endpoint(4))]),
+            failed: vec![failed("/openai")],
         }
     }
 
@@ -288,6 +356,18 @@ mod tests {
         let mut b = batch();
         b.node_id.clear();
         assert_eq!(b.validate(), Err(BatchError::Empty("node_id")));
+
+        let mut b = batch();
+        b.failed = vec![failed("/openai"); MAX_FAILED + 1];
+        assert_eq!(b.validate(), Err(BatchError::TooManyFailed(MAX_FAILED)));
+
+        let mut b = batch();
+        b.failed.push(failed("openai"));
+        assert!(matches!(b.validate(), Err(BatchError::Failed(1, _))));
+        b.failed[1].prefix = "none".into();
+        b.validate().unwrap();
+        b.failed[1].request_id = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        assert!(matches!(b.validate(), Err(BatchError::Failed(1, _))));
 
         assert!(serde_json::from_str::<StatsBatch>(r#"{"node_id":"x","bogus":1}"#).is_err());
     }

@@ -304,6 +304,7 @@ mod tests {
                 ("/a".to_owned(), delta(3, 2)),
                 ("/b".to_owned(), delta(5, 2)),
             ]),
+            failed: Vec::new(),
         }
     }
 
