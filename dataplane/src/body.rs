@@ -118,6 +118,8 @@ pub(crate) struct BodyState {
     origin: tokio::time::Instant,
     /// Milliseconds after `origin` of the last frame taken from the client.
     last_frame_ms: std::sync::atomic::AtomicU64,
+    /// Body bytes taken from the client so far (for the access log).
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl Default for BodyState {
@@ -126,6 +128,7 @@ impl Default for BodyState {
             failure: OnceLock::new(),
             origin: tokio::time::Instant::now(),
             last_frame_ms: std::sync::atomic::AtomicU64::new(0),
+            received: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -135,6 +138,11 @@ impl BodyState {
         let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_frame_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Body bytes taken from the client so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// When the body last moved (its creation if it never did).
@@ -255,7 +263,11 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(e))) => {
                     let _ = slot.failure.set(BodyFailure::of(e));
                 }
-                Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => slot.moved(),
+                Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => {
+                    slot.moved();
+                    slot.received
+                        .store(this.received, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ => {}
             }
         }
@@ -362,8 +374,8 @@ impl Body for ProxyBody {
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(record)) = (frame.data_ref(), &this.record) {
-                    record.stats().bytes_out(data.len() as u64);
+                if let (Some(data), Some(record)) = (frame.data_ref(), &mut this.record) {
+                    record.bytes_out(data.len() as u64);
                 }
             }
             Poll::Ready(Some(Err(e))) => this.finish(Outcome::Failed(upstream_body_error_kind(e))),

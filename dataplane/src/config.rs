@@ -14,7 +14,16 @@ use clap::Parser;
 
 use apiproxy_shared::stats::MAX_ID_LEN;
 
+use crate::access_log;
 use crate::policy::TargetPolicy;
+
+/// A fraction from 0 to 1 (`API_PROXY_ACCESS_LOG_SAMPLE`).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
 
 /// apiproxy data plane: a transparent streaming reverse proxy.
 ///
@@ -130,6 +139,36 @@ pub(crate) struct Args {
     )]
     pub(crate) target_policy: TargetPolicy,
 
+    /// Access log: off, stdout, or a file path (appended to, reopened on
+    /// SIGHUP).
+    #[arg(
+        long,
+        env = "API_PROXY_ACCESS_LOG",
+        value_name = "SINK",
+        default_value = "stdout"
+    )]
+    pub(crate) access_log: access_log::Sink,
+
+    /// Access log line format.
+    #[arg(
+        long,
+        env = "API_PROXY_ACCESS_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub(crate) access_log_format: access_log::Format,
+
+    /// true: log the query string too, with the values of key, api_key,
+    /// token, access_token and sig replaced by ***.
+    #[arg(long, env = "API_PROXY_ACCESS_LOG_QUERY", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub(crate) access_log_query: bool,
+
+    /// Fraction (0 to 1) of successful requests logged; a status of 400 or
+    /// more, an error or a cancel is always logged.
+    #[arg(long, env = "API_PROXY_ACCESS_LOG_SAMPLE", value_name = "FRACTION", default_value = "1", value_parser = parse_fraction)]
+    pub(crate) access_log_sample: f64,
+
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(
         long,
@@ -169,6 +208,7 @@ pub struct Config {
     pub(crate) enable_stats: bool,
     /// Where and how stats batches go; `None`: no push.
     pub(crate) stats_push: Option<StatsPush>,
+    pub(crate) access_log: access_log::Settings,
     /// Said once at start, when logging is up: an older variable name
     /// read or overridden.
     pub notices: Vec<String>,
@@ -312,6 +352,15 @@ impl Config {
                 )
             }
         };
+        let node_id = match args.node_id {
+            Some(id) if id.is_empty() || id.len() > MAX_ID_LEN => {
+                return invalid(format!(
+                    "API_PROXY_NODE_ID: must be 1 to {MAX_ID_LEN} bytes"
+                ))
+            }
+            Some(id) => id,
+            None => host_name(),
+        };
         let stats_push = match args.controlplane_url {
             None => None,
             Some(url) => Some(StatsPush {
@@ -328,15 +377,7 @@ impl Config {
                             .into(),
                     ),
                 },
-                node_id: match args.node_id {
-                    Some(id) if id.is_empty() || id.len() > MAX_ID_LEN => {
-                        return invalid(format!(
-                            "API_PROXY_NODE_ID: must be 1 to {MAX_ID_LEN} bytes"
-                        ))
-                    }
-                    Some(id) => id,
-                    None => host_name(),
-                },
+                node_id: node_id.clone(),
                 interval: args.stats_interval,
             }),
         };
@@ -376,6 +417,13 @@ impl Config {
             log_format: args.log_format,
             enable_stats: args.enable_stats,
             stats_push,
+            access_log: access_log::Settings {
+                sink: args.access_log,
+                format: args.access_log_format,
+                query: args.access_log_query,
+                sample: args.access_log_sample,
+                node_id,
+            },
             notices: Vec::new(),
         })
     }
@@ -408,6 +456,52 @@ mod tests {
         assert_eq!(c.target_policy, TargetPolicy::NoLinkLocal);
         assert!(!c.forwarded_headers);
         assert!(c.max_request_body.is_none());
+        assert_eq!(c.access_log.sink, access_log::Sink::Stdout);
+        assert_eq!(c.access_log.format, access_log::Format::Text);
+        assert!(!c.access_log.query);
+        assert_eq!(c.access_log.sample, 1.0);
+    }
+
+    #[test]
+    fn access_log_settings_are_checked() {
+        let c = parse(&["--mappings-file", "m"], &[]).unwrap();
+        assert!(!c.access_log.node_id.is_empty());
+        let c = parse(
+            &[
+                "--mappings-file",
+                "m",
+                "--access-log",
+                "/var/log/a.log",
+                "--access-log-format",
+                "json",
+                "--access-log-sample",
+                "0.25",
+                "--node-id",
+                "dp-9",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.access_log.sink,
+            access_log::Sink::File("/var/log/a.log".into())
+        );
+        assert_eq!(c.access_log.format, access_log::Format::Json);
+        assert_eq!(c.access_log.sample, 0.25);
+        assert_eq!(c.access_log.node_id, "dp-9");
+        for bad in [
+            &["--access-log-sample", "1.5"][..],
+            &["--access-log-sample", "x"],
+            &["--access-log", ""],
+            &["--access-log-format", "xml"],
+        ] {
+            let args: Vec<&str> = ["--mappings-file", "m"]
+                .iter()
+                .chain(bad)
+                .copied()
+                .collect();
+            assert!(parse(&args, &[]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

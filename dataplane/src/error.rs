@@ -8,6 +8,7 @@ use crate::body::{BodyFailure, ProxyBody};
 use crate::causes::chain;
 use crate::error_kind::UpstreamErrorKind;
 use crate::pool::SendError;
+use crate::request_id::X_REQUEST_ID;
 
 pub(crate) const ERROR_HEADER: &str = "x-apiproxy-error";
 
@@ -102,13 +103,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::NotReady => "not_ready",
-            ProxyError::Upstream { kind, .. } => match kind {
-                UpstreamErrorKind::Connect | UpstreamErrorKind::Tls | UpstreamErrorKind::Policy => {
-                    "upstream_connect"
-                }
-                UpstreamErrorKind::Timeout => "upstream_timeout",
-                UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol => "upstream_error",
-            },
+            ProxyError::Upstream { kind, .. } => kind.error_type(),
         }
     }
 
@@ -119,13 +114,20 @@ impl ProxyError {
         }
     }
 
-    pub(crate) fn into_response(self) -> Response<ProxyBody> {
-        let body = serde_json::json!({"error": {"type": self.kind(), "message": self.to_string()}});
+    /// The error response of the request `request_id`: the id is in the
+    /// body and in `X-Request-Id`.
+    pub(crate) fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let body = serde_json::json!({"error": {
+            "type": self.kind(),
+            "message": self.to_string(),
+            "request_id": request_id.to_str().unwrap_or_default(),
+        }});
         let mut response = Response::new(ProxyBody::full(body.to_string()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind()));
+        headers.insert(&X_REQUEST_ID, request_id.clone());
         response
     }
 }
@@ -250,8 +252,9 @@ mod tests {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.kind(), kind, "{err:?}");
             assert_eq!(err.side(), side, "{err:?}");
-            let resp = err.into_response();
+            let resp = err.into_response(&HeaderValue::from_static("rid-7"));
             assert_eq!(resp.headers()[ERROR_HEADER], kind);
+            assert_eq!(resp.headers()[&X_REQUEST_ID], "rid-7");
             assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
         }
     }

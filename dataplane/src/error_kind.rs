@@ -27,6 +27,18 @@ impl UpstreamErrorKind {
         UpstreamErrorKind::Protocol,
     ];
 
+    /// The error `type` (SPEC §3) a failure of this kind is answered or
+    /// logged with.
+    pub(crate) fn error_type(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect | UpstreamErrorKind::Tls | UpstreamErrorKind::Policy => {
+                "upstream_connect"
+            }
+            UpstreamErrorKind::Timeout => "upstream_timeout",
+            UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol => "upstream_error",
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorKind::Connect => "connect",

@@ -8,8 +8,10 @@
 // wire (`http1`, `h2`) -> transport (`connect`, `tls_sessions`, `pool`,
 // `budget`, `upstream`) -> proxy (`proxy`, `body`, `error`, `tunnel`) ->
 // `listener`. Below every layer: `headers` (field and token helpers),
-// `write_stall`, `deadline`, `causes`, `error_kind`. Beside the path:
-// routing state and its sources, stats, metrics.
+// `write_stall`, `deadline`, `causes`, `error_kind`, `request_id`. Beside
+// the path: routing state and its sources, stats, metrics, and where a
+// finished request is told (`record` -> `access_log`, `failures`).
+mod access_log;
 mod body;
 mod budget;
 mod causes;
@@ -18,6 +20,7 @@ mod connect;
 mod deadline;
 mod error;
 mod error_kind;
+mod failures;
 mod file_source;
 mod h2;
 mod headers;
@@ -30,6 +33,7 @@ mod pool;
 mod proxy;
 mod record;
 mod redis_source;
+mod request_id;
 mod routing;
 mod snapshot_cache;
 mod state;
@@ -59,6 +63,7 @@ pub use file_source::FileError;
 pub use redis_source::RedisSetupError;
 pub use stats::{PrefixStats, StatsRegistry, Totals};
 
+use crate::access_log::{Reopener, RequestLog, WriterHandle};
 use crate::connect::UpstreamSettings;
 use crate::file_source::FileSource;
 use crate::proxy::Proxy;
@@ -78,6 +83,12 @@ pub enum StartupError {
     Tls(#[from] connect::TlsSetupError),
     #[error(transparent)]
     Redis(#[from] redis_source::RedisSetupError),
+    #[error("API_PROXY_ACCESS_LOG: cannot open {path}: {error}")]
+    AccessLog {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 /// Where snapshots come from; both feed the same [`RoutingState`].
@@ -120,6 +131,8 @@ pub struct DataPlane {
     source: MappingSource,
     upstream: Upstream<body::RequestBody>,
     pusher: Option<StatsPusher>,
+    log: &'static RequestLog,
+    log_writer: Option<WriterHandle>,
 }
 
 impl DataPlane {
@@ -127,6 +140,17 @@ impl DataPlane {
         // One stats shard per worker thread, so workers never contend.
         let stats = StatsRegistry::new(config.workers, config.enable_stats);
         let state = Arc::new(RoutingState::new(Metrics::with_stats(stats)));
+        let (log, log_writer) = RequestLog::start(
+            config.access_log.clone(),
+            state.metrics.access_log_dropped.clone(),
+        )
+        .map_err(|error| StartupError::AccessLog {
+            path: match &config.access_log.sink {
+                access_log::Sink::File(path) => path.display().to_string(),
+                _ => "stdout".into(),
+            },
+            error,
+        })?;
         let upstream = Upstream::new(&UpstreamSettings {
             policy: config.target_policy,
             connect_timeout: config.connect_timeout,
@@ -149,6 +173,7 @@ impl DataPlane {
             Some(push) => Some(StatsPusher::new(
                 push,
                 state.clone(),
+                &log.failures,
                 config.ca_file.as_deref(),
             )?),
             None => None,
@@ -159,6 +184,8 @@ impl DataPlane {
             source,
             upstream,
             pusher,
+            log,
+            log_writer,
         })
     }
 
@@ -176,6 +203,8 @@ impl DataPlane {
             source,
             upstream,
             pusher,
+            log,
+            log_writer,
         } = self;
         let background = CancellationToken::new();
         let drain_deadline = CancellationToken::new();
@@ -187,6 +216,7 @@ impl DataPlane {
             idle_timeout: config.idle_timeout,
             max_request_body: config.max_request_body,
             forwarded_headers: config.forwarded_headers,
+            log,
         });
         // The bound addresses (not the configured ones) so that a `:0` port
         // can be found by whoever started us.
@@ -199,6 +229,9 @@ impl DataPlane {
         // Cancelled only after the drain, so the final batch holds every
         // request that finished.
         let pusher = pusher.map(|p| tokio::spawn(p.run(background.child_token())));
+        let reopen = log_writer
+            .as_ref()
+            .map(|w| tokio::spawn(reopen_on_sighup(w.reopener(), background.child_token())));
         let ops = tokio::spawn(ops::serve(
             ops_listener,
             state.clone(),
@@ -221,6 +254,34 @@ impl DataPlane {
             let _ = pusher.await;
         }
         let _ = tokio::join!(watcher, ops);
+        if let Some(reopen) = reopen {
+            let _ = reopen.await;
+        }
+        if let Some(writer) = log_writer {
+            writer.close(WRITER_CLOSE_WAIT).await;
+        }
         info!("stopped");
+    }
+}
+
+/// How long the access log's last lines may take to be written at exit.
+const WRITER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGHUP reopens the access log file (after logrotate moved it).
+async fn reopen_on_sighup(writer: Reopener, stop: CancellationToken) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            return tracing::warn!(%error, "cannot watch SIGHUP; the access log will not be reopened")
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {
+                info!("SIGHUP received: reopening the access log");
+                writer.reopen();
+            }
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub(crate) config_stale: IntGauge,
     pub(crate) config_invalid_entries: IntGauge,
     pub(crate) stats_push_failures: IntCounter,
+    pub(crate) access_log_dropped: IntCounter,
     config_reloads: IntCounterVec,
 }
 
@@ -48,6 +49,13 @@ impl Metrics {
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
             g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
         };
         let config_reloads = IntCounterVec::new(
             Opts::new(
@@ -91,17 +99,14 @@ impl Metrics {
                 "apiproxy_config_invalid_entries",
                 "Entries skipped in the current snapshot because they are invalid.",
             ),
-            stats_push_failures: {
-                let c = IntCounter::new(
-                    "apiproxy_stats_push_failures_total",
-                    "Stats batches the control plane did not acknowledge.",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("unique metric");
-                c
-            },
+            stats_push_failures: counter(
+                "apiproxy_stats_push_failures_total",
+                "Stats batches the control plane did not acknowledge.",
+            ),
+            access_log_dropped: counter(
+                "apiproxy_access_log_dropped_total",
+                "Access log lines dropped because the sink was slower than the traffic.",
+            ),
             registry,
             stats: Arc::new(stats),
             config_reloads,
@@ -283,6 +288,7 @@ mod tests {
             "apiproxy_config_stale 0",
             "apiproxy_config_invalid_entries 0",
             "apiproxy_stats_push_failures_total 0",
+            "apiproxy_access_log_dropped_total 0",
             r#"apiproxy_config_reloads_total{result="error"} 0"#,
             r#"apiproxy_build_info{version="#,
             "process_resident_memory_bytes",

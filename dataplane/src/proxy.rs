@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::request::Parts;
 use http::uri::InvalidUri;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
@@ -20,6 +20,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::access_log::{AccessEntry, RequestLog};
 use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
 use crate::budget::Held;
 use crate::causes::chain;
@@ -29,8 +30,10 @@ use crate::error_kind::UpstreamErrorKind;
 use crate::headers;
 use crate::pool::{SendError, SendResult};
 use crate::record::{Outcome, RequestRecord};
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::routing::{has_dot_segment, Route};
 use crate::state::RoutingState;
+use crate::stats::PrefixStats;
 use crate::tunnel::Tunnels;
 use crate::upstream::Upstream;
 
@@ -43,6 +46,8 @@ pub(crate) struct Proxy {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_request_body: Option<u64>,
     pub(crate) forwarded_headers: bool,
+    /// Where each request's end is told besides the stats.
+    pub(crate) log: &'static RequestLog,
 }
 
 impl Proxy {
@@ -76,8 +81,8 @@ impl Proxy {
                 head,
                 in_flight: Some(in_flight),
             },
-            Err(error) => Forward::Answered {
-                response: Some(error.into_response()),
+            Err(Refused { error, id }) => Forward::Answered {
+                response: Some(error.into_response(&id)),
             },
         }
     }
@@ -95,36 +100,56 @@ impl Proxy {
             AwaitHead<impl Held<Output = SendResult<RequestBody>>, T>,
             InFlight,
         ),
-        ProxyError,
+        Refused,
     > {
+        let id = request_id::of_request(req.headers());
+        let entry = self.log.entry(&req, id.clone(), client);
+        let record = |stats: &Arc<PrefixStats>, entry| {
+            RequestRecord::reported(stats.clone(), start, self.log, entry)
+        };
+        let unmatched = |error, entry| refuse(record(self.state.metrics.unmatched(), entry), error);
         if let Err(e) = refuse_foreign_targets(&req) {
-            return Err(self.unmatched(e, start));
+            return Err(unmatched(e, entry));
         }
         let Some(snapshot) = self.state.snapshot() else {
-            return Err(self.unmatched(ProxyError::NotReady, start));
+            return Err(unmatched(ProxyError::NotReady, entry));
         };
         let Some((route, rest)) = snapshot.lookup(req.uri().path()) else {
-            return Err(self.unmatched(ProxyError::NoMapping(req.uri().path().to_owned()), start));
+            let path = req.uri().path().to_owned();
+            return Err(unmatched(ProxyError::NoMapping(path), entry));
         };
         let route = route.clone();
         let upstream_target = route.upstream_target(rest, req.uri().query());
         drop(snapshot);
-        let record = RequestRecord::start(route.stats.clone(), start);
+        let mut record = record(&route.stats, entry);
+        if let Some(entry) = record.entry_mut() {
+            entry.upstream = Some(route.host.clone());
+        }
 
         if let Some(limit) = self.max_request_body {
             if content_length(&req).is_some_and(|len| len > limit) {
-                return Err(finish_with(record, ProxyError::PayloadTooLarge(limit)));
+                return Err(refuse(record, ProxyError::PayloadTooLarge(limit)));
             }
         }
         let upgrading = headers::is_upgrade_request(req.headers());
         let (parts, body) = req.into_parts();
         let (body, body_failure) =
             RequestBody::new(body, self.idle_timeout, self.max_request_body, &route.stats);
-        let upstream_req =
-            match self.upstream_request(parts, body, &route, upstream_target, upgrading, client) {
-                Ok(r) => r,
-                Err(e) => return Err(finish_with(record, e)),
-            };
+        if let Some(entry) = record.entry_mut() {
+            entry.body = body_failure.clone();
+        }
+        let upstream_req = match self.upstream_request(
+            parts,
+            body,
+            &route,
+            upstream_target,
+            upgrading,
+            client,
+            id,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Err(refuse(record, e)),
+        };
         let pool = if upgrading {
             &self.upstream.upgrade
         } else {
@@ -142,9 +167,26 @@ impl Proxy {
         Ok((head, in_flight))
     }
 
+    /// The answer to a request whose head could not be read (malformed,
+    /// too large): counted, logged and kept as a failure like any request
+    /// no mapping took, under an id of its own.
+    pub(crate) fn refuse_unreadable(
+        &self,
+        error: ProxyError,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let entry = Box::new(AccessEntry::unreadable(request_id::make(), client));
+        let stats = self.state.metrics.unmatched().clone();
+        let record = RequestRecord::reported(stats, Instant::now(), self.log, entry);
+        let Refused { error, id } = refuse(record, error);
+        error.into_response(&id)
+    }
+
     /// Rewrites the client's request for the upstream: the target's path,
-    /// hop-by-hop headers out, `Host` set to the target, HTTP/1.1 (the
-    /// client picks HTTP/2 by ALPN where the upstream offers it).
+    /// hop-by-hop headers out, `Host` set to the target, the request's id
+    /// in `X-Request-Id`, HTTP/1.1 (the client picks HTTP/2 by ALPN where
+    /// the upstream offers it).
+    #[allow(clippy::too_many_arguments)]
     fn upstream_request(
         &self,
         mut parts: Parts,
@@ -153,6 +195,7 @@ impl Proxy {
         uri: Result<Uri, InvalidUri>,
         upgrading: bool,
         client: SocketAddr,
+        id: HeaderValue,
     ) -> Result<Request<RequestBody>, ProxyError> {
         parts.uri =
             uri.map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
@@ -161,18 +204,18 @@ impl Proxy {
         parts.extensions = Extensions::new();
         headers::strip_hop_by_hop(&mut parts.headers, upgrading);
         let original_host = parts.headers.insert(HOST, route.host.clone());
+        parts.headers.insert(&X_REQUEST_ID, id);
         if self.forwarded_headers {
             headers::add_forwarded(&mut parts.headers, client.ip(), original_host);
         }
         Ok(Request::from_parts(parts, body))
     }
+}
 
-    /// A request answered before any mapping applied (refused, not ready,
-    /// no mapping): counted under `prefix="none"`.
-    fn unmatched(&self, error: ProxyError, start: Instant) -> ProxyError {
-        let unmatched = self.state.metrics.unmatched().clone();
-        finish_with(RequestRecord::start(unmatched, start), error)
-    }
+/// A request the proxy answers by itself before the upstream is asked.
+pub(crate) struct Refused {
+    error: ProxyError,
+    id: HeaderValue,
 }
 
 /// What a request keeps while its upstream answers.
@@ -195,7 +238,7 @@ impl InFlight {
     ) -> Response<ProxyBody> {
         match self.respond_or_fail(sent, body_failure) {
             Ok(response) => response,
-            Err(error) => error.into_response(),
+            Err((error, id)) => error.into_response(&id),
         }
     }
 
@@ -203,26 +246,28 @@ impl InFlight {
         self,
         sent: Option<SendResult<RequestBody>>,
         body_failure: Option<BodyFailure>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, (ProxyError, HeaderValue)> {
         let InFlight {
             proxy,
             route,
             mut record,
             upgrading,
         } = self;
+        let id = record.id_value().cloned().unwrap_or_else(request_id::make);
         let response = match sent {
             Some(Ok(sent)) => sent,
             Some(Err(err)) => {
                 return match classify_send_error(&err, body_failure) {
                     SendFailure::Respond(e) => {
-                        log_upstream_failure(&route, &e, &err);
-                        Err(finish_with(record, e))
+                        log_upstream_failure(&route, &e, &err, record.id());
+                        Err((finish_with(record, e), id))
                     }
                     // The client's body broke: it is gone; the record's drop
                     // counts the cancellation and nothing is written.
-                    SendFailure::ClientGone => {
-                        Err(ProxyError::BadRequest("client request body failed".into()))
-                    }
+                    SendFailure::ClientGone => Err((
+                        ProxyError::BadRequest("client request body failed".into()),
+                        id,
+                    )),
                 };
             }
             None => {
@@ -233,13 +278,27 @@ impl InFlight {
                         proxy.response_header_timeout
                     ),
                 );
-                warn!(prefix = %route.prefix, "upstream response header timeout");
-                return Err(finish_with(record, e));
+                warn!(prefix = %route.prefix, request_id = record.id(), "upstream response header timeout");
+                return Err((finish_with(record, e), id));
             }
         };
 
         record.head(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
+        // The upstream's own id, if it sent one, is what the client sees
+        // (it may be the one its support desk asks for); the log keeps both.
+        match parts.headers.get(&X_REQUEST_ID) {
+            None => {
+                parts.headers.insert(&X_REQUEST_ID, id);
+            }
+            Some(theirs) if *theirs != id => {
+                let theirs = theirs.clone();
+                if let Some(entry) = record.entry_mut() {
+                    entry.upstream_request_id = Some(theirs);
+                }
+            }
+            Some(_) => {}
+        }
         if parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrading {
             // The listener joins the two connections once the client has
             // the 101.
@@ -426,8 +485,18 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
+/// Answers the request of `record` with `error`.
+fn refuse(record: RequestRecord, error: ProxyError) -> Refused {
+    let id = record.id_value().cloned().unwrap_or_else(request_id::make);
+    Refused {
+        error: finish_with(record, error),
+        id,
+    }
+}
+
 /// Records a proxy-made response as the request's outcome.
 fn finish_with(mut record: RequestRecord, error: ProxyError) -> ProxyError {
+    record.error(error.kind());
     record.head(error.status().as_u16());
     record.finish(
         error
@@ -437,13 +506,15 @@ fn finish_with(mut record: RequestRecord, error: ProxyError) -> ProxyError {
     error
 }
 
-fn log_upstream_failure(route: &Route, e: &ProxyError, err: &SendError) {
+fn log_upstream_failure(route: &Route, e: &ProxyError, err: &SendError, request_id: &str) {
     let side = e.side().as_str();
     match e {
         ProxyError::Upstream { kind, .. } => {
-            warn!(prefix = %route.prefix, side, kind = kind.as_str(), error = %chain(err), "upstream request failed")
+            warn!(prefix = %route.prefix, request_id, side, kind = kind.as_str(), error = %chain(err), "upstream request failed")
         }
-        _ => debug!(prefix = %route.prefix, side, error = %chain(err), "request failed"),
+        _ => {
+            debug!(prefix = %route.prefix, request_id, side, error = %chain(err), "request failed")
+        }
     }
 }
 

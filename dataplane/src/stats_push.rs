@@ -10,9 +10,7 @@
 //! plane, which applies each `(node_id, boot_id, seq)` once, neither loses
 //! nor double-counts anything.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +29,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::StatsPush;
 use crate::connect::{tls_config, TlsSetupError};
+use crate::failures::RecentFailures;
+use crate::request_id::random_u64;
 use crate::routing::Snapshot;
 use crate::state::RoutingState;
 use crate::stats::Totals;
@@ -49,6 +49,8 @@ struct Pending {
     batch: StatsBatch,
     reads: Vec<(Arc<str>, Totals)>,
     unmatched: Totals,
+    /// The number of the newest failed request in the batch.
+    failed_upto: u64,
 }
 
 /// How one send ended.
@@ -70,6 +72,9 @@ pub(crate) struct StatsPusher {
     seq: u64,
     acked: HashMap<Arc<str>, Totals>,
     acked_unmatched: Totals,
+    failures: &'static RecentFailures,
+    /// The newest failed request the control plane acknowledged.
+    acked_failed: u64,
     pending: Option<Pending>,
     /// The snapshot whose content hash is `hash`: hashing 10,000 mappings
     /// on every push would be waste.
@@ -81,6 +86,7 @@ impl StatsPusher {
     pub(crate) fn new(
         settings: StatsPush,
         state: Arc<RoutingState>,
+        failures: &'static RecentFailures,
         ca_file: Option<&std::path::Path>,
     ) -> Result<StatsPusher, TlsSetupError> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", settings.token.0))
@@ -106,6 +112,8 @@ impl StatsPusher {
             seq: 1,
             acked: HashMap::new(),
             acked_unmatched: Totals::default(),
+            failures,
+            acked_failed: 0,
             pending: None,
             hashed: None,
             failing: false,
@@ -189,6 +197,7 @@ impl StatsPusher {
             self.acked.insert(prefix, totals);
         }
         self.acked_unmatched = pending.unmatched;
+        self.acked_failed = pending.failed_upto;
         self.seq += 1;
     }
 
@@ -207,6 +216,7 @@ impl StatsPusher {
             }
         }
         let unmatched = stats.unmatched().read();
+        let (failed, failed_upto) = self.failures.since(self.acked_failed);
         let snapshot = self.state.current();
         let config_hash = match &self.hashed {
             Some((hashed, hash)) if Arc::ptr_eq(hashed, &snapshot) => hash.clone(),
@@ -227,12 +237,13 @@ impl StatsPusher {
             gauges: Gauges::default(),
             unmatched: unmatched.since(&self.acked_unmatched).requests(),
             endpoints,
-            failed: Vec::new(),
+            failed,
         };
         Pending {
             batch,
             reads,
             unmatched,
+            failed_upto,
         }
     }
 
@@ -356,8 +367,7 @@ fn unix_now() -> u64 {
 /// std `RandomState`s are seeded from the OS's randomness, which is all a
 /// boot id needs; no extra crate for it.
 fn boot_id() -> String {
-    let a = RandomState::new().hash_one((std::process::id(), unix_now()));
-    let b = RandomState::new().hash_one(Instant::now());
+    let (a, b) = (random_u64(), random_u64());
     let (a, b) = (
         (a & 0xffff_ffff_ffff_0fff) | 0x4000,
         (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000,

@@ -87,7 +87,8 @@ pub(crate) async fn serve(
             None => return Ok(()),
             Some(Ok(head)) => head,
             Some(Err(refusal)) => {
-                out.refuse(refused(refusal).into_response()).await;
+                out.refuse(proxy.refuse_unreadable(refused(refusal), client))
+                    .await;
                 return Ok(());
             }
         };
@@ -494,6 +495,7 @@ mod tests {
             idle_timeout: WAIT,
             max_request_body: None,
             forwarded_headers: false,
+            log: crate::access_log::RequestLog::off(),
         })
     }
 

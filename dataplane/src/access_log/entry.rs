@@ -1,0 +1,389 @@
+//! One access-log line: what the request path fills in (cheap copies,
+//! nothing formatted) and how the writer's thread formats it, as JSON or
+//! as text close to nginx's `combined` format.
+//!
+//! Never a header value that may be a secret: of the headers, only
+//! `User-Agent` and the request ids are kept. The query is left out unless
+//! asked for, and then its credential parameters are masked.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::HeaderValue;
+use http::{Method, Version};
+use serde::Serialize;
+
+use crate::body::FailureSlot;
+
+/// Query parameters whose values are masked when the query is logged.
+const SECRET_PARAMS: [&str; 5] = ["key", "api_key", "token", "access_token", "sig"];
+
+/// Longest `User-Agent` kept (a client may send kilobytes).
+const MAX_USER_AGENT: usize = 256;
+
+/// What one request leaves in the access log.
+#[derive(Debug)]
+pub(crate) struct AccessEntry {
+    pub(crate) request_id: HeaderValue,
+    pub(crate) client: SocketAddr,
+    pub(crate) method: Method,
+    /// The path, and the masked query when `API_PROXY_ACCESS_LOG_QUERY`.
+    pub(crate) target: Box<str>,
+    pub(crate) protocol: Version,
+    pub(crate) user_agent: Option<Box<str>>,
+    /// Set once routed.
+    pub(crate) prefix: Option<Arc<str>>,
+    /// The upstream's `host[:port]`, once routed.
+    pub(crate) upstream: Option<HeaderValue>,
+    /// The request body's state, to read its byte count at the end.
+    pub(crate) body: Option<FailureSlot>,
+    pub(crate) bytes_out: u64,
+    pub(crate) ttfb: Option<Duration>,
+    /// The upstream's own `X-Request-Id`, when it answered with one that
+    /// is not ours (the client sees that one).
+    pub(crate) upstream_request_id: Option<HeaderValue>,
+    // Filled in when the request ends.
+    pub(crate) start: SystemTime,
+    pub(crate) status: u16,
+    pub(crate) error: Option<&'static str>,
+    pub(crate) duration: Duration,
+    pub(crate) cancelled: bool,
+}
+
+impl AccessEntry {
+    /// The fields known when the request arrives.
+    pub(crate) fn new<B>(
+        req: &http::Request<B>,
+        request_id: HeaderValue,
+        client: SocketAddr,
+        with_query: bool,
+    ) -> AccessEntry {
+        let uri = req.uri();
+        let target = match uri.query() {
+            Some(query) if with_query => {
+                let mut t = String::with_capacity(uri.path().len() + 1 + query.len());
+                t.push_str(uri.path());
+                t.push('?');
+                mask_query(query, &mut t);
+                t.into_boxed_str()
+            }
+            _ => uri.path().into(),
+        };
+        let user_agent = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .map(|ua| truncate(&String::from_utf8_lossy(ua.as_bytes()), MAX_USER_AGENT).into());
+        AccessEntry {
+            request_id,
+            client,
+            method: req.method().clone(),
+            target,
+            protocol: req.version(),
+            user_agent,
+            prefix: None,
+            upstream: None,
+            body: None,
+            bytes_out: 0,
+            ttfb: None,
+            upstream_request_id: None,
+            start: SystemTime::UNIX_EPOCH,
+            status: 0,
+            error: None,
+            duration: Duration::ZERO,
+            cancelled: false,
+        }
+    }
+
+    /// An entry for a request refused before its head could be read
+    /// (malformed, too large): no method or path to tell.
+    pub(crate) fn unreadable(request_id: HeaderValue, client: SocketAddr) -> AccessEntry {
+        AccessEntry {
+            request_id,
+            client,
+            method: Method::GET,
+            target: "".into(),
+            protocol: Version::HTTP_11,
+            user_agent: None,
+            prefix: None,
+            upstream: None,
+            body: None,
+            bytes_out: 0,
+            ttfb: None,
+            upstream_request_id: None,
+            start: SystemTime::UNIX_EPOCH,
+            status: 0,
+            error: None,
+            duration: Duration::ZERO,
+            cancelled: false,
+        }
+    }
+
+    fn bytes_in(&self) -> u64 {
+        self.body.as_ref().map_or(0, |b| b.received())
+    }
+
+    fn method(&self) -> &str {
+        if self.target.is_empty() {
+            "-"
+        } else {
+            self.method.as_str()
+        }
+    }
+
+    fn target(&self) -> &str {
+        if self.target.is_empty() {
+            "-"
+        } else {
+            &self.target
+        }
+    }
+
+    /// Appends the entry as one JSON object and a newline.
+    pub(crate) fn write_json(&self, node_id: &str, out: &mut Vec<u8>) {
+        let line = JsonLine {
+            time: humantime::format_rfc3339_millis(self.start).to_string(),
+            request_id: text(&self.request_id),
+            node_id,
+            client: self.client,
+            method: self.method(),
+            prefix: self.prefix.as_deref(),
+            path: self.target(),
+            protocol: protocol(self.protocol),
+            status: self.status,
+            error: self.error,
+            bytes_in: self.bytes_in(),
+            bytes_out: self.bytes_out,
+            duration_ms: millis(self.duration),
+            ttfb_ms: self.ttfb.map(millis),
+            upstream: self.upstream.as_ref().map(text),
+            upstream_request_id: self.upstream_request_id.as_ref().map(text),
+            cancelled: self.cancelled,
+            user_agent: self.user_agent.as_deref(),
+        };
+        serde_json::to_writer(&mut *out, &line).expect("serialising to memory cannot fail");
+        out.push(b'\n');
+    }
+
+    /// Appends the entry as one text line: nginx's `combined` format
+    /// (client, time, request line, status, bytes sent, referer left out,
+    /// user agent), then our fields as `name=value`.
+    pub(crate) fn write_text(&self, node_id: &str, out: &mut Vec<u8>) {
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "{} - - [{}] \"{} {} {}\" {} {} \"-\" \"{}\"",
+            self.client.ip(),
+            humantime::format_rfc3339_millis(self.start),
+            self.method(),
+            escaped(self.target()),
+            protocol(self.protocol),
+            self.status,
+            self.bytes_out,
+            escaped(self.user_agent.as_deref().unwrap_or("-")),
+        );
+        let _ = write!(
+            line,
+            " request_id={} node_id={} prefix={} error={} bytes_in={} duration_ms={:.3} ttfb_ms={} upstream={} cancelled={}",
+            escaped(text(&self.request_id)),
+            escaped(node_id),
+            escaped(self.prefix.as_deref().unwrap_or("-")),
+            self.error.unwrap_or("-"),
+            self.bytes_in(),
+            millis(self.duration),
+            self.ttfb.map_or("-".to_owned(), |t| format!("{:.3}", millis(t))),
+            self.upstream.as_ref().map_or("-".into(), |u| escaped(text(u))),
+            self.cancelled,
+        );
+        if let Some(id) = &self.upstream_request_id {
+            let _ = write!(line, " upstream_request_id={}", escaped(text(id)));
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    request_id: &'a str,
+    node_id: &'a str,
+    client: SocketAddr,
+    method: &'a str,
+    prefix: Option<&'a str>,
+    path: &'a str,
+    protocol: &'static str,
+    status: u16,
+    error: Option<&'static str>,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    ttfb_ms: Option<f64>,
+    upstream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_request_id: Option<&'a str>,
+    cancelled: bool,
+    user_agent: Option<&'a str>,
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Milliseconds, to the microsecond.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// A header value the proxy made or checked (printable ASCII); anything
+/// else shows as `-`.
+fn text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or("-")
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `"`, `\`, spaces and control bytes as `\xHH`, as nginx escapes its log
+/// variables, so that a field never breaks the line apart.
+fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c != '"' && c != '\\' && !c.is_control();
+    if s.chars().all(plain) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if plain(c) {
+            out.push(c);
+        } else {
+            let mut buf = [0; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+        }
+    }
+    out.into()
+}
+
+/// Appends `query` with the value of each credential parameter replaced
+/// by `***` (names compared without case; `key=K` and a bare `key` both).
+pub(crate) fn mask_query(query: &str, out: &mut String) {
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (name, value) = match pair.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (pair, None),
+        };
+        let secret = SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name));
+        out.push_str(name);
+        match value {
+            Some(_) if secret => out.push_str("=***"),
+            Some(value) => {
+                out.push('=');
+                out.push_str(value);
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(query: &str) -> String {
+        let mut out = String::new();
+        mask_query(query, &mut out);
+        out
+    }
+
+    #[test]
+    fn credential_parameters_are_masked() {
+        assert_eq!(masked("key=K&alt=sse"), "key=***&alt=sse");
+        assert_eq!(
+            masked("a=1&API_KEY=s&token=t&access_token=u&sig=v&b"),
+            "a=1&API_KEY=***&token=***&access_token=***&sig=***&b"
+        );
+        assert_eq!(masked("keys=1&mykey=2"), "keys=1&mykey=2");
+        assert_eq!(masked("key"), "key");
+    }
+
+    fn entry(target: &str, query: bool) -> AccessEntry {
+        let req = http::Request::builder()
+            .uri(target)
+            .header("user-agent", "sdk \"1\"\t")
+            .header("authorization", "Bearer sk-secret")
+            .body(())
+            .unwrap();
+        let mut e = AccessEntry::new(
+            &req,
+            HeaderValue::from_static("rid-1"),
+            "10.0.0.1:5000".parse().unwrap(),
+            query,
+        );
+        e.status = 200;
+        e.prefix = Some("/gemini".into());
+        e.start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        e.duration = Duration::from_micros(12_345);
+        e
+    }
+
+    #[test]
+    fn json_lines_hold_every_field_and_no_secret() {
+        let mut out = Vec::new();
+        entry("/gemini/v1?key=K&alt=sse", true).write_json("dp-1", &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["request_id"], "rid-1");
+        assert_eq!(v["node_id"], "dp-1");
+        assert_eq!(v["client"], "10.0.0.1:5000");
+        assert_eq!(v["path"], "/gemini/v1?key=***&alt=sse");
+        assert_eq!(v["duration_ms"], 12.345);
+        assert_eq!(v["ttfb_ms"], serde_json::Value::Null);
+        assert_eq!(v["user_agent"], "sdk \"1\"\t");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("sk-secret") && !text.contains("=K"),
+            "{text}"
+        );
+
+        let mut out = Vec::new();
+        entry("/gemini/v1?key=K", false).write_json("dp-1", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["path"], "/gemini/v1");
+    }
+
+    #[test]
+    fn text_lines_stay_one_line() {
+        let mut out = Vec::new();
+        entry("/gemini/v1", false).write_text("dp-1", &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(
+            line.starts_with(
+                "10.0.0.1 - - [2023-11-14T22:13:20.123Z] \"GET /gemini/v1 HTTP/1.1\" 200 0 \"-\" \"sdk \\x221\\x22\\x09\""
+            ),
+            "{line}"
+        );
+        assert!(line.contains(" request_id=rid-1 node_id=dp-1 prefix=/gemini error=- bytes_in=0 duration_ms=12.345 ttfb_ms=- upstream=- cancelled=false"), "{line}");
+        assert!(!line.contains("sk-secret"));
+    }
+}

@@ -1,0 +1,226 @@
+//! The access log's own thread: takes entries off the queue, formats them
+//! in batches and writes each batch with one call, so that a line is never
+//! torn and nothing on the request path waits for the disk or a pipe.
+//! SIGHUP asks it to reopen its file (after logrotate moved it): the batch
+//! in hand goes to the old file, the next to the new one, none is lost.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tracing::{info, warn};
+
+use super::{AccessEntry, Format, Settings, Sink};
+
+/// How often an idle writer looks at its flags.
+const TICK: Duration = Duration::from_millis(50);
+/// A batch is written once it holds this much.
+const BATCH: usize = 64 * 1024;
+/// A failing sink is reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// The running writer: reopen its file, or stop it.
+#[derive(Debug)]
+pub(crate) struct WriterHandle {
+    reopen: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// Asks the writer to reopen its file at its path before its next batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Reopener(Arc<AtomicBool>);
+
+impl Reopener {
+    pub(crate) fn reopen(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WriterHandle {
+    pub(crate) fn reopener(&self) -> Reopener {
+        Reopener(self.reopen.clone())
+    }
+
+    /// Writes what is queued and stops, waiting up to `wait` for it.
+    pub(crate) async fn close(self, wait: Duration) {
+        self.closing.store(true, Ordering::Relaxed);
+        let until = tokio::time::Instant::now() + wait;
+        while !self.thread.is_finished() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !self.thread.is_finished() {
+            warn!(
+                ?wait,
+                "access log writer did not finish in time: its sink is stalled"
+            );
+        }
+    }
+}
+
+/// Where the lines go.
+enum Out {
+    Stdout,
+    File { path: PathBuf, file: File },
+}
+
+impl Out {
+    fn open(sink: &Sink) -> io::Result<Out> {
+        match sink {
+            Sink::Off => Err(io::Error::other("the access log is off")),
+            Sink::Stdout => Ok(Out::Stdout),
+            Sink::File(path) => Ok(Out::File {
+                file: open(path)?,
+                path: path.clone(),
+            }),
+        }
+    }
+
+    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        match self {
+            // Under the lock for the whole batch: no other writer's bytes
+            // land inside a line.
+            Out::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(batch)?;
+                out.flush()
+            }
+            Out::File { file, .. } => file.write_all(batch),
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Out::File { path, file } = self {
+            match open(path) {
+                Ok(new) => {
+                    *file = new;
+                    info!(path = %path.display(), "access log reopened");
+                }
+                Err(error) => {
+                    warn!(path = %path.display(), %error, "cannot reopen the access log; still writing to the old file")
+                }
+            }
+        }
+    }
+}
+
+fn open(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Opens the sink (a failure is a configuration error) and starts the
+/// thread.
+pub(super) fn start(
+    settings: &Settings,
+    entries: Receiver<Box<AccessEntry>>,
+    dropped: IntCounter,
+) -> io::Result<WriterHandle> {
+    let out = Out::open(&settings.sink)?;
+    let reopen = Arc::new(AtomicBool::new(false));
+    let closing = Arc::new(AtomicBool::new(false));
+    let writer = Writer {
+        out,
+        entries,
+        format: settings.format,
+        node_id: settings.node_id.clone(),
+        reopen: reopen.clone(),
+        closing: closing.clone(),
+        dropped,
+        batch: Vec::with_capacity(BATCH + 4096),
+        lines: 0,
+        reported: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || writer.run())?;
+    Ok(WriterHandle {
+        reopen,
+        closing,
+        thread,
+    })
+}
+
+struct Writer {
+    out: Out,
+    entries: Receiver<Box<AccessEntry>>,
+    format: Format,
+    node_id: String,
+    reopen: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+    dropped: IntCounter,
+    batch: Vec<u8>,
+    /// Lines in `batch`.
+    lines: u64,
+    reported: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            match self.entries.recv_timeout(TICK) {
+                Ok(entry) => {
+                    self.add(&entry);
+                    // Whatever else is queued joins the batch.
+                    while self.batch.len() < BATCH {
+                        match self.entries.try_recv() {
+                            Ok(entry) => self.add(&entry),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.reopen.swap(false, Ordering::Relaxed) {
+                self.out.reopen();
+            }
+            if self.closing.load(Ordering::Relaxed) {
+                while let Ok(entry) = self.entries.try_recv() {
+                    self.add(&entry);
+                    if self.batch.len() >= BATCH {
+                        self.write();
+                    }
+                }
+                self.write();
+                return;
+            }
+        }
+        self.write();
+    }
+
+    fn add(&mut self, entry: &AccessEntry) {
+        match self.format {
+            Format::Json => entry.write_json(&self.node_id, &mut self.batch),
+            Format::Text => entry.write_text(&self.node_id, &mut self.batch),
+        }
+        self.lines += 1;
+    }
+
+    fn write(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Err(error) = self.out.write(&self.batch) {
+            self.dropped.inc_by(self.lines);
+            let now = Instant::now();
+            if self.reported.is_none_or(|at| now - at >= REPORT_EVERY) {
+                self.reported = Some(now);
+                warn!(%error, lines = self.lines, "cannot write the access log; lines lost");
+            }
+        }
+        self.batch.clear();
+        self.lines = 0;
+    }
+}

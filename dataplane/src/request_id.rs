@@ -1,0 +1,118 @@
+//! `X-Request-Id`: the client's own when it is sane, else one made here.
+//! The id goes upstream, comes back on the response, and names the
+//! request in the access log, the recent failures and the log lines about
+//! it.
+//!
+//! A made id is this boot's random tag, the worker thread's index and the
+//! thread's own count: unique per node and boot (and, by the random tag,
+//! across a fleet), with no syscall and no shared counter on the request
+//! path.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::fmt::Write;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+use apiproxy_shared::stats::MAX_REQUEST_ID_LEN;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// 64 random bits, from the standard library's per-process random keys
+/// (no extra dependency for a tag that only has to differ between boots).
+pub(crate) fn random_u64() -> u64 {
+    RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+}
+
+/// This boot's tag: 12 hex digits.
+fn boot_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| format!("{:012x}", random_u64() & 0xffff_ffff_ffff))
+}
+
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// (thread index, requests this thread made an id for).
+    static COUNTER: Cell<(usize, u64)> = Cell::new((NEXT_THREAD.fetch_add(1, Relaxed), 0));
+}
+
+/// The id of a request with these headers: the client's `X-Request-Id`,
+/// copied (never a slice of the connection's read buffer, which a long
+/// stream would then keep alive), when it is 1 to 128 printable ASCII
+/// bytes; otherwise a new one.
+pub(crate) fn of_request(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if is_sane(id.as_bytes()) => {
+            HeaderValue::from_bytes(id.as_bytes()).expect("printable ASCII is a valid value")
+        }
+        _ => make(),
+    }
+}
+
+fn is_sane(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// A new id, e.g. `3f9c2d1e4b5f-0-1a`.
+pub(crate) fn make() -> HeaderValue {
+    let (thread, n) = COUNTER.with(|c| {
+        let (thread, n) = c.get();
+        c.set((thread, n + 1));
+        (thread, n)
+    });
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{}-{thread:x}-{n:x}", boot_tag());
+    HeaderValue::from_maybe_shared(Bytes::from(id)).expect("hex digits and dashes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_bytes(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_sane_client_id_is_kept() {
+        assert_eq!(of_request(&with_id(b"abc-123_X:y")), "abc-123_X:y");
+        let longest = "a".repeat(MAX_REQUEST_ID_LEN);
+        assert_eq!(of_request(&with_id(longest.as_bytes())), longest.as_str());
+    }
+
+    #[test]
+    fn an_insane_or_missing_id_is_replaced() {
+        let made = |headers: &HeaderMap| {
+            let id = of_request(headers);
+            assert!(id.to_str().unwrap().starts_with(boot_tag()), "{id:?}");
+            id
+        };
+        made(&HeaderMap::new());
+        made(&with_id(b"has space"));
+        made(&with_id(b""));
+        made(&with_id("a".repeat(MAX_REQUEST_ID_LEN + 1).as_bytes()));
+        made(&with_id(b"tab\there"));
+        made(&with_id(&[b'a', 0xff]));
+    }
+
+    #[test]
+    fn made_ids_differ_within_and_across_threads() {
+        let mut seen: std::collections::HashSet<_> = (0..1000).map(|_| make()).collect();
+        assert_eq!(seen.len(), 1000);
+        let other: Vec<_> = std::thread::spawn(|| (0..1000).map(|_| make()).collect())
+            .join()
+            .unwrap();
+        seen.extend(other);
+        assert_eq!(seen.len(), 2000);
+        for id in &seen {
+            assert!(is_sane(id.as_bytes()), "{id:?}");
+        }
+    }
+}
