@@ -339,6 +339,13 @@ impl DataPlane {
         }
     }
 
+    /// The lines of the access log the node writes to `file` (a path
+    /// relative to its working directory, as `API_PROXY_ACCESS_LOG` was
+    /// given), each parsed as JSON; empty before the file exists.
+    pub fn access_log(&self, file: &str) -> Vec<serde_json::Value> {
+        read_json_lines(&self.dir.path(file))
+    }
+
     /// Sends a signal with the `kill` command (no unsafe code in tests).
     pub fn signal(&self, sig: &str) {
         send_signal(self.pid(), sig);
@@ -384,4 +391,13 @@ impl Drop for DataPlane {
         }
         crate::assert_no_secrets_logged("apiproxy-dataplane", &self.logs);
     }
+}
+
+/// Every line of a JSON-lines file, parsed (a torn or invalid line panics,
+/// naming it); empty when the file does not exist.
+pub fn read_json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect()
 }

@@ -352,3 +352,37 @@ where
     }
     n
 }
+
+/// An upstream that answers an upgrade with 101 and then echoes bytes.
+pub async fn websocket_echo() -> Upstream {
+    use tokio::io::AsyncWriteExt;
+    http(handler(|mut req: Request<Incoming>| async move {
+        if req.headers().get("upgrade").is_none() {
+            return Response::builder()
+                .status(400)
+                .body(full("upgrade required"))
+                .unwrap();
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "test")
+            .body(full(""))
+            .unwrap()
+    }))
+    .await
+}

@@ -19,6 +19,7 @@ const NODE_TOKEN: &str = "node-secret-9f8e7d6c5b4a39281706";
 const REDIS_PASSWORD: &str = "redis-secret-0a1b2c3d4e5f6a7b";
 const OPENAI_KEY: &str = "sk-proj-secret-abcdefghijklmnopqrstuvwxyz012345";
 const ANTHROPIC_KEY: &str = "sk-ant-secret-zyxwvutsrqponmlkjihgfedcba98765";
+const GEMINI_KEY: &str = "AIzaSy-secret-0123456789abcdefghijklmn";
 const CLIENT_COOKIE: &str = "client-session-secret-55aa55aa55aa";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,6 +35,9 @@ async fn no_secret_is_ever_logged() {
             ("API_PROXY_CONTROLPLANE_URL", &cp_url),
             ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
             ("API_PROXY_STATS_INTERVAL", "100ms"),
+            // The access log too, with the query (its credentials masked).
+            ("API_PROXY_ACCESS_LOG", "access.log"),
+            ("API_PROXY_ACCESS_LOG_QUERY", "true"),
             debug,
         ],
     );
@@ -87,13 +91,15 @@ async fn no_secret_is_ever_logged() {
     // Client credentials through the proxy: to a good upstream, to a dead
     // one, and to no mapping at all.
     dp.wait_status("/openai/v1/models", 200).await;
-    for path in ["/openai/v1/chat/completions", "/nothing/here"] {
+    let gemini_style = format!("/openai/v1/models?key={GEMINI_KEY}&alt=sse");
+    for path in ["/openai/v1/chat/completions", "/nothing/here", &gemini_style] {
         let reply = call(
             dp.addr,
             Request::post(path)
                 .header("host", "proxy")
                 .header("authorization", format!("Bearer {OPENAI_KEY}"))
                 .header("x-api-key", ANTHROPIC_KEY)
+                .header("x-goog-api-key", GEMINI_KEY)
                 .header("cookie", format!("sid={CLIENT_COOKIE}"))
                 .body(Full::new(Bytes::from_static(b"{}")))
                 .unwrap(),
@@ -131,7 +137,17 @@ async fn no_secret_is_ever_logged() {
     )
     .await;
 
-    let logs: Vec<String> = cp.logs().into_iter().chain(dp.logs()).collect();
+    let access_log = std::fs::read_to_string(dp.dir.path("access.log")).unwrap();
+    assert!(
+        access_log.lines().count() >= 4 && access_log.contains("key=***"),
+        "the access log has the requests: {access_log}"
+    );
+    let logs: Vec<String> = cp
+        .logs()
+        .into_iter()
+        .chain(dp.logs())
+        .chain(access_log.lines().map(str::to_owned))
+        .collect();
     assert!(
         logs.len() > 20,
         "too few log lines to judge: {}",
@@ -151,6 +167,7 @@ async fn no_secret_is_ever_logged() {
         REDIS_PASSWORD,
         OPENAI_KEY,
         ANTHROPIC_KEY,
+        GEMINI_KEY,
         CLIENT_COOKIE,
         &session_id,
     ] {

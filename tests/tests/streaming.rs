@@ -153,42 +153,9 @@ async fn big_bodies_stream_both_ways_with_flat_memory() {
     );
 }
 
-/// An upstream that answers an upgrade with 101 and then echoes bytes.
-async fn echo_ws_upstream() -> upstream::Upstream {
-    upstream::http(handler(|mut req: Request<Incoming>| async move {
-        if req.headers().get("upgrade").is_none() {
-            return Response::builder()
-                .status(400)
-                .body(full("upgrade required"))
-                .unwrap();
-        }
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut io = hyper_util::rt::TokioIo::new(upgraded);
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Response::builder()
-            .status(101)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", "test")
-            .body(full(""))
-            .unwrap()
-    }))
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_tunnelled_after_101() {
-    let up = echo_ws_upstream().await;
+    let up = upstream::websocket_echo().await;
     let dp = DataPlane::start(&one_mapping("/ws", &up.url()), &[]);
     let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
     stream
