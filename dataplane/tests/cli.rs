@@ -28,6 +28,7 @@ fn help_and_version_exit_zero() {
         "--mappings-file",
         "--idle-timeout",
         "API_PROXY_TARGET_POLICY",
+        "API_PROXY_ACCESS_LOG",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
@@ -66,6 +67,21 @@ fn configuration_errors_exit_64_with_one_line() {
             "API_PROXY_CA_FILE",
         ),
         (&["--mappings-file", m], &[("PORT", "eighty")], "PORT"),
+        (
+            &["--mappings-file", m],
+            &[("API_PROXY_ACCESS_LOG", "/nonexistent/dir/access.log")],
+            "API_PROXY_ACCESS_LOG",
+        ),
+        (
+            &["--mappings-file", m],
+            &[("API_PROXY_ACCESS_LOG_SAMPLE", "2")],
+            "--access-log-sample",
+        ),
+        (
+            &["--mappings-file", m],
+            &[("API_PROXY_ACCESS_LOG_FORMAT", "xml")],
+            "--access-log-format",
+        ),
     ];
     for (args, env, needle) in cases {
         let (code, _, err) = run(args, env);

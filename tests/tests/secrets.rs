@@ -92,7 +92,11 @@ async fn no_secret_is_ever_logged() {
     // one, and to no mapping at all.
     dp.wait_status("/openai/v1/models", 200).await;
     let gemini_style = format!("/openai/v1/models?key={GEMINI_KEY}&alt=sse");
-    for path in ["/openai/v1/chat/completions", "/nothing/here", &gemini_style] {
+    for path in [
+        "/openai/v1/chat/completions",
+        "/nothing/here",
+        &gemini_style,
+    ] {
         let reply = call(
             dp.addr,
             Request::post(path)
