@@ -78,13 +78,7 @@ async fn an_operator_manages_mappings_in_the_browser() {
     );
     b.screenshot("admin-login-error").await;
 
-    b.fill("#token", ADMIN_TOKEN).await;
-    b.click("#login-form button[type=submit]").await;
-    b.wait_until(
-        "signed in",
-        "return !document.getElementById('app-view').hidden",
-    )
-    .await;
+    submit_admin_token(&b).await;
     assert_eq!(b.text("#mappings tbody td.empty").await, "No mappings yet.");
 
     // The session survives a reload.
@@ -243,14 +237,7 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
     let b = Browser::start().await;
     let base = format!("http://{}", f.cp.addr);
     // Sign in first: the node table needs a session.
-    b.goto(&format!("{base}/admin")).await;
-    b.fill("#token", ADMIN_TOKEN).await;
-    b.click("#login-form button[type=submit]").await;
-    b.wait_until(
-        "signed in",
-        "return !document.getElementById('app-view').hidden",
-    )
-    .await;
+    sign_in(&b, &base).await;
 
     b.goto(&format!("{base}/")).await;
     // The dashboard refreshes itself until every request is counted.
@@ -417,6 +404,11 @@ const UNLABELLED_CONTROLS: &str = "return [...document.querySelectorAll('button,
 /// Signs in through the admin page's form.
 async fn sign_in(b: &Browser, base: &str) {
     b.goto(&format!("{base}/admin")).await;
+    submit_admin_token(b).await;
+}
+
+/// Submits the admin token on the sign-in form shown.
+async fn submit_admin_token(b: &Browser) {
     b.fill("#token", ADMIN_TOKEN).await;
     b.click("#login-form button[type=submit]").await;
     b.wait_until(
@@ -424,6 +416,16 @@ async fn sign_in(b: &Browser, base: &str) {
         "return !document.getElementById('app-view').hidden",
     )
     .await;
+}
+
+/// Adds `prefix` (the only mapping) with the Add dialog.
+async fn add_through_the_form(b: &Browser, prefix: &str) {
+    b.click("#add").await;
+    b.fill("#prefix", prefix).await;
+    b.fill("#target", "http://127.0.0.1:9/").await;
+    b.click("#mapping-form button[type=submit]").await;
+    b.wait_until(&format!("row {prefix}"), &rows_are(prefix))
+        .await;
 }
 
 /// The status line's text and the `aria-live` of the region it sits in.
@@ -442,11 +444,7 @@ async fn saves_and_deletes_are_confirmed_until_the_next_action() {
     let b = Browser::start().await;
     sign_in(&b, &base).await;
 
-    b.click("#add").await;
-    b.fill("#prefix", "/x").await;
-    b.fill("#target", "http://127.0.0.1:9/").await;
-    b.click("#mapping-form button[type=submit]").await;
-    b.wait_until("row /x", &rows_are("/x")).await;
+    add_through_the_form(&b, "/x").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /x.", "polite"]));
     b.screenshot("admin-saved").await;
@@ -459,11 +457,7 @@ async fn saves_and_deletes_are_confirmed_until_the_next_action() {
 
     // 中文 too.
     b.click("#lang-switch").await;
-    b.click("#add").await;
-    b.fill("#prefix", "/y").await;
-    b.fill("#target", "http://127.0.0.1:9/").await;
-    b.click("#mapping-form button[type=submit]").await;
-    b.wait_until("row /y", &rows_are("/y")).await;
+    add_through_the_form(&b, "/y").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(b.js(STATUS_LINE).await, json!(["已保存 /y。", "polite"]));
 }
