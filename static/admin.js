@@ -38,9 +38,11 @@ async function guarded(call) {
 }
 
 /** Loads the mappings and the audit log; `first`: the page just opened,
- * where no session simply means "sign in", not "your session ended". */
+ * where no session simply means "sign in", not "your session ended".
+ * Only the first load says "Loading…": after an action the status line
+ * keeps its outcome ("Saved /x.") until the next action says another. */
 async function load(first = false) {
-  announce(t("common.loading"));
+  if (first) announce(t("common.loading"));
   try {
     const [list, audit] = await guarded(() => Promise.all([
       api("GET", "/api/mappings"),
@@ -50,12 +52,11 @@ async function load(first = false) {
     model.invalid = list.invalid || {};
     model.version = list.version;
     model.audit = audit.entries;
-    if (first) announce("");
     for (const prefix of [...model.selected]) {
       if (!(prefix in model.mappings)) model.selected.delete(prefix);
     }
     show("app");
-    announce("");
+    if (first) announce("");
     render();
   } catch (e) {
     if (e.status === 401 && first) announce("");
@@ -153,6 +154,7 @@ async function login(ev) {
   try {
     await api("POST", "/api/admin/login", { token: input.value });
     input.value = "";
+    announce("");
     await load();
     const draft = model.draft;
     model.draft = null;

@@ -1,9 +1,14 @@
 // The dashboard: cards, charts, endpoints with ready-to-paste examples,
-// and the node table. Refreshes itself every few seconds while visible.
+// the node table and the recent failures. Refreshes itself every few
+// seconds while visible.
 "use strict";
 
 const REFRESH_MS = 5000;
-const state = { stats: null, nodes: null, nodesError: null, mappings: null, version: null, error: null, diverged: 0 };
+const state = { stats: null, nodes: null, nodesError: null, failures: null, failuresError: null, mappings: null, version: null, error: null, diverged: 0 };
+/** Recent failures fetched (all the control plane keeps, so that the
+ * endpoint filter has them all to choose from) and shown. */
+const FAILURES_FETCHED = 1000;
+const FAILURES_SHOWN = 100;
 /** Numbers each refresh: a slower, older reply never overwrites a newer one. */
 let refreshes = 0;
 
@@ -17,18 +22,21 @@ async function refresh() {
   const mine = ++refreshes;
   const filter = document.getElementById("endpoint-filter").value;
   const query = filter ? `?endpoint=${encodeURIComponent(filter)}` : "";
-  // Nodes and the full mapping list need a session; without one the
-  // dashboard still shows the public stats.
-  const [stats, nodes, list] = await Promise.allSettled([
+  // Nodes, failures and the full mapping list need a session; without
+  // one the dashboard still shows the public stats.
+  const [stats, nodes, list, failures] = await Promise.allSettled([
     api("GET", `/stats${query}`),
     api("GET", "/api/nodes"),
     api("GET", "/api/mappings"),
+    api("GET", `/api/requests/failed?limit=${FAILURES_FETCHED}`),
   ]);
   if (mine !== refreshes) return;
   state.stats = stats.status === "fulfilled" ? stats.value : state.stats;
   state.error = stats.status === "rejected" ? stats.reason : null;
   state.nodes = nodes.status === "fulfilled" ? nodes.value.nodes : null;
   state.nodesError = nodes.status === "rejected" ? nodes.reason : null;
+  state.failures = failures.status === "fulfilled" ? failures.value.requests : null;
+  state.failuresError = failures.status === "rejected" ? failures.reason : null;
   // Entries the data plane skips are not endpoints: no row, no proxy URL.
   state.mappings = list.status === "fulfilled" ? routed(list.value) : null;
   state.version = list.status === "fulfilled" ? list.value.version : null;
@@ -64,6 +72,7 @@ function render() {
   renderCharts(s);
   renderEndpoints(s);
   renderNodes();
+  renderFailures();
   document.getElementById("updated").textContent = t("dash.updated", new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en"));
 }
 
@@ -202,6 +211,60 @@ function renderNodes() {
   if (!banner.hidden) banner.textContent = t("dash.not_converged", versions.join(", "), state.version ?? "?");
 }
 
+/** A failure's endpoint as shown: its prefix, or "no mapping". */
+function endpointName(prefix) {
+  return prefix === "none" ? t("dash.no_mapping") : prefix;
+}
+
+/** The failure filter lists every endpoint among the failures, and keeps
+ * the one chosen even once its failures have aged out. */
+function fillFailureFilter(select) {
+  const chosen = select.value;
+  const prefixes = new Set((state.failures || []).map((f) => f.prefix));
+  if (chosen) prefixes.add(chosen);
+  const values = ["", ...[...prefixes].sort()];
+  // Rebuilt only when it changes: a refresh must not close a list the
+  // operator has open.
+  const key = `${lang} ${values.join("\n")}`;
+  if (select.dataset.key === key) return;
+  select.dataset.key = key;
+  select.replaceChildren(...values.map((p) => el("option", { value: p }, p ? endpointName(p) : t("dash.all_endpoints"))));
+  select.value = chosen;
+}
+
+function renderFailures() {
+  const body = document.querySelector("#failures tbody");
+  const select = document.getElementById("failure-filter");
+  const empty = (text) => body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, text)));
+  if (!state.failures) {
+    select.disabled = true;
+    // Failures need a session even where the stats are public: without
+    // one this is an invitation, not an error.
+    empty(state.failuresError && state.failuresError.status === 401
+      ? t("dash.failures_signin")
+      : t("common.error", state.failuresError ? state.failuresError.message : ""));
+    return;
+  }
+  select.disabled = false;
+  fillFailureFilter(select);
+  const rows = state.failures
+    .filter((f) => !select.value || f.prefix === select.value)
+    .slice(0, FAILURES_SHOWN);
+  if (rows.length === 0) {
+    empty(t(state.failures.length ? "dash.no_failures_match" : "dash.no_failures"));
+    return;
+  }
+  body.replaceChildren(...rows.map((f) => el("tr", { dataset: { node: f.node_id, prefix: f.prefix, requestId: f.request_id } },
+    el("td", {}, formatTime(f.time)),
+    el("td", {}, f.node_id),
+    el("td", {}, f.prefix === "none" ? endpointName(f.prefix) : el("code", {}, f.prefix)),
+    el("td", { class: "num" }, f.status),
+    el("td", {}, f.error_type ?? "–"),
+    el("td", { class: "num" }, formatMs(f.duration_ms)),
+    el("td", { class: "request-id" }, el("code", {}, f.request_id), " ",
+      copyButton(f.request_id, `${t("common.copy")} ${f.request_id}`)))));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const base = document.getElementById("proxy-base");
   base.value = proxyBase();
@@ -210,6 +273,7 @@ document.addEventListener("DOMContentLoaded", () => {
     render();
   });
   document.getElementById("endpoint-filter").addEventListener("change", refresh);
+  document.getElementById("failure-filter").addEventListener("change", renderFailures);
   setupLanguage(render);
   refresh();
   setInterval(() => {

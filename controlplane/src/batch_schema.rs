@@ -10,11 +10,16 @@
 
 use std::borrow::Cow;
 
-use apiproxy_shared::stats::{BUCKETS, MAX_ID_LEN, STATUS_CLASSES};
+use apiproxy_shared::mapping::MAX_PREFIX_LEN;
+use apiproxy_shared::stats::{BUCKETS, MAX_FAILED, MAX_ID_LEN, MAX_REQUEST_ID_LEN, STATUS_CLASSES};
 use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
 use crate::stats_store::MAX_DELTA;
+
+/// Longest `error_type` of a failed request that the batch validation
+/// accepts (a test below holds the two together).
+const MAX_ERROR_TYPE_LEN: usize = 64;
 
 /// Stands for `StatsBatch` in the OpenAPI document.
 pub(crate) struct StatsBatchSchema;
@@ -54,9 +59,16 @@ impl utoipa::PartialSchema for StatsBatchSchema {
         ] {
             batch = batch.property(name, schema).required(name);
         }
+        let failed = ArrayBuilder::new()
+            .description(Some(
+                "Requests that failed since the last acknowledged batch, oldest first.",
+            ))
+            .items(failed_request())
+            .max_items(Some(MAX_FAILED));
         batch
             .property("unmatched", integer(0, MAX_DELTA))
             .property("endpoints", endpoints)
+            .property("failed", failed)
             .into()
     }
 }
@@ -124,18 +136,58 @@ fn endpoint_delta() -> ObjectBuilder {
         .property("latency_sum_ms", integer(0, MAX_DELTA))
 }
 
+fn failed_request() -> ObjectBuilder {
+    let text = |min: usize, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+    };
+    let mut failed = strict_object(
+        "One request that failed: status 500 or more, a proxy error, or a client that went away (499, `cancelled`).",
+    );
+    for (name, schema) in [
+        (
+            "time",
+            integer(0, u64::MAX).description(Some("When the request started, unix ms.")),
+        ),
+        ("request_id", text(1, MAX_REQUEST_ID_LEN)),
+        (
+            "prefix",
+            text(1, MAX_PREFIX_LEN).description(Some("The mapping prefix, or `none`.")),
+        ),
+        ("status", integer(0, u16::MAX.into())),
+        ("duration_ms", integer(0, u64::MAX)),
+    ] {
+        failed = failed.property(name, schema).required(name);
+    }
+    failed.property(
+        "error_type",
+        text(1, MAX_ERROR_TYPE_LEN).description(Some(
+            "The proxy's error type; absent for an upstream's own 5xx.",
+        )),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use apiproxy_shared::{EndpointDelta, Gauges, StatsBatch};
+    use apiproxy_shared::{EndpointDelta, FailedRequest, Gauges, StatsBatch};
     use serde_json::Value;
     use utoipa::PartialSchema;
 
     use super::*;
 
-    /// Every object in `value` has exactly the properties `schema` names.
+    /// Every object in `value` (arrays' items too) has exactly the
+    /// properties `schema` names.
     fn same_fields(value: &Value, schema: &Value, at: &str) {
+        if let Value::Array(items) = value {
+            for (i, item) in items.iter().enumerate() {
+                same_fields(item, &schema["items"], &format!("{at}[{i}]"));
+            }
+            return;
+        }
         let Value::Object(fields) = value else { return };
         match (&schema["properties"], &schema["additionalProperties"]) {
             (Value::Object(props), _) => {
@@ -176,11 +228,30 @@ mod tests {
             gauges: Gauges::default(),
             unmatched: 0,
             endpoints: BTreeMap::from([("/a".to_owned(), delta)]),
-            failed: Vec::new(),
+            failed: vec![FailedRequest {
+                time: 1,
+                request_id: "r".into(),
+                prefix: "/a".into(),
+                status: 502,
+                error_type: Some("upstream_connect".into()),
+                duration_ms: 3,
+            }],
         };
         let value = serde_json::to_value(&batch).unwrap();
         let schema = serde_json::to_value(StatsBatchSchema::schema()).unwrap();
         same_fields(&value, &schema, "StatsBatch");
         assert_eq!(schema["additionalProperties"], false);
+        // The stated limits are the validation's.
+        let failed = &schema["properties"]["failed"];
+        assert_eq!(failed["maxItems"], MAX_FAILED);
+        assert_eq!(
+            failed["items"]["properties"]["error_type"]["maxLength"],
+            MAX_ERROR_TYPE_LEN
+        );
+        let mut b = batch.clone();
+        b.failed[0].error_type = Some("e".repeat(MAX_ERROR_TYPE_LEN));
+        assert!(b.validate().is_ok());
+        b.failed[0].error_type = Some("e".repeat(MAX_ERROR_TYPE_LEN + 1));
+        assert!(b.validate().is_err());
     }
 }

@@ -1,19 +1,21 @@
 //! What the handlers take from a request: the state every route shares,
-//! the JSON body, the client's address, the `{prefix}` path, and the two
-//! authentication checks (admin: bearer token or session cookie; node:
-//! the data planes' bearer token). Names no handler.
+//! the JSON body, the client's address, the `{prefix}` path, the `limit`
+//! of the newest-first lists, and the two authentication checks (admin:
+//! bearer token or session cookie; node: the data planes' bearer token).
+//! Names no handler.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::auth::{LoginLimiter, Secret, Sessions, SESSION_COOKIE};
 use crate::cluster_metrics::ClusterMetrics;
@@ -171,6 +173,31 @@ impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
             "/" => "/".to_owned(),
             rest => format!("/{rest}"),
         }))
+    }
+}
+
+/// `?limit=N` of the routes that list the newest entries first.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LimitQuery {
+    /// How many entries, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// The [`LimitQuery`] of a request: 1 to 1000, 100 when absent; anything
+/// else is a 400 naming `limit`.
+pub(crate) struct Limit(pub usize);
+
+impl<S: Send + Sync> FromRequestParts<S> for Limit {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Query(q) = Query::<LimitQuery>::from_request_parts(parts, state).await?;
+        match q.limit.unwrap_or(100) {
+            n @ 1..=1000 => Ok(Limit(n as usize)),
+            _ => Err(AppError::BadRequest("limit: must be from 1 to 1000".into())),
+        }
     }
 }
 

@@ -110,6 +110,14 @@ pub(crate) struct AuditList {
     pub(crate) entries: Vec<crate::store::AuditEntry>,
 }
 
+/// `GET /api/requests/failed`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FailedList {
+    pub(crate) success: bool,
+    /// Newest first, across the fleet.
+    pub(crate) requests: Vec<crate::stats_store::FailedRecord>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Success {
     pub(crate) success: bool,

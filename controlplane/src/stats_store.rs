@@ -22,6 +22,8 @@
 //! - `{p}:stats:requests` list: the newest requests as runs
 //!   `"{unix s} {count} {prefix}"`, one per endpoint per batch, oldest
 //!   first, the newest 10,000 runs kept.
+//! - `{p}:stats:failed` list: the fleet's newest failed requests, newest
+//!   first, each a [`FailedRecord`] JSON; the newest 1,000 kept.
 //! - `{p}:stats:go_import` string: the Go version's stats were imported.
 //! - `{p}:node:{node_id}` hash (1 h, refreshed by each batch) and the set
 //!   `{p}:nodes`.
@@ -32,9 +34,10 @@ mod writes;
 use std::collections::{BTreeMap, HashMap};
 
 use apiproxy_shared::stats::{BUCKETS, STATUS_CLASSES};
-use apiproxy_shared::{RedisKeys, StatsBatch};
+use apiproxy_shared::{FailedRequest, RedisKeys, StatsBatch};
 use redis::aio::ConnectionManager;
 use redis::Script;
+use serde::{Deserialize, Serialize};
 
 pub(crate) use writes::{parse_request_run, MAX_DELTA};
 
@@ -75,6 +78,43 @@ pub(crate) enum ApplyError {
     TooLarge(String),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// One failed request as kept in `{p}:stats:failed`: what the node sent
+/// (a [`FailedRequest`]) and which node saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct FailedRecord {
+    pub(crate) node_id: String,
+    /// When the request started, unix milliseconds.
+    pub(crate) time: u64,
+    /// The data plane's request id (`X-Request-Id`), to search its logs with.
+    pub(crate) request_id: String,
+    /// The mapping prefix, or `none` for a request no mapping took.
+    pub(crate) prefix: String,
+    pub(crate) status: u16,
+    /// The proxy's error type (SPEC §3 `type`, or `cancelled`); absent for
+    /// an upstream's own 5xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) error_type: Option<String>,
+    pub(crate) duration_ms: u64,
+}
+
+impl FailedRecord {
+    pub(crate) fn new(node_id: &str, r: &FailedRequest) -> FailedRecord {
+        FailedRecord {
+            node_id: node_id.to_owned(),
+            time: r.time,
+            request_id: r.request_id.clone(),
+            prefix: r.prefix.clone(),
+            status: r.status,
+            error_type: r.error_type.clone(),
+            duration_ms: r.duration_ms,
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a FailedRecord always serializes")
+    }
 }
 
 /// A hash as read back: field → value.
@@ -346,6 +386,29 @@ impl StatsStore {
             .arg(-1)
             .query_async(&mut conn)
             .await
+    }
+
+    /// The newest `limit` failed requests of the fleet, newest first by
+    /// their `time` (the list holds them in the order batches arrived,
+    /// which two nodes' clocks and push intervals may interleave).
+    /// Entries that do not parse (edited by hand) are left out.
+    pub(crate) async fn failed(&self, limit: usize) -> redis::RedisResult<Vec<FailedRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let stored: Vec<String> = redis::cmd("LRANGE")
+            .arg(&self.keys.stats_failed)
+            .arg(0)
+            .arg(limit - 1)
+            .query_async(&mut conn)
+            .await?;
+        let mut records: Vec<FailedRecord> = stored
+            .iter()
+            .filter_map(|text| serde_json::from_str(text).ok())
+            .collect();
+        records.sort_by_key(|r| std::cmp::Reverse(r.time));
+        Ok(records)
     }
 
     /// Every node still registered, sorted by id, and the current mappings

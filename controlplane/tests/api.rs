@@ -23,6 +23,7 @@ async fn every_admin_route_needs_auth() {
         ("DELETE", "/api/mappings/openai"),
         ("GET", "/api/audit"),
         ("GET", "/api/nodes"),
+        ("GET", "/api/requests/failed"),
     ] {
         for auth in [
             None,
@@ -710,6 +711,7 @@ async fn openapi_document_covers_every_route() {
         ("/internal/stats", &["post"]),
         ("/stats", &["get"]),
         ("/api/nodes", &["get"]),
+        ("/api/requests/failed", &["get"]),
         ("/metrics", &["get"]),
     ] {
         for m in methods {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apiproxy_shared::stats::BUCKETS;
-use apiproxy_shared::{EndpointDelta, Gauges, RedisKeys, StatsBatch};
+use apiproxy_shared::{EndpointDelta, FailedRequest, Gauges, RedisKeys, StatsBatch};
 use axum::http::{header, StatusCode};
 use serde_json::{json, Value};
 use support::{Api, Client, NODE_TOKEN, TOKEN};
@@ -507,4 +507,108 @@ async fn concurrent_copies_of_a_batch_apply_once() {
     assert_eq!(s["endpoints"]["/openai"]["bytes_in"], 700);
     assert_eq!(sum(&s["series"]["minute"], "count"), 7);
     assert_eq!(node(&api, "dp-1").await["requests_total"], 7);
+}
+
+fn failed(time: u64, prefix: &str) -> FailedRequest {
+    FailedRequest {
+        time,
+        request_id: format!("req-{time}"),
+        prefix: prefix.into(),
+        status: 502,
+        error_type: Some("upstream_connect".into()),
+        duration_ms: 7,
+    }
+}
+
+async fn failed_list(api: &Client, query: &str) -> Vec<Value> {
+    let (s, v) = api
+        .admin("GET", &format!("/api/requests/failed{query}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["success"], true);
+    v["requests"].as_array().unwrap().clone()
+}
+
+fn times(list: &[Value]) -> Vec<u64> {
+    list.iter().map(|r| r["time"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn failed_requests_are_listed_newest_first_across_the_fleet() {
+    let api = Api::start();
+    assert_eq!(failed_list(&api, "").await, Vec::<Value>::new());
+
+    // Two nodes whose batches interleave in time: the list is by request
+    // time, not by which batch arrived last.
+    let mut east = batch("dp-east", "boot", 1, &[]);
+    east.failed = vec![failed(1_000, "/openai"), failed(3_000, "/openai")];
+    let mut west = batch("dp-west", "boot", 1, &[]);
+    west.failed = vec![failed(2_000, "/claude"), failed(4_000, "none")];
+    west.failed[1].error_type = None;
+    west.failed[1].status = 503;
+    assert_eq!(push(&api, &east).await, StatusCode::NO_CONTENT);
+    assert_eq!(push(&api, &west).await, StatusCode::NO_CONTENT);
+
+    let list = failed_list(&api, "").await;
+    assert_eq!(times(&list), [4_000, 3_000, 2_000, 1_000]);
+    assert_eq!(
+        list[0],
+        json!({"node_id": "dp-west", "time": 4_000, "request_id": "req-4000",
+               "prefix": "none", "status": 503, "duration_ms": 7})
+    );
+    assert_eq!(
+        list[1],
+        json!({"node_id": "dp-east", "time": 3_000, "request_id": "req-3000",
+               "prefix": "/openai", "status": 502, "error_type": "upstream_connect",
+               "duration_ms": 7})
+    );
+    assert_eq!(times(&failed_list(&api, "?limit=1").await), [4_000]);
+
+    // A resent batch (its ack was lost) adds nothing twice.
+    assert_eq!(push(&api, &east).await, StatusCode::NO_CONTENT);
+    assert_eq!(failed_list(&api, "?limit=1000").await.len(), 4);
+}
+
+#[tokio::test]
+async fn the_failed_list_needs_auth_and_a_sane_limit() {
+    // `/stats` is public by default; the failures never are.
+    let api = Api::start();
+    assert_eq!(
+        api.call("GET", "/stats", None, None).await.0,
+        StatusCode::OK
+    );
+    let (s, v, _) = api.call("GET", "/api/requests/failed", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    for limit in ["0", "1001", "-1", "x", "99999999999"] {
+        let (s, v) = api
+            .admin("GET", &format!("/api/requests/failed?limit={limit}"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "limit={limit}");
+        assert_eq!(v["success"], false);
+        assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn the_fleet_keeps_its_newest_thousand_failed_requests() {
+    let api = Api::start();
+    // 11 batches of 100: 1,100 failures, of which the newest 1,000 stay.
+    for seq in 1..=11u64 {
+        let mut b = batch("dp-1", "boot", seq, &[]);
+        b.failed = (0..100)
+            .map(|i| failed(seq * 1_000 + i, "/openai"))
+            .collect();
+        assert_eq!(push(&api, &b).await, StatusCode::NO_CONTENT);
+    }
+    let list = failed_list(&api, "?limit=1000").await;
+    assert_eq!(list.len(), 1_000);
+    assert_eq!(list[0]["time"], 11_099);
+    assert_eq!(list[999]["time"], 2_000, "the first batch is gone");
+    let mut conn = api.redis.conn().await;
+    let len: usize = redis::cmd("LLEN")
+        .arg(&RedisKeys::default().stats_failed)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, apiproxy_shared::FAILED_KEPT);
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
@@ -135,6 +136,32 @@ impl Browser {
         }
     }
 
+    /// The accessible name Chromium computes for the element matching
+    /// `css`: what a screen reader announces and voice control matches
+    /// (WebDriver "Get Computed Label").
+    pub async fn accessible_name(&self, css: &str) -> String {
+        self.computed(css, "computedlabel").await
+    }
+
+    /// The ARIA role Chromium computes for the element matching `css`
+    /// (WebDriver "Get Computed Role").
+    pub async fn role(&self, css: &str) -> String {
+        self.computed(css, "computedrole").await
+    }
+
+    async fn computed(&self, css: &str, what: &'static str) -> String {
+        let element = self.find(css).await.element_id().to_string();
+        let reply = self
+            .client
+            .issue_cmd(ElementQuery { element, what })
+            .await
+            .unwrap_or_else(|e| panic!("{what} of {css}: {e}"));
+        reply
+            .as_str()
+            .unwrap_or_else(|| panic!("{what} of {css}: {reply}"))
+            .to_owned()
+    }
+
     /// Text content of the element matching `css`.
     pub async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.expect("text")
@@ -155,6 +182,32 @@ impl Browser {
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");
         path
+    }
+}
+
+/// `GET /session/{id}/element/{element}/{what}`: a WebDriver command
+/// fantoccini has no method for.
+#[derive(Debug)]
+struct ElementQuery {
+    element: String,
+    what: &'static str,
+}
+
+impl WebDriverCompatibleCommand for ElementQuery {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let session = session.unwrap_or_default();
+        base.join(&format!(
+            "session/{session}/element/{}/{}",
+            self.element, self.what
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::GET, None)
     }
 }
 

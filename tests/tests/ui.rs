@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use apiproxy_shared::{FailedRequest, Gauges, StatsBatch};
 use apiproxy_tests::browser::Browser;
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
+use apiproxy_tests::controlplane::{admin_call, ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::redis::{hset_plain, RedisServer};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane};
@@ -77,13 +78,7 @@ async fn an_operator_manages_mappings_in_the_browser() {
     );
     b.screenshot("admin-login-error").await;
 
-    b.fill("#token", ADMIN_TOKEN).await;
-    b.click("#login-form button[type=submit]").await;
-    b.wait_until(
-        "signed in",
-        "return !document.getElementById('app-view').hidden",
-    )
-    .await;
+    submit_admin_token(&b).await;
     assert_eq!(b.text("#mappings tbody td.empty").await, "No mappings yet.");
 
     // The session survives a reload.
@@ -242,14 +237,7 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
     let b = Browser::start().await;
     let base = format!("http://{}", f.cp.addr);
     // Sign in first: the node table needs a session.
-    b.goto(&format!("{base}/admin")).await;
-    b.fill("#token", ADMIN_TOKEN).await;
-    b.click("#login-form button[type=submit]").await;
-    b.wait_until(
-        "signed in",
-        "return !document.getElementById('app-view').hidden",
-    )
-    .await;
+    sign_in(&b, &base).await;
 
     b.goto(&format!("{base}/")).await;
     // The dashboard refreshes itself until every request is counted.
@@ -412,3 +400,265 @@ const UNLABELLED_CONTROLS: &str = "return [...document.querySelectorAll('button,
     .filter(e => !e.closest('[hidden]') && !e.closest('dialog:not([open])'))\
     .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())\
     .map(e => e.outerHTML.slice(0, 80))";
+
+/// Signs in through the admin page's form.
+async fn sign_in(b: &Browser, base: &str) {
+    b.goto(&format!("{base}/admin")).await;
+    submit_admin_token(b).await;
+}
+
+/// Submits the admin token on the sign-in form shown.
+async fn submit_admin_token(b: &Browser) {
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait_until(
+        "signed in",
+        "return !document.getElementById('app-view').hidden",
+    )
+    .await;
+}
+
+/// Adds `prefix` (the only mapping) with the Add dialog.
+async fn add_through_the_form(b: &Browser, prefix: &str) {
+    b.click("#add").await;
+    b.fill("#prefix", prefix).await;
+    b.fill("#target", "http://127.0.0.1:9/").await;
+    b.click("#mapping-form button[type=submit]").await;
+    b.wait_until(&format!("row {prefix}"), &rows_are(prefix))
+        .await;
+}
+
+/// The status line's text and the `aria-live` of the region it sits in.
+const STATUS_LINE: &str = "const s = document.getElementById('status'); \
+    const live = s.closest('[aria-live]'); \
+    return [s.textContent, live && live.getAttribute('aria-live')]";
+
+/// After Save and after Delete the console says so, and keeps saying it
+/// (well past the reload of the table that used to wipe it), in a region
+/// a screen reader announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_and_deletes_are_confirmed_until_the_next_action() {
+    let redis = RedisServer::start();
+    let cp = ControlPlane::start(&redis.url(), &[]);
+    let base = format!("http://{}", cp.addr);
+    let b = Browser::start().await;
+    sign_in(&b, &base).await;
+
+    add_through_the_form(&b, "/x").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /x.", "polite"]));
+    b.screenshot("admin-saved").await;
+
+    b.click("tr[data-prefix='/x'] button.danger").await;
+    b.click("#confirm-ok").await;
+    b.wait_until("row gone", &rows_are("")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.js(STATUS_LINE).await, json!(["Deleted /x.", "polite"]));
+
+    // 中文 too.
+    b.click("#lang-switch").await;
+    add_through_the_form(&b, "/y").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.js(STATUS_LINE).await, json!(["已保存 /y。", "polite"]));
+}
+
+/// The language button's accessible name holds the text it shows (a
+/// voice-control user says what they see); the dashboard's cards pair each
+/// label with its value for a screen reader; both pages link an icon that
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_name_their_controls_and_link_their_icon() {
+    let redis = RedisServer::start();
+    let cp = ControlPlane::start(&redis.url(), &[]);
+    let base = format!("http://{}", cp.addr);
+    let b = Browser::start().await;
+    for page in ["/", "/admin"] {
+        b.goto(&format!("{base}{page}")).await;
+        for _ in 0..2 {
+            let visible = b.text("#lang-switch").await;
+            let name = b.accessible_name("#lang-switch").await;
+            assert!(!visible.is_empty(), "{page}");
+            assert!(
+                name.contains(&visible),
+                "{page}: {name:?} lacks {visible:?}"
+            );
+            assert!(
+                name.len() > visible.len(),
+                "{page}: {name:?} says where it goes"
+            );
+            b.click("#lang-switch").await;
+        }
+        let icon = b
+            .js("const link = document.querySelector('link[rel~=icon]'); \
+                 if (!link) return null; \
+                 return fetch(link.href).then(r => [r.status, r.headers.get('content-type')])")
+            .await;
+        assert_eq!(icon, json!([200, "image/x-icon"]), "{page}");
+    }
+
+    b.goto(&format!("{base}/")).await;
+    let cards = b
+        .js("return [...document.querySelectorAll('.card-value')].map(v => v.id)")
+        .await;
+    assert_eq!(cards.as_array().unwrap().len(), 6, "{cards}");
+    for id in cards.as_array().unwrap() {
+        let id = id.as_str().unwrap();
+        assert_eq!(b.role(&format!("#{id}")).await, "definition", "{id}");
+        let label = b
+            .js(&format!(
+                "const v = document.getElementById('{id}'); \
+                 const dt = v.previousElementSibling; \
+                 return dt && dt.tagName === 'DT' && v.closest('dl') !== null ? dt.textContent : null"
+            ))
+            .await;
+        assert!(
+            label.as_str().is_some_and(|l| !l.is_empty()),
+            "{id}: {label}"
+        );
+    }
+    assert_eq!(b.role("#card-total").await, "definition");
+}
+
+/// A stats batch from `node` carrying only failed requests, as a data
+/// plane pushes them: `(ms after t0, prefix, status, error type)`.
+fn failures_batch(node: &str, t0: u64, failed: &[(u64, &str, u16, Option<&str>)]) -> StatsBatch {
+    StatsBatch {
+        node_id: node.into(),
+        boot_id: "boot".into(),
+        seq: 1,
+        sent_at: t0 / 1000,
+        interval_s: 1.0,
+        config_version: 0,
+        config_hash: "h".into(),
+        gauges: Gauges::default(),
+        unmatched: 0,
+        endpoints: Default::default(),
+        failed: failed
+            .iter()
+            .map(|&(after, prefix, status, error_type)| FailedRequest {
+                time: t0 + after,
+                request_id: format!("{node}-{after}"),
+                prefix: prefix.into(),
+                status,
+                error_type: error_type.map(str::to_owned),
+                duration_ms: after / 10,
+            })
+            .collect(),
+    }
+}
+
+/// Request ids of the failure table's rows, top to bottom.
+const FAILURE_ROWS: &str =
+    "return [...document.querySelectorAll('#failures tbody tr[data-request-id]')]\
+    .map(r => r.dataset.requestId).join(',')";
+
+/// Failures pushed by two nodes show in the dashboard's Recent failures,
+/// newest first across both, each with its request id to copy; the
+/// endpoint filter narrows them. Without a session (the stats being
+/// public) the table asks to sign in instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_the_fleets_recent_failures() {
+    let redis = RedisServer::start();
+    let cp = ControlPlane::start(&redis.url(), &[("API_PROXY_NODE_TOKEN", NODE_TOKEN)]);
+    let base = format!("http://{}", cp.addr);
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 60_000;
+    // Pushed east first, then west: the table interleaves them by time.
+    for batch in [
+        failures_batch(
+            "dp-east",
+            t0,
+            &[
+                (1_000, "/openai", 502, Some("upstream_connect")),
+                (3_000, "/claude", 504, Some("upstream_timeout")),
+            ],
+        ),
+        failures_batch(
+            "dp-west",
+            t0,
+            &[
+                (2_000, "/openai", 500, None),
+                (4_000, "/openai", 499, Some("cancelled")),
+            ],
+        ),
+    ] {
+        let r = admin_call(
+            cp.addr,
+            NODE_TOKEN,
+            "POST",
+            "/internal/stats",
+            Some(serde_json::to_value(&batch).unwrap()),
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+
+    let b = Browser::start().await;
+    b.goto(&format!("{base}/")).await;
+    b.wait_until(
+        "the sign-in hint",
+        "return document.querySelector('#failures tbody').textContent \
+         === 'Sign in to the admin console to see the recent failures.'",
+    )
+    .await;
+    assert_eq!(b.text("#status").await, "", "not an error");
+
+    sign_in(&b, &base).await;
+    b.goto(&format!("{base}/")).await;
+    let all = "dp-west-4000,dp-east-3000,dp-west-2000,dp-east-1000";
+    b.wait_until(
+        "all four failures, newest first",
+        &format!("{FAILURE_ROWS} === '{all}'"),
+    )
+    .await;
+    let cells = b
+        .js(
+            "return [...document.querySelectorAll('#failures tbody tr')]\
+             .map(r => [...r.cells].map(c => c.textContent))",
+        )
+        .await;
+    let first = &cells[0];
+    assert_eq!(first[1], "dp-west", "{cells}");
+    assert_eq!(first[2], "/openai");
+    assert_eq!(first[3], "499");
+    assert_eq!(first[4], "cancelled");
+    assert_eq!(first[5], "400 ms");
+    assert_eq!(first[6], "dp-west-4000 Copy");
+    assert_eq!(cells[2][4], "–", "an upstream's own 500 has no error type");
+    assert_eq!(
+        b.accessible_name("#failures tr[data-request-id='dp-west-4000'] button")
+            .await,
+        "Copy dp-west-4000"
+    );
+    b.js("document.getElementById('failures-title').scrollIntoView()")
+        .await;
+    b.screenshot("dashboard-failures").await;
+
+    b.find("#failure-filter")
+        .await
+        .select_by_value("/openai")
+        .await
+        .unwrap();
+    let openai = "dp-west-4000,dp-west-2000,dp-east-1000";
+    b.wait_until("filtered", &format!("{FAILURE_ROWS} === '{openai}'"))
+        .await;
+    // The next refreshes keep the filter.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(b.js(FAILURE_ROWS).await, json!(openai));
+    b.find("#failure-filter")
+        .await
+        .select_by_value("/claude")
+        .await
+        .unwrap();
+    b.wait_until(
+        "other filter",
+        &format!("{FAILURE_ROWS} === 'dp-east-3000'"),
+    )
+    .await;
+
+    b.click("#lang-switch").await;
+    assert_eq!(b.text("#failures-title").await, "最近的失败请求");
+}

@@ -3,6 +3,7 @@
 //! [`crate::router`] names them all.
 
 pub(crate) mod audit;
+pub(crate) mod failures;
 pub(crate) mod health;
 pub(crate) mod mappings;
 pub(crate) mod session;

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apiproxy_shared::redis_keys::REQUEST_RUNS;
-use apiproxy_shared::{EndpointDelta, RedisKeys, StatsBatch};
+use apiproxy_shared::{EndpointDelta, RedisKeys, StatsBatch, FAILED_KEPT};
 
-use super::field;
+use super::{field, FailedRecord};
 
 // How long each key is kept after the last batch that wrote it.
 const SEQ_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -35,6 +35,8 @@ local function run(op, key, a, b)
   elseif op == 'expire' then redis.call('EXPIRE', key, a)
   elseif op == 'push' then redis.call('RPUSH', key, a)
   elseif op == 'keep' then redis.call('LTRIM', key, -tonumber(a), -1)
+  elseif op == 'push_front' then redis.call('LPUSH', key, a)
+  elseif op == 'keep_front' then redis.call('LTRIM', key, 0, tonumber(a) - 1)
   else return redis.error_reply('unknown op ' .. op) end
 end"
     };
@@ -119,6 +121,17 @@ impl Writes {
     /// LTRIM to the newest `n` elements.
     pub(super) fn keep(&mut self, key: usize, n: usize) {
         self.op("keep", key, &n.to_string(), String::new());
+    }
+
+    /// LPUSH of one element: a list kept newest first.
+    fn push_front(&mut self, key: usize, value: &str) {
+        self.op("push_front", key, value, String::new());
+    }
+
+    /// LTRIM to the first `n` elements (the newest of a
+    /// [`Writes::push_front`] list).
+    fn keep_front(&mut self, key: usize, n: usize) {
+        self.op("keep_front", key, &n.to_string(), String::new());
     }
 }
 
@@ -260,13 +273,26 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
     );
     w.expire(node, NODE_TTL);
     w.add(nodes, &batch.node_id);
+
+    // The batch lists them oldest first: pushed in that order onto the
+    // front, the newest ends up first.
+    if !batch.failed.is_empty() {
+        let failed = w.key(keys.stats_failed.clone());
+        for request in &batch.failed {
+            w.push_front(
+                failed,
+                &FailedRecord::new(&batch.node_id, request).to_json(),
+            );
+        }
+        w.keep_front(failed, FAILED_KEPT);
+    }
     w
 }
 
 #[cfg(test)]
 mod tests {
     use apiproxy_shared::stats::BUCKETS;
-    use apiproxy_shared::Gauges;
+    use apiproxy_shared::{FailedRequest, Gauges};
 
     use super::*;
 
@@ -385,6 +411,56 @@ mod tests {
         b.endpoints.clear();
         let w = plan(&RedisKeys::new("p"), &b, 1_000);
         assert!(!ops(&w).iter().any(|o| o.0 == "push" || o.0 == "keep"));
+    }
+
+    fn failed(time: u64, error_type: Option<&str>) -> FailedRequest {
+        FailedRequest {
+            time,
+            request_id: format!("req-{time}"),
+            prefix: "/a".into(),
+            status: 502,
+            error_type: error_type.map(str::to_owned),
+            duration_ms: 12,
+        }
+    }
+
+    #[test]
+    fn failed_requests_go_newest_first_with_the_node_and_are_trimmed() {
+        let mut b = batch();
+        b.failed = vec![failed(1, Some("upstream_connect")), failed(2, None)];
+        let w = plan(&RedisKeys::new("p"), &b, 1_000);
+        let on_failed: Vec<_> = ops(&w)
+            .into_iter()
+            .filter(|o| o.1 == "p:stats:failed")
+            .map(|o| (o.0, o.2))
+            .collect();
+        // Pushed oldest first onto the front: the newest ends up first.
+        assert_eq!(
+            on_failed,
+            [
+                (
+                    "push_front".to_owned(),
+                    r#"{"node_id":"dp-1","time":1,"request_id":"req-1","prefix":"/a","status":502,"error_type":"upstream_connect","duration_ms":12}"#
+                        .to_owned()
+                ),
+                (
+                    "push_front".to_owned(),
+                    r#"{"node_id":"dp-1","time":2,"request_id":"req-2","prefix":"/a","status":502,"duration_ms":12}"#
+                        .to_owned()
+                ),
+                ("keep_front".to_owned(), "1000".to_owned()),
+            ]
+        );
+        // Round trip: what is stored reads back as the record.
+        let stored: FailedRecord = serde_json::from_str(&on_failed[0].1).unwrap();
+        assert_eq!(stored, FailedRecord::new("dp-1", &b.failed[0]));
+    }
+
+    #[test]
+    fn a_batch_without_failed_requests_leaves_the_list_alone() {
+        let w = plan(&RedisKeys::new("p"), &batch(), 1_000);
+        assert!(!w.keys.iter().any(|k| k == "p:stats:failed"));
+        assert!(!ops(&w).iter().any(|o| o.0.ends_with("_front")));
     }
 
     #[test]
