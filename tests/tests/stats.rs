@@ -432,3 +432,126 @@ async fn the_final_batch_is_flushed_on_shutdown() {
     drop(stream);
     drop(cp);
 }
+
+/// Failed requests on two real nodes reach `GET /api/requests/failed`
+/// with their ids, newest first, and a success never does. The request
+/// ids are the ones the clients got back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_from_two_nodes_are_listed_with_their_ids() {
+    let redis = RedisServer::start();
+    let cp = controlplane(&redis, 0);
+    let port = cp.addr.port();
+    let up = mixed_upstream().await;
+    create_mappings(&cp, &up).await;
+    let a = node(&redis, port, "dp-a", &[]);
+    let b = node(&redis, port, "dp-b", &[]);
+    for dp in [&a, &b] {
+        dp.wait_status("/up/ok", 200).await;
+    }
+    // In order, each a few milliseconds after the last: a 503 of the
+    // upstream's on a, a refused connect on b, no mapping on a, and a
+    // client that leaves a stream on b. Successes in between.
+    let mut ids = Vec::new();
+    for (dp, path, status) in [
+        (&a, "/up/fail", 503),
+        (&b, "/down/x", 502),
+        (&a, "/nowhere", 404),
+    ] {
+        assert_eq!(get_reply(dp.addr, "/up/ok").await.status, 200);
+        let reply = get_reply(dp.addr, path).await;
+        assert_eq!(reply.status, status, "{path}");
+        ids.push(reply.headers["x-request-id"].to_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    stream
+        .write_all(b"GET /up/slow HTTP/1.1\r\nhost: x\r\nx-request-id: gone-1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(stream.read(&mut buf).await.unwrap() > 0);
+    drop(stream);
+    ids.push("gone-1".into());
+
+    // Polling a node before it was ready got 503s too: those are listed,
+    // and left out here.
+    let listed = eventually("four failures listed", Duration::from_secs(10), || async {
+        let r = cp.admin("GET", "/api/requests/failed?limit=10", None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let list: Vec<Value> = r.json()["requests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| ids.iter().any(|id| r["request_id"] == id.as_str()))
+            .collect();
+        (list.len() >= 4).then_some(list)
+    })
+    .await;
+    assert_eq!(listed.len(), 4, "{listed:#?}");
+    let newest_first: Vec<&str> = listed
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    ids.reverse();
+    assert_eq!(newest_first, ids);
+    let by_id = |id: &str| listed.iter().find(|r| r["request_id"] == id).unwrap();
+    let gone = by_id("gone-1");
+    assert_eq!(
+        (
+            &gone["node_id"],
+            &gone["prefix"],
+            &gone["status"],
+            &gone["error_type"]
+        ),
+        (
+            &json!("dp-b"),
+            &json!("/up"),
+            &json!(200),
+            &json!("cancelled")
+        )
+    );
+    let nowhere = by_id(&ids[1]);
+    assert_eq!(
+        (
+            &nowhere["node_id"],
+            &nowhere["prefix"],
+            &nowhere["status"],
+            &nowhere["error_type"]
+        ),
+        (
+            &json!("dp-a"),
+            &json!("none"),
+            &json!(404),
+            &json!("no_mapping")
+        )
+    );
+    let refused = by_id(&ids[2]);
+    assert_eq!(
+        (
+            &refused["node_id"],
+            &refused["prefix"],
+            &refused["status"],
+            &refused["error_type"]
+        ),
+        (
+            &json!("dp-b"),
+            &json!("/down"),
+            &json!(502),
+            &json!("upstream_connect")
+        )
+    );
+    let upstream_503 = by_id(&ids[3]);
+    assert_eq!(
+        (
+            &upstream_503["node_id"],
+            &upstream_503["prefix"],
+            &upstream_503["status"]
+        ),
+        (&json!("dp-a"), &json!("/up"), &json!(503))
+    );
+    assert!(
+        upstream_503.get("error_type").is_none_or(Value::is_null),
+        "{upstream_503}"
+    );
+}

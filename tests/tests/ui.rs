@@ -662,3 +662,59 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
     b.click("#lang-switch").await;
     assert_eq!(b.text("#failures-title").await, "最近的失败请求");
 }
+
+/// The same end to end: requests that really fail on the two real nodes
+/// (no mapping on one, a dead upstream on the other) show in the table
+/// under the ids their clients got back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_failures_on_two_nodes_reach_the_table() {
+    let f = fleet();
+    let base = format!("http://{}", f.cp.addr);
+    let dead = format!("http://{}", apiproxy_tests::refusing_addr());
+    let r =
+        f.cp.admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/dead", "target": dead})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let [east, west] = &f.nodes;
+    east.wait_status("/nowhere", 404).await;
+    west.wait_status("/dead/x", 502).await;
+    let id = |reply: apiproxy_tests::client::Reply| {
+        reply.headers["x-request-id"].to_str().unwrap().to_owned()
+    };
+    let east_id = id(get_reply(east.addr, "/nowhere").await);
+    let west_id = id(get_reply(west.addr, "/dead/x").await);
+
+    let b = Browser::start().await;
+    sign_in(&b, &base).await;
+    b.goto(&format!("{base}/")).await;
+    let row = |id: &str| {
+        format!(
+            "const r = document.querySelector(`#failures tr[data-request-id='{id}']`); \
+             return r ? [...r.cells].map(c => c.textContent).slice(1, 5) : null"
+        )
+    };
+    for (id, expected) in [
+        (
+            &east_id,
+            json!(["dp-east", "no mapping", "404", "no_mapping"]),
+        ),
+        (
+            &west_id,
+            json!(["dp-west", "/dead", "502", "upstream_connect"]),
+        ),
+    ] {
+        b.wait_until(
+            &format!("row {id}"),
+            &format!(
+                "const got = (() => {{ {} }})(); return got !== null",
+                row(id)
+            ),
+        )
+        .await;
+        assert_eq!(b.js(&row(id)).await, expected, "{id}");
+    }
+}
