@@ -37,7 +37,10 @@ BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "n
               "origin-h1": 18448, "origin-plain": 18449, "origin-chat": 18450, "origin-chat-h1": 18451, "origin-slow-h1": 18452,
               "nginx-plain": 18186, "dp-plain": 18187, "metrics-plain": 18188,
               "base-h1": 18189, "metrics-base-h1": 18200, "base-h2": 18201, "metrics-base-h2": 18202,
-              "base": 18203, "metrics-base": 18204}
+              "base": 18203, "metrics-base": 18204,
+              "log-off": 18205, "metrics-log-off": 18206, "log-off-b": 18207, "metrics-log-off-b": 18208,
+              "log-json": 18209, "metrics-log-json": 18210, "log-stalled": 18211, "metrics-log-stalled": 18212,
+              "nginx-log": 18213}
 P = dict(BASE_PORTS)  # after --port-offset
 LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
 NOFILE = [65536]      # fd limit children get (ulimit -n), set in run()
@@ -236,19 +239,21 @@ http {{
                 f"        location / {{ {root} }}\n        {big}\n    }}\n")
         return self.nginx("upstream", P["upstream"], LOAD_CPU, 16384, http)
 
-    def nginx_proxy(self, name, routes, buffer_size=None, wrap=(), extra_g=""):
-        """nginx reverse proxy on the proxy CPU; routes = {location prefix: origin port}."""
+    def nginx_proxy(self, name, routes, buffer_size=None, wrap=(), extra_g="", server_extra=""):
+        """nginx reverse proxy on the proxy CPU; routes = {location prefix: origin port};
+        server_extra: more directives for its server block."""
         buf = " proxy_buffer_size %s; proxy_buffers 4 %s;" % (buffer_size, buffer_size) if buffer_size else ""
         http = "".join(f"    upstream up{port} {{ server {HOST}:{port}; keepalive 1024;"
                        " keepalive_requests 1000000; keepalive_timeout 60s; }\n" for port in set(routes.values()))
-        http += f"    server {{ listen {HOST}:{P[name]} backlog=4096;\n"
+        http += f"    server {{ listen {HOST}:{P[name]} backlog=4096; {server_extra}\n"
         http += "".join(f"        location {prefix} {{ proxy_pass http://up{port}; proxy_http_version 1.1;"
                         f' proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off;{buf} }}\n'
                         for prefix, port in routes.items())
         return self.nginx(name, P[name], PROXY_CPU, 4096, http + "    }\n", wrap, extra_g)
 
     def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None, binary=None):
-        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port, or target URL}."""
+        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port, or target URL}.
+        Its access log is off (as nginx's is), unless extra_env turns it on."""
         binary = binary or self.a.binary
         if not os.access(binary, os.X_OK):
             raise SystemExit("no data plane binary at %s (cargo build --release -p apiproxy-dataplane; "
@@ -258,7 +263,8 @@ http {{
             json.dump({k: v if isinstance(v, str) else "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
         env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P[name]),
                "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P[metrics]), "API_PROXY_WORKERS": "1",
-               "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", **(extra_env or {})}
+               "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", "API_PROXY_ACCESS_LOG": "off",
+               **(extra_env or {})}
         return self.start(name, list(wrap) + [binary], PROXY_CPU, P[name], env,
                           wait=120.0 if wrap else 15.0)
 
@@ -512,6 +518,51 @@ def measure_windows(a, roots, counters, ref, twin):
                     .replace("%d x %d s rounds" % (a.rounds, a.duration),
                              "one load, %d windows of %d s after %d s" % (a.rounds, a.duration, a.warmup)))
     return data, text
+
+
+def cmd_accesslog(a, st):
+    """Access-log cost: data planes with the log off (twice: the A/A floor),
+    JSON lines to a file, and to a pipe nobody reads (a stalled sink: lines
+    dropped and counted), beside nginx with its buffered access_log
+    (`buffer=64k`), all loaded at once."""
+    st.upstream(a.body_size)
+    routes = {"/": P["upstream"]}
+    fifo = os.path.join(st.dir, "stalled.fifo")
+    os.mkfifo(fifo)
+    # The reader that never reads: the node's open succeeds, its writes
+    # block once the pipe's 64 KiB are full.
+    stalled_reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    json_log = os.path.join(st.dir, "log-json.access.log")
+    nginx_log = os.path.join(st.dir, "nginx.access.log")
+    on = lambda sink: {"API_PROXY_ACCESS_LOG": sink, "API_PROXY_ACCESS_LOG_FORMAT": "json"}  # noqa: E731
+    roots = {"log-off": st.dataplane(routes, name="log-off", metrics="metrics-log-off").pid,
+             "log-off-b": st.dataplane(routes, name="log-off-b", metrics="metrics-log-off-b").pid,
+             "log-json": st.dataplane(routes, name="log-json", metrics="metrics-log-json",
+                                      extra_env=on(json_log)).pid,
+             "log-stalled": st.dataplane(routes, name="log-stalled", metrics="metrics-log-stalled",
+                                         extra_env=on(fifo)).pid,
+             "nginx-log": st.nginx_proxy("nginx-log", routes,
+                                         server_extra="access_log %s combined buffer=64k;" % nginx_log).pid}
+    data, text = measure(a, roots, "log-off", "log-off-b")
+    for conns, rounds in data.items():
+        ratios = [r["log-json"]["rps"] / r["nginx-log"]["rps"] for r in rounds]
+        text.append("%d conns: log-json / nginx-log (buffered access_log) = %.3f (%.3f-%.3f), paired rounds"
+                    % (conns, med(ratios), min(ratios), max(ratios)))
+    time.sleep(1)  # the writer's last batch
+    with open(json_log, "rb") as f:
+        lines = sum(1 for _ in f)
+    served_json = served("http://%s:%d/metrics" % (HOST, P["metrics-log-json"]))
+    dropped = metric_sum(P["metrics-log-stalled"], "apiproxy_access_log_dropped_total")
+    served_stalled = served("http://%s:%d/metrics" % (HOST, P["metrics-log-stalled"]))
+    os.close(stalled_reader)
+    text.append("log-json: %d lines in the file for %d requests served (%d dropped: %.0f)"
+                % (lines, served_json, metric_sum(P["metrics-log-json"], "apiproxy_access_log_dropped_total"),
+                   served_json - lines))
+    text.append("log-stalled: %d of %d lines dropped (apiproxy_access_log_dropped_total)"
+                % (dropped, served_stalled))
+    for t in text[-3:]:
+        log(t)
+    save(a, "accesslog", data, "\n\n".join(text))
 
 
 def cmd_stats(a, st):
@@ -1140,6 +1191,12 @@ def main():
     q.add_argument("--warmup", type=int, default=2, help="warm-up seconds per conns value")
     q.add_argument("--body-size", type=int, default=1024)
     q.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
+    g = add("accesslog", "access log off vs JSON to a file vs a stalled sink, beside nginx's buffered access_log")
+    g.add_argument("--conns", type=lambda s: [int(x) for x in s.split(",")], default=[64, 1000])
+    g.add_argument("--duration", type=int, default=5, help="seconds per round")
+    g.add_argument("--rounds", type=int, default=6)
+    g.add_argument("--warmup", type=int, default=2, help="warm-up seconds per conns value")
+    g.add_argument("--body-size", type=int, default=1024)
     o = add("outage", "stats through a control-plane outage: data plane RSS, failed pushes, exact total")
     o.add_argument("--outage", type=int, default=30, help="seconds the control plane is away")
     o.add_argument("--warmup", type=int, default=2, help="seconds of load before the kill")
@@ -1177,7 +1234,8 @@ def main():
         return
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
     need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
-            "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"]}[a.cmd]
+            "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"],
+            "accesslog": ["wrk"]}[a.cmd]
     missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
@@ -1186,7 +1244,7 @@ def main():
     else:
         log("fewer than 2 CPUs: running unpinned")
     run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr,
-            "stats": cmd_stats, "outage": cmd_outage, "h2": cmd_h2}[a.cmd])
+            "stats": cmd_stats, "outage": cmd_outage, "h2": cmd_h2, "accesslog": cmd_accesslog}[a.cmd])
 
 
 if __name__ == "__main__":

@@ -124,8 +124,12 @@ impl RequestRecord {
             Outcome::Failed(kind) => entry.error.or(Some(kind.error_type())),
             _ => entry.error,
         };
+        let failed = status >= 500 || error.is_some() || cancelled;
+        if !failed && log.access.is_none() {
+            return;
+        }
         let started = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
-        if status >= 500 || error.is_some() || cancelled {
+        if failed {
             log.failures.push(FailedRequest {
                 time: started
                     .duration_since(UNIX_EPOCH)

@@ -76,23 +76,11 @@ impl AccessEntry {
             .get(http::header::USER_AGENT)
             .map(|ua| truncate(&String::from_utf8_lossy(ua.as_bytes()), MAX_USER_AGENT).into());
         AccessEntry {
-            request_id,
-            client,
             method: req.method().clone(),
             target,
             protocol: req.version(),
             user_agent,
-            prefix: None,
-            upstream: None,
-            body: None,
-            bytes_out: 0,
-            ttfb: None,
-            upstream_request_id: None,
-            start: SystemTime::UNIX_EPOCH,
-            status: 0,
-            error: None,
-            duration: Duration::ZERO,
-            cancelled: false,
+            ..AccessEntry::unreadable(request_id, client)
         }
     }
 
