@@ -1,6 +1,12 @@
-//! The access log's own thread: takes entries off the queue, formats them
-//! in batches and writes each batch with one call, so that a line is never
+//! The access log's own thread: every tick it takes what is queued,
+//! formats it and writes it with one call a batch, so that a line is never
 //! torn and nothing on the request path waits for the disk or a pipe.
+//!
+//! It sleeps between ticks instead of waiting on the queue: a receiver
+//! blocked on the queue would be woken by every request (a futex call and
+//! a context switch each, measured to halve throughput), while a sleeping
+//! one costs the request path one atomic write and the node 20 wake-ups a
+//! second. Lines reach the sink within a tick.
 //! SIGHUP asks it to reopen its file (after logrotate moved it): the batch
 //! in hand goes to the old file, the next to the new one, none is lost.
 
@@ -9,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,7 +25,7 @@ use tracing::{info, warn};
 
 use super::{AccessEntry, Format, Settings, Sink};
 
-/// How often an idle writer looks at its flags.
+/// How often the writer takes what is queued.
 const TICK: Duration = Duration::from_millis(50);
 /// A batch is written once it holds this much.
 const BATCH: usize = 64 * 1024;
@@ -168,36 +174,30 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         loop {
-            match self.entries.recv_timeout(TICK) {
-                Ok(entry) => {
-                    self.add(&entry);
-                    // Whatever else is queued joins the batch.
-                    while self.batch.len() < BATCH {
-                        match self.entries.try_recv() {
-                            Ok(entry) => self.add(&entry),
-                            Err(_) => break,
+            // Read before the queue is emptied: whatever was queued before
+            // the close was asked for is written.
+            let closing = self.closing.load(Ordering::Relaxed);
+            let disconnected = loop {
+                match self.entries.try_recv() {
+                    Ok(entry) => {
+                        self.add(&entry);
+                        if self.batch.len() >= BATCH {
+                            self.write();
                         }
                     }
-                    self.write();
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            self.write();
+            if closing || disconnected {
+                return;
             }
             if self.reopen.swap(false, Ordering::Relaxed) {
                 self.out.reopen();
             }
-            if self.closing.load(Ordering::Relaxed) {
-                while let Ok(entry) = self.entries.try_recv() {
-                    self.add(&entry);
-                    if self.batch.len() >= BATCH {
-                        self.write();
-                    }
-                }
-                self.write();
-                return;
-            }
+            std::thread::sleep(TICK);
         }
-        self.write();
     }
 
     fn add(&mut self, entry: &AccessEntry) {
