@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Method, Version};
-use serde::Serialize;
 
 use crate::body::FailureSlot;
 
@@ -128,30 +127,44 @@ impl AccessEntry {
         }
     }
 
-    /// Appends the entry as one JSON object and a newline.
+    /// Appends the entry as one JSON object and a newline. Written by
+    /// hand: serde's byte-by-byte escaping of every key and value and its
+    /// float formatting were most of the writer's time (perf), and all
+    /// but the path, the user agent and the ids are known to need none.
     pub(crate) fn write_json(&self, node_id: &str, out: &mut Vec<u8>) {
-        let line = JsonLine {
-            time: humantime::format_rfc3339_millis(self.start).to_string(),
-            request_id: text(&self.request_id),
-            node_id,
-            client: self.client,
-            method: self.method(),
-            prefix: self.prefix.as_deref(),
-            path: self.target(),
-            protocol: protocol(self.protocol),
-            status: self.status,
-            error: self.error,
-            bytes_in: self.bytes_in(),
-            bytes_out: self.bytes_out,
-            duration_ms: millis(self.duration),
-            ttfb_ms: self.ttfb.map(millis),
-            upstream: self.upstream.as_ref().map(text),
-            upstream_request_id: self.upstream_request_id.as_ref().map(text),
-            cancelled: self.cancelled,
-            user_agent: self.user_agent.as_deref(),
-        };
-        serde_json::to_writer(&mut *out, &line).expect("serialising to memory cannot fail");
-        out.push(b'\n');
+        use std::io::Write as _;
+        out.extend_from_slice(b"{\"time\":\"");
+        let _ = write!(out, "{}", humantime::format_rfc3339_millis(self.start));
+        out.push(b'"');
+        field_str(out, "request_id", Some(text(&self.request_id)));
+        field_str(out, "node_id", Some(node_id));
+        let _ = write!(out, ",\"client\":\"{}\"", self.client);
+        field_str(out, "method", Some(self.method()));
+        field_str(out, "prefix", self.prefix.as_deref());
+        field_str(out, "path", Some(self.target()));
+        field_str(out, "protocol", Some(protocol(self.protocol)));
+        let _ = write!(out, ",\"status\":{}", self.status);
+        field_str(out, "error", self.error);
+        let _ = write!(
+            out,
+            ",\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}",
+            self.bytes_in(),
+            self.bytes_out,
+            Millis(self.duration)
+        );
+        match self.ttfb {
+            Some(ttfb) => {
+                let _ = write!(out, ",\"ttfb_ms\":{}", Millis(ttfb));
+            }
+            None => out.extend_from_slice(b",\"ttfb_ms\":null"),
+        }
+        field_str(out, "upstream", self.upstream.as_ref().map(text));
+        if let Some(id) = &self.upstream_request_id {
+            field_str(out, "upstream_request_id", Some(text(id)));
+        }
+        let _ = write!(out, ",\"cancelled\":{}", self.cancelled);
+        field_str(out, "user_agent", self.user_agent.as_deref());
+        out.extend_from_slice(b"}\n");
     }
 
     /// Appends the entry as one text line: nginx's `combined` format
@@ -173,14 +186,14 @@ impl AccessEntry {
         );
         let _ = write!(
             line,
-            " request_id={} node_id={} prefix={} error={} bytes_in={} duration_ms={:.3} ttfb_ms={} upstream={} cancelled={}",
+            " request_id={} node_id={} prefix={} error={} bytes_in={} duration_ms={} ttfb_ms={} upstream={} cancelled={}",
             escaped(text(&self.request_id)),
             escaped(node_id),
             escaped(self.prefix.as_deref().unwrap_or("-")),
             self.error.unwrap_or("-"),
             self.bytes_in(),
-            millis(self.duration),
-            self.ttfb.map_or("-".to_owned(), |t| format!("{:.3}", millis(t))),
+            Millis(self.duration),
+            self.ttfb.map_or("-".to_owned(), |t| Millis(t).to_string()),
             self.upstream.as_ref().map_or("-".into(), |u| escaped(text(u))),
             self.cancelled,
         );
@@ -192,27 +205,31 @@ impl AccessEntry {
     }
 }
 
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    request_id: &'a str,
-    node_id: &'a str,
-    client: SocketAddr,
-    method: &'a str,
-    prefix: Option<&'a str>,
-    path: &'a str,
-    protocol: &'static str,
-    status: u16,
-    error: Option<&'static str>,
-    bytes_in: u64,
-    bytes_out: u64,
-    duration_ms: f64,
-    ttfb_ms: Option<f64>,
-    upstream: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream_request_id: Option<&'a str>,
-    cancelled: bool,
-    user_agent: Option<&'a str>,
+/// `,"name":"value"` (or `null`), the value escaped when it has to be.
+fn field_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    match value {
+        None => out.extend_from_slice(b"null"),
+        Some(v) if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+            out.push(b'"');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+        }
+        Some(v) => serde_json::to_writer(&mut *out, v).expect("writing to memory cannot fail"),
+    }
+}
+
+/// A duration in milliseconds with three decimals (to the microsecond),
+/// without going through a float.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:03}", us / 1000, us % 1000)
+    }
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -223,11 +240,6 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/1.1",
     }
-}
-
-/// Milliseconds, to the microsecond.
-fn millis(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
 }
 
 /// A header value the proxy made or checked (printable ASCII); anything
@@ -357,6 +369,20 @@ mod tests {
         entry("/gemini/v1?key=K", false).write_json("dp-1", &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/gemini/v1");
+    }
+
+    /// Whatever a client put in the path or the user agent, a JSON line
+    /// parses back to it.
+    #[test]
+    fn json_lines_escape_what_needs_it() {
+        let mut e = entry("/a\\b%22c/\u{e9}", false);
+        e.user_agent = Some("q\"\\\u{1}\u{7f}\u{e9}".into());
+        let mut out = Vec::new();
+        e.write_json("n\"1", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["path"], "/a\\b%22c/\u{e9}");
+        assert_eq!(v["user_agent"], "q\"\\\u{1}\u{7f}\u{e9}");
+        assert_eq!(v["node_id"], "n\"1");
     }
 
     #[test]
