@@ -6,7 +6,6 @@
 //! `User-Agent` and the request ids are kept. The query is left out unless
 //! asked for, and then its credential parameters are masked.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,6 +13,9 @@ use std::time::{Duration, SystemTime};
 use http::header::HeaderValue;
 use http::{Method, Version};
 
+use super::format::{
+    json_field, push_addr, push_escaped, push_ip, push_millis, push_u64, Timestamps,
+};
 use crate::body::FailureSlot;
 
 /// Query parameters whose values are masked when the query is logged.
@@ -127,108 +129,99 @@ impl AccessEntry {
         }
     }
 
-    /// Appends the entry as one JSON object and a newline. Written by
-    /// hand: serde's byte-by-byte escaping of every key and value and its
-    /// float formatting were most of the writer's time (perf), and all
-    /// but the path, the user agent and the ids are known to need none.
-    pub(crate) fn write_json(&self, node_id: &str, out: &mut Vec<u8>) {
-        use std::io::Write as _;
+    /// Appends the entry as one JSON object and a newline, written by
+    /// hand: serde's byte-by-byte escaping of every key and value was most
+    /// of the writer's time in a profile, and all but the path, the user
+    /// agent and the ids are known to need no escaping.
+    pub(crate) fn write_json(&self, node_id: &str, times: &mut Timestamps, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
-        let _ = write!(out, "{}", humantime::format_rfc3339_millis(self.start));
+        times.push(out, self.start);
         out.push(b'"');
-        field_str(out, "request_id", Some(text(&self.request_id)));
-        field_str(out, "node_id", Some(node_id));
-        let _ = write!(out, ",\"client\":\"{}\"", self.client);
-        field_str(out, "method", Some(self.method()));
-        field_str(out, "prefix", self.prefix.as_deref());
-        field_str(out, "path", Some(self.target()));
-        field_str(out, "protocol", Some(protocol(self.protocol)));
-        let _ = write!(out, ",\"status\":{}", self.status);
-        field_str(out, "error", self.error);
-        let _ = write!(
-            out,
-            ",\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}",
-            self.bytes_in(),
-            self.bytes_out,
-            Millis(self.duration)
-        );
+        json_field(out, "request_id", Some(text(&self.request_id)));
+        json_field(out, "node_id", Some(node_id));
+        out.extend_from_slice(b",\"client\":\"");
+        push_addr(out, self.client);
+        out.push(b'"');
+        json_field(out, "method", Some(self.method()));
+        json_field(out, "prefix", self.prefix.as_deref());
+        json_field(out, "path", Some(self.target()));
+        json_field(out, "protocol", Some(protocol(self.protocol)));
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(self.status));
+        json_field(out, "error", self.error);
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_u64(out, self.bytes_in());
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_u64(out, self.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_millis(out, self.duration);
+        out.extend_from_slice(b",\"ttfb_ms\":");
         match self.ttfb {
-            Some(ttfb) => {
-                let _ = write!(out, ",\"ttfb_ms\":{}", Millis(ttfb));
-            }
-            None => out.extend_from_slice(b",\"ttfb_ms\":null"),
+            Some(ttfb) => push_millis(out, ttfb),
+            None => out.extend_from_slice(b"null"),
         }
-        field_str(out, "upstream", self.upstream.as_ref().map(text));
+        json_field(out, "upstream", self.upstream.as_ref().map(text));
         if let Some(id) = &self.upstream_request_id {
-            field_str(out, "upstream_request_id", Some(text(id)));
+            json_field(out, "upstream_request_id", Some(text(id)));
         }
-        let _ = write!(out, ",\"cancelled\":{}", self.cancelled);
-        field_str(out, "user_agent", self.user_agent.as_deref());
+        out.extend_from_slice(if self.cancelled {
+            b",\"cancelled\":true"
+        } else {
+            b",\"cancelled\":false"
+        });
+        json_field(out, "user_agent", self.user_agent.as_deref());
         out.extend_from_slice(b"}\n");
     }
 
     /// Appends the entry as one text line: nginx's `combined` format
     /// (client, time, request line, status, bytes sent, referer left out,
     /// user agent), then our fields as `name=value`.
-    pub(crate) fn write_text(&self, node_id: &str, out: &mut Vec<u8>) {
-        let mut line = String::with_capacity(256);
-        let _ = write!(
-            line,
-            "{} - - [{}] \"{} {} {}\" {} {} \"-\" \"{}\"",
-            self.client.ip(),
-            humantime::format_rfc3339_millis(self.start),
-            self.method(),
-            escaped(self.target()),
-            protocol(self.protocol),
-            self.status,
-            self.bytes_out,
-            escaped(self.user_agent.as_deref().unwrap_or("-")),
-        );
-        let _ = write!(
-            line,
-            " request_id={} node_id={} prefix={} error={} bytes_in={} duration_ms={} ttfb_ms={} upstream={} cancelled={}",
-            escaped(text(&self.request_id)),
-            escaped(node_id),
-            escaped(self.prefix.as_deref().unwrap_or("-")),
-            self.error.unwrap_or("-"),
-            self.bytes_in(),
-            Millis(self.duration),
-            self.ttfb.map_or("-".to_owned(), |t| Millis(t).to_string()),
-            self.upstream.as_ref().map_or("-".into(), |u| escaped(text(u))),
-            self.cancelled,
-        );
+    pub(crate) fn write_text(&self, node_id: &str, times: &mut Timestamps, out: &mut Vec<u8>) {
+        push_ip(out, self.client.ip());
+        out.extend_from_slice(b" - - [");
+        times.push(out, self.start);
+        out.extend_from_slice(b"] \"");
+        out.extend_from_slice(self.method().as_bytes());
+        out.push(b' ');
+        push_escaped(out, self.target(), false);
+        out.push(b' ');
+        out.extend_from_slice(protocol(self.protocol).as_bytes());
+        out.extend_from_slice(b"\" ");
+        push_u64(out, u64::from(self.status));
+        out.push(b' ');
+        push_u64(out, self.bytes_out);
+        out.extend_from_slice(b" \"-\" \"");
+        push_escaped(out, self.user_agent.as_deref().unwrap_or("-"), false);
+        out.push(b'"');
+        let field = |out: &mut Vec<u8>, name: &str, value: &str| {
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+            push_escaped(out, value, true);
+        };
+        field(out, "request_id", text(&self.request_id));
+        field(out, "node_id", node_id);
+        field(out, "prefix", self.prefix.as_deref().unwrap_or("-"));
+        field(out, "error", self.error.unwrap_or("-"));
+        out.extend_from_slice(b" bytes_in=");
+        push_u64(out, self.bytes_in());
+        out.extend_from_slice(b" duration_ms=");
+        push_millis(out, self.duration);
+        out.extend_from_slice(b" ttfb_ms=");
+        match self.ttfb {
+            Some(ttfb) => push_millis(out, ttfb),
+            None => out.push(b'-'),
+        }
+        field(out, "upstream", self.upstream.as_ref().map_or("-", text));
+        out.extend_from_slice(if self.cancelled {
+            b" cancelled=true"
+        } else {
+            b" cancelled=false"
+        });
         if let Some(id) = &self.upstream_request_id {
-            let _ = write!(line, " upstream_request_id={}", escaped(text(id)));
+            field(out, "upstream_request_id", text(id));
         }
-        out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
-    }
-}
-
-/// `,"name":"value"` (or `null`), the value escaped when it has to be.
-fn field_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    match value {
-        None => out.extend_from_slice(b"null"),
-        Some(v) if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
-            out.push(b'"');
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'"');
-        }
-        Some(v) => serde_json::to_writer(&mut *out, v).expect("writing to memory cannot fail"),
-    }
-}
-
-/// A duration in milliseconds with three decimals (to the microsecond),
-/// without going through a float.
-struct Millis(Duration);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let us = self.0.as_micros();
-        write!(f, "{}.{:03}", us / 1000, us % 1000)
     }
 }
 
@@ -257,27 +250,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// `"`, `\`, spaces and control bytes as `\xHH`, as nginx escapes its log
-/// variables, so that a field never breaks the line apart.
-fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
-    let plain = |c: char| c != '"' && c != '\\' && !c.is_control();
-    if s.chars().all(plain) {
-        return s.into();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if plain(c) {
-            out.push(c);
-        } else {
-            let mut buf = [0; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(out, "\\x{b:02X}");
-            }
-        }
-    }
-    out.into()
 }
 
 /// Appends `query` with the value of each credential parameter replaced
@@ -348,7 +320,11 @@ mod tests {
     #[test]
     fn json_lines_hold_every_field_and_no_secret() {
         let mut out = Vec::new();
-        entry("/gemini/v1?key=K&alt=sse", true).write_json("dp-1", &mut out);
+        entry("/gemini/v1?key=K&alt=sse", true).write_json(
+            "dp-1",
+            &mut Timestamps::default(),
+            &mut out,
+        );
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
@@ -366,7 +342,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        entry("/gemini/v1?key=K", false).write_json("dp-1", &mut out);
+        entry("/gemini/v1?key=K", false).write_json("dp-1", &mut Timestamps::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/gemini/v1");
     }
@@ -378,7 +354,7 @@ mod tests {
         let mut e = entry("/a\\b%22c/\u{e9}", false);
         e.user_agent = Some("q\"\\\u{1}\u{7f}\u{e9}".into());
         let mut out = Vec::new();
-        e.write_json("n\"1", &mut out);
+        e.write_json("n\"1", &mut Timestamps::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/a\\b%22c/\u{e9}");
         assert_eq!(v["user_agent"], "q\"\\\u{1}\u{7f}\u{e9}");
@@ -388,7 +364,7 @@ mod tests {
     #[test]
     fn text_lines_stay_one_line() {
         let mut out = Vec::new();
-        entry("/gemini/v1", false).write_text("dp-1", &mut out);
+        entry("/gemini/v1", false).write_text("dp-1", &mut Timestamps::default(), &mut out);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1, "{line}");
         assert!(

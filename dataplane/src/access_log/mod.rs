@@ -10,6 +10,7 @@
 //! bound.
 
 mod entry;
+mod format;
 mod writer;
 
 use std::cell::Cell;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use tracing::{info, warn};
 
+use super::format::Timestamps;
 use super::{AccessEntry, Format, Settings, Sink};
 
 /// How often the writer takes what is queued.
@@ -144,6 +145,7 @@ pub(super) fn start(
         closing: closing.clone(),
         dropped,
         batch: Vec::with_capacity(BATCH + 4096),
+        times: Timestamps::default(),
         lines: 0,
         reported: None,
     };
@@ -166,6 +168,7 @@ struct Writer {
     closing: Arc<AtomicBool>,
     dropped: IntCounter,
     batch: Vec<u8>,
+    times: Timestamps,
     /// Lines in `batch`.
     lines: u64,
     reported: Option<Instant>,
@@ -202,8 +205,8 @@ impl Writer {
 
     fn add(&mut self, entry: &AccessEntry) {
         match self.format {
-            Format::Json => entry.write_json(&self.node_id, &mut self.batch),
-            Format::Text => entry.write_text(&self.node_id, &mut self.batch),
+            Format::Json => entry.write_json(&self.node_id, &mut self.times, &mut self.batch),
+            Format::Text => entry.write_text(&self.node_id, &mut self.times, &mut self.batch),
         }
         self.lines += 1;
     }
