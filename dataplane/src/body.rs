@@ -283,6 +283,14 @@ impl Body for RequestBody {
     }
 }
 
+/// The upstream's side of a switched connection, and what names the
+/// tunnel in logs.
+pub(crate) struct Tunnel {
+    pub(crate) upstream: Upgraded,
+    pub(crate) prefix: Arc<str>,
+    pub(crate) request_id: http::HeaderValue,
+}
+
 /// A response body on its way to the client.
 pub(crate) struct ProxyBody {
     kind: Kind,
@@ -293,7 +301,7 @@ enum Kind {
     Full(Option<Bytes>),
     /// A 101: the upstream's switched connection, for the listener to join
     /// to the client's.
-    Tunnel(Option<(Upgraded, Arc<str>)>),
+    Tunnel(Option<Tunnel>),
     /// An HTTP/1.1 body sends its connection back to the pool itself when
     /// it is read to the end.
     Upstream {
@@ -320,16 +328,16 @@ impl ProxyBody {
     }
 
     /// The body of a 101: no bytes, but the upstream connection to tunnel
-    /// to (`prefix` names the tunnel in logs).
-    pub(crate) fn tunnel(upstream: Upgraded, prefix: Arc<str>) -> Self {
+    /// to.
+    pub(crate) fn tunnel(tunnel: Tunnel) -> Self {
         ProxyBody {
-            kind: Kind::Tunnel(Some((upstream, prefix))),
+            kind: Kind::Tunnel(Some(tunnel)),
             record: None,
         }
     }
 
     /// The upstream connection of a 101 body, once.
-    pub(crate) fn take_tunnel(&mut self) -> Option<(Upgraded, Arc<str>)> {
+    pub(crate) fn take_tunnel(&mut self) -> Option<Tunnel> {
         match &mut self.kind {
             Kind::Tunnel(tunnel) => tunnel.take(),
             _ => None,

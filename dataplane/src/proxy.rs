@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::access_log::{AccessEntry, RequestLog};
-use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody};
+use crate::body::{BodyFailure, ClientBody, FailureSlot, ProxyBody, RequestBody, Tunnel};
 use crate::budget::Held;
 use crate::causes::chain;
 use crate::deadline::{self, Timer};
@@ -303,9 +303,13 @@ impl InFlight {
             // The listener joins the two connections once the client has
             // the 101.
             let body = match body.into_upgraded() {
-                Some(upstream) => ProxyBody::tunnel(upstream, route.prefix.clone()),
+                Some(upstream) => ProxyBody::tunnel(Tunnel {
+                    upstream,
+                    prefix: route.prefix.clone(),
+                    request_id: record.id_value().cloned().unwrap_or_else(request_id::make),
+                }),
                 None => {
-                    debug!(prefix = %route.prefix, "a 101 without its connection");
+                    debug!(prefix = %route.prefix, request_id = record.id(), "a 101 without its connection");
                     ProxyBody::empty()
                 }
             };

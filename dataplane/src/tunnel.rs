@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::http1::Upgraded;
+use crate::body::Tunnel;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,14 +34,21 @@ impl Tunnels {
         }
     }
 
-    /// `client` and `upstream`: both connections, already switched.
-    pub(crate) fn spawn<C>(&self, client: C, upstream: Upgraded, prefix: Arc<str>)
+    /// `client` and the tunnel's upstream: both connections, already
+    /// switched.
+    pub(crate) fn spawn<C>(&self, client: C, tunnel: Tunnel)
     where
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let idle = self.idle_timeout;
         let abort = self.abort.clone();
-        let span = tracing::debug_span!("tunnel", %prefix);
+        let Tunnel {
+            upstream,
+            prefix,
+            request_id,
+        } = tunnel;
+        let request_id = request_id.to_str().unwrap_or("-");
+        let span = tracing::debug_span!("tunnel", %prefix, request_id);
         self.tracker.spawn(
             async move {
                 let activity = Arc::new(AtomicU64::new(0));

@@ -156,12 +156,12 @@ pub(crate) async fn serve(
             poll_fn(|cx| out.poll_flush(cx)).await?;
             // The tunnel needs the client's read side: a request with an
             // unread body has none to give.
-            if let (Some((upstream, prefix)), Some(reader)) = (body.take_tunnel(), inbound.take()) {
+            if let (Some(tunnel), Some(reader)) = (body.take_tunnel(), inbound.take()) {
                 // Whole again, with what the client sent past its head read
                 // first. (The tunnel's idle timeout covers a client that
                 // stops reading; the write-stall wrapper is not needed.)
                 if let Some(client) = reader.upgrade(out.into_inner()) {
-                    proxy.tunnels.spawn(client, upstream, prefix);
+                    proxy.tunnels.spawn(client, tunnel);
                 }
             }
             return Ok(());
