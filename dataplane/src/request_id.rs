@@ -10,7 +10,6 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
-use std::fmt::Write;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -34,6 +33,58 @@ fn boot_tag() -> &'static str {
     TAG.get_or_init(|| format!("{:012x}", random_u64() & 0xffff_ffff_ffff))
 }
 
+/// An id's bytes in one allocation that its `HeaderValue` shares: the
+/// request's record, the upstream request and the response each hold the
+/// id by a reference count (a `Bytes` made from a `String` or a copied
+/// slice would allocate again on its first clone).
+struct Id {
+    len: u8,
+    bytes: [u8; MAX_REQUEST_ID_LEN],
+}
+
+impl AsRef<[u8]> for Id {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl Id {
+    fn new() -> Id {
+        Id {
+            len: 0,
+            bytes: [0; MAX_REQUEST_ID_LEN],
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let start = usize::from(self.len);
+        self.bytes[start..start + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len() as u8;
+    }
+
+    /// `n` in lower-case hex, without leading zeros.
+    fn push_hex(&mut self, n: u64) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = HEX[(n & 15) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn into_value(self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(Bytes::from_owner(self))
+            .expect("checked or made of printable ASCII")
+    }
+}
+
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -48,7 +99,9 @@ thread_local! {
 pub(crate) fn of_request(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(id) if is_sane(id.as_bytes()) => {
-            HeaderValue::from_bytes(id.as_bytes()).expect("printable ASCII is a valid value")
+            let mut copy = Id::new();
+            copy.push(id.as_bytes());
+            copy.into_value()
         }
         _ => make(),
     }
@@ -65,9 +118,13 @@ pub(crate) fn make() -> HeaderValue {
         c.set((thread, n + 1));
         (thread, n)
     });
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{}-{thread:x}-{n:x}", boot_tag());
-    HeaderValue::from_maybe_shared(Bytes::from(id)).expect("hex digits and dashes")
+    let mut id = Id::new();
+    id.push(boot_tag().as_bytes());
+    id.push(b"-");
+    id.push_hex(thread as u64);
+    id.push(b"-");
+    id.push_hex(n);
+    id.into_value()
 }
 
 #[cfg(test)]
@@ -100,6 +157,27 @@ mod tests {
         made(&with_id("a".repeat(MAX_REQUEST_ID_LEN + 1).as_bytes()));
         made(&with_id(b"tab\there"));
         made(&with_id(&[b'a', 0xff]));
+    }
+
+    #[test]
+    fn made_ids_read_tag_thread_count() {
+        let id = make();
+        let id = id.to_str().unwrap();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], boot_tag());
+        assert!(
+            parts[1..]
+                .iter()
+                .all(|p| u64::from_str_radix(p, 16).is_ok()),
+            "{id}"
+        );
+        let next = make();
+        let next: Vec<&str> = next.to_str().unwrap().split('-').collect();
+        assert_eq!(
+            u64::from_str_radix(next[2], 16).unwrap(),
+            u64::from_str_radix(parts[2], 16).unwrap() + 1
+        );
     }
 
     #[test]
