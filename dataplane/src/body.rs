@@ -96,6 +96,8 @@ pub(crate) enum BodyFailure {
     Idle(Duration),
     /// The client's side broke (it went away mid-upload).
     Client,
+    /// The client sent a body that does not parse (bad chunk framing).
+    Malformed,
 }
 
 impl BodyFailure {
@@ -103,6 +105,12 @@ impl BodyFailure {
         match error {
             BodyError::TooLarge(limit) => BodyFailure::TooLarge(*limit),
             BodyError::Idle(d) => BodyFailure::Idle(*d),
+            BodyError::Client(e)
+                if e.downcast_ref::<crate::http1::InboundBodyError>()
+                    .is_some_and(crate::http1::InboundBodyError::is_framing) =>
+            {
+                BodyFailure::Malformed
+            }
             BodyError::Client(_) | BodyError::Upstream(_) => BodyFailure::Client,
         }
     }

@@ -154,6 +154,11 @@ pub(crate) fn classify_send_error(err: &SendError, failure: Option<BodyFailure>)
                 "request body sent no data for {d:?} (idle timeout)"
             )))
         }
+        Some(BodyFailure::Malformed) => {
+            return SendFailure::Respond(ProxyError::BadRequest(
+                "invalid request body (chunk framing)".into(),
+            ))
+        }
         Some(BodyFailure::Client) => return SendFailure::ClientGone,
         None => {}
     }

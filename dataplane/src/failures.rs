@@ -2,9 +2,10 @@
 //! error, a cancel), kept for the console: each stats batch carries the
 //! ones the control plane has not acknowledged yet.
 //!
-//! Only failures take the lock, for a push onto a ring of
-//! [`MAX_FAILED`]: no I/O and no allocation under it, and a request that
-//! succeeds never touches it.
+//! Only failures take the lock, for a push onto a ring of [`MAX_FAILED`]
+//! (the ring's room is made once; what the push frees is the entry it
+//! evicts), and the pusher, for a copy of what is new: no I/O under it,
+//! and a request that succeeds never touches it.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,7 +17,16 @@ pub(crate) struct RecentFailures {
     ring: Mutex<Ring>,
 }
 
-#[derive(Debug, Default)]
+impl Default for Ring {
+    fn default() -> Ring {
+        Ring {
+            kept: VecDeque::with_capacity(MAX_FAILED),
+            last: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Ring {
     /// Oldest first, each with its number (1, 2, …).
     kept: VecDeque<(u64, FailedRequest)>,

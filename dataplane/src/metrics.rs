@@ -105,7 +105,7 @@ impl Metrics {
             ),
             access_log_dropped: counter(
                 "apiproxy_access_log_dropped_total",
-                "Access log lines dropped because the sink was slower than the traffic.",
+                "Access log lines dropped: the queue was full (a sink slower than the traffic) or the sink failed.",
             ),
             registry,
             stats: Arc::new(stats),

@@ -30,7 +30,7 @@ use crate::error_kind::UpstreamErrorKind;
 use crate::headers;
 use crate::pool::{SendError, SendResult};
 use crate::record::{Outcome, RequestRecord};
-use crate::request_id::{self, X_REQUEST_ID};
+use crate::request_id::{self, X_APIPROXY_REQUEST_ID, X_REQUEST_ID};
 use crate::routing::{has_dot_segment, Route};
 use crate::state::RoutingState;
 use crate::stats::PrefixStats;
@@ -175,7 +175,7 @@ impl Proxy {
         error: ProxyError,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
-        let entry = Box::new(AccessEntry::unreadable(request_id::make(), client));
+        let entry = Box::new(AccessEntry::bare(request_id::make(), client));
         let stats = self.state.metrics.unmatched().clone();
         let record = RequestRecord::reported(stats, Instant::now(), self.log, entry);
         let Refused { error, id } = refuse(record, error);
@@ -262,8 +262,9 @@ impl InFlight {
                         log_upstream_failure(&route, &e, &err, record.id());
                         Err((finish_with(record, e), id))
                     }
-                    // The client's body broke: it is gone; the record's drop
-                    // counts the cancellation and nothing is written.
+                    // The client's connection broke mid-body: it is gone. The
+                    // record's drop counts (and logs) a cancellation; the
+                    // answer made here finds no one to write to.
                     SendFailure::ClientGone => Err((
                         ProxyError::BadRequest("client request body failed".into()),
                         id,
@@ -285,17 +286,20 @@ impl InFlight {
 
         record.head(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
-        // The upstream's own id, if it sent one, is what the client sees
-        // (it may be the one its support desk asks for); the log keeps both.
+        // The upstream's own id, if it sent one, stays in `X-Request-Id`
+        // (SDKs read it there, and it is what the provider's support asks
+        // for); ours then comes back in `X-Apiproxy-Request-Id`, and the
+        // log keeps both.
         match parts.headers.get(&X_REQUEST_ID) {
             None => {
                 parts.headers.insert(&X_REQUEST_ID, id);
             }
             Some(theirs) if *theirs != id => {
-                let theirs = theirs.clone();
+                let theirs = request_id::bounded(theirs);
                 if let Some(entry) = record.entry_mut() {
                     entry.upstream_request_id = Some(theirs);
                 }
+                parts.headers.insert(&X_APIPROXY_REQUEST_ID, id);
             }
             Some(_) => {}
         }

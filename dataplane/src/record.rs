@@ -15,8 +15,8 @@ use crate::access_log::{AccessEntry, RequestLog};
 pub use crate::stats::Outcome;
 use crate::stats::PrefixStats;
 
-/// Lives from the moment a request is routed until its response ends.
-/// Dropping it unfinished counts a client cancellation.
+/// Lives from the moment a request arrives (routed or not) until its
+/// response ends. Dropping it unfinished counts a client cancellation.
 #[derive(Debug)]
 pub struct RequestRecord {
     stats: Arc<PrefixStats>,

@@ -20,6 +20,10 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Where our id comes back when the upstream answered with an
+/// `X-Request-Id` of its own.
+pub(crate) static X_APIPROXY_REQUEST_ID: HeaderName =
+    HeaderName::from_static("x-apiproxy-request-id");
 
 /// 64 random bits, from the standard library's per-process random keys
 /// (no extra dependency for a tag that only has to differ between boots).
@@ -107,6 +111,17 @@ pub(crate) fn of_request(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
+/// An id another party made (the upstream's), kept for the log: at most
+/// 128 bytes of it, shared when it is no longer.
+pub(crate) fn bounded(id: &HeaderValue) -> HeaderValue {
+    match id.as_bytes().get(..MAX_REQUEST_ID_LEN) {
+        Some(head) if head.len() < id.len() => {
+            HeaderValue::from_bytes(head).expect("a prefix of a valid value")
+        }
+        _ => id.clone(),
+    }
+}
+
 fn is_sane(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(u8::is_ascii_graphic)
 }
@@ -157,6 +172,14 @@ mod tests {
         made(&with_id("a".repeat(MAX_REQUEST_ID_LEN + 1).as_bytes()));
         made(&with_id(b"tab\there"));
         made(&with_id(&[b'a', 0xff]));
+    }
+
+    #[test]
+    fn an_upstream_id_is_kept_to_128_bytes() {
+        let long = HeaderValue::from_str(&"u".repeat(300)).unwrap();
+        assert_eq!(bounded(&long).len(), MAX_REQUEST_ID_LEN);
+        let short = HeaderValue::from_static("req_1");
+        assert_eq!(bounded(&short), "req_1");
     }
 
     #[test]

@@ -167,7 +167,19 @@ impl StatsPusher {
         // gauges are refreshed.
         pending.batch.sent_at = unix_now();
         pending.batch.gauges = self.gauges();
-        match self.send(&pending.batch).await {
+        let mut sent = self.send(&pending.batch).await;
+        if matches!(sent, Sent::Rejected(..)) && !pending.batch.failed.is_empty() {
+            // A control plane older than the batch's `failed` field refuses
+            // the whole batch for it (400): the counts go again without the
+            // failures rather than be lost with them.
+            warn!(
+                seq = pending.batch.seq,
+                "control plane rejected a stats batch with failed requests; resending it without them (upgrade the control plane)"
+            );
+            pending.batch.failed.clear();
+            sent = self.send(&pending.batch).await;
+        }
+        match sent {
             Sent::Acknowledged => {
                 if std::mem::take(&mut self.failing) {
                     info!(seq = pending.batch.seq, "stats pushes acknowledged again");

@@ -132,6 +132,14 @@ async fn every_request_leaves_one_line_with_its_fields() {
     assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
     let garbage = raw(dp.addr, b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    // A chunked body that breaks its framing: the client is still there
+    // and told 400, which is what the line says (not a cancel).
+    let bad_chunk = raw(
+        dp.addr,
+        b"POST /ok/up HTTP/1.1\r\nHost: x\r\nX-Request-Id: t-chunk\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+    )
+    .await;
+    assert!(bad_chunk.starts_with("HTTP/1.1 400"), "{bad_chunk}");
 
     // A WebSocket: the line is written at the 101.
     let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
@@ -149,7 +157,7 @@ async fn every_request_leaves_one_line_with_its_fields() {
     assert!(first.is_data());
     drop(response);
 
-    let lines = lines_by_id(&dp, 11).await;
+    let lines = lines_by_id(&dp, 12).await;
     let text = std::fs::read_to_string(dp.dir.path(LOG)).unwrap();
     for secret in ["sk-client-secret", "K-secret"] {
         assert!(
@@ -188,6 +196,7 @@ async fn every_request_leaves_one_line_with_its_fields() {
         ("t-413", 413, "payload_too_large", "/ok"),
         ("t-400", 400, "bad_request", "none"),
         ("t-405", 405, "method_not_allowed", "none"),
+        ("t-chunk", 400, "bad_request", "/ok"),
     ] {
         let line = &lines[id];
         assert_eq!(line["status"], status, "{line}");
@@ -196,10 +205,11 @@ async fn every_request_leaves_one_line_with_its_fields() {
         assert_eq!(line["cancelled"], false, "{line}");
     }
     assert!(lines["t-slow"]["duration_ms"].as_f64().unwrap() >= 300.0);
-    let unreadable = lines
-        .values()
-        .find(|l| l["method"] == "-")
-        .expect("a line for the unreadable request");
+    assert_eq!(lines["t-405"]["method"], "CONNECT");
+    assert_eq!(lines["t-405"]["path"], "example.com:443");
+    let unreadable: Vec<_> = lines.values().filter(|l| l["method"] == "-").collect();
+    assert_eq!(unreadable.len(), 1, "{unreadable:#?}");
+    let unreadable = unreadable[0];
     assert_eq!(unreadable["status"], 400);
     assert_eq!(unreadable["error"], "bad_request");
     assert_eq!(unreadable["path"], "-");
@@ -300,9 +310,12 @@ async fn request_ids_are_kept_or_made_sent_upstream_and_echoed() {
     let id = made_error.headers["x-request-id"].to_str().unwrap();
     assert_eq!(made_error.json()["error"]["request_id"], id);
 
-    // The upstream's own id is what the client sees; the log keeps both.
+    // The upstream's own id stays in X-Request-Id (SDKs read it there);
+    // ours comes back beside it, and the log keeps both.
     let theirs = call(dp.addr, get("/own/x", "ours-1")).await;
     assert_eq!(theirs.headers["x-request-id"], "req_upstream_1");
+    assert_eq!(theirs.headers["x-apiproxy-request-id"], "ours-1");
+    assert!(kept.headers.get("x-apiproxy-request-id").is_none());
 
     let lines = lines_by_id(&dp, 8).await;
     assert_eq!(lines["client-id-1"]["status"], 200);

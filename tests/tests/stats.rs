@@ -555,3 +555,70 @@ async fn failed_requests_from_two_nodes_are_listed_with_their_ids() {
         "{upstream_503}"
     );
 }
+
+/// A control plane older than the batch's `failed` field refuses a batch
+/// that carries it (400, as any unknown field). The node then resends the
+/// same counts without the failures: nothing is lost in a rollout that
+/// upgrades the data planes first. The old control plane is stood in for
+/// by a server that answers as it did: 400 for a batch with `failed`,
+/// 204 for one without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_control_plane_still_gets_the_counts() {
+    let batches = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let old_cp = upstream::http(handler({
+        let batches = batches.clone();
+        move |req: Request<Incoming>| {
+            let batches = batches.clone();
+            async move {
+                use http_body_util::BodyExt;
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let batch: Value = serde_json::from_slice(&body).unwrap();
+                if batch.get("failed").is_some() {
+                    return Response::builder()
+                        .status(400)
+                        .body(full(
+                            r#"{"success":false,"error":"unknown field `failed`"}"#,
+                        ))
+                        .unwrap();
+                }
+                batches.lock().unwrap().push(batch);
+                Response::builder().status(204).body(full("")).unwrap()
+            }
+        }
+    }))
+    .await;
+    let up = mixed_upstream().await;
+    let dp = DataPlane::start(
+        &apiproxy_tests::one_mapping("/up", &up.url()),
+        &[
+            ("API_PROXY_CONTROLPLANE_URL", &old_cp.url()),
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+            ("API_PROXY_STATS_INTERVAL", "200ms"),
+        ],
+    );
+    for path in ["/up/ok", "/up/fail", "/up/ok"] {
+        get_reply(dp.addr, path).await;
+    }
+    let requests = eventually(
+        "the three requests counted",
+        Duration::from_secs(10),
+        || async {
+            let counted: u64 = batches
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|b| b["endpoints"]["/up"]["requests"].as_u64())
+                .sum();
+            (counted >= 3).then_some(counted)
+        },
+    )
+    .await;
+    assert_eq!(requests, 3);
+    // Each batch was acknowledged in the end, the failure's at its second
+    // try, and the node said why.
+    assert_eq!(dp.metric("apiproxy_stats_push_failures_total").await, 0.0);
+    assert!(dp
+        .logs()
+        .iter()
+        .any(|l| l.contains("resending it without them")));
+}

@@ -23,14 +23,19 @@ const SECRET_PARAMS: [&str; 5] = ["key", "api_key", "token", "access_token", "si
 
 /// Longest `User-Agent` kept (a client may send kilobytes).
 const MAX_USER_AGENT: usize = 256;
+/// Longest path (and query) kept: what the queue holds stays bounded by
+/// its length times this, whatever paths clients send.
+const MAX_TARGET: usize = 4096;
 
 /// What one request leaves in the access log.
 #[derive(Debug)]
 pub(crate) struct AccessEntry {
     pub(crate) request_id: HeaderValue,
     pub(crate) client: SocketAddr,
-    pub(crate) method: Method,
-    /// The path, and the masked query when `API_PROXY_ACCESS_LOG_QUERY`.
+    /// `None`: the request head could not be read.
+    pub(crate) method: Option<Method>,
+    /// The path (the authority for CONNECT), and the masked query when
+    /// `API_PROXY_ACCESS_LOG_QUERY`; at most [`MAX_TARGET`] bytes.
     pub(crate) target: Box<str>,
     pub(crate) protocol: Version,
     pub(crate) user_agent: Option<Box<str>>,
@@ -62,36 +67,43 @@ impl AccessEntry {
         with_query: bool,
     ) -> AccessEntry {
         let uri = req.uri();
+        let path = match uri.path() {
+            // The authority form of CONNECT has no path.
+            "" => uri.authority().map_or("", |a| a.as_str()),
+            path => path,
+        };
         let target = match uri.query() {
             Some(query) if with_query => {
-                let mut t = String::with_capacity(uri.path().len() + 1 + query.len());
-                t.push_str(uri.path());
+                let mut t = String::with_capacity(path.len() + 1 + query.len());
+                t.push_str(path);
                 t.push('?');
                 mask_query(query, &mut t);
-                t.into_boxed_str()
+                truncate(&t, MAX_TARGET).into()
             }
-            _ => uri.path().into(),
+            _ => truncate(path, MAX_TARGET).into(),
         };
         let user_agent = req
             .headers()
             .get(http::header::USER_AGENT)
             .map(|ua| truncate(&String::from_utf8_lossy(ua.as_bytes()), MAX_USER_AGENT).into());
         AccessEntry {
-            method: req.method().clone(),
+            method: Some(req.method().clone()),
             target,
             protocol: req.version(),
             user_agent,
-            ..AccessEntry::unreadable(request_id, client)
+            ..AccessEntry::bare(request_id, client)
         }
     }
 
-    /// An entry for a request refused before its head could be read
-    /// (malformed, too large): no method or path to tell.
-    pub(crate) fn unreadable(request_id: HeaderValue, client: SocketAddr) -> AccessEntry {
+    /// An entry with the request's id and client only: what a request
+    /// whose head could not be read (malformed, too large) is logged
+    /// with, and what a request is told with when there is no access log
+    /// (its id and error type, for the recent failures).
+    pub(crate) fn bare(request_id: HeaderValue, client: SocketAddr) -> AccessEntry {
         AccessEntry {
             request_id,
             client,
-            method: Method::GET,
+            method: None,
             target: "".into(),
             protocol: Version::HTTP_11,
             user_agent: None,
@@ -114,11 +126,7 @@ impl AccessEntry {
     }
 
     fn method(&self) -> &str {
-        if self.target.is_empty() {
-            "-"
-        } else {
-            self.method.as_str()
-        }
+        self.method.as_ref().map_or("-", Method::as_str)
     }
 
     fn target(&self) -> &str {
@@ -345,6 +353,31 @@ mod tests {
         entry("/gemini/v1?key=K", false).write_json("dp-1", &mut Timestamps::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/gemini/v1");
+    }
+
+    /// A queued entry stays small whatever the client sent.
+    #[test]
+    fn long_paths_and_agents_are_cut() {
+        let long = format!("/{}", "a".repeat(10_000));
+        let req = http::Request::builder()
+            .uri(format!("{long}?q={}", "b".repeat(10_000)))
+            .header("user-agent", "u".repeat(10_000))
+            .body(())
+            .unwrap();
+        let id = HeaderValue::from_static("r");
+        for query in [false, true] {
+            let e = AccessEntry::new(&req, id.clone(), "10.0.0.1:1".parse().unwrap(), query);
+            assert_eq!(e.target.len(), MAX_TARGET);
+            assert!(long.starts_with(&*e.target));
+            assert_eq!(e.user_agent.as_deref().map(str::len), Some(MAX_USER_AGENT));
+        }
+        let connect = http::Request::builder()
+            .method("CONNECT")
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        let e = AccessEntry::new(&connect, id, "10.0.0.1:1".parse().unwrap(), false);
+        assert_eq!((e.method(), e.target()), ("CONNECT", "example.com:443"));
     }
 
     /// Whatever a client put in the path or the user agent, a JSON line

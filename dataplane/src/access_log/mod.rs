@@ -142,7 +142,7 @@ impl RequestLog {
     ) -> Box<AccessEntry> {
         Box::new(match &self.access {
             Some(access) => AccessEntry::new(req, request_id, client, access.query),
-            None => AccessEntry::unreadable(request_id, client),
+            None => AccessEntry::bare(request_id, client),
         })
     }
 

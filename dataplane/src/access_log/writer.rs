@@ -92,12 +92,17 @@ impl Out {
 
     fn write(&mut self, batch: &[u8]) -> io::Result<()> {
         match self {
-            // Under the lock for the whole batch: no other writer's bytes
-            // land inside a line.
+            // Under the lock for the whole batch, so no other writer in
+            // this process lands inside a line; and in whole lines of at
+            // most PIPE_BUF a write, which a pipe never interleaves with
+            // another process's writes (stderr and stdout in one pipe).
             Out::Stdout => {
                 let mut out = io::stdout().lock();
-                out.write_all(batch)?;
-                out.flush()
+                for chunk in whole_lines(batch, PIPE_BUF) {
+                    out.write_all(chunk)?;
+                    out.flush()?;
+                }
+                Ok(())
             }
             Out::File { file, .. } => file.write_all(batch),
         }
@@ -115,6 +120,58 @@ impl Out {
                 }
             }
         }
+    }
+}
+
+/// The most a write to a pipe keeps whole (POSIX's minimum, Linux's).
+const PIPE_BUF: usize = 4096;
+
+/// `batch` cut after newlines into pieces of at most `max` bytes (a line
+/// longer than that is a piece of its own).
+fn whole_lines(batch: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let window = &rest[..rest.len().min(max)];
+        let end = match window.iter().rposition(|&b| b == b'\n') {
+            Some(i) if rest.len() > max => i + 1,
+            _ if rest.len() <= max => rest.len(),
+            // One line longer than `max`: up to its newline.
+            _ => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1),
+        };
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_after_newlines() {
+        fn pieces(batch: &[u8], max: usize) -> Vec<&[u8]> {
+            whole_lines(batch, max).collect()
+        }
+        assert_eq!(pieces(b"", 8), Vec::<&[u8]>::new());
+        assert_eq!(pieces(b"ab\ncd\n", 8), vec![&b"ab\ncd\n"[..]]);
+        assert_eq!(pieces(b"ab\ncd\nef\n", 7), vec![&b"ab\ncd\n"[..], b"ef\n"]);
+        assert_eq!(
+            pieces(b"a\nlong line\nb\n", 4),
+            vec![&b"a\n"[..], b"long line\n", b"b\n"]
+        );
+        let batch = b"x\n".repeat(5000);
+        let cut = pieces(&batch, PIPE_BUF);
+        assert!(cut
+            .iter()
+            .all(|p| p.len() <= PIPE_BUF && p.ends_with(b"\n")));
+        assert_eq!(cut.concat(), batch);
     }
 }
 

@@ -120,6 +120,14 @@ pub(crate) enum InboundBodyError {
     Framing(String),
 }
 
+impl InboundBodyError {
+    /// The body itself is malformed (the client is still there to be
+    /// told so).
+    pub(crate) fn is_framing(&self) -> bool {
+        matches!(self, InboundBodyError::Framing(_))
+    }
+}
+
 impl InboundBody {
     pub(crate) fn new(
         inbound: Inbound,

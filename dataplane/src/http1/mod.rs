@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub(crate) use client::{send, Exchange, Failed};
 pub(crate) use connection::{Connection, ExchangeError, Home};
-pub(crate) use inbound::{Inbound, InboundBody, Shared};
+pub(crate) use inbound::{Inbound, InboundBody, InboundBodyError, Shared};
 pub(crate) use request_head::{parse_request_head, Refusal, RequestHead, MAX_REQUEST_HEAD};
 pub(crate) use response_body::ResponseBody;
 pub(crate) use response_writer::{BodyAborted, ResponseFraming, ResponseWriter, Sending};
