@@ -150,31 +150,6 @@ fn whole_lines(batch: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_are_cut_after_newlines() {
-        fn pieces(batch: &[u8], max: usize) -> Vec<&[u8]> {
-            whole_lines(batch, max).collect()
-        }
-        assert_eq!(pieces(b"", 8), Vec::<&[u8]>::new());
-        assert_eq!(pieces(b"ab\ncd\n", 8), vec![&b"ab\ncd\n"[..]]);
-        assert_eq!(pieces(b"ab\ncd\nef\n", 7), vec![&b"ab\ncd\n"[..], b"ef\n"]);
-        assert_eq!(
-            pieces(b"a\nlong line\nb\n", 4),
-            vec![&b"a\n"[..], b"long line\n", b"b\n"]
-        );
-        let batch = b"x\n".repeat(5000);
-        let cut = pieces(&batch, PIPE_BUF);
-        assert!(cut
-            .iter()
-            .all(|p| p.len() <= PIPE_BUF && p.ends_with(b"\n")));
-        assert_eq!(cut.concat(), batch);
-    }
-}
-
 fn open(path: &PathBuf) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -282,5 +257,30 @@ impl Writer {
         }
         self.batch.clear();
         self.lines = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_after_newlines() {
+        fn pieces(batch: &[u8], max: usize) -> Vec<&[u8]> {
+            whole_lines(batch, max).collect()
+        }
+        assert_eq!(pieces(b"", 8), Vec::<&[u8]>::new());
+        assert_eq!(pieces(b"ab\ncd\n", 8), vec![&b"ab\ncd\n"[..]]);
+        assert_eq!(pieces(b"ab\ncd\nef\n", 7), vec![&b"ab\ncd\n"[..], b"ef\n"]);
+        assert_eq!(
+            pieces(b"a\nlong line\nb\n", 4),
+            vec![&b"a\n"[..], b"long line\n", b"b\n"]
+        );
+        let batch = b"x\n".repeat(5000);
+        let cut = pieces(&batch, PIPE_BUF);
+        assert!(cut
+            .iter()
+            .all(|p| p.len() <= PIPE_BUF && p.ends_with(b"\n")));
+        assert_eq!(cut.concat(), batch);
     }
 }
