@@ -109,8 +109,9 @@ pub(crate) fn parse_request_head(read: &mut BytesMut) -> Result<Option<RequestHe
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|e| bad(format!("invalid request target: {e}")))?;
-    // Room for the `Host` the proxy may add without the map growing.
-    let mut headers = HeaderMap::with_capacity(found.len() + 1);
+    // Room for the `Host` and `X-Request-Id` the proxy may add without the
+    // map growing (a growth rehashes it and allocates twice).
+    let mut headers = HeaderMap::with_capacity(found.len() + 2);
     for (name, start, end) in found.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| bad(format!("invalid value of {name}")))?;

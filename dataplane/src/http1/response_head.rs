@@ -100,7 +100,9 @@ fn parse_response_head(
         } else {
             Vec::new()
         };
-        let mut headers = HeaderMap::with_capacity(found.len());
+        // Room for the `X-Request-Id` the proxy adds without the map
+        // growing.
+        let mut headers = HeaderMap::with_capacity(found.len() + 1);
         for (name, start, end) in found.drain(..) {
             if own_fields && (name == header::CONNECTION || named.contains(&name)) {
                 continue;
