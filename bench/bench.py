@@ -264,7 +264,7 @@ http {{
         env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P[name]),
                "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P[metrics]), "API_PROXY_WORKERS": "1",
                "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", "API_PROXY_ACCESS_LOG": "off",
-               **(extra_env or {})}
+               **dict(kv.split("=", 1) for kv in self.a.dp_env), **(extra_env or {})}
         return self.start(name, list(wrap) + [binary], PROXY_CPU, P[name], env,
                           wait=120.0 if wrap else 15.0)
 
@@ -1168,6 +1168,8 @@ def main():
         p.add_argument("--port-offset", type=int, default=0, help="add N to every port")
         p.add_argument("--skip-dataplane", action="store_true", help="nginx only (to check the harness)")
         p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+        p.add_argument("--dp-env", action="append", default=[], metavar="NAME=VALUE",
+                       help="set this variable for every data plane (repeatable), e.g. API_PROXY_ACCESS_LOG=stdout")
         return p
 
     t = add("throughput", "rps, latency, CPU/request, RSS vs nginx; all targets loaded at once")
