@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Method, Version};
-use smallvec::SmallVec;
 
 use super::format::{
     json_field, push_addr, push_escaped, push_ip, push_millis, push_u64, Timestamps,
@@ -35,8 +34,11 @@ pub(crate) struct AccessEntry {
     pub(crate) client: SocketAddr,
     /// `None`: the request head could not be read.
     pub(crate) method: Option<Method>,
-    texts: Texts,
+    /// The path (the authority for CONNECT), and the masked query when
+    /// `API_PROXY_ACCESS_LOG_QUERY`; at most [`MAX_TARGET`] bytes.
+    pub(crate) target: Box<str>,
     pub(crate) protocol: Version,
+    pub(crate) user_agent: Option<Box<str>>,
     /// Set once routed.
     pub(crate) prefix: Option<Arc<str>>,
     /// The upstream's `host[:port]`, once routed.
@@ -70,24 +72,25 @@ impl AccessEntry {
             "" => uri.authority().map_or("", |a| a.as_str()),
             path => path,
         };
-        let mut texts = Texts::default();
-        match uri.query() {
+        let target = match uri.query() {
             Some(query) if with_query => {
                 let mut t = String::with_capacity(path.len() + 1 + query.len());
                 t.push_str(path);
                 t.push('?');
                 mask_query(query, &mut t);
-                texts.set_target(&t);
+                truncate(&t, MAX_TARGET).into()
             }
-            _ => texts.set_target(path),
-        }
-        if let Some(ua) = req.headers().get(http::header::USER_AGENT) {
-            texts.set_user_agent(&String::from_utf8_lossy(ua.as_bytes()));
-        }
+            _ => truncate(path, MAX_TARGET).into(),
+        };
+        let user_agent = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .map(|ua| truncate(&String::from_utf8_lossy(ua.as_bytes()), MAX_USER_AGENT).into());
         AccessEntry {
             method: Some(req.method().clone()),
-            texts,
+            target,
             protocol: req.version(),
+            user_agent,
             ..AccessEntry::bare(request_id, client)
         }
     }
@@ -101,8 +104,9 @@ impl AccessEntry {
             request_id,
             client,
             method: None,
-            texts: Texts::default(),
+            target: "".into(),
             protocol: Version::HTTP_11,
+            user_agent: None,
             prefix: None,
             upstream: None,
             body: None,
@@ -126,14 +130,11 @@ impl AccessEntry {
     }
 
     fn target(&self) -> &str {
-        match self.texts.target() {
-            "" => "-",
-            target => target,
+        if self.target.is_empty() {
+            "-"
+        } else {
+            &self.target
         }
-    }
-
-    fn user_agent(&self) -> Option<&str> {
-        self.texts.user_agent()
     }
 
     /// Appends the entry as one JSON object and a newline, written by
@@ -176,7 +177,7 @@ impl AccessEntry {
         } else {
             b",\"cancelled\":false"
         });
-        json_field(out, "user_agent", self.user_agent());
+        json_field(out, "user_agent", self.user_agent.as_deref());
         out.extend_from_slice(b"}\n");
     }
 
@@ -198,7 +199,7 @@ impl AccessEntry {
         out.push(b' ');
         push_u64(out, self.bytes_out);
         out.extend_from_slice(b" \"-\" \"");
-        push_escaped(out, self.user_agent().unwrap_or("-"), false);
+        push_escaped(out, self.user_agent.as_deref().unwrap_or("-"), false);
         out.push(b'"');
         let field = |out: &mut Vec<u8>, name: &str, value: &str| {
             out.push(b' ');
@@ -229,43 +230,6 @@ impl AccessEntry {
             field(out, "upstream_request_id", text(id));
         }
         out.push(b'\n');
-    }
-}
-
-/// The path and the user agent in one buffer, inline up to 192 bytes
-/// (what most API calls send): no allocation of their own for most
-/// requests, where two strings cost two allocations and two frees (on
-/// the writer's thread, a remote free) a request.
-#[derive(Debug, Default)]
-struct Texts {
-    buf: SmallVec<[u8; 192]>,
-    /// `buf[..target]` is the target, the rest the user agent.
-    target: usize,
-    has_user_agent: bool,
-}
-
-impl Texts {
-    /// Set first, at most [`MAX_TARGET`] bytes of it.
-    fn set_target(&mut self, target: &str) {
-        self.buf
-            .extend_from_slice(truncate(target, MAX_TARGET).as_bytes());
-        self.target = self.buf.len();
-    }
-
-    /// Set after the target, at most [`MAX_USER_AGENT`] bytes of it.
-    fn set_user_agent(&mut self, user_agent: &str) {
-        self.buf
-            .extend_from_slice(truncate(user_agent, MAX_USER_AGENT).as_bytes());
-        self.has_user_agent = true;
-    }
-
-    fn target(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.target]).unwrap_or("-")
-    }
-
-    fn user_agent(&self) -> Option<&str> {
-        self.has_user_agent
-            .then(|| std::str::from_utf8(&self.buf[self.target..]).unwrap_or("-"))
     }
 }
 
@@ -403,9 +367,9 @@ mod tests {
         let id = HeaderValue::from_static("r");
         for query in [false, true] {
             let e = AccessEntry::new(&req, id.clone(), "10.0.0.1:1".parse().unwrap(), query);
-            assert_eq!(e.target().len(), MAX_TARGET);
-            assert!(long.starts_with(e.target()));
-            assert_eq!(e.user_agent().map(str::len), Some(MAX_USER_AGENT));
+            assert_eq!(e.target.len(), MAX_TARGET);
+            assert!(long.starts_with(&*e.target));
+            assert_eq!(e.user_agent.as_deref().map(str::len), Some(MAX_USER_AGENT));
         }
         let connect = http::Request::builder()
             .method("CONNECT")
@@ -421,10 +385,7 @@ mod tests {
     #[test]
     fn json_lines_escape_what_needs_it() {
         let mut e = entry("/a\\b%22c/\u{e9}", false);
-        let mut texts = Texts::default();
-        texts.set_target(e.target());
-        texts.set_user_agent("q\"\\\u{1}\u{7f}\u{e9}");
-        e.texts = texts;
+        e.user_agent = Some("q\"\\\u{1}\u{7f}\u{e9}".into());
         let mut out = Vec::new();
         e.write_json("n\"1", &mut Timestamps::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
