@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+pub(crate) use crate::body_state::{BodyFailure, FailureSlot};
 use crate::error_kind::UpstreamErrorKind;
 use crate::http1::{self, Upgraded};
 use crate::pool::{UpstreamBody, UpstreamBodyError};
@@ -87,19 +88,6 @@ impl IdleTimer {
     }
 }
 
-/// Why the client's request body stopped, kept outside the error chain:
-/// an HTTP/2 upstream connection turns a body error into a stream reset
-/// and drops the cause, yet the client must still get 413 or 400, not 502.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyFailure {
-    TooLarge(u64),
-    Idle(Duration),
-    /// The client's side broke (it went away mid-upload).
-    Client,
-    /// The client sent a body that does not parse (bad chunk framing).
-    Malformed,
-}
-
 impl BodyFailure {
     pub(crate) fn of(error: &BodyError) -> BodyFailure {
         match error {
@@ -115,55 +103,6 @@ impl BodyFailure {
         }
     }
 }
-
-/// What a streaming request body tells the proxy: why it failed, and when
-/// it last moved. The response-header timeout counts from the last byte
-/// sent, so an upload in progress is never cut, and one the upstream
-/// stopped reading still ends.
-#[derive(Debug)]
-pub(crate) struct BodyState {
-    pub(crate) failure: OnceLock<BodyFailure>,
-    origin: tokio::time::Instant,
-    /// Milliseconds after `origin` of the last frame taken from the client.
-    last_frame_ms: std::sync::atomic::AtomicU64,
-    /// Body bytes taken from the client so far (for the access log).
-    received: std::sync::atomic::AtomicU64,
-}
-
-impl Default for BodyState {
-    fn default() -> Self {
-        BodyState {
-            failure: OnceLock::new(),
-            origin: tokio::time::Instant::now(),
-            last_frame_ms: std::sync::atomic::AtomicU64::new(0),
-            received: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
-impl BodyState {
-    pub(crate) fn moved(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_frame_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Body bytes taken from the client so far.
-    pub(crate) fn received(&self) -> u64 {
-        self.received.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// When the body last moved (its creation if it never did).
-    pub(crate) fn last_moved(&self) -> tokio::time::Instant {
-        self.origin
-            + Duration::from_millis(
-                self.last_frame_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )
-    }
-}
-
-pub(crate) type FailureSlot = Arc<BodyState>;
 
 /// A request body as the client sends it: over our HTTP/1.1 listener or
 /// hyper's HTTP/2 one.
@@ -272,9 +211,7 @@ impl Body for RequestBody {
                     let _ = slot.failure.set(BodyFailure::of(e));
                 }
                 Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => {
-                    slot.moved();
-                    slot.received
-                        .store(this.received, std::sync::atomic::Ordering::Relaxed);
+                    slot.moved(this.received);
                 }
                 _ => {}
             }

@@ -8,11 +8,13 @@
 // wire (`http1`, `h2`) -> transport (`connect`, `tls_sessions`, `pool`,
 // `budget`, `upstream`) -> proxy (`proxy`, `body`, `error`, `tunnel`) ->
 // `listener`. Below every layer: `headers` (field and token helpers),
-// `write_stall`, `deadline`, `causes`, `error_kind`, `request_id`. Beside
-// the path: routing state and its sources, stats, metrics, and where a
-// finished request is told (`record` -> `access_log`, `failures`).
+// `write_stall`, `deadline`, `causes`, `error_kind`, `request_id`,
+// `body_state`. Beside the path: routing state and its sources, stats,
+// metrics, and where a finished request is told (`record` ->
+// `access_log`, `failures`).
 mod access_log;
 mod body;
+mod body_state;
 mod budget;
 mod causes;
 mod config;

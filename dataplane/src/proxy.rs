@@ -601,7 +601,7 @@ mod tests {
             async move {
                 for _ in 0..5 {
                     tokio::time::sleep(Duration::from_secs(4)).await;
-                    body.moved();
+                    body.moved(0);
                 }
             }
         });

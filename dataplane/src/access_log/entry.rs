@@ -16,7 +16,7 @@ use http::{Method, Version};
 use super::format::{
     json_field, push_addr, push_escaped, push_ip, push_millis, push_u64, Timestamps,
 };
-use crate::body::FailureSlot;
+use crate::body_state::FailureSlot;
 
 /// Query parameters whose values are masked when the query is logged.
 const SECRET_PARAMS: [&str; 5] = ["key", "api_key", "token", "access_token", "sig"];
