@@ -41,22 +41,28 @@ fn boot_tag() -> &'static str {
 /// request's record, the upstream request and the response each hold the
 /// id by a reference count (a `Bytes` made from a `String` or a copied
 /// slice would allocate again on its first clone).
-struct Id {
+/// `N`: its room, 128 bytes for a client's, 48 for one made here (a
+/// smaller one to clear and to move into its allocation).
+struct Id<const N: usize> {
     len: u8,
-    bytes: [u8; MAX_REQUEST_ID_LEN],
+    bytes: [u8; N],
 }
 
-impl AsRef<[u8]> for Id {
+/// Room for a made id: the 12-digit tag, two dashes and two counters of
+/// at most 16 hex digits each.
+const MADE_ID_ROOM: usize = 48;
+
+impl<const N: usize> AsRef<[u8]> for Id<N> {
     fn as_ref(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 }
 
-impl Id {
-    fn new() -> Id {
+impl<const N: usize> Id<N> {
+    fn new() -> Id<N> {
         Id {
             len: 0,
-            bytes: [0; MAX_REQUEST_ID_LEN],
+            bytes: [0; N],
         }
     }
 
@@ -103,7 +109,7 @@ thread_local! {
 pub(crate) fn of_request(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(id) if is_sane(id.as_bytes()) => {
-            let mut copy = Id::new();
+            let mut copy = Id::<MAX_REQUEST_ID_LEN>::new();
             copy.push(id.as_bytes());
             copy.into_value()
         }
@@ -133,7 +139,7 @@ pub(crate) fn make() -> HeaderValue {
         c.set((thread, n + 1));
         (thread, n)
     });
-    let mut id = Id::new();
+    let mut id = Id::<MADE_ID_ROOM>::new();
     id.push(boot_tag().as_bytes());
     id.push(b"-");
     id.push_hex(thread as u64);
