@@ -237,6 +237,7 @@ function renderFailures() {
   const select = document.getElementById("failure-filter");
   const empty = (text) => body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, text)));
   if (!state.failures) {
+    delete body.dataset.key;
     select.disabled = true;
     // Failures need a session even where the stats are public: without
     // one this is an invitation, not an error.
@@ -250,6 +251,11 @@ function renderFailures() {
   const rows = state.failures
     .filter((f) => !select.value || f.prefix === select.value)
     .slice(0, FAILURES_SHOWN);
+  // Rebuilt only when what it shows changes: a refresh must not take the
+  // focus from a Copy button a keyboard user is on, nor wipe its "Copied".
+  const key = `${lang} ${select.value} ${rows.map((f) => `${f.node_id}/${f.request_id}/${f.time}`).join(" ")}`;
+  if (body.dataset.key === key) return;
+  body.dataset.key = key;
   if (rows.length === 0) {
     empty(t(state.failures.length ? "dash.no_failures_match" : "dash.no_failures"));
     return;

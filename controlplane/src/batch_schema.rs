@@ -11,15 +11,13 @@
 use std::borrow::Cow;
 
 use apiproxy_shared::mapping::MAX_PREFIX_LEN;
-use apiproxy_shared::stats::{BUCKETS, MAX_FAILED, MAX_ID_LEN, MAX_REQUEST_ID_LEN, STATUS_CLASSES};
+use apiproxy_shared::stats::{
+    BUCKETS, MAX_ERROR_TYPE_LEN, MAX_FAILED, MAX_ID_LEN, MAX_REQUEST_ID_LEN, STATUS_CLASSES,
+};
 use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
 use crate::stats_store::MAX_DELTA;
-
-/// Longest `error_type` of a failed request that the batch validation
-/// accepts (a test below holds the two together).
-const MAX_ERROR_TYPE_LEN: usize = 64;
 
 /// Stands for `StatsBatch` in the OpenAPI document.
 pub(crate) struct StatsBatchSchema;

@@ -388,26 +388,27 @@ impl StatsStore {
             .await
     }
 
-    /// The newest `limit` failed requests of the fleet, newest first by
-    /// their `time` (the list holds them in the order batches arrived,
-    /// which two nodes' clocks and push intervals may interleave).
-    /// Entries that do not parse (edited by hand) are left out.
+    /// The newest `limit` of the failed requests kept, newest first by
+    /// their `time`. The list holds them in the order their batches
+    /// arrived, which two nodes' push intervals (or a node resending after
+    /// an outage) interleave, so the whole list (at most
+    /// [`apiproxy_shared::FAILED_KEPT`]) is read and sorted before it is
+    /// cut. Entries that do not parse (edited by hand) are left out.
     pub(crate) async fn failed(&self, limit: usize) -> redis::RedisResult<Vec<FailedRecord>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let mut conn = self.conn.clone();
         let stored: Vec<String> = redis::cmd("LRANGE")
             .arg(&self.keys.stats_failed)
             .arg(0)
-            .arg(limit - 1)
+            .arg(-1)
             .query_async(&mut conn)
             .await?;
         let mut records: Vec<FailedRecord> = stored
             .iter()
             .filter_map(|text| serde_json::from_str(text).ok())
             .collect();
+        // Stable: requests of the same millisecond keep their arrival order.
         records.sort_by_key(|r| std::cmp::Reverse(r.time));
+        records.truncate(limit);
         Ok(records)
     }
 

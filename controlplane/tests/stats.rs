@@ -563,6 +563,9 @@ async fn failed_requests_are_listed_newest_first_across_the_fleet() {
                "duration_ms": 7})
     );
     assert_eq!(times(&failed_list(&api, "?limit=1").await), [4_000]);
+    // A limit takes the newest by time, not the last arrived: west's batch
+    // (2000, 4000) came last, yet 3000 is the second newest.
+    assert_eq!(times(&failed_list(&api, "?limit=2").await), [4_000, 3_000]);
 
     // A resent batch (its ack was lost) adds nothing twice.
     assert_eq!(push(&api, &east).await, StatusCode::NO_CONTENT);

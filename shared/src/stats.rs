@@ -66,6 +66,9 @@ pub const MAX_FAILED: usize = 100;
 /// up to this length).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// Longest `error_type` accepted.
+pub const MAX_ERROR_TYPE_LEN: usize = 64;
+
 /// One request that failed: a status of 500 or more, a proxy error, or a
 /// client that went away (`status` 499, `error_type` `cancelled`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,16 +226,23 @@ impl StatsBatch {
 impl FailedRequest {
     /// What serde cannot check: lengths and the prefix.
     fn validate(&self) -> Result<(), &'static str> {
-        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err("`request_id` must hold 1 to 128 bytes");
+        // As a data plane keeps or makes them: nothing a console could
+        // show as something else (spaces, control or bidi characters).
+        let printable = |s: &str, max| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+        };
+        if !printable(&self.request_id, MAX_REQUEST_ID_LEN) {
+            return Err("`request_id` must be 1 to 128 printable ASCII characters");
         }
         if self.prefix != "none" && crate::validate_prefix(&self.prefix).is_err() {
             return Err("`prefix` is neither a valid prefix nor `none`");
         }
-        if let Some(t) = &self.error_type {
-            if t.is_empty() || t.len() > 64 {
-                return Err("`error_type` must hold 1 to 64 bytes");
-            }
+        if self
+            .error_type
+            .as_deref()
+            .is_some_and(|t| !printable(t, MAX_ERROR_TYPE_LEN))
+        {
+            return Err("`error_type` must be 1 to 64 printable ASCII characters");
         }
         Ok(())
     }
@@ -367,6 +377,11 @@ mod tests {
         b.failed[1].prefix = "none".into();
         b.validate().unwrap();
         b.failed[1].request_id = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        assert!(matches!(b.validate(), Err(BatchError::Failed(1, _))));
+        b.failed[1].request_id = "looks\u{202e}1-di".into();
+        assert!(matches!(b.validate(), Err(BatchError::Failed(1, _))));
+        b.failed[1].request_id = "r-2".into();
+        b.failed[1].error_type = Some("with space".into());
         assert!(matches!(b.validate(), Err(BatchError::Failed(1, _))));
 
         assert!(serde_json::from_str::<StatsBatch>(r#"{"node_id":"x","bogus":1}"#).is_err());

@@ -645,9 +645,23 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
     let openai = "dp-west-4000,dp-west-2000,dp-east-1000";
     b.wait_until("filtered", &format!("{FAILURE_ROWS} === '{openai}'"))
         .await;
-    // The next refreshes keep the filter.
+    // The next refreshes keep the filter, and the focus of a keyboard
+    // user on a Copy button (the rows are not rebuilt when nothing changed).
+    b.js("document.querySelector(\"#failures tr[data-request-id='dp-west-2000'] button\").focus()")
+        .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(b.js(FAILURE_ROWS).await, json!(openai));
+    assert_eq!(
+        b.js("return document.activeElement.closest('tr')?.dataset.requestId ?? null")
+            .await,
+        json!("dp-west-2000"),
+        "the focus stayed on the Copy button across refreshes"
+    );
+    // Its filter is named apart from the charts' endpoint filter.
+    assert_ne!(
+        b.accessible_name("#failure-filter").await,
+        b.accessible_name("#endpoint-filter").await
+    );
     b.find("#failure-filter")
         .await
         .select_by_value("/claude")
