@@ -286,6 +286,9 @@ impl InFlight {
 
         record.head(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
+        if let Some(entry) = record.entry_mut() {
+            entry.upstream_addr = body.peer();
+        }
         // The upstream's own id, if it sent one, stays in `X-Request-Id`
         // (SDKs read it there, and it is what the provider's support asks
         // for); ours then comes back in `X-Apiproxy-Request-Id`, and the

@@ -185,6 +185,7 @@ async fn every_request_leaves_one_line_with_its_fields() {
     );
     assert!(ttfb > 0.0 && ttfb <= duration, "{ttfb} {duration}");
     assert_eq!(ok["upstream"], echo.addr.to_string());
+    assert_eq!(ok["upstream_addr"], echo.addr.to_string());
     assert_eq!(ok["cancelled"], false);
     assert_eq!(ok["user_agent"], "test-agent/1");
 
@@ -203,6 +204,8 @@ async fn every_request_leaves_one_line_with_its_fields() {
         assert_eq!(line["error"], error, "{line}");
         assert_eq!(line["prefix"], prefix, "{line}");
         assert_eq!(line["cancelled"], false, "{line}");
+        // No upstream connection answered these.
+        assert_eq!(line["upstream_addr"], Value::Null, "{line}");
     }
     assert!(lines["t-slow"]["duration_ms"].as_f64().unwrap() >= 300.0);
     assert_eq!(lines["t-405"]["method"], "CONNECT");

@@ -11,7 +11,7 @@ use apiproxy_tests::client::{call, get_reply};
 use apiproxy_tests::origins::Origin;
 use apiproxy_tests::tls::{trusting_dataplane, TestCa};
 use apiproxy_tests::upstream::{self, echo_handler, full, handler, Handler};
-use apiproxy_tests::{one_mapping, DataPlane, TempDir};
+use apiproxy_tests::{eventually, one_mapping, DataPlane, TempDir};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -66,7 +66,15 @@ async fn burst(dp: &DataPlane, path: &'static str, n: usize) -> Vec<u16> {
 async fn an_nginx_h2_origin_answers_through_the_data_plane() {
     let ca = TestCa::new();
     let nginx = Origin::nginx(&ca);
-    let (dp, _ca) = proxy_to(&ca, nginx.addr.port());
+    let target = format!("https://localhost:{}", nginx.addr.port());
+    let (dp, _ca) = trusting_dataplane(
+        &ca,
+        &one_mapping("/h2", &target),
+        &[
+            ("API_PROXY_ACCESS_LOG", "access.log"),
+            ("API_PROXY_ACCESS_LOG_FORMAT", "json"),
+        ],
+    );
     for path in ["/h2/v1/models", "/h2/v1/chat/completions"] {
         let reply = get_reply(dp.addr, path).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -87,6 +95,26 @@ async fn an_nginx_h2_origin_answers_through_the_data_plane() {
         log.iter().all(|line| line.starts_with("HTTP/2.0 200 /v1/")),
         "{log:?}"
     );
+    // Our access log names the h2 connection's address beside the host.
+    let ours = eventually(
+        "three access-log lines",
+        Duration::from_secs(10),
+        || async {
+            let lines = dp.access_log("access.log");
+            (lines.len() >= 3).then_some(lines)
+        },
+    )
+    .await;
+    let port = format!(":{}", nginx.addr.port());
+    for line in &ours {
+        assert_eq!(line["upstream"], format!("localhost{port}"), "{line}");
+        assert!(
+            line["upstream_addr"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(&port)),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,8 @@ pub(crate) struct AccessEntry {
     pub(crate) prefix: Option<Arc<str>>,
     /// The upstream's `host[:port]`, once routed.
     pub(crate) upstream: Option<HeaderValue>,
+    /// The address of the upstream connection that answered.
+    pub(crate) upstream_addr: Option<SocketAddr>,
     /// The request body's state, to read its byte count at the end.
     pub(crate) body: Option<FailureSlot>,
     pub(crate) bytes_out: u64,
@@ -109,6 +111,7 @@ impl AccessEntry {
             user_agent: None,
             prefix: None,
             upstream: None,
+            upstream_addr: None,
             body: None,
             bytes_out: 0,
             ttfb: None,
@@ -169,6 +172,15 @@ impl AccessEntry {
             None => out.extend_from_slice(b"null"),
         }
         json_field(out, "upstream", self.upstream.as_ref().map(text));
+        out.extend_from_slice(b",\"upstream_addr\":");
+        match self.upstream_addr {
+            Some(addr) => {
+                out.push(b'"');
+                push_addr(out, addr);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
         if let Some(id) = &self.upstream_request_id {
             json_field(out, "upstream_request_id", Some(text(id)));
         }
@@ -221,6 +233,11 @@ impl AccessEntry {
             None => out.push(b'-'),
         }
         field(out, "upstream", self.upstream.as_ref().map_or("-", text));
+        out.extend_from_slice(b" upstream_addr=");
+        match self.upstream_addr {
+            Some(addr) => push_addr(out, addr),
+            None => out.push(b'-'),
+        }
         out.extend_from_slice(if self.cancelled {
             b" cancelled=true"
         } else {
@@ -406,7 +423,7 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.contains(" request_id=rid-1 node_id=dp-1 prefix=/gemini error=- bytes_in=0 duration_ms=12.345 ttfb_ms=- upstream=- cancelled=false"), "{line}");
+        assert!(line.contains(" request_id=rid-1 node_id=dp-1 prefix=/gemini error=- bytes_in=0 duration_ms=12.345 ttfb_ms=- upstream=- upstream_addr=- cancelled=false"), "{line}");
         assert!(!line.contains("sk-secret"));
     }
 }

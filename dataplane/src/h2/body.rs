@@ -127,6 +127,13 @@ pub(crate) struct ResponseBody<B> {
     pub(super) _lease: Lease,
 }
 
+impl<B> ResponseBody<B> {
+    /// The address of the connection its stream is on.
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
+        self._lease.conn.peer
+    }
+}
+
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("h2::ResponseBody")

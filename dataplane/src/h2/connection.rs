@@ -2,6 +2,7 @@
 //! streams.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -46,6 +47,7 @@ pub(crate) struct Handshaken<D, S> {
 /// the requests that would share it do.
 pub(crate) async fn handshake<T>(
     io: T,
+    peer: Option<SocketAddr>,
 ) -> Result<
     Handshaken<
         impl Future<Output = Result<(), h2::Error>>,
@@ -67,6 +69,7 @@ where
         active: AtomicUsize::new(0),
         closed: Arc::new(AtomicBool::new(false)),
         idle_since: Mutex::new(Instant::now()),
+        peer,
     });
     // The driver holds the flag only: h2 closes the connection once the
     // last handle to it is dropped, and a handle here would keep it open.
@@ -94,6 +97,8 @@ pub(crate) struct Connection {
     closed: Arc<AtomicBool>,
     /// When its last stream was given back.
     idle_since: Mutex<Instant>,
+    /// The address dialled, when the connector told it.
+    pub(super) peer: Option<SocketAddr>,
 }
 
 impl Connection {
@@ -177,7 +182,7 @@ mod tests {
             // Ends when the client has gone away.
             while let Some(Ok(_)) = conn.accept().await {}
         });
-        let made = handshake(client).await.unwrap();
+        let made = handshake(client, None).await.unwrap();
         let driver = tokio::spawn(made.driver);
         made.settled.await;
         let closed = made.conn.closed.clone();

@@ -5,16 +5,17 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::ReadBuf;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Instant;
 
 use super::codec::{poll_fill, poll_fill_lean, FramingError};
-use super::{Io, Transport};
+use super::{Dialled, Io, Transport};
 
 /// The first read of a response takes up to this much (a head and a small
 /// body; nginx's `proxy_buffer_size` is 4 KiB too); reads that fill the
@@ -93,10 +94,21 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     pub(crate) fn new(io: impl Transport + 'static) -> Connection {
         Connection {
-            io: Box::new(io),
+            io: Dialled::boxed(io, None),
             read: BytesMut::new(),
             read_size: INIT_READ,
         }
+    }
+
+    /// The same, dialled at `peer`.
+    pub(crate) fn with_peer(mut self, peer: Option<SocketAddr>) -> Connection {
+        self.io.peer = peer;
+        self
+    }
+
+    /// The address dialled, when the connector told it.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        self.io.peer
     }
 
     /// Whether an idle connection is still fit for a request: nothing

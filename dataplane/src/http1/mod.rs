@@ -17,7 +17,12 @@ mod response_head;
 mod response_writer;
 mod upgraded;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub(crate) use client::{send, Exchange, Failed};
 pub(crate) use connection::{Connection, ExchangeError, Home};
@@ -35,5 +40,58 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
 
 /// A connection's stream, boxed once per connection (a TLS stream is
 /// kilobytes), so that moving the connection between the pool, the send
-/// and the body, and the futures and bodies holding it, stay small.
-pub(crate) type Io = Box<dyn Transport>;
+/// and the body, and the futures and bodies holding it, stay small; the
+/// address it was dialled at sits in the same box.
+pub(crate) type Io = Box<Dialled<dyn Transport>>;
+
+/// A stream and the address it was dialled at (for the access log).
+pub(crate) struct Dialled<T: ?Sized> {
+    pub(crate) peer: Option<SocketAddr>,
+    stream: T,
+}
+
+impl<T: Transport + 'static> Dialled<T> {
+    pub(crate) fn boxed(stream: T, peer: Option<SocketAddr>) -> Io {
+        Box::new(Dialled { peer, stream })
+    }
+}
+
+impl<T: ?Sized + AsyncRead + Unpin> AsyncRead for Dialled<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<T: ?Sized + AsyncWrite + Unpin> AsyncWrite for Dialled<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

@@ -28,6 +28,13 @@ pub(crate) struct ResponseBody<B> {
     pub(super) gave_data: bool,
 }
 
+impl<B> ResponseBody<B> {
+    /// The address of the connection it is read from.
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.conn.as_ref().and_then(Connection::peer)
+    }
+}
+
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")

@@ -38,7 +38,7 @@ use std::time::Duration;
 use fnv::FnvHashMap;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use hyper_util::client::legacy::connect::Connection as _;
+use hyper_util::client::legacy::connect::{Connection as _, HttpInfo};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -271,14 +271,21 @@ impl<B: SendBody> Pool<B> {
             Ok(io) => io,
             Err(e) => return Err(failed(ticket, e)),
         };
-        if !io.connected().is_negotiated_h2() {
+        let connected = io.connected();
+        // The address dialled, for the access log (one read a connection).
+        let peer = {
+            let mut extras = http::Extensions::new();
+            connected.get_extras(&mut extras);
+            extras.get::<HttpInfo>().map(HttpInfo::remote_addr)
+        };
+        if !connected.is_negotiated_h2() {
             host.dialed(ticket, Dialed::H1, None);
             return Ok(Checkout::H1 {
-                conn: http1::Connection::new(TokioIo::new(io)),
+                conn: http1::Connection::new(TokioIo::new(io)).with_peer(peer),
                 reused: false,
             });
         }
-        let made = match h2::handshake(TokioIo::new(io)).await {
+        let made = match h2::handshake(TokioIo::new(io), peer).await {
             Ok(made) => made,
             Err(e) => {
                 let message = format!("upstream HTTP/2 handshake failed: {e}");

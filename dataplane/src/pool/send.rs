@@ -95,6 +95,14 @@ pub(crate) enum UpstreamBody<B> {
 }
 
 impl<B> UpstreamBody<B> {
+    /// The address of the upstream connection it is read from.
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            UpstreamBody::H1(body) => body.peer(),
+            UpstreamBody::H2(body) => body.peer(),
+        }
+    }
+
     /// After a 101 on HTTP/1.1: the connection, for the tunnel.
     pub(crate) fn into_upgraded(self) -> Option<http1::Upgraded> {
         match self {
