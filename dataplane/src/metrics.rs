@@ -26,6 +26,7 @@ pub struct Metrics {
     pub(crate) config_invalid_entries: IntGauge,
     pub(crate) stats_push_failures: IntCounter,
     pub(crate) access_log_dropped: IntCounter,
+    pub(crate) config_announcements_ignored: IntCounter,
     config_reloads: IntCounterVec,
 }
 
@@ -102,6 +103,10 @@ impl Metrics {
             stats_push_failures: counter(
                 "apiproxy_stats_push_failures_total",
                 "Stats batches the control plane did not acknowledge.",
+            ),
+            config_announcements_ignored: counter(
+                "apiproxy_config_announcements_ignored_total",
+                "Mapping announcements ignored: their version was already applied (a repeat or an older one).",
             ),
             access_log_dropped: counter(
                 "apiproxy_access_log_dropped_total",
@@ -289,6 +294,7 @@ mod tests {
             "apiproxy_config_invalid_entries 0",
             "apiproxy_stats_push_failures_total 0",
             "apiproxy_access_log_dropped_total 0",
+            "apiproxy_config_announcements_ignored_total 0",
             r#"apiproxy_config_reloads_total{result="error"} 0"#,
             r#"apiproxy_build_info{version="#,
             "process_resident_memory_bytes",

@@ -166,19 +166,26 @@ impl RedisSource {
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { return Err(SyncError::Closed) };
-                    let mut update = UpdateMessage::parse(message.get_payload_bytes());
                     // Coalesce a burst: everything already queued is covered
                     // by one read.
-                    let mut coalesced = 0usize;
+                    let mut burst = Burst::new(self.applied.as_ref().map(|a| a.version));
+                    burst.add(message.get_payload_bytes());
                     while let Some(Some(next)) = messages.next().now_or_never() {
-                        update = UpdateMessage::parse(next.get_payload_bytes()).or(update);
-                        coalesced += 1;
+                        burst.add(next.get_payload_bytes());
                     }
-                    match update {
-                        // One announced change, the very next version: read
-                        // just that entry instead of the whole hash.
-                        Some(u) if coalesced == 0 => self.follow(&mut conn, &u).await?,
-                        _ => self.reload(&mut conn, "announced").await?,
+                    if burst.stale > 0 {
+                        self.state
+                            .metrics
+                            .config_announcements_ignored
+                            .inc_by(burst.stale);
+                        debug!(ignored = burst.stale, "announcements of a version already applied ignored");
+                    }
+                    match burst.news() {
+                        News::None => {}
+                        // One announced change: read just that entry when it
+                        // is the very next version.
+                        News::One(u) => self.follow(&mut conn, &u).await?,
+                        News::Many => self.reload(&mut conn, "announced").await?,
                     }
                 }
                 _ = resync.tick() => {
@@ -362,6 +369,48 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// What a burst of announcements asks for. One whose version the node has
+/// already applied (a repeat, an older one, one a full read got ahead of)
+/// asks for nothing and is counted; one that does not parse (the Go
+/// version's `mapping_added`) always asks for a full read.
+struct Burst {
+    applied: Option<u64>,
+    stale: u64,
+    news: Vec<Option<UpdateMessage>>,
+}
+
+enum News {
+    None,
+    One(UpdateMessage),
+    Many,
+}
+
+impl Burst {
+    fn new(applied: Option<u64>) -> Burst {
+        Burst {
+            applied,
+            stale: 0,
+            news: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, payload: &[u8]) {
+        match UpdateMessage::parse(payload) {
+            Some(u) if self.applied.is_some_and(|v| u.version <= v) => self.stale += 1,
+            update => self.news.push(update),
+        }
+    }
+
+    fn news(self) -> News {
+        let mut news = self.news;
+        match (news.pop(), news.is_empty()) {
+            (None, _) => News::None,
+            (Some(Some(update)), true) => News::One(update),
+            _ => News::Many,
+        }
+    }
+}
+
 /// The version key as a number; missing (the Go version never wrote one)
 /// or not a number counts as 0.
 fn parse_version(raw: Option<&[u8]>) -> u64 {
@@ -457,5 +506,36 @@ mod tests {
             None,
         )
         .is_ok());
+    }
+
+    fn announced(version: u64) -> Vec<u8> {
+        format!(r#"{{"version": {version}, "op": "upsert", "prefix": "/a"}}"#).into_bytes()
+    }
+
+    fn news(applied: Option<u64>, payloads: &[Vec<u8>]) -> (u64, &'static str) {
+        let mut burst = Burst::new(applied);
+        for p in payloads {
+            burst.add(p);
+        }
+        let stale = burst.stale;
+        let news = match burst.news() {
+            News::None => "none",
+            News::One(_) => "one",
+            News::Many => "many",
+        };
+        (stale, news)
+    }
+
+    #[test]
+    fn announcements_of_an_applied_version_ask_for_nothing() {
+        assert_eq!(news(Some(5), &[announced(5), announced(3)]), (2, "none"));
+        assert_eq!(news(Some(5), &[announced(6)]), (0, "one"));
+        assert_eq!(news(Some(5), &[announced(5), announced(6)]), (1, "one"));
+        assert_eq!(news(Some(5), &[announced(6), announced(7)]), (0, "many"));
+        // The Go version's payload, or any other, always means "re-read".
+        assert_eq!(news(Some(5), &[b"mapping_added".to_vec()]), (0, "many"));
+        assert_eq!(news(Some(5), &[announced(4), b"x".to_vec()]), (1, "many"));
+        // Before the first read nothing is stale.
+        assert_eq!(news(None, &[announced(1)]), (0, "one"));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use apiproxy_shared::RedisKeys;
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::redis::{hset_plain, upsert, RedisServer};
+use apiproxy_tests::redis::{hset_plain, publish, upsert, RedisServer};
 use apiproxy_tests::tls::{trusting_dataplane, TestCa};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, one_mapping, DataPlane};
@@ -304,4 +304,51 @@ async fn a_resync_that_finds_nothing_changed_applies_nothing() {
     dp.wait_status("/c/x", 200).await;
     dp.wait_metric(OK, 2.0).await;
     assert_eq!(applied(2).await, 2);
+}
+
+/// Announcements are idempotent: a repeat of the version the node applied,
+/// or an older one, costs no read of Redis at all (counted by Redis) and
+/// is counted in `apiproxy_config_announcements_ignored_total`; one that
+/// skips a version still makes the node read everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_or_older_announcements_are_ignored_and_a_gap_re_reads() {
+    const IGNORED: &str = "apiproxy_config_announcements_ignored_total";
+    let (_redis, mut conn, keys, up, dp) = redis_node("10m").await;
+    let version = upsert(&mut conn, &keys, "/b", &up.url()).await;
+    dp.wait_status("/b/x", 200).await;
+    let (hgetall, hget) = (
+        redis_calls(&mut conn, "hgetall").await,
+        redis_calls(&mut conn, "hget").await,
+    );
+
+    let payload = |v: u64| format!(r#"{{"version": {v}, "op": "upsert", "prefix": "/b"}}"#);
+    publish(&mut conn, &keys, &payload(version)).await;
+    publish(&mut conn, &keys, &payload(version)).await;
+    publish(&mut conn, &keys, &payload(version - 1)).await;
+    dp.wait_metric(IGNORED, 3.0).await;
+    assert_eq!(
+        redis_calls(&mut conn, "hgetall").await,
+        hgetall,
+        "no full read"
+    );
+    assert_eq!(
+        redis_calls(&mut conn, "hget").await,
+        hget,
+        "no one-field read"
+    );
+
+    // A change two versions on, announced alone: a gap, so a full read.
+    let _: () = redis::pipe()
+        .atomic()
+        .hset(&keys.mappings, "/c", up.url())
+        .ignore()
+        .incr(&keys.version, 2)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    publish(&mut conn, &keys, &payload(version + 2)).await;
+    dp.wait_status("/c/x", 200).await;
+    assert_eq!(redis_calls(&mut conn, "hgetall").await, hgetall + 1);
+    assert_eq!(dp.metric(IGNORED).await, 3.0);
 }
