@@ -369,10 +369,12 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// What a burst of announcements asks for. One whose version the node has
-/// already applied (a repeat, an older one, one a full read got ahead of)
-/// asks for nothing and is counted; one that does not parse (the Go
-/// version's `mapping_added`) always asks for a full read.
+/// What a burst of announcements asks for. A change (`upsert`, `delete`)
+/// whose version the node has already applied (a repeat, an older one, one
+/// a full read got ahead of) asks for nothing and is counted. A `replace`
+/// always asks for a full read: it is also how `POST /api/mappings/reload`
+/// makes every node re-read at the current version. So does a payload that
+/// does not parse (the Go version's `mapping_added`).
 struct Burst {
     applied: Option<u64>,
     stale: u64,
@@ -396,7 +398,11 @@ impl Burst {
 
     fn add(&mut self, payload: &[u8]) {
         match UpdateMessage::parse(payload) {
-            Some(u) if self.applied.is_some_and(|v| u.version <= v) => self.stale += 1,
+            Some(u)
+                if u.op != UpdateOp::Replace && self.applied.is_some_and(|v| u.version <= v) =>
+            {
+                self.stale += 1
+            }
             update => self.news.push(update),
         }
     }
@@ -537,5 +543,8 @@ mod tests {
         assert_eq!(news(Some(5), &[announced(4), b"x".to_vec()]), (1, "many"));
         // Before the first read nothing is stale.
         assert_eq!(news(None, &[announced(1)]), (0, "one"));
+        // A replace at the current version is a reload: always read.
+        let reload = br#"{"version": 5, "op": "replace"}"#.to_vec();
+        assert_eq!(news(Some(5), &[reload]), (0, "one"));
     }
 }
