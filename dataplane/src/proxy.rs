@@ -81,8 +81,8 @@ impl Proxy {
                 head,
                 in_flight: Some(in_flight),
             },
-            Err(Refused { error, id }) => Forward::Answered {
-                response: Some(error.into_response(&id)),
+            Err(refused) => Forward::Answered {
+                response: Some(refused.into_response()),
             },
         }
     }
@@ -178,8 +178,7 @@ impl Proxy {
         let entry = Box::new(AccessEntry::bare(request_id::make(), client));
         let stats = self.state.metrics.unmatched().clone();
         let record = RequestRecord::reported(stats, Instant::now(), self.log, entry);
-        let Refused { error, id } = refuse(record, error);
-        error.into_response(&id)
+        refuse(record, error).into_response()
     }
 
     /// Rewrites the client's request for the upstream: the target's path,
@@ -212,10 +211,16 @@ impl Proxy {
     }
 }
 
-/// A request the proxy answers by itself before the upstream is asked.
+/// A request the proxy answers by itself, and the id it answers under.
 pub(crate) struct Refused {
     error: ProxyError,
     id: HeaderValue,
+}
+
+impl Refused {
+    fn into_response(self) -> Response<ProxyBody> {
+        self.error.into_response(&self.id)
+    }
 }
 
 /// What a request keeps while its upstream answers.
@@ -238,7 +243,7 @@ impl InFlight {
     ) -> Response<ProxyBody> {
         match self.respond_or_fail(sent, body_failure) {
             Ok(response) => response,
-            Err((error, id)) => error.into_response(&id),
+            Err(refused) => refused.into_response(),
         }
     }
 
@@ -246,29 +251,28 @@ impl InFlight {
         self,
         sent: Option<SendResult<RequestBody>>,
         body_failure: Option<BodyFailure>,
-    ) -> Result<Response<ProxyBody>, (ProxyError, HeaderValue)> {
+    ) -> Result<Response<ProxyBody>, Refused> {
         let InFlight {
             proxy,
             route,
             mut record,
             upgrading,
         } = self;
-        let id = record.id_value().cloned().unwrap_or_else(request_id::make);
         let response = match sent {
             Some(Ok(sent)) => sent,
             Some(Err(err)) => {
                 return match classify_send_error(&err, body_failure) {
                     SendFailure::Respond(e) => {
                         log_upstream_failure(&route, &e, &err, record.id());
-                        Err((finish_with(record, e), id))
+                        Err(refuse(record, e))
                     }
                     // The client's connection broke mid-body: it is gone. The
                     // record's drop counts (and logs) a cancellation; the
                     // answer made here finds no one to write to.
-                    SendFailure::ClientGone => Err((
-                        ProxyError::BadRequest("client request body failed".into()),
-                        id,
-                    )),
+                    SendFailure::ClientGone => Err(Refused {
+                        id: id_of(&record),
+                        error: ProxyError::BadRequest("client request body failed".into()),
+                    }),
                 };
             }
             None => {
@@ -280,11 +284,12 @@ impl InFlight {
                     ),
                 );
                 warn!(prefix = %route.prefix, request_id = record.id(), "upstream response header timeout");
-                return Err((finish_with(record, e), id));
+                return Err(refuse(record, e));
             }
         };
 
         record.head(response.status().as_u16());
+        let id = id_of(&record);
         let (mut parts, body) = response.into_parts();
         if let Some(entry) = record.entry_mut() {
             entry.upstream_addr = body.peer();
@@ -313,7 +318,7 @@ impl InFlight {
                 Some(upstream) => ProxyBody::tunnel(Tunnel {
                     upstream,
                     prefix: route.prefix.clone(),
-                    request_id: record.id_value().cloned().unwrap_or_else(request_id::make),
+                    request_id: id_of(&record),
                 }),
                 None => {
                     debug!(prefix = %route.prefix, request_id = record.id(), "a 101 without its connection");
@@ -498,11 +503,16 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 
 /// Answers the request of `record` with `error`.
 fn refuse(record: RequestRecord, error: ProxyError) -> Refused {
-    let id = record.id_value().cloned().unwrap_or_else(request_id::make);
     Refused {
+        id: id_of(&record),
         error: finish_with(record, error),
-        id,
     }
+}
+
+/// The id of a request. Every record the proxy makes carries one; only a
+/// bench's bare record does not, and would be answered under a new id.
+fn id_of(record: &RequestRecord) -> HeaderValue {
+    record.id_value().cloned().unwrap_or_else(request_id::make)
 }
 
 /// Records a proxy-made response as the request's outcome.

@@ -66,14 +66,19 @@ impl RequestRecord {
         self.report.as_ref().map(|(_, entry)| &entry.request_id)
     }
 
-    /// What is told at the end, to add what routing learnt.
+    /// The access-log entry, to add what routing learns; `None` without
+    /// an access log, where the entry only carries the id and the error
+    /// type (for the recent failures) and nothing else is worth copying.
     pub(crate) fn entry_mut(&mut self) -> Option<&mut AccessEntry> {
-        self.report.as_mut().map(|(_, entry)| &mut **entry)
+        match &mut self.report {
+            Some((log, entry)) if log.access.is_some() => Some(entry),
+            _ => None,
+        }
     }
 
     /// The proxy answered by itself with this error type.
     pub(crate) fn error(&mut self, error_type: &'static str) {
-        if let Some(entry) = self.entry_mut() {
+        if let Some((_, entry)) = &mut self.report {
             entry.error = Some(error_type);
         }
     }
