@@ -574,6 +574,12 @@ mod tests {
         assert_eq!((changed.len(), changed.invalid_entries), (2, 0));
     }
 
+    /// The upstream URL a request for `path` with query `q` goes to.
+    fn upstream_url(s: &Snapshot, path: &str, q: Option<&str>) -> String {
+        let (r, rest) = s.lookup(path).unwrap();
+        format!("{}{}", r.upstream, r.upstream_target(rest, q).unwrap())
+    }
+
     #[test]
     fn a_target_query_comes_before_the_clients() {
         let s = snapshot(&[
@@ -581,10 +587,7 @@ mod tests {
             ("/bare", "http://b.test?key=K"),
             ("/slash", "http://s.test/s/"),
         ]);
-        let url = |path: &str, q: Option<&str>| {
-            let (r, rest) = s.lookup(path).unwrap();
-            format!("{}{}", r.upstream, r.upstream_target(rest, q).unwrap())
-        };
+        let url = |path: &str, q: Option<&str>| upstream_url(&s, path, q);
         assert_eq!(
             url("/gemini/models", Some("a=1")),
             "https://g.test/v1beta/models?key=K&a=1"
@@ -621,10 +624,7 @@ mod tests {
             ("/groq", "https://api.groq.com/openai/"),
             ("/", "http://127.0.0.1:9"),
         ]);
-        let url = |path: &str, q: Option<&str>| {
-            let (r, rest) = s.lookup(path).unwrap();
-            format!("{}{}", r.upstream, r.upstream_target(rest, q).unwrap())
-        };
+        let url = |path: &str, q: Option<&str>| upstream_url(&s, path, q);
         assert_eq!(
             url("/gemini/v1beta/models", Some("key=K")),
             "https://generativelanguage.googleapis.com/v1beta/models?key=K"
