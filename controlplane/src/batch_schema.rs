@@ -226,6 +226,7 @@ mod tests {
             gauges: Gauges::default(),
             unmatched: 0,
             endpoints: BTreeMap::from([("/a".to_owned(), delta)]),
+            keys: Vec::new(),
             failed: vec![FailedRequest {
                 time: 1,
                 request_id: "r".into(),

@@ -276,6 +276,7 @@ impl Store {
             version,
             op,
             prefix: prefix.map(str::to_owned),
+            key_id: None,
         };
         let mut conn = self.conn.clone();
         conn.publish::<_, _, ()>(&self.keys.updates, message.to_json())

@@ -62,6 +62,7 @@ fn batch(
             .map(|(p, d)| (p.to_string(), d.clone()))
             .collect(),
         failed: Vec::new(),
+        keys: Vec::new(),
     }
 }
 

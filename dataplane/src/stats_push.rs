@@ -250,6 +250,7 @@ impl StatsPusher {
             unmatched: unmatched.since(&self.acked_unmatched).requests(),
             endpoints,
             failed,
+            keys: Vec::new(),
         };
         Pending {
             batch,

@@ -3,6 +3,7 @@
 //! Wire types and validation only: nothing in this crate does I/O, so both
 //! sides (and their tests) apply exactly the same rules.
 
+pub mod access;
 pub mod content_hash;
 pub mod mapping;
 pub mod prometheus_text;
@@ -16,5 +17,5 @@ pub use mapping::{
     Scheme, Target,
 };
 pub use redis_keys::{RedisKeys, FAILED_KEPT};
-pub use stats::{EndpointDelta, FailedRequest, Gauges, StatsBatch};
+pub use stats::{EndpointDelta, FailedRequest, Gauges, KeyUsage, StatsBatch};
 pub use update::{UpdateMessage, UpdateOp};

@@ -45,6 +45,18 @@ pub struct RedisKeys {
     /// Set: node ids that have pushed; a member whose
     /// [`RedisKeys::node`] hash expired is gone.
     pub nodes: String,
+    /// Hash: proxy key id → [`crate::access::KeyRecord`] JSON. Changed
+    /// under the mappings' version and announced like a mapping.
+    pub keys: String,
+    /// Hash: SHA-256 hex of a proxy key's secret → its id.
+    pub keys_by_hash: String,
+    /// Hash: proxy key id → unix seconds of its last use the stats
+    /// batches reported (coarse: a batch's `sent_at`). Kept apart from the
+    /// records so that usage never looks like a key change to the nodes.
+    pub keys_last_used: String,
+    /// Hash: mapping prefix → [`crate::access::StoredPolicy`] JSON, the
+    /// credential sealed. Changed under the mappings' version.
+    pub policies: String,
     namespace: String,
 }
 
@@ -61,6 +73,10 @@ impl RedisKeys {
             stats_failed: format!("{prefix}:stats:failed"),
             stats_go_import: format!("{prefix}:stats:go_import"),
             nodes: format!("{prefix}:nodes"),
+            keys: format!("{prefix}:keys"),
+            keys_by_hash: format!("{prefix}:keys:by-hash"),
+            keys_last_used: format!("{prefix}:keys:last-used"),
+            policies: format!("{prefix}:policies"),
             namespace: prefix.to_owned(),
         }
     }
@@ -87,6 +103,12 @@ impl RedisKeys {
         format!("{}:stats:hour:{t}", self.namespace)
     }
 
+    /// Hash: one proxy key's usage counters, fields `{prefix}|{counter}`
+    /// (`requests`, `errors`, `bytes_in`, `bytes_out`, `1xx`…`5xx`).
+    pub fn stats_key(&self, key_id: &str) -> String {
+        format!("{}:stats:key:{key_id}", self.namespace)
+    }
+
     /// Hash: what one node last reported.
     pub fn node(&self, node_id: &str) -> String {
         format!("{}:node:{node_id}", self.namespace)
@@ -111,6 +133,11 @@ mod tests {
         assert_eq!(k.updates, "apiproxy:mappings:updates");
         assert_eq!(k.audit, "apiproxy:audit");
         assert_eq!(RedisKeys::new("team-a").mappings, "team-a:mappings");
+        assert_eq!(k.keys, "apiproxy:keys");
+        assert_eq!(k.keys_by_hash, "apiproxy:keys:by-hash");
+        assert_eq!(k.keys_last_used, "apiproxy:keys:last-used");
+        assert_eq!(k.policies, "apiproxy:policies");
+        assert_eq!(k.stats_key("key_1"), "apiproxy:stats:key:key_1");
     }
 
     #[test]

@@ -58,6 +58,28 @@ pub struct StatsBatch {
     /// first, at most [`MAX_FAILED`] (the node keeps only its newest).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedRequest>,
+    /// Per proxy key and prefix; pairs with nothing new are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyUsage>,
+}
+
+/// Most key × prefix pairs one batch may carry.
+pub const MAX_KEY_USAGE: usize = 10_000;
+
+/// What one proxy key did on one prefix since the last acknowledged batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub prefix: String,
+    pub requests: u64,
+    /// As [`EndpointDelta::errors`].
+    pub errors: u64,
+    /// Requests by status class; classes with no requests are left out.
+    #[serde(default)]
+    pub status: BTreeMap<String, u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// Most failed requests one batch may carry, and how many a node keeps.
@@ -149,6 +171,10 @@ pub enum BatchError {
     TooManyFailed(usize),
     #[error("failed request {0}: {1}")]
     Failed(usize, &'static str),
+    #[error("too many key usage entries (at most {0})")]
+    TooManyKeys(usize),
+    #[error("key usage {0}: {1}")]
+    Key(usize, &'static str),
 }
 
 /// Longest `node_id`, `boot_id` and `config_hash` accepted.
@@ -186,6 +212,12 @@ impl StatsBatch {
         }
         for (i, f) in self.failed.iter().enumerate() {
             f.validate().map_err(|why| BatchError::Failed(i, why))?;
+        }
+        if self.keys.len() > MAX_KEY_USAGE {
+            return Err(BatchError::TooManyKeys(MAX_KEY_USAGE));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            k.validate().map_err(|why| BatchError::Key(i, why))?;
         }
         for (prefix, e) in &self.endpoints {
             if crate::validate_prefix(prefix).is_err() {
@@ -243,6 +275,33 @@ impl FailedRequest {
             .is_some_and(|t| !printable(t, MAX_ERROR_TYPE_LEN))
         {
             return Err("`error_type` must be 1 to 64 printable ASCII characters");
+        }
+        Ok(())
+    }
+}
+
+impl KeyUsage {
+    /// What serde cannot check: the id, the prefix and that the counts
+    /// agree.
+    fn validate(&self) -> Result<(), &'static str> {
+        if !crate::access::is_key_id(&self.key_id) {
+            return Err("`key_id` is not a key id");
+        }
+        if crate::validate_prefix(&self.prefix).is_err() {
+            return Err("`prefix` is not a valid prefix");
+        }
+        let mut sum = 0u64;
+        for (class, n) in &self.status {
+            if !STATUS_CLASSES.contains(&class.as_str()) {
+                return Err("unknown status class");
+            }
+            sum = sum.saturating_add(*n);
+        }
+        if sum != self.requests {
+            return Err("the status classes do not add up to `requests`");
+        }
+        if self.errors > self.requests {
+            return Err("`errors` is larger than `requests`");
         }
         Ok(())
     }
@@ -311,6 +370,7 @@ mod tests {
             gauges: Gauges::default(),
             unmatched: 0,
             endpoints: BTreeMap::from([("/openai".to_owned(), endpoint(4))]),
+            keys: Vec::new(),
             failed: vec![failed("/openai")],
         }
     }

@@ -12,15 +12,23 @@ pub enum UpdateOp {
     Upsert,
     Delete,
     Replace,
+    /// A proxy key was created, changed or deleted (`key_id` names it).
+    Key,
+    /// A mapping's policy was set or removed (`prefix` names it).
+    Policy,
 }
 
-/// `{"version": N, "op": "upsert"|"delete"|"replace", "prefix": "/x"}`.
+/// `{"version": N, "op": "upsert"|"delete"|"replace"|"policy", "prefix":
+/// "/x"}` or `{"version": N, "op": "key", "key_id": "key_…"}`. A node that
+/// does not know an op re-reads everything, as for any other payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateMessage {
     pub version: u64,
     pub op: UpdateOp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl UpdateMessage {
@@ -45,11 +53,17 @@ mod tests {
             version: 7,
             op: UpdateOp::Upsert,
             prefix: Some("/x".into()),
+            key_id: None,
         };
         assert_eq!(m.to_json(), r#"{"version":7,"op":"upsert","prefix":"/x"}"#);
         assert_eq!(UpdateMessage::parse(m.to_json().as_bytes()), Some(m));
         let replace = UpdateMessage::parse(br#"{"version":8,"op":"replace"}"#).unwrap();
         assert_eq!(replace.prefix, None);
+        let key = UpdateMessage::parse(br#"{"version":9,"op":"key","key_id":"key_1"}"#).unwrap();
+        assert_eq!(
+            (key.op, key.key_id.as_deref()),
+            (UpdateOp::Key, Some("key_1"))
+        );
         assert_eq!(UpdateMessage::parse(b"mapping_added"), None);
         assert_eq!(UpdateMessage::parse(b""), None);
     }

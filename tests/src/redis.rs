@@ -269,6 +269,7 @@ async fn announce(
         version,
         op,
         prefix: prefix.map(str::to_owned),
+        key_id: None,
     };
     let _: () = redis::cmd("PUBLISH")
         .arg(&keys.updates)

@@ -533,6 +533,7 @@ fn failures_batch(node: &str, t0: u64, failed: &[(u64, &str, u16, Option<&str>)]
         gauges: Gauges::default(),
         unmatched: 0,
         endpoints: Default::default(),
+        keys: Vec::new(),
         failed: failed
             .iter()
             .map(|&(after, prefix, status, error_type)| FailedRequest {

@@ -331,6 +331,7 @@ mod tests {
                 ("/b".to_owned(), delta(5, 2)),
             ]),
             failed: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
