@@ -84,8 +84,7 @@ impl ProxyError {
             | ProxyError::HeadTooLarge(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::PayloadTooLarge(_) => Side::Client,
-            ProxyError::NotReady
-            | ProxyError::CredentialUnavailable => Side::Proxy,
+            ProxyError::NotReady | ProxyError::CredentialUnavailable => Side::Proxy,
             ProxyError::Unauthorized(_) | ProxyError::Forbidden(_) => Side::Client,
             ProxyError::Upstream { .. } => Side::Upstream,
         }
