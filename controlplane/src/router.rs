@@ -10,6 +10,7 @@ use utoipa::OpenApi;
 use crate::auth::SESSION_COOKIE;
 use crate::error::AppError;
 use crate::extract::{require_admin, Shared, MAPPING_PATH};
+use crate::handlers::key_usage;
 use crate::handlers::{audit, failures, health, mappings, session, stats};
 
 pub(crate) fn router(state: Shared) -> Router {
@@ -55,6 +56,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/audit", get(audit::audit))
         .route("/api/nodes", get(stats::nodes))
         .route("/api/requests/failed", get(failures::failed))
+        .route("/api/keys/{id}/usage", get(key_usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(admin)
@@ -85,6 +87,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     paths(mappings::list, mappings::create, mappings::replace_all, mappings::get_one, mappings::update, mappings::delete,
         mappings::public_list, mappings::reload,
         audit::audit, session::login, session::logout, health::healthz, health::readyz, openapi,
+        key_usage::usage,
         stats::push, stats::stats, stats::nodes, stats::metrics, failures::failed),
     modifiers(&SecuritySchemes, &FixedPrefixRoutes)
 )]

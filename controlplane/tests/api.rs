@@ -712,6 +712,7 @@ async fn openapi_document_covers_every_route() {
         ("/stats", &["get"]),
         ("/api/nodes", &["get"]),
         ("/api/requests/failed", &["get"]),
+        ("/api/keys/{id}/usage", &["get"]),
         ("/metrics", &["get"]),
     ] {
         for m in methods {
@@ -737,11 +738,13 @@ async fn openapi_document_covers_every_route() {
                 status != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path}: {status}"
             );
-            // A `{prefix}` route (`/api/mappings/` is the prefix `/`) may
-            // answer 404 for a missing mapping, never as an unknown route.
-            let addresses_a_mapping = path.starts_with("/api/mappings/");
+            // A `{prefix}` route (`/api/mappings/` is the prefix `/`) or a
+            // key's `{id}` route may answer 404 for a missing mapping or key,
+            // never as an unknown route.
+            let addresses_a_record =
+                path.starts_with("/api/mappings/") || path.starts_with("/api/keys/");
             assert!(
-                status != StatusCode::NOT_FOUND || addresses_a_mapping,
+                status != StatusCode::NOT_FOUND || addresses_a_record,
                 "{method} {path}: {status}"
             );
             assert_ne!(body["error"], "no such route", "{method} {path}");
