@@ -469,7 +469,7 @@ async fn a_revoked_key_is_refused_as_soon_as_the_node_applies_it() {
     for c in clients {
         c.await.unwrap();
     }
-    let results = results.lock().unwrap();
+    let results = std::mem::take(&mut *results.lock().unwrap());
     let before = results
         .iter()
         .filter(|(t, s)| *t < applied && *s == 200)
