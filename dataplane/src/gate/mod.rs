@@ -58,7 +58,7 @@ type Identity = BuildHasherDefault<IdentityHasher>;
 /// A proxy key as the data plane keeps it: what the check needs and no
 /// more (about a hundred bytes a key; the name lives in the control plane).
 #[derive(Debug, Clone)]
-pub(crate) struct ProxyKey {
+pub struct ProxyKey {
     /// The rest of the SHA-256 after the table's [`HashHead`].
     tail: [u8; 24],
     id: u64,
@@ -79,7 +79,7 @@ impl ProxyKey {
             .get_or_init(|| Arc::new(KeyUsage::new(self.id().into(), registry.clone())))
     }
 
-    pub(crate) fn id(&self) -> String {
+    pub fn id(&self) -> String {
         format_key_id(self.id)
     }
 
@@ -165,7 +165,7 @@ impl Policy {
 
 /// What the gate lets through, and what it changes on the way.
 #[derive(Debug)]
-pub(crate) struct Pass {
+pub struct Pass {
     /// The proxy key, when the mapping needs one.
     pub(crate) key: Option<ProxyKey>,
     /// Where that key was: taken out of the request.
@@ -175,7 +175,7 @@ pub(crate) struct Pass {
 
 /// Why the gate refused, and whose key it was if it knew it.
 #[derive(Debug)]
-pub(crate) struct Denied {
+pub struct Denied {
     pub(crate) error: ProxyError,
     pub(crate) key: Option<ProxyKey>,
 }
@@ -214,7 +214,7 @@ impl Pass {
 
 /// The proxy keys and policies one snapshot holds.
 #[derive(Debug, Clone)]
-pub(crate) struct Gate {
+pub struct Gate {
     keys: HashTrieMapSync<HashHead, ProxyKey, Identity>,
     /// Key id → its [`HashHead`], to apply a change or delete by id.
     ids: HashTrieMapSync<u64, HashHead, Identity>,
@@ -245,7 +245,7 @@ impl Gate {
         self.policies.is_empty()
     }
 
-    pub(crate) fn keys(&self) -> usize {
+    pub fn keys(&self) -> usize {
         self.keys.size()
     }
 
@@ -255,7 +255,7 @@ impl Gate {
 
     /// The decision for a request on the mapping `prefix`: `Ok(None)` for
     /// a mapping without a policy.
-    pub(crate) fn admit(
+    pub fn admit(
         &self,
         prefix: &str,
         headers: &HeaderMap,
@@ -317,7 +317,7 @@ impl Gate {
 
     /// The gate after the key `id` changed (`record` `None`: deleted).
     /// A record that fails validation removes the key: it fails closed.
-    pub(crate) fn with_key(&self, id: &str, record: Option<&str>) -> Gate {
+    pub fn with_key(&self, id: &str, record: Option<&str>) -> Gate {
         let mut next = self.clone();
         let Some(bits) = parse_key_id(id) else {
             warn!(
@@ -356,7 +356,7 @@ impl Gate {
 
     /// The gate after the policy of `prefix` changed (`stored` `None`:
     /// removed, the mapping is open again).
-    pub(crate) fn with_policy(
+    pub fn with_policy(
         &self,
         prefix: &str,
         stored: Option<&str>,
@@ -396,7 +396,7 @@ impl Gate {
     }
 
     /// A gate from every record, sharing the usage of keys this one has.
-    pub(crate) fn build<'p>(
+    pub fn build<'p>(
         &self,
         keys: &[(String, String)],
         policies: impl IntoIterator<Item = (&'p String, &'p String)>,
