@@ -714,6 +714,11 @@ async fn openapi_document_covers_every_route() {
         ("/api/requests/failed", &["get"]),
         ("/api/keys/{id}/usage", &["get"]),
         ("/metrics", &["get"]),
+        ("/api/keys", &["get", "post"]),
+        ("/api/keys/{id}", &["get", "patch", "delete"]),
+        ("/api/policies", &["get"]),
+        ("/api/policies/{prefix}", &["get", "put", "delete"]),
+        ("/api/policies/", &["get", "put", "delete"]),
     ] {
         for m in methods {
             assert!(
@@ -725,7 +730,9 @@ async fn openapi_document_covers_every_route() {
     // And every documented operation is really routed (no 404/405).
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let uri = path.replace("{prefix}", "some/prefix");
+            let uri = path
+                .replace("{prefix}", "some/prefix")
+                .replace("{id}", "key_0123456789abcdef");
             let (status, body, _) = api
                 .call(
                     &method.to_uppercase(),
@@ -738,11 +745,12 @@ async fn openapi_document_covers_every_route() {
                 status != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path}: {status}"
             );
-            // A `{prefix}` route (`/api/mappings/` is the prefix `/`) or a
-            // key's `{id}` route may answer 404 for a missing mapping or key,
-            // never as an unknown route.
-            let addresses_a_record =
-                path.starts_with("/api/mappings/") || path.starts_with("/api/keys/");
+            // A `{prefix}` route (`/api/mappings/` is the prefix `/`) may
+            // answer 404 for a missing mapping (or policy), a `{id}` route
+            // for a missing key; never as an unknown route.
+            let addresses_a_record = ["/api/mappings/", "/api/policies/", "/api/keys/"]
+                .iter()
+                .any(|start| path.starts_with(start));
             assert!(
                 status != StatusCode::NOT_FOUND || addresses_a_record,
                 "{method} {path}: {status}"

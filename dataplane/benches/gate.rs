@@ -9,8 +9,8 @@ use std::hint::black_box;
 
 use apiproxy_dataplane::Gate;
 use apiproxy_shared::access::{
-    format_key_id, key_hash_hex, Access, CredentialPlace, KeyRecord, SecretsKey,
-    StoredCredential, StoredPolicy,
+    format_key_id, key_hash_hex, Access, CredentialPlace, KeyRecord, SecretsKey, StoredCredential,
+    StoredPolicy,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue};
