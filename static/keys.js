@@ -148,7 +148,7 @@ function renderSecret() {
   document.getElementById("secret-title").textContent = t("keys.secret_title", model.secret.name);
   const input = document.getElementById("new-secret");
   input.value = model.secret.value;
-  const copy = copyButton(model.secret.value, `${t("common.copy")} ${t("keys.secret")}`);
+  const copy = copyButton(model.secret.value, t("keys.copy_secret"));
   copy.id = "copy-secret";
   input.after(copy);
 }
