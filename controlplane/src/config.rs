@@ -1,10 +1,13 @@
 //! Control-plane configuration (SPEC §2): flags with environment
-//! fallbacks; the secrets `ADMIN_TOKEN` and `API_PROXY_NODE_TOKEN` come from
-//! the environment only.
+//! fallbacks; the secrets `ADMIN_TOKEN`, `API_PROXY_NODE_TOKEN` and
+//! `API_PROXY_SECRETS_KEY` come from the environment only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use apiproxy_shared::access::SecretsKey;
 
 use apiproxy_startup::cli::{parse_args, parse_duration};
 use apiproxy_startup::cli::{ConfigError, LogFormat};
@@ -80,6 +83,8 @@ pub(crate) struct Args {
 pub(crate) enum Command {
     /// Write the default mappings into an empty hash (needs only API_PROXY_REDIS_URL).
     Init,
+    /// Print a fresh API_PROXY_SECRETS_KEY (32 random bytes in base64) and exit.
+    GenSecretsKey,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +98,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub(crate) admin_token: String,
     pub node_token: Option<String>,
+    /// `API_PROXY_SECRETS_KEY`: seals upstream credentials; `None`: a
+    /// policy PUT with a credential secret is refused.
+    pub(crate) secrets_key: Option<Arc<SecretsKey>>,
     pub init_only: bool,
 }
 
@@ -103,6 +111,10 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args: Args = parse_args(args)?;
+        if let Some(Command::GenSecretsKey) = args.command {
+            // Like --version: printed on stdout, exit 0, nothing else read.
+            return Err(ConfigError::Info(format!("{}\n", SecretsKey::generate())));
+        }
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         let init_only = matches!(args.command, Some(Command::Init));
         let Some(redis_url) = args.redis_url.filter(|u| !u.is_empty()) else {
@@ -125,6 +137,13 @@ impl Config {
                 return invalid("ADMIN_TOKEN is shorter than 16 bytes");
             }
         }
+        let secrets_key = match env.get("API_PROXY_SECRETS_KEY").filter(|k| !k.is_empty()) {
+            Some(text) if !init_only => match SecretsKey::from_base64(text) {
+                Ok(key) => Some(Arc::new(key)),
+                Err(e) => return invalid(&e.to_string()),
+            },
+            _ => None,
+        };
         if args.node_timeout.is_zero() {
             return invalid("API_PROXY_NODE_TIMEOUT: must be greater than zero");
         }
@@ -141,6 +160,7 @@ impl Config {
                 .get("API_PROXY_NODE_TOKEN")
                 .filter(|t| !t.is_empty())
                 .cloned(),
+            secrets_key,
             init_only,
         })
     }
@@ -189,5 +209,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("API_PROXY_REDIS_URL"));
+    }
+
+    #[test]
+    fn secrets_key_is_optional_but_must_be_valid() {
+        let token = ("ADMIN_TOKEN", "a-very-long-admin-token");
+        assert!(parse(&URL, &[token]).unwrap().secrets_key.is_none());
+        assert!(parse(&URL, &[token, ("API_PROXY_SECRETS_KEY", "")])
+            .unwrap()
+            .secrets_key
+            .is_none());
+        let key = SecretsKey::generate();
+        let ok = parse(&URL, &[token, ("API_PROXY_SECRETS_KEY", &key)]).unwrap();
+        assert!(ok.secrets_key.is_some());
+        let err = parse(&URL, &[token, ("API_PROXY_SECRETS_KEY", "c2hvcnQ=")]).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_CONFIG);
+        assert!(err.to_string().contains("API_PROXY_SECRETS_KEY"), "{err}");
+    }
+
+    #[test]
+    fn gen_secrets_key_needs_nothing_else() {
+        let err = parse(&["gen-secrets-key"], &[]).unwrap_err();
+        assert_eq!(err.exit_code(), 0);
+        let printed = err.to_string();
+        assert!(printed.ends_with('\n'));
+        assert!(SecretsKey::from_base64(printed.trim()).is_ok(), "{printed}");
+        assert_ne!(
+            printed,
+            parse(&["gen-secrets-key"], &[]).unwrap_err().to_string()
+        );
     }
 }

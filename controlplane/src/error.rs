@@ -6,6 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::access_store::AccessError;
 use crate::stats_store::ApplyError;
 use crate::store::StoreError;
 
@@ -51,6 +52,17 @@ impl From<StoreError> for AppError {
             StoreError::Exists(_) => AppError::Conflict(e.to_string()),
             StoreError::Missing(_) => AppError::NotFound(e.to_string()),
             StoreError::Redis(e) => AppError::Unavailable(e),
+        }
+    }
+}
+
+impl From<AccessError> for AppError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NoKey(_) | AccessError::NoPolicy(_) => AppError::NotFound(e.to_string()),
+            AccessError::Refused(_) => AppError::BadRequest(e.to_string()),
+            AccessError::Busy => AppError::Conflict(e.to_string()),
+            AccessError::Redis(e) => AppError::Unavailable(e),
         }
     }
 }

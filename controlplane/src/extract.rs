@@ -1,5 +1,6 @@
 //! What the handlers take from a request: the state every route shares,
-//! the JSON body, the client's address, the `{prefix}` path, the `limit`
+//! the JSON body, the client's address, the `{prefix}` and key `{id}`
+//! paths, the `limit`
 //! of the newest-first lists, and the two authentication checks (admin:
 //! bearer token or session cookie; node: the data planes' bearer token).
 //! Names no handler.
@@ -8,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
+use apiproxy_shared::access::{is_key_id, SecretsKey};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
@@ -17,6 +19,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::access_store::AccessStore;
 use crate::auth::{LoginLimiter, Secret, Sessions, SESSION_COOKIE};
 use crate::cluster_metrics::ClusterMetrics;
 use crate::error::AppError;
@@ -28,6 +31,10 @@ pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
 pub(crate) struct AppState {
     pub(crate) store: Store,
+    /// Proxy keys and policies.
+    pub(crate) access: AccessStore,
+    /// `API_PROXY_SECRETS_KEY`; `None`: no credential secret can be stored.
+    pub(crate) secrets: Option<Arc<SecretsKey>>,
     pub(crate) stats: StatsStore,
     pub(crate) sessions: Sessions,
     pub(crate) admin: Secret,
@@ -143,13 +150,15 @@ pub(crate) async fn require_admin(
     Ok(next.run(req).await)
 }
 
-/// Where the `{prefix}` routes start.
+/// Where the `{prefix}` routes start: a mapping's, and its policy's.
 pub(crate) const MAPPING_PATH: &str = "/api/mappings/";
+pub(crate) const POLICY_PATH: &str = "/api/policies/";
 
 /// `{prefix}` in a path is the prefix without its leading slash and may
 /// hold slashes; `%2F` (decoded to `/`) and the empty prefix
 /// (`/api/mappings/`, the Go version's way) address the prefix `/`
-/// itself. Read from the path after [`MAPPING_PATH`], percent-decoded, so
+/// itself. Read from the path after [`MAPPING_PATH`] (or [`POLICY_PATH`]:
+/// a policy is addressed as its mapping is), percent-decoded, so
 /// the same handlers serve `/api/mappings/`, `/api/mappings/reload` (a
 /// mapping `/reload` is read, updated and deleted there) and
 /// `/api/mappings/{*prefix}`. A path that does not decode to UTF-8 is a
@@ -160,10 +169,10 @@ impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let raw = parts
-            .uri
-            .path()
-            .strip_prefix(MAPPING_PATH)
+        let path = parts.uri.path();
+        let raw = [MAPPING_PATH, POLICY_PATH]
+            .iter()
+            .find_map(|start| path.strip_prefix(start))
             .ok_or_else(|| AppError::NotFound("no such route".into()))?;
         let decoded = percent_encoding::percent_decode_str(raw)
             .decode_utf8()
@@ -173,6 +182,22 @@ impl<S: Send + Sync> FromRequestParts<S> for PrefixPath {
             "/" => "/".to_owned(),
             rest => format!("/{rest}"),
         }))
+    }
+}
+
+/// A proxy key's `{id}` in a path: 404 for anything that is not a key
+/// id, as for an id no key has.
+pub(crate) struct KeyId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) if is_key_id(&id) => Ok(KeyId(id)),
+            Ok(Path(id)) => Err(AppError::NotFound(format!("no key {id}"))),
+            Err(_) => Err(AppError::NotFound("no such key".into())),
+        }
     }
 }
 
@@ -240,6 +265,8 @@ mod tests {
             ("/api/mappings/reload", "/reload"),
             ("/api/mappings/google/v1", "/google/v1"),
             ("/api/mappings/caf%C3%A9", "/café"),
+            ("/api/policies/%2F", "/"),
+            ("/api/policies/google/v1", "/google/v1"),
         ] {
             assert_eq!(prefix_of(path).await.unwrap(), prefix, "{path}");
         }

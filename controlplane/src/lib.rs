@@ -2,6 +2,7 @@
 //! through the shared crate's key names and validation rules, and the
 //! cluster stats the data planes push (SPEC §6).
 
+mod access_store;
 mod assets;
 mod auth;
 mod batch_schema;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use store::StoreError;
 
+use crate::access_store::AccessStore;
 use crate::auth::{LoginLimiter, Secret, Sessions};
 use crate::cluster_metrics::ClusterMetrics;
 use crate::extract::AppState;
@@ -86,6 +88,8 @@ pub async fn init(config: &Config, conn: ConnectionManager) -> Result<Option<u64
 pub fn app(config: &Config, conn: ConnectionManager) -> Router {
     let state = AppState {
         store: Store::new(conn.clone(), &config.redis_prefix),
+        access: AccessStore::new(conn.clone(), &config.redis_prefix),
+        secrets: config.secrets_key.clone(),
         stats: StatsStore::new(conn.clone(), &config.redis_prefix),
         sessions: Sessions::new(conn, &config.redis_prefix, &config.admin_token),
         admin: Secret::new(&config.admin_token),

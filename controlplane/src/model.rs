@@ -281,3 +281,191 @@ pub(crate) enum NodeState {
     Stale,
     Down,
 }
+
+/// `POST /api/keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewKey {
+    /// 1 to 100 characters, no control characters.
+    pub(crate) name: String,
+    /// Mapping prefixes the key may be used on (1 to 100); absent or null:
+    /// all.
+    #[serde(default)]
+    pub(crate) prefixes: Option<Vec<String>>,
+    /// Unix seconds, in the future; absent or null: never expires.
+    #[serde(default)]
+    pub(crate) expires_at: Option<u64>,
+}
+
+/// `PATCH /api/keys/{id}`: only the fields present change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyPatch {
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub(crate) name: Option<String>,
+    /// null: all prefixes.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub(crate) prefixes: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub(crate) enabled: Option<bool>,
+    /// Unix seconds, in the future; null: never expires.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub(crate) expires_at: Option<Option<u64>>,
+}
+
+/// A field that is present, null or not: `Some(None)` for null (the
+/// default, `None`, stands for absent).
+fn present<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A proxy key as the API shows it: never its secret nor its hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct KeyView {
+    /// `key_` and 16 hex digits.
+    pub(crate) id: String,
+    pub(crate) name: String,
+    /// null: all prefixes.
+    pub(crate) prefixes: Option<Vec<String>>,
+    pub(crate) enabled: bool,
+    /// Unix seconds; null: never.
+    pub(crate) expires_at: Option<u64>,
+    /// Unix seconds.
+    pub(crate) created_at: u64,
+    /// Unix seconds of the stats batch that last reported a use (coarse);
+    /// null: never used.
+    pub(crate) last_used_at: Option<u64>,
+}
+
+/// `GET /api/keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct KeyList {
+    pub(crate) success: bool,
+    /// By `created_at`, then `id`.
+    pub(crate) keys: Vec<KeyView>,
+}
+
+/// `POST /api/keys`: the only answer that holds the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct KeyCreated {
+    pub(crate) success: bool,
+    pub(crate) key: KeyView,
+    /// `apx-` and 43 base64url characters; shown only here.
+    pub(crate) secret: String,
+}
+
+/// `GET` and `PATCH /api/keys/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct KeyFound {
+    pub(crate) success: bool,
+    pub(crate) key: KeyView,
+}
+
+/// `DELETE /api/keys/{id}` and `DELETE /api/policies/{prefix}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    pub(crate) success: bool,
+    /// The key id, or the policy's prefix.
+    pub(crate) deleted: String,
+}
+
+/// `PUT /api/policies/{prefix}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewPolicy {
+    #[schema(schema_with = access_schema)]
+    pub(crate) access: apiproxy_shared::access::Access,
+    /// The upstream's real credential, put in place of the client's own;
+    /// absent or null: none.
+    #[serde(default)]
+    pub(crate) upstream_credential: Option<NewCredential>,
+}
+
+/// Exactly one of `header` (with an optional `template`) and `query`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewCredential {
+    /// A header name, e.g. `Authorization`, `x-api-key`.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub(crate) header: Option<String>,
+    /// The header's value, holding `{secret}` once (default `{secret}`).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub(crate) template: Option<String>,
+    /// A query parameter name, e.g. `key`.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub(crate) query: Option<String>,
+    /// The upstream's key (write-only). Absent: the stored one is kept.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub(crate) secret: Option<String>,
+}
+
+fn access_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["open", "key"]))
+        .description(Some(
+            "`open`: anyone; `key`: a proxy key allowed on the prefix",
+        ))
+        .build()
+}
+
+/// A policy as the API shows it: the credential's secret only as its
+/// last four characters.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyView {
+    pub(crate) prefix: String,
+    #[schema(schema_with = access_schema)]
+    pub(crate) access: apiproxy_shared::access::Access,
+    pub(crate) upstream_credential: Option<CredentialView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CredentialView {
+    /// Lower-case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) query: Option<String>,
+    /// `…` and the secret's last four characters.
+    pub(crate) secret_hint: String,
+}
+
+/// `GET /api/policies`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyList {
+    pub(crate) success: bool,
+    /// By prefix.
+    pub(crate) policies: Vec<PolicyView>,
+}
+
+/// `GET /api/policies/{prefix}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyFound {
+    pub(crate) success: bool,
+    pub(crate) policy: PolicyView,
+}
+
+/// `PUT /api/policies/{prefix}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicySaved {
+    pub(crate) success: bool,
+    pub(crate) policy: PolicyView,
+    /// No policy existed before this one: Go-version nodes on the same
+    /// Redis know nothing of policies and must be retired (they would
+    /// serve keyed mappings openly, without the credential).
+    pub(crate) first_policy: bool,
+}

@@ -9,8 +9,8 @@ use utoipa::OpenApi;
 
 use crate::auth::SESSION_COOKIE;
 use crate::error::AppError;
-use crate::extract::{require_admin, Shared, MAPPING_PATH};
-use crate::handlers::{audit, failures, health, mappings, session, stats};
+use crate::extract::{require_admin, Shared, MAPPING_PATH, POLICY_PATH};
+use crate::handlers::{audit, failures, health, keys, mappings, policies, session, stats};
 
 pub(crate) fn router(state: Shared) -> Router {
     // What the Go version served to anyone: public unless
@@ -52,6 +52,25 @@ pub(crate) fn router(state: Shared) -> Router {
                 .put(mappings::update)
                 .delete(mappings::delete),
         )
+        .route("/api/keys", get(keys::list).post(keys::create))
+        .route(
+            "/api/keys/{id}",
+            get(keys::get_one).patch(keys::update).delete(keys::delete),
+        )
+        .route("/api/policies", get(policies::list))
+        // A policy's `{prefix}` as a mapping's: the prefix `/`, and the rest.
+        .route(
+            POLICY_PATH,
+            get(policies::get_one)
+                .put(policies::put)
+                .delete(policies::delete),
+        )
+        .route(
+            "/api/policies/{*prefix}",
+            get(policies::get_one)
+                .put(policies::put)
+                .delete(policies::delete),
+        )
         .route("/api/audit", get(audit::audit))
         .route("/api/nodes", get(stats::nodes))
         .route("/api/requests/failed", get(failures::failed))
@@ -85,40 +104,57 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     paths(mappings::list, mappings::create, mappings::replace_all, mappings::get_one, mappings::update, mappings::delete,
         mappings::public_list, mappings::reload,
         audit::audit, session::login, session::logout, health::healthz, health::readyz, openapi,
-        stats::push, stats::stats, stats::nodes, stats::metrics, failures::failed),
+        stats::push, stats::stats, stats::nodes, stats::metrics, failures::failed,
+        keys::list, keys::create, keys::get_one, keys::update, keys::delete,
+        policies::list, policies::get_one, policies::put, policies::delete),
     modifiers(&SecuritySchemes, &FixedPrefixRoutes)
 )]
 pub(crate) struct ApiDoc;
 
 /// The `{prefix}` operations where the path itself names the prefix:
-/// `/api/mappings/` (the prefix `/`, the Go version's way) and
-/// `/api/mappings/reload` (the prefix `/reload`, beside the reload). The
-/// same handlers serve them, so the document copies their operations.
+/// `/api/mappings/` and `/api/policies/` (the prefix `/`, the Go
+/// version's way) and `/api/mappings/reload` (the prefix `/reload`, beside
+/// the reload). The same handlers serve them, so the document copies their
+/// operations.
 struct FixedPrefixRoutes;
+
+type FixedRoute = (&'static str, &'static str, &'static str);
 
 impl utoipa::Modify for FixedPrefixRoutes {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let Some(template) = doc.paths.paths.get("/api/mappings/{prefix}").cloned() else {
-            return;
-        };
-        for (path, prefix, name) in [
+        let mappings: &[FixedRoute] = &[
             (MAPPING_PATH, "/", "root"),
             ("/api/mappings/reload", "/reload", "reload"),
+        ];
+        let policies: &[FixedRoute] = &[(POLICY_PATH, "/", "root")];
+        for (template, fixed) in [
+            ("/api/mappings/{prefix}", mappings),
+            ("/api/policies/{prefix}", policies),
         ] {
-            let item = doc.paths.paths.entry(path.to_owned()).or_default();
-            for (slot, operation) in [
-                (&mut item.get, &template.get),
-                (&mut item.put, &template.put),
-                (&mut item.delete, &template.delete),
-            ] {
-                let Some(mut operation) = operation.clone() else {
-                    continue;
-                };
-                operation.parameters = None;
-                operation.operation_id = operation.operation_id.map(|id| format!("{id}_{name}"));
-                operation.description = Some(format!("The same, for the prefix `{prefix}`."));
-                *slot = Some(operation);
-            }
+            copy_operations(doc, template, fixed);
+        }
+    }
+}
+
+/// Copies the operations of the path `template` to each fixed route.
+fn copy_operations(doc: &mut utoipa::openapi::OpenApi, template: &str, fixed: &[FixedRoute]) {
+    let Some(template) = doc.paths.paths.get(template).cloned() else {
+        return;
+    };
+    for &(path, prefix, name) in fixed {
+        let item = doc.paths.paths.entry(path.to_owned()).or_default();
+        for (slot, operation) in [
+            (&mut item.get, &template.get),
+            (&mut item.put, &template.put),
+            (&mut item.delete, &template.delete),
+        ] {
+            let Some(mut operation) = operation.clone() else {
+                continue;
+            };
+            operation.parameters = None;
+            operation.operation_id = operation.operation_id.map(|id| format!("{id}_{name}"));
+            operation.description = Some(format!("The same, for the prefix `{prefix}`."));
+            *slot = Some(operation);
         }
     }
 }

@@ -98,6 +98,34 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn message(version: u64, op: UpdateOp, prefix: Option<&str>) -> UpdateMessage {
+    UpdateMessage {
+        version,
+        op,
+        prefix: prefix.map(str::to_owned),
+        key_id: None,
+    }
+}
+
+/// Publishes a change on the updates channel.
+async fn publish(
+    conn: &ConnectionManager,
+    keys: &RedisKeys,
+    message: &UpdateMessage,
+) -> Result<(), redis::RedisError> {
+    let mut conn = conn.clone();
+    conn.publish::<_, _, ()>(&keys.updates, message.to_json())
+        .await
+}
+
+/// Publishes a change made. A lost announcement is not fatal: nodes also
+/// re-read on their resync interval.
+pub(crate) async fn announce(conn: &ConnectionManager, keys: &RedisKeys, message: UpdateMessage) {
+    if let Err(error) = publish(conn, keys, &message).await {
+        tracing::warn!(%error, version = message.version, "could not announce a change; nodes will catch up on resync");
+    }
+}
+
 /// The mapping store of one Redis namespace.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -258,12 +286,9 @@ impl Store {
         Ok(version)
     }
 
-    /// Publishes the change. A lost announcement is not fatal: nodes also
-    /// re-read on their resync interval.
+    /// Publishes the change (see [`announce`]).
     async fn announce(&self, version: u64, op: UpdateOp, prefix: Option<&str>) {
-        if let Err(error) = self.publish(version, op, prefix).await {
-            tracing::warn!(%error, version, "could not announce a mapping change; nodes will catch up on resync");
-        }
+        announce(&self.conn, &self.keys, message(version, op, prefix)).await;
     }
 
     async fn publish(
@@ -272,16 +297,7 @@ impl Store {
         op: UpdateOp,
         prefix: Option<&str>,
     ) -> Result<(), StoreError> {
-        let message = UpdateMessage {
-            version,
-            op,
-            prefix: prefix.map(str::to_owned),
-            key_id: None,
-        };
-        let mut conn = self.conn.clone();
-        conn.publish::<_, _, ()>(&self.keys.updates, message.to_json())
-            .await?;
-        Ok(())
+        Ok(publish(&self.conn, &self.keys, &message(version, op, prefix)).await?)
     }
 
     /// The newest `limit` audit entries, newest first.

@@ -24,6 +24,15 @@ async fn every_admin_route_needs_auth() {
         ("GET", "/api/audit"),
         ("GET", "/api/nodes"),
         ("GET", "/api/requests/failed"),
+        ("GET", "/api/keys"),
+        ("POST", "/api/keys"),
+        ("GET", "/api/keys/key_0123456789abcdef"),
+        ("PATCH", "/api/keys/key_0123456789abcdef"),
+        ("DELETE", "/api/keys/key_0123456789abcdef"),
+        ("GET", "/api/policies"),
+        ("GET", "/api/policies/openai"),
+        ("PUT", "/api/policies/openai"),
+        ("DELETE", "/api/policies/%2F"),
     ] {
         for auth in [
             None,
@@ -713,6 +722,11 @@ async fn openapi_document_covers_every_route() {
         ("/api/nodes", &["get"]),
         ("/api/requests/failed", &["get"]),
         ("/metrics", &["get"]),
+        ("/api/keys", &["get", "post"]),
+        ("/api/keys/{id}", &["get", "patch", "delete"]),
+        ("/api/policies", &["get"]),
+        ("/api/policies/{prefix}", &["get", "put", "delete"]),
+        ("/api/policies/", &["get", "put", "delete"]),
     ] {
         for m in methods {
             assert!(
@@ -724,7 +738,9 @@ async fn openapi_document_covers_every_route() {
     // And every documented operation is really routed (no 404/405).
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let uri = path.replace("{prefix}", "some/prefix");
+            let uri = path
+                .replace("{prefix}", "some/prefix")
+                .replace("{id}", "key_0123456789abcdef");
             let (status, body, _) = api
                 .call(
                     &method.to_uppercase(),
@@ -738,8 +754,11 @@ async fn openapi_document_covers_every_route() {
                 "{method} {path}: {status}"
             );
             // A `{prefix}` route (`/api/mappings/` is the prefix `/`) may
-            // answer 404 for a missing mapping, never as an unknown route.
-            let addresses_a_mapping = path.starts_with("/api/mappings/");
+            // answer 404 for a missing mapping (or policy), a `{id}` route
+            // for a missing key; never as an unknown route.
+            let addresses_a_mapping = ["/api/mappings/", "/api/policies/", "/api/keys/"]
+                .iter()
+                .any(|start| path.starts_with(start));
             assert!(
                 status != StatusCode::NOT_FOUND || addresses_a_mapping,
                 "{method} {path}: {status}"

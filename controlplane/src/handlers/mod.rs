@@ -5,6 +5,8 @@
 pub(crate) mod audit;
 pub(crate) mod failures;
 pub(crate) mod health;
+pub(crate) mod keys;
 pub(crate) mod mappings;
+pub(crate) mod policies;
 pub(crate) mod session;
 pub(crate) mod stats;
