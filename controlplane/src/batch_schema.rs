@@ -12,7 +12,8 @@ use std::borrow::Cow;
 
 use apiproxy_shared::mapping::MAX_PREFIX_LEN;
 use apiproxy_shared::stats::{
-    BUCKETS, MAX_ERROR_TYPE_LEN, MAX_FAILED, MAX_ID_LEN, MAX_REQUEST_ID_LEN, STATUS_CLASSES,
+    BUCKETS, MAX_ERROR_TYPE_LEN, MAX_FAILED, MAX_ID_LEN, MAX_KEY_USAGE, MAX_REQUEST_ID_LEN,
+    STATUS_CLASSES,
 };
 use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
@@ -63,10 +64,17 @@ impl utoipa::PartialSchema for StatsBatchSchema {
             ))
             .items(failed_request())
             .max_items(Some(MAX_FAILED));
+        let keys = ArrayBuilder::new()
+            .description(Some(
+                "Per proxy key and prefix: what the key did since the last acknowledged batch. Usage of a key that no longer exists is dropped.",
+            ))
+            .items(key_usage())
+            .max_items(Some(MAX_KEY_USAGE));
         batch
             .property("unmatched", integer(0, MAX_DELTA))
             .property("endpoints", endpoints)
             .property("failed", failed)
+            .property("keys", keys)
             .into()
     }
 }
@@ -108,11 +116,16 @@ fn histogram(description: &str) -> ArrayBuilder {
         .max_items(Some(BUCKETS))
 }
 
-fn endpoint_delta() -> ObjectBuilder {
+/// Requests by status class, as an endpoint's or a key's deltas hold them.
+fn status_classes() -> ObjectBuilder {
     let mut status = strict_object("Requests by status class (they add up to `requests`).");
     for class in STATUS_CLASSES {
         status = status.property(class, integer(0, MAX_DELTA));
     }
+    status
+}
+
+fn endpoint_delta() -> ObjectBuilder {
     let mut delta = strict_object("One prefix's deltas.");
     for name in ["requests", "errors", "cancelled", "bytes_in", "bytes_out"] {
         delta = delta.property(name, integer(0, MAX_DELTA)).required(name);
@@ -130,8 +143,35 @@ fn endpoint_delta() -> ObjectBuilder {
         delta = delta.property(name, histogram(description)).required(name);
     }
     delta
-        .property("status", status)
+        .property("status", status_classes())
         .property("latency_sum_ms", integer(0, MAX_DELTA))
+}
+
+fn key_usage() -> ObjectBuilder {
+    let mut usage = strict_object("One proxy key's deltas on one prefix.");
+    for (name, schema) in [
+        (
+            "key_id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^key_[0-9a-f]{16}$")),
+        ),
+        (
+            "prefix",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_PREFIX_LEN))
+                .description(Some("The mapping prefix.")),
+        ),
+        ("requests", integer(0, MAX_DELTA)),
+        ("errors", integer(0, MAX_DELTA)),
+        ("bytes_in", integer(0, MAX_DELTA)),
+        ("bytes_out", integer(0, MAX_DELTA)),
+    ] {
+        usage = usage.property(name, schema).required(name);
+    }
+    usage.property("status", status_classes())
 }
 
 fn failed_request() -> ObjectBuilder {
@@ -171,7 +211,7 @@ fn failed_request() -> ObjectBuilder {
 mod tests {
     use std::collections::BTreeMap;
 
-    use apiproxy_shared::{EndpointDelta, FailedRequest, Gauges, StatsBatch};
+    use apiproxy_shared::{EndpointDelta, FailedRequest, Gauges, KeyUsage, StatsBatch};
     use serde_json::Value;
     use utoipa::PartialSchema;
 
@@ -226,7 +266,18 @@ mod tests {
             gauges: Gauges::default(),
             unmatched: 0,
             endpoints: BTreeMap::from([("/a".to_owned(), delta)]),
-            keys: Vec::new(),
+            keys: vec![KeyUsage {
+                key_id: "key_0123456789abcdef".into(),
+                prefix: "/a".into(),
+                requests: 1,
+                errors: 0,
+                status: STATUS_CLASSES
+                    .iter()
+                    .map(|c| (c.to_string(), u64::from(*c == "2xx")))
+                    .collect(),
+                bytes_in: 2,
+                bytes_out: 3,
+            }],
             failed: vec![FailedRequest {
                 time: 1,
                 request_id: "r".into(),
@@ -252,5 +303,13 @@ mod tests {
         assert!(b.validate().is_ok());
         b.failed[0].error_type = Some("e".repeat(MAX_ERROR_TYPE_LEN + 1));
         assert!(b.validate().is_err());
+        batch.validate().unwrap();
+        let keys = &schema["properties"]["keys"];
+        assert_eq!(keys["maxItems"], MAX_KEY_USAGE);
+        assert_eq!(
+            keys["items"]["required"].as_array().unwrap().len(),
+            6,
+            "all but `status` are required"
+        );
     }
 }

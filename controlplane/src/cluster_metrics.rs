@@ -9,7 +9,7 @@ use apiproxy_shared::prometheus_text::{escape, head, histogram, sample};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::model::NodeCounts;
-use crate::stats_store::{num, Counters, EndpointTotals};
+use crate::stats_store::{num, Counters, EndpointTotals, PrefixUsage};
 
 /// The per-prefix counters: name, HELP, value.
 type Counter = (&'static str, &'static str, fn(&EndpointTotals) -> u64);
@@ -68,10 +68,12 @@ impl ClusterMetrics {
     }
 
     /// The text exposition: cluster series, then the process metrics.
+    /// `keys`: each existing key's usage per prefix, by key id.
     pub(crate) fn render(
         &self,
         totals: &Counters,
         endpoints: &BTreeMap<String, EndpointTotals>,
+        keys: &BTreeMap<String, Vec<PrefixUsage>>,
         nodes: &NodeCounts,
     ) -> String {
         let mut out = String::with_capacity(1024 + endpoints.len() * 4096);
@@ -109,6 +111,25 @@ impl ClusterMetrics {
             "Requests that matched no mapping, all nodes.",
         );
         sample(&mut out, name, "", num(totals, "unmatched"));
+        let name = "apiproxy_cluster_key_requests_total";
+        head(
+            &mut out,
+            name,
+            "counter",
+            "Requests made with the proxy key, by prefix and status class, all nodes.",
+        );
+        for (key_id, usage) in keys {
+            for u in usage {
+                for (class, n) in u.status.iter().filter(|(_, n)| **n > 0) {
+                    let label = format!(
+                        "key_id=\"{}\",prefix=\"{}\",status_class=\"{class}\"",
+                        escape(key_id),
+                        escape(&u.prefix)
+                    );
+                    sample(&mut out, name, &label, *n);
+                }
+            }
+        }
         let name = "apiproxy_cluster_nodes";
         head(
             &mut out,
@@ -156,9 +177,20 @@ mod tests {
             stale: 1,
             down: 0,
         };
+        let usage = PrefixUsage {
+            prefix: "/a\"b".into(),
+            requests: 3,
+            errors: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+            status: [("1xx", 0), ("2xx", 2), ("5xx", 1)]
+                .map(|(c, n)| (c.to_owned(), n))
+                .into(),
+        };
         let text = ClusterMetrics::new().render(
             &totals,
             &BTreeMap::from([("/a\"b".to_owned(), e)]),
+            &BTreeMap::from([("key_00000000000000aa".to_owned(), vec![usage])]),
             &nodes,
         );
         for line in [
@@ -168,6 +200,9 @@ mod tests {
             r#"apiproxy_cluster_request_duration_seconds_bucket{prefix="/a\"b",le="0.05"} 2"#,
             r#"apiproxy_cluster_request_duration_seconds_sum{prefix="/a\"b"} 0.08"#,
             "apiproxy_cluster_unmatched_requests_total 4",
+            "# TYPE apiproxy_cluster_key_requests_total counter",
+            r#"apiproxy_cluster_key_requests_total{key_id="key_00000000000000aa",prefix="/a\"b",status_class="2xx"} 2"#,
+            r#"apiproxy_cluster_key_requests_total{key_id="key_00000000000000aa",prefix="/a\"b",status_class="5xx"} 1"#,
             r#"apiproxy_cluster_nodes{state="stale"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
@@ -175,5 +210,6 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes"));
         assert!(!text.contains("apiproxy_requests_total"));
+        assert!(!text.contains("status_class=\"1xx\""), "no zero classes");
     }
 }

@@ -10,7 +10,9 @@ use utoipa::OpenApi;
 use crate::auth::SESSION_COOKIE;
 use crate::error::AppError;
 use crate::extract::{require_admin, Shared, MAPPING_PATH, POLICY_PATH};
-use crate::handlers::{audit, failures, health, keys, mappings, policies, session, stats};
+use crate::handlers::{
+    audit, failures, health, key_usage, keys, mappings, policies, session, stats,
+};
 
 pub(crate) fn router(state: Shared) -> Router {
     // What the Go version served to anyone: public unless
@@ -74,6 +76,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/audit", get(audit::audit))
         .route("/api/nodes", get(stats::nodes))
         .route("/api/requests/failed", get(failures::failed))
+        .route("/api/keys/{id}/usage", get(key_usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(admin)
@@ -105,6 +108,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         mappings::public_list, mappings::reload,
         audit::audit, session::login, session::logout, health::healthz, health::readyz, openapi,
         stats::push, stats::stats, stats::nodes, stats::metrics, failures::failed,
+        key_usage::usage,
         keys::list, keys::create, keys::get_one, keys::update, keys::delete,
         policies::list, policies::get_one, policies::put, policies::delete),
     modifiers(&SecuritySchemes, &FixedPrefixRoutes)

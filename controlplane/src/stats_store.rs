@@ -24,11 +24,18 @@
 //!   first, the newest 10,000 runs kept.
 //! - `{p}:stats:failed` list: the fleet's newest failed requests, newest
 //!   first, each a [`FailedRecord`] JSON; the newest 1,000 kept.
+//! - `{p}:stats:key:{id}` hash: one proxy key's usage, `{prefix}|requests`,
+//!   `{prefix}|errors`, `{prefix}|bytes_in`, `{prefix}|bytes_out`,
+//!   `{prefix}|1xx`…`{prefix}|5xx`; `{p}:keys:last-used` hash: id → the
+//!   newest `sent_at` of a batch that carried its usage; and the key's
+//!   `key:{id}:requests`, `key:{id}:errors` in the hour buckets. Written
+//!   only while `{p}:keys` holds the key.
 //! - `{p}:stats:go_import` string: the Go version's stats were imported.
 //! - `{p}:node:{node_id}` hash (1 h, refreshed by each batch) and the set
 //!   `{p}:nodes`.
 
 mod go_import;
+mod key_usage;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +46,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use key_usage::{PrefixUsage, UsagePoint};
 pub(crate) use writes::{parse_request_run, MAX_DELTA};
 
 /// Series buckets `/stats` returns: 24 h of minutes, 30 days of hours.
@@ -60,6 +68,16 @@ mod field {
 
     pub(super) fn series_bucket(i: usize) -> String {
         format!("b{i}")
+    }
+
+    /// A counter of a key's usage hash: `{prefix}|{counter}`.
+    pub(super) fn key_counter(prefix: &str, counter: &str) -> String {
+        format!("{prefix}|{counter}")
+    }
+
+    /// A key's requests or errors in an hour bucket.
+    pub(super) fn key_series(key_id: &str, counter: &str) -> String {
+        format!("key:{key_id}:{counter}")
     }
 }
 

@@ -721,6 +721,7 @@ async fn openapi_document_covers_every_route() {
         ("/stats", &["get"]),
         ("/api/nodes", &["get"]),
         ("/api/requests/failed", &["get"]),
+        ("/api/keys/{id}/usage", &["get"]),
         ("/metrics", &["get"]),
         ("/api/keys", &["get", "post"]),
         ("/api/keys/{id}", &["get", "patch", "delete"]),
@@ -756,11 +757,11 @@ async fn openapi_document_covers_every_route() {
             // A `{prefix}` route (`/api/mappings/` is the prefix `/`) may
             // answer 404 for a missing mapping (or policy), a `{id}` route
             // for a missing key; never as an unknown route.
-            let addresses_a_mapping = ["/api/mappings/", "/api/policies/", "/api/keys/"]
+            let addresses_a_record = ["/api/mappings/", "/api/policies/", "/api/keys/"]
                 .iter()
                 .any(|start| path.starts_with(start));
             assert!(
-                status != StatusCode::NOT_FOUND || addresses_a_mapping,
+                status != StatusCode::NOT_FOUND || addresses_a_record,
                 "{method} {path}: {status}"
             );
             assert_ne!(body["error"], "no such route", "{method} {path}");

@@ -7,8 +7,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use apiproxy_shared::access::{key_hash_hex, KeyRecord};
 use apiproxy_shared::stats::BUCKETS;
-use apiproxy_shared::{EndpointDelta, FailedRequest, Gauges, RedisKeys, StatsBatch};
+use apiproxy_shared::{EndpointDelta, FailedRequest, Gauges, KeyUsage, RedisKeys, StatsBatch};
 use axum::http::{header, StatusCode};
 use serde_json::{json, Value};
 use support::{Api, Client, NODE_TOKEN, TOKEN};
@@ -615,4 +616,304 @@ async fn the_fleet_keeps_its_newest_thousand_failed_requests() {
         .await
         .unwrap();
     assert_eq!(len, apiproxy_shared::FAILED_KEPT);
+}
+
+const KEY_A: &str = "key_00000000000000aa";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+const KEY_B: &str = "key_00000000000000bb";
+
+/// Makes `id` a key, as the key API stores one.
+async fn add_key(api: &Api, id: &str) {
+    let record = KeyRecord {
+        id: id.into(),
+        name: format!("bot-{id}"),
+        prefixes: None,
+        enabled: true,
+        expires_at: None,
+        created_at: 1_700_000_000,
+        sha256: key_hash_hex(id.as_bytes()),
+    };
+    let _: () = redis::cmd("HSET")
+        .arg(RedisKeys::default().keys)
+        .arg(id)
+        .arg(serde_json::to_string(&record).unwrap())
+        .query_async(&mut api.redis.conn().await)
+        .await
+        .unwrap();
+}
+
+/// `requests` requests of key `key_id` on `prefix`, `errors` of them 5xx,
+/// the rest 2xx; 100 bytes in and 1000 out each.
+fn key_usage(key_id: &str, prefix: &str, requests: u64, errors: u64) -> KeyUsage {
+    KeyUsage {
+        key_id: key_id.into(),
+        prefix: prefix.into(),
+        requests,
+        errors,
+        status: BTreeMap::from([
+            ("2xx".to_owned(), requests - errors),
+            ("5xx".to_owned(), errors),
+        ]),
+        bytes_in: requests * 100,
+        bytes_out: requests * 1000,
+    }
+}
+
+async fn key_hash(api: &Api, key: &str) -> BTreeMap<String, u64> {
+    redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut api.redis.conn().await)
+        .await
+        .unwrap()
+}
+
+/// A key's requests in the hour buckets from `since` (unix s) to now,
+/// and whether each bucket holding some expires.
+async fn key_series(api: &Api, since: u64, id: &str) -> (u64, bool) {
+    let mut conn = api.redis.conn().await;
+    let (mut requests, mut expires) = (0, true);
+    for hour in since / 3600..=unix_now() / 3600 {
+        let bucket = RedisKeys::default().stats_hour(hour * 3600);
+        let (n, ttl): (Option<u64>, i64) = redis::pipe()
+            .hget(&bucket, format!("key:{id}:requests"))
+            .ttl(&bucket)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(n) = n {
+            requests += n;
+            expires &= ttl > 0;
+        }
+    }
+    (requests, expires)
+}
+
+async fn usage(api: &Client, id: &str) -> (StatusCode, Value) {
+    api.admin("GET", &format!("/api/keys/{id}/usage"), None)
+        .await
+}
+
+#[tokio::test]
+async fn key_usage_is_applied_once_summed_across_nodes_and_only_for_keys() {
+    let api = Api::start();
+    add_key(&api, KEY_A).await;
+    let keys = RedisKeys::default();
+    let mut a = batch("dp-1", "a", 1, &[]);
+    a.sent_at = 1_700_000_500;
+    // KEY_B is no key (deleted since the node counted it): dropped.
+    a.keys = vec![
+        key_usage(KEY_A, "/openai", 3, 1),
+        key_usage(KEY_B, "/openai", 7, 0),
+    ];
+    let first_push = unix_now();
+    assert_eq!(push(&api, &a).await, StatusCode::NO_CONTENT);
+    // A batch of key usage alone made the hour bucket: it expires.
+    let (requests, expires) = key_series(&api, first_push, KEY_A).await;
+    assert_eq!((requests, expires), (3, true));
+    // A resend (same seq, later sent_at): not applied again.
+    a.sent_at += 10;
+    assert_eq!(push(&api, &a).await, StatusCode::NO_CONTENT);
+    let mut b = batch("dp-2", "b", 1, &[("/openai", delta(3, 1, 0))]);
+    b.sent_at = 1_700_000_100; // an older clock: the last use stays
+
+    b.keys = vec![
+        key_usage(KEY_A, "/openai", 2, 0),
+        key_usage(KEY_A, "/other", 1, 0),
+    ];
+    assert_eq!(push(&api, &b).await, StatusCode::NO_CONTENT);
+
+    let expected: BTreeMap<String, u64> = [
+        ("/openai|requests", 5),
+        ("/openai|errors", 1),
+        ("/openai|bytes_in", 500),
+        ("/openai|bytes_out", 5000),
+        ("/openai|2xx", 4),
+        ("/openai|5xx", 1),
+        ("/other|requests", 1),
+        ("/other|bytes_in", 100),
+        ("/other|bytes_out", 1000),
+        ("/other|2xx", 1),
+    ]
+    .map(|(f, n)| (f.to_owned(), n))
+    .into();
+    assert_eq!(key_hash(&api, &keys.stats_key(KEY_A)).await, expected);
+    assert_eq!(
+        key_hash(&api, &keys.keys_last_used).await,
+        BTreeMap::from([(KEY_A.to_owned(), 1_700_000_500)]),
+        "the newest sent_at of the first send, and nothing for KEY_B"
+    );
+    assert!(key_hash(&api, &keys.stats_key(KEY_B)).await.is_empty());
+    // The endpoints count as before.
+    assert_eq!(stats(&api, "").await["total"], 3);
+
+    // In the hour buckets (two, should an hour end between the pushes).
+    assert_eq!(key_series(&api, first_push, KEY_A).await.0, 6);
+}
+
+#[tokio::test]
+async fn key_usage_is_served_per_prefix_with_a_day_of_hours() {
+    let api = Api::start();
+    add_key(&api, KEY_A).await;
+    add_key(&api, KEY_B).await;
+    // KEY_B exists but was never used: zeros.
+    let (s, v) = usage(&api, KEY_B).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["prefixes"], json!([]));
+    assert_eq!(sum(&v["series"], "requests"), 0);
+
+    let mut a = batch("dp-1", "a", 1, &[]);
+    a.keys = vec![
+        key_usage(KEY_A, "/openai", 4, 1),
+        key_usage(KEY_A, "/anthropic", 2, 0),
+    ];
+    let before = unix_now();
+    assert_eq!(push(&api, &a).await, StatusCode::NO_CONTENT);
+    let (s, v) = usage(&api, KEY_A).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let after = unix_now();
+    assert_eq!(v["success"], true);
+    assert_eq!(v["key_id"], KEY_A);
+    assert_eq!(
+        v["prefixes"],
+        json!([
+            {"prefix": "/anthropic", "requests": 2, "errors": 0, "bytes_in": 200, "bytes_out": 2000,
+             "status": {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 0}},
+            {"prefix": "/openai", "requests": 4, "errors": 1, "bytes_in": 400, "bytes_out": 4000,
+             "status": {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 0, "5xx": 1}},
+        ])
+    );
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 24);
+    let starts: Vec<u64> = series.iter().map(|p| p["t"].as_u64().unwrap()).collect();
+    let newest = *starts.last().unwrap();
+    assert!(
+        (before / 3600 * 3600..=after / 3600 * 3600).contains(&newest),
+        "the newest point is the current hour"
+    );
+    for (i, t) in starts.iter().enumerate() {
+        assert_eq!(*t, newest - (23 - i as u64) * 3600, "hourly, oldest first");
+    }
+    assert_eq!(
+        (sum(&v["series"], "requests"), sum(&v["series"], "errors")),
+        (6, 1)
+    );
+    // All in one hour (the hour the batch was applied), zeros elsewhere.
+    let used: Vec<&Value> = series.iter().filter(|p| p["requests"] != 0).collect();
+    assert_eq!(used.len(), 1);
+    assert!(series.iter().all(|p| p["errors"].is_u64()));
+
+    // Not a key: 404, in the API's error shape; and admin auth is needed.
+    for id in [
+        KEY_A.replace("aa", "cc"),
+        "nope".into(),
+        KEY_A.to_uppercase(),
+    ] {
+        let (s, v) = usage(&api, &id).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{id}");
+        assert_eq!(v["success"], false);
+    }
+    let (s, _, _) = api
+        .call("GET", &format!("/api/keys/{KEY_A}/usage"), None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Deleted: its usage is no longer served.
+    let _: () = redis::cmd("HDEL")
+        .arg(RedisKeys::default().keys)
+        .arg(KEY_A)
+        .query_async(&mut api.redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(usage(&api, KEY_A).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_export_each_keys_requests() {
+    let api = Api::start();
+    add_key(&api, KEY_A).await;
+    add_key(&api, KEY_B).await;
+    let mut a = batch("dp-1", "a", 1, &[]);
+    a.keys = vec![
+        key_usage(KEY_A, "/openai", 4, 1),
+        key_usage(KEY_B, "/openai", 2, 0),
+    ];
+    let mut b = batch("dp-2", "b", 1, &[]);
+    b.keys = vec![key_usage(KEY_A, "/openai", 1, 0)];
+    assert_eq!(push(&api, &a).await, StatusCode::NO_CONTENT);
+    assert_eq!(push(&api, &b).await, StatusCode::NO_CONTENT);
+    let metrics = || async {
+        let (s, text, _) = api.call("GET", "/metrics", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        text.as_str().unwrap().to_owned()
+    };
+    let text = metrics().await;
+    for line in [
+        "# TYPE apiproxy_cluster_key_requests_total counter",
+        &format!(
+            r#"apiproxy_cluster_key_requests_total{{key_id="{KEY_A}",prefix="/openai",status_class="2xx"}} 4"#
+        ),
+        &format!(
+            r#"apiproxy_cluster_key_requests_total{{key_id="{KEY_A}",prefix="/openai",status_class="5xx"}} 1"#
+        ),
+        &format!(
+            r#"apiproxy_cluster_key_requests_total{{key_id="{KEY_B}",prefix="/openai",status_class="2xx"}} 2"#
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    // A deleted key's counters (should they outlive it) are not exported.
+    let _: () = redis::cmd("HDEL")
+        .arg(RedisKeys::default().keys)
+        .arg(KEY_B)
+        .query_async(&mut api.redis.conn().await)
+        .await
+        .unwrap();
+    let text = metrics().await;
+    assert!(!text.contains(KEY_B), "{text}");
+    assert!(text.contains(KEY_A));
+}
+
+#[tokio::test]
+async fn key_usage_in_a_push_is_checked() {
+    let api = Api::start();
+    add_key(&api, KEY_A).await;
+    let mut cases: Vec<(KeyUsage, &str)> = Vec::new();
+    cases.push((key_usage("key_XYZ", "/a", 1, 0), "key_id"));
+    cases.push((key_usage(KEY_A, "a", 1, 0), "prefix"));
+    let mut wrong_sum = key_usage(KEY_A, "/a", 2, 0);
+    wrong_sum.requests = 3;
+    cases.push((wrong_sum, "add up"));
+    let mut wrong_errors = key_usage(KEY_A, "/a", 2, 0);
+    wrong_errors.errors = 3;
+    cases.push((wrong_errors, "errors"));
+    let mut odd_class = key_usage(KEY_A, "/a", 1, 0);
+    odd_class.status = BTreeMap::from([("6xx".to_owned(), 1)]);
+    cases.push((odd_class, "status class"));
+    let mut huge = key_usage(KEY_A, "/a", 1, 0);
+    huge.bytes_out = (1 << 50) + 1;
+    cases.push((huge, "/a|bytes_out"));
+    for (seq, (usage, says)) in (1..).zip(cases) {
+        let mut b = batch("dp-1", "b", seq, &[("/a", delta(1, 0, 0))]);
+        b.keys = vec![key_usage(KEY_A, "/a", 1, 0), usage];
+        let (s, reply) = push_raw(&api, serde_json::to_string(&b).unwrap()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{says}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(says), "{says}: {error}");
+    }
+    let mut v = serde_json::to_value(batch("dp-1", "b", 1, &[])).unwrap();
+    v["keys"] = json!([{"key_id": KEY_A, "prefix": "/a", "requests": 1}]);
+    let (s, reply) = push_raw(&api, v.to_string()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(reply["error"].as_str().unwrap().contains("keys"), "{reply}");
+    // Nothing of the refused batches was applied.
+    assert_eq!(stats(&api, "").await["total"], 0);
+    assert!(key_hash(&api, &RedisKeys::default().stats_key(KEY_A))
+        .await
+        .is_empty());
 }

@@ -168,15 +168,14 @@ impl StatsPusher {
         pending.batch.sent_at = unix_now();
         pending.batch.gauges = self.gauges();
         let mut sent = self.send(&pending.batch).await;
-        if matches!(sent, Sent::Rejected(..)) && !pending.batch.failed.is_empty() {
-            // A control plane older than the batch's `failed` field refuses
-            // the whole batch for it (400): the counts go again without the
-            // failures rather than be lost with them.
+        if matches!(sent, Sent::Rejected(..)) && without_newer_fields(&mut pending.batch) {
+            // A control plane older than the batch's `failed` or `keys`
+            // field refuses the whole batch for it (400): the counts go
+            // again without them rather than be lost with them.
             warn!(
                 seq = pending.batch.seq,
-                "control plane rejected a stats batch with failed requests; resending it without them (upgrade the control plane)"
+                "control plane rejected a stats batch with failed requests or key usage; resending it without them (upgrade the control plane)"
             );
-            pending.batch.failed.clear();
             sent = self.send(&pending.batch).await;
         }
         match sent {
@@ -317,6 +316,15 @@ impl StatsPusher {
     }
 }
 
+/// Clears the fields an older control plane refuses (`failed`, `keys`);
+/// whether the batch held any.
+fn without_newer_fields(batch: &mut StatsBatch) -> bool {
+    let had = !batch.failed.is_empty() || !batch.keys.is_empty();
+    batch.failed.clear();
+    batch.keys.clear();
+    had
+}
+
 /// Most endpoints one batch carries (about 250 KiB of JSON): the control
 /// plane refuses bodies over 1 MiB. Endpoints left out keep their baseline
 /// and go in the next batch.
@@ -441,6 +449,40 @@ mod tests {
     #[test]
     fn rss_is_read() {
         assert!(rss_bytes().unwrap() > 1024 * 1024);
+    }
+
+    #[test]
+    fn the_fallback_for_an_older_control_plane_sends_neither_failed_nor_keys() {
+        let mut batch = StatsBatch {
+            node_id: "dp-1".into(),
+            boot_id: "b".into(),
+            seq: 1,
+            sent_at: 0,
+            interval_s: 2.0,
+            config_version: 0,
+            config_hash: "h".into(),
+            gauges: Gauges::default(),
+            unmatched: 0,
+            endpoints: BTreeMap::from([("/a".into(), endpoint_delta(&Totals::default(), 0))]),
+            failed: vec![apiproxy_shared::FailedRequest {
+                time: 1,
+                request_id: "r-1".into(),
+                prefix: "/a".into(),
+                status: 502,
+                error_type: None,
+                duration_ms: 3,
+            }],
+            keys: vec![apiproxy_shared::KeyUsage {
+                key_id: "key_0123456789abcdef".into(),
+                prefix: "/a".into(),
+                ..Default::default()
+            }],
+        };
+        assert!(without_newer_fields(&mut batch));
+        let json = serde_json::to_value(&batch).unwrap();
+        assert!(json.get("keys").is_none() && json.get("failed").is_none());
+        assert!(json["endpoints"].get("/a").is_some(), "the counts stay");
+        assert!(!without_newer_fields(&mut batch), "nothing left to drop");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub(crate) mod audit;
 pub(crate) mod failures;
 pub(crate) mod health;
+pub(crate) mod key_usage;
 pub(crate) mod keys;
 pub(crate) mod mappings;
 pub(crate) mod policies;

@@ -103,11 +103,14 @@ pub(crate) async fn nodes(State(state): State<Shared>) -> Result<Json<NodeList>,
     responses((status = 200, body = String, content_type = "text/plain", description = "Prometheus text: cluster totals (apiproxy_cluster_*) and this process"),
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn metrics(State(state): State<Shared>) -> Result<Response, AppError> {
-    let ((totals, endpoints), nodes) =
-        tokio::try_join!(state.stats.endpoints(), nodes_now(&state))?;
+    let ((totals, endpoints), keys, nodes) = tokio::try_join!(
+        state.stats.endpoints(),
+        state.stats.all_key_usage(),
+        nodes_now(&state)
+    )?;
     let text = state
         .metrics
-        .render(&totals, &endpoints, &node_counts(&nodes));
+        .render(&totals, &endpoints, &keys, &node_counts(&nodes));
     Ok((
         [(
             header::CONTENT_TYPE,

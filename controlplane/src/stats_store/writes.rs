@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apiproxy_shared::redis_keys::REQUEST_RUNS;
-use apiproxy_shared::{EndpointDelta, RedisKeys, StatsBatch, FAILED_KEPT};
+use apiproxy_shared::{EndpointDelta, KeyUsage, RedisKeys, StatsBatch, FAILED_KEPT};
 
 use super::{field, FailedRecord};
 
@@ -31,6 +31,9 @@ macro_rules! run_op {
 local function run(op, key, a, b)
   if op == 'incr' then redis.call('HINCRBY', key, a, b)
   elseif op == 'set' then redis.call('HSET', key, a, b)
+  elseif op == 'max' then
+    local old = tonumber(redis.call('HGET', key, a))
+    if not old or old < tonumber(b) then redis.call('HSET', key, a, b) end
   elseif op == 'add' then redis.call('SADD', key, a)
   elseif op == 'expire' then redis.call('EXPIRE', key, a)
   elseif op == 'push' then redis.call('RPUSH', key, a)
@@ -46,7 +49,9 @@ pub(super) use run_op;
 // KEYS[1]: the seq key; KEYS[2]: the node hash; then the keys the writes
 // name by index. ARGV[1]: seq; ARGV[2]: seq TTL (s); ARGV[3]: boot_id;
 // then the writes, four arguments each: op, key index, field or member
-// (or TTL for `expire`), value. [`plan`] builds both lists.
+// (or TTL for `expire`), value. [`plan`] builds both lists. The op
+// `only_if` (field, n) is the script's own: the next n writes are skipped
+// unless the hash holds the field (see [`Writes::only_if`]).
 //
 // Sequence numbers are compared as decimal strings (length, then bytes)
 // because Lua numbers are doubles and a u64 seq may not fit one.
@@ -63,9 +68,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if redis.call('HGET', KEYS[2], 'boot_id') ~= ARGV[3] then
   redis.call('HDEL', KEYS[2], 'requests_total')
 end
-for i = 4, #ARGV, 4 do
-  local err = run(ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
-  if err then return err end
+local i = 4
+while i <= #ARGV do
+  local op, key, a, b = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if op == 'only_if' then
+    if redis.call('HEXISTS', key, a) == 0 then i = i + 4 * tonumber(b) end
+  else
+    local err = run(op, key, a, b)
+    if err then return err end
+  end
 end
 return 'applied'"
 );
@@ -103,6 +115,26 @@ impl Writes {
 
     pub(super) fn set(&mut self, key: usize, field: &str, value: impl ToString) {
         self.op("set", key, field, value.to_string());
+    }
+
+    /// HSET unless the field already holds a larger number.
+    fn max(&mut self, key: usize, field: &str, value: u64) {
+        self.op("max", key, field, value.to_string());
+    }
+
+    /// The writes `writes` adds take effect only if hash `key` holds
+    /// `field` when the script reaches them (checked there, atomically
+    /// with them); nothing is added when they are none.
+    fn only_if(&mut self, key: usize, field: &str, writes: impl FnOnce(&mut Writes)) {
+        let at = self.args.len();
+        self.op("only_if", key, field, String::new());
+        writes(self);
+        let guarded = (self.args.len() - at) / 4 - 1;
+        if guarded == 0 {
+            self.args.truncate(at);
+        } else {
+            self.args[at + 3] = guarded.to_string();
+        }
     }
 
     pub(super) fn add(&mut self, key: usize, member: &str) {
@@ -167,6 +199,29 @@ fn endpoint_counters(e: &EndpointDelta) -> Vec<(String, u64)> {
     out.extend(buckets(&e.latency_buckets, field::latency));
     out.extend(buckets(&e.ttfb_buckets, field::ttfb));
     out
+}
+
+/// Counters of a key's usage hash that one [`KeyUsage`] adds to.
+fn key_counters(k: &KeyUsage) -> Vec<(String, u64)> {
+    [
+        ("requests", k.requests),
+        ("errors", k.errors),
+        ("bytes_in", k.bytes_in),
+        ("bytes_out", k.bytes_out),
+    ]
+    .into_iter()
+    .chain(k.status.iter().map(|(class, n)| (class.as_str(), *n)))
+    .map(|(counter, n)| (field::key_counter(&k.prefix, counter), n))
+    .collect()
+}
+
+/// What one batch adds for one key: its usage hash's counters, and its
+/// requests and errors for the series.
+#[derive(Default)]
+struct KeySums {
+    counters: BTreeMap<String, u64>,
+    requests: u64,
+    errors: u64,
 }
 
 /// Counters of a series bucket (minute or hour) that a delta adds to.
@@ -251,6 +306,7 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
         w.incr(minute, f, *n);
         w.incr(hour, f, *n);
     }
+    key_usage(&mut w, keys, batch, hour);
     w.expire(minute, MINUTE_TTL);
     w.expire(hour, HOUR_TTL);
     if requests > 0 {
@@ -287,6 +343,37 @@ pub(super) fn plan(keys: &RedisKeys, batch: &StatsBatch, now_ms: u64) -> Writes 
         w.keep_front(failed, FAILED_KEPT);
     }
     w
+}
+
+/// The writes of the batch's key usage: per key, its counters, its last
+/// use (`sent_at`) and its requests and errors in the hour bucket, all
+/// dropped when the key is not in `{p}:keys` (deleted since the node
+/// counted them). Must come before the hour bucket's EXPIRE: a bucket
+/// these writes create would otherwise never expire.
+fn key_usage(w: &mut Writes, keys: &RedisKeys, batch: &StatsBatch, hour: usize) {
+    if batch.keys.is_empty() {
+        return;
+    }
+    let mut per_key: BTreeMap<&str, KeySums> = BTreeMap::new();
+    for k in &batch.keys {
+        let sums = per_key.entry(&k.key_id).or_default();
+        accumulate(&mut sums.counters, &key_counters(k));
+        sums.requests = sums.requests.saturating_add(k.requests);
+        sums.errors = sums.errors.saturating_add(k.errors);
+    }
+    let records = w.key(keys.keys.clone());
+    let last_used = w.key(keys.keys_last_used.clone());
+    for (id, sums) in per_key {
+        let usage = w.key(keys.stats_key(id));
+        w.only_if(records, id, |w| {
+            for (f, n) in &sums.counters {
+                w.incr(usage, f, *n);
+            }
+            w.max(last_used, id, batch.sent_at);
+            w.incr(hour, &field::key_series(id, "requests"), sums.requests);
+            w.incr(hour, &field::key_series(id, "errors"), sums.errors);
+        });
+    }
 }
 
 #[cfg(test)]
@@ -462,6 +549,84 @@ mod tests {
         let w = plan(&RedisKeys::new("p"), &batch(), 1_000);
         assert!(!w.keys.iter().any(|k| k == "p:stats:failed"));
         assert!(!ops(&w).iter().any(|o| o.0.ends_with("_front")));
+    }
+
+    fn usage(key_id: &str, prefix: &str, requests: u64, errors: u64) -> KeyUsage {
+        KeyUsage {
+            key_id: key_id.into(),
+            prefix: prefix.into(),
+            requests,
+            errors,
+            status: BTreeMap::from([
+                ("2xx".to_owned(), requests - errors),
+                ("5xx".to_owned(), errors),
+            ]),
+            bytes_in: 10,
+            bytes_out: 20,
+        }
+    }
+
+    #[test]
+    fn key_usage_is_written_only_while_the_key_exists() {
+        let a = "key_00000000000000aa";
+        let b = "key_00000000000000bb";
+        let mut batch = batch();
+        batch.sent_at = 1_700_000_000;
+        batch.keys = vec![
+            usage(a, "/a", 3, 1),
+            usage(a, "/b", 2, 0),
+            usage(b, "/a", 1, 0),
+            usage(a, "/a", 1, 0),
+        ];
+        let w = plan(&RedisKeys::new("p"), &batch, 1_700_000_123_456);
+        let ops = ops(&w);
+        let hour = "p:stats:hour:1699999200";
+        let key_a = "p:stats:key:key_00000000000000aa";
+        let guarded: Vec<_> = ops
+            .iter()
+            .skip_while(|o| o.0 != "only_if" || o.2 != a)
+            .map(|o| (o.0.as_str(), o.1.as_str(), o.2.as_str(), o.3.as_str()))
+            .collect();
+        let expected = [
+            ("only_if", "p:keys", a, "13"),
+            // The same key and prefix twice in a batch: added up.
+            ("incr", key_a, "/a|2xx", "3"),
+            ("incr", key_a, "/a|5xx", "1"),
+            ("incr", key_a, "/a|bytes_in", "20"),
+            ("incr", key_a, "/a|bytes_out", "40"),
+            ("incr", key_a, "/a|errors", "1"),
+            ("incr", key_a, "/a|requests", "4"),
+            ("incr", key_a, "/b|2xx", "2"),
+            ("incr", key_a, "/b|bytes_in", "10"),
+            ("incr", key_a, "/b|bytes_out", "20"),
+            ("incr", key_a, "/b|requests", "2"),
+            ("max", "p:keys:last-used", a, "1700000000"),
+            ("incr", hour, "key:key_00000000000000aa:requests", "6"),
+            ("incr", hour, "key:key_00000000000000aa:errors", "1"),
+            ("only_if", "p:keys", b, "6"),
+        ];
+        assert_eq!(guarded[..expected.len()], expected);
+        // Every guarded write comes before the buckets' EXPIRE.
+        let expire = ops.iter().position(|o| o.0 == "expire" && o.1 == hour);
+        let last_key_write = ops.iter().rposition(|o| o.2.starts_with("key:"));
+        assert!(last_key_write < expire);
+        assert!(w.too_large.is_none());
+    }
+
+    #[test]
+    fn a_batch_without_key_usage_names_no_key() {
+        let w = plan(&RedisKeys::new("p"), &batch(), 1_000);
+        assert!(!w.keys.iter().any(|k| k.starts_with("p:keys")));
+        assert!(!ops(&w).iter().any(|o| o.0 == "only_if" || o.0 == "max"));
+    }
+
+    #[test]
+    fn a_guard_over_nothing_is_left_out() {
+        let mut w = Writes::default();
+        w.only_if(1, "f", |w| w.incr(2, "zero", 0));
+        assert!(w.args.is_empty());
+        w.only_if(1, "f", |w| w.incr(2, "one", 1));
+        assert_eq!(w.args[..4], ["only_if", "1", "f", "1"]);
     }
 
     #[test]
