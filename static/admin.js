@@ -266,12 +266,15 @@ async function saveForm(ev) {
   clearFormErrors();
   const prefix = document.getElementById("prefix").value.trim();
   const target = document.getElementById("target").value.trim();
-  let saved;
+  // An edit that only changes the policy leaves the mapping as it is.
+  let saved = model.editing;
   try {
-    const reply = await guarded(() => (model.editing
-      ? api("PUT", `/api/mappings/${encodePrefix(model.editing)}`, { target })
-      : api("POST", "/api/mappings", { prefix, target })));
-    saved = reply.mapping.prefix;
+    if (!model.editing || model.mappings[model.editing] !== target) {
+      const reply = await guarded(() => (model.editing
+        ? api("PUT", `/api/mappings/${encodePrefix(model.editing)}`, { target })
+        : api("POST", "/api/mappings", { prefix, target })));
+      saved = reply.mapping.prefix;
+    }
   } catch (e) {
     // The dialog stays open with the input as typed.
     showFormError(e.message);

@@ -195,8 +195,9 @@ impl Browser {
         .await;
     }
 
-    /// Lets the page read the clipboard (WebDriver "Set Permission"), so
-    /// that a test can check what a Copy button put there.
+    /// Lets the page open now read the clipboard (WebDriver "Set
+    /// Permission", for its origin: call it after `goto`), so that a test
+    /// can check what a Copy button put there.
     pub async fn allow_clipboard_read(&self) {
         self.client
             .issue_cmd(SetPermission {

@@ -71,6 +71,16 @@ fn key_row(id: &str) -> String {
     )
 }
 
+/// Whether the element `id` is rendered (not hidden, nor inside hidden).
+async fn shown(b: &Browser, id: &str) -> bool {
+    b.js(&format!(
+        "return document.getElementById('{id}').checkVisibility()"
+    ))
+    .await
+    .as_bool()
+    .unwrap()
+}
+
 /// The focused element: its id, else its aria-label, else its label's
 /// text.
 const FOCUSED: &str = "const e = document.activeElement; \
@@ -87,20 +97,16 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
     }
 
     let b = Browser::start().await;
-    b.allow_clipboard_read().await;
     // Without a session the page says where to sign in.
     b.goto(&format!("{base}/keys")).await;
+    b.allow_clipboard_read().await;
     b.wait_until(
         "the sign-in invitation",
-        "return !document.getElementById('signin-view').hidden",
+        "return document.getElementById('signin-view').checkVisibility()",
     )
     .await;
     assert_eq!(b.text("#status").await, "", "not an error");
-    assert!(b
-        .js("return document.getElementById('app-view').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    assert!(!shown(&b, "app-view").await);
     b.sign_in(&base).await;
     b.click("nav a[href='/keys']").await;
     b.wait_until(
@@ -147,7 +153,7 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
     b.click("#key-form button[type=submit]").await;
     b.wait_until(
         "the secret shown",
-        "return !document.getElementById('secret-view').hidden",
+        "return document.getElementById('secret-view').checkVisibility()",
     )
     .await;
     let secret = b
@@ -212,11 +218,7 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
 
     // "I have copied it" forgets the secret, as does a reload.
     b.click("#secret-done").await;
-    assert!(b
-        .js("return document.getElementById('secret-view').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    assert!(!shown(&b, "secret-view").await);
     assert_eq!(b.js(FOCUSED).await, json!("key-name"));
     let holds_secret =
         format!("return document.documentElement.outerHTML.includes('{secret}') || document.getElementById('new-secret').value !== ''");
@@ -419,11 +421,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     b.sign_in(&base).await;
     b.wait_until("row /openai", &rows_are("/openai")).await;
     assert_eq!(b.js(&badges_are("/openai", "")).await, json!(true), "open");
-    assert!(b
-        .js("return document.getElementById('policy-warning').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    assert!(!shown(&b, "policy-warning").await);
 
     // Key required, with the OpenAI preset and the real key.
     edit(&b, "/openai").await;
@@ -432,11 +430,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
         .await
         .as_bool()
         .unwrap());
-    assert!(b
-        .js("return document.getElementById('cred-secret-fields').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    assert!(!shown(&b, "cred-secret-fields").await);
     b.click("#access-key").await;
     b.find("#cred-preset")
         .await
@@ -445,9 +439,9 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
         .unwrap();
     assert_eq!(
         b.js("const h = document.getElementById('cred-header'), v = document.getElementById('cred-template'); \
-              return [h.value, v.value, h.readOnly, document.getElementById('cred-query-fields').hidden]")
+              return [h.value, v.value, h.readOnly, document.getElementById('cred-query-fields').checkVisibility()]")
             .await,
-        json!(["Authorization", "Bearer {secret}", true, true])
+        json!(["Authorization", "Bearer {secret}", true, false])
     );
     assert_eq!(
         b.js("return document.getElementById('cred-secret').type")
@@ -472,7 +466,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     // The first policy brings the warning about Go-version nodes.
     b.wait_until(
         "the first-policy warning",
-        "return !document.getElementById('policy-warning').hidden",
+        "return document.getElementById('policy-warning').checkVisibility()",
     )
     .await;
     let warning = b.text("#policy-warning p").await;
@@ -528,11 +522,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     save(&b).await;
     assert_eq!(audit_count(&cp, "policy_set").await, 1);
     // The warning stays through other actions, until closed.
-    assert!(!b
-        .js("return document.getElementById('policy-warning').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    assert!(shown(&b, "policy-warning").await);
 
     // Another preset with the secret left empty keeps the stored secret.
     edit(&b, "/openai").await;
@@ -563,16 +553,12 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /openai.", "polite"]));
 
-    b.click("#policy-warning-close").await;
-    assert!(b
-        .js("return document.getElementById('policy-warning').hidden")
-        .await
-        .as_bool()
-        .unwrap());
     assert_eq!(
         b.accessible_name("#policy-warning-close").await,
         "Close this warning"
     );
+    b.click("#policy-warning-close").await;
+    assert!(!shown(&b, "policy-warning").await);
 
     // 简体中文.
     b.click("#lang-switch").await;
@@ -584,9 +570,9 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
         .await
         .unwrap();
     assert_eq!(
-        b.js("return [document.getElementById('cred-query').value, document.getElementById('cred-header-fields').hidden]")
+        b.js("return [document.getElementById('cred-query').value, document.getElementById('cred-header-fields').checkVisibility()]")
             .await,
-        json!(["key", true])
+        json!(["key", false])
     );
     assert_eq!(
         b.text("#cred-secret-hint").await,
@@ -659,10 +645,6 @@ async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["policy"]["access"], "key");
     assert_eq!(r.json()["policy"]["upstream_credential"], Value::Null);
-    assert!(!b
-        .js("return document.getElementById('policy-warning').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    assert!(shown(&b, "policy-warning").await);
     assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /gemini.", "polite"]));
 }
