@@ -195,6 +195,15 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
         "the clipboard holds the secret"
     );
     b.screenshot("keys-created").await;
+    // Phone width: nothing overflows the viewport sideways.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.wait_until(
+        "fits a phone",
+        "return document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    b.screenshot("keys-phone").await;
+    b.client.set_window_size(1280, 1000).await.unwrap();
 
     // Listed, as the API has it; the API never shows the secret again.
     let r = cp.admin("GET", "/api/keys", None).await;
