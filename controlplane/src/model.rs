@@ -297,18 +297,19 @@ pub(crate) struct NewKey {
     pub(crate) expires_at: Option<u64>,
 }
 
-/// `PATCH /api/keys/{id}`: only the fields present change.
+/// `PATCH /api/keys/{id}`: only the fields present change (`name` and
+/// `enabled` may not be null).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyPatch {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     pub(crate) name: Option<String>,
     /// null: all prefixes.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>)]
     pub(crate) prefixes: Option<Option<Vec<String>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     pub(crate) enabled: Option<bool>,
     /// Unix seconds, in the future; null: never expires.
@@ -317,8 +318,9 @@ pub(crate) struct KeyPatch {
     pub(crate) expires_at: Option<Option<u64>>,
 }
 
-/// A field that is present, null or not: `Some(None)` for null (the
-/// default, `None`, stands for absent).
+/// A field that is present: `Some` of its value, `Some(None)` for null
+/// where `T` is an `Option` (else null is refused); the default, `None`,
+/// stands for absent.
 fn present<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
 where
     T: Deserialize<'de>,
