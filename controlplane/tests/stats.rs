@@ -648,6 +648,16 @@ async fn add_key(api: &Api, id: &str) {
         .unwrap();
 }
 
+/// Deletes key `id`, as far as `{p}:keys` goes.
+async fn remove_key(api: &Api, id: &str) {
+    let _: () = redis::cmd("HDEL")
+        .arg(RedisKeys::default().keys)
+        .arg(id)
+        .query_async(&mut api.redis.conn().await)
+        .await
+        .unwrap();
+}
+
 /// `requests` requests of key `key_id` on `prefix`, `errors` of them 5xx,
 /// the rest 2xx; 100 bytes in and 1000 out each.
 fn key_usage(key_id: &str, prefix: &str, requests: u64, errors: u64) -> KeyUsage {
@@ -824,12 +834,7 @@ async fn key_usage_is_served_per_prefix_with_a_day_of_hours() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // Deleted: its usage is no longer served.
-    let _: () = redis::cmd("HDEL")
-        .arg(RedisKeys::default().keys)
-        .arg(KEY_A)
-        .query_async(&mut api.redis.conn().await)
-        .await
-        .unwrap();
+    remove_key(&api, KEY_A).await;
     assert_eq!(usage(&api, KEY_A).await.0, StatusCode::NOT_FOUND);
 }
 
@@ -868,12 +873,7 @@ async fn metrics_export_each_keys_requests() {
         assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
     }
     // A deleted key's counters (should they outlive it) are not exported.
-    let _: () = redis::cmd("HDEL")
-        .arg(RedisKeys::default().keys)
-        .arg(KEY_B)
-        .query_async(&mut api.redis.conn().await)
-        .await
-        .unwrap();
+    remove_key(&api, KEY_B).await;
     let text = metrics().await;
     assert!(!text.contains(KEY_B), "{text}");
     assert!(text.contains(KEY_A));

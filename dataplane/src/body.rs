@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 pub(crate) use crate::body_state::{BodyFailure, FailureSlot};
 use crate::error_kind::UpstreamErrorKind;
+use crate::gate::usage::UsageCell;
 use crate::http1::{self, Upgraded};
 use crate::pool::{UpstreamBody, UpstreamBodyError};
 use crate::record::{Outcome, RequestRecord};
@@ -154,6 +155,8 @@ pub(crate) struct RequestBody {
     received: u64,
     /// Counts the bytes taken; `None` when there is no body to take.
     stats: Option<Arc<PrefixStats>>,
+    /// The proxy key's usage, on a keyed mapping.
+    key: Option<Arc<UsageCell>>,
     failure: Option<FailureSlot>,
 }
 
@@ -165,6 +168,7 @@ impl RequestBody {
         idle: Duration,
         limit: Option<u64>,
         stats: &Arc<PrefixStats>,
+        key: Option<&Arc<UsageCell>>,
     ) -> (Self, Option<FailureSlot>) {
         // A request without a body (most GETs) takes no reference: every
         // clone of a shared Arc is a write other workers contend on.
@@ -177,6 +181,7 @@ impl RequestBody {
             limit,
             received: 0,
             stats,
+            key: key.filter(|_| has_body).cloned(),
             failure: failure.clone(),
         };
         (body, failure)
@@ -199,6 +204,9 @@ impl Body for RequestBody {
                 this.received += n;
                 if let Some(stats) = &this.stats {
                     stats.bytes_in(n);
+                }
+                if let Some(key) = &this.key {
+                    key.bytes_in(n);
                 }
                 if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
                     polled = Poll::Ready(Some(Err(BodyError::TooLarge(limit))));

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use apiproxy_startup::cli::LogFormat;
@@ -12,6 +13,7 @@ use apiproxy_startup::cli::{parse_args_and_matches, parse_duration};
 pub use apiproxy_startup::cli::{ConfigError, EXIT_CONFIG};
 use clap::Parser;
 
+use apiproxy_shared::access::SecretsKey;
 use apiproxy_shared::stats::MAX_ID_LEN;
 
 use crate::access_log;
@@ -209,6 +211,10 @@ pub struct Config {
     /// Where and how stats batches go; `None`: no push.
     pub(crate) stats_push: Option<StatsPush>,
     pub(crate) access_log: access_log::Settings,
+    /// `API_PROXY_SECRETS_KEY` (environment only): opens the upstream
+    /// credentials of keyed mappings. Without it, those mappings answer
+    /// 503 (they fail closed).
+    pub(crate) secrets_key: Option<Arc<SecretsKey>>,
     /// Said once at start, when logging is up: an older variable name
     /// read or overridden.
     pub notices: Vec<String>,
@@ -395,6 +401,12 @@ impl Config {
                 return invalid(format!("{name}: must be greater than zero"));
             }
         }
+        let secrets_key = match env.get("API_PROXY_SECRETS_KEY").map(|k| k.trim()) {
+            None | Some("") => None,
+            Some(k) => Some(Arc::new(
+                SecretsKey::from_base64(k).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            )),
+        };
         let workers = match args.workers {
             Some(n) => usize::from(n),
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -424,6 +436,7 @@ impl Config {
                 sample: args.access_log_sample,
                 node_id,
             },
+            secrets_key,
             notices: Vec::new(),
         })
     }

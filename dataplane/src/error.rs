@@ -52,6 +52,16 @@ pub(crate) enum ProxyError {
     PayloadTooLarge(u64),
     #[error("no mappings snapshot applied yet")]
     NotReady,
+    /// A keyed mapping without a proxy key, or with one no one made (401).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A known proxy key that may not be used here now (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The mapping's upstream credential cannot be opened on this node (no
+    /// or another `API_PROXY_SECRETS_KEY`): it fails closed (503).
+    #[error("this endpoint's upstream credential is not available on this node")]
+    CredentialUnavailable,
     #[error("{message}")]
     Upstream {
         kind: UpstreamErrorKind,
@@ -74,7 +84,8 @@ impl ProxyError {
             | ProxyError::HeadTooLarge(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::PayloadTooLarge(_) => Side::Client,
-            ProxyError::NotReady => Side::Proxy,
+            ProxyError::NotReady | ProxyError::CredentialUnavailable => Side::Proxy,
+            ProxyError::Unauthorized(_) | ProxyError::Forbidden(_) => Side::Client,
             ProxyError::Upstream { .. } => Side::Upstream,
         }
     }
@@ -86,7 +97,11 @@ impl ProxyError {
             ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotReady | ProxyError::CredentialUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -102,7 +117,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::HeadTooLarge(_) => "bad_request",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
-            ProxyError::NotReady => "not_ready",
+            ProxyError::NotReady | ProxyError::CredentialUnavailable => "not_ready",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::Upstream { kind, .. } => kind.error_type(),
         }
     }

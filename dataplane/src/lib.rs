@@ -24,6 +24,7 @@ mod error;
 mod error_kind;
 mod failures;
 mod file_source;
+mod gate;
 mod h2;
 mod headers;
 mod http1;
@@ -169,6 +170,7 @@ impl DataPlane {
                 config.snapshot_cache.clone().map(SnapshotCache::new),
                 config.resync_interval,
                 config.ca_file.as_deref(),
+                config.secrets_key.clone(),
             )?)),
         };
         let pusher = match config.stats_push.clone() {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub(crate) config_version: IntGauge,
     pub(crate) config_stale: IntGauge,
     pub(crate) config_invalid_entries: IntGauge,
+    pub(crate) proxy_keys: IntGauge,
+    pub(crate) policies: IntGauge,
     pub(crate) stats_push_failures: IntCounter,
     pub(crate) access_log_dropped: IntCounter,
     pub(crate) config_announcements_ignored: IntCounter,
@@ -99,6 +101,14 @@ impl Metrics {
             config_invalid_entries: gauge(
                 "apiproxy_config_invalid_entries",
                 "Entries skipped in the current snapshot because they are invalid.",
+            ),
+            proxy_keys: gauge(
+                "apiproxy_proxy_keys",
+                "Proxy keys in the current snapshot.",
+            ),
+            policies: gauge(
+                "apiproxy_policies",
+                "Mappings with an access policy in the current snapshot.",
             ),
             stats_push_failures: counter(
                 "apiproxy_stats_push_failures_total",
@@ -292,6 +302,8 @@ mod tests {
             "apiproxy_config_version 0",
             "apiproxy_config_stale 0",
             "apiproxy_config_invalid_entries 0",
+            "apiproxy_proxy_keys 0",
+            "apiproxy_policies 0",
             "apiproxy_stats_push_failures_total 0",
             "apiproxy_access_log_dropped_total 0",
             "apiproxy_config_announcements_ignored_total 0",

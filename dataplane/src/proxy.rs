@@ -3,7 +3,7 @@
 //! call stays inside this future, so a client that leaves cancels it) →
 //! rewrite the response → splice an upgrade.
 
-use std::borrow::BorrowMut;
+use std::borrow::{BorrowMut, Cow};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ use crate::causes::chain;
 use crate::deadline::{self, Timer};
 use crate::error::{classify_send_error, ProxyError, SendFailure};
 use crate::error_kind::UpstreamErrorKind;
+use crate::gate::{Denied, Pass, ProxyKey};
 use crate::headers;
 use crate::pool::{SendError, SendResult};
 use crate::record::{Outcome, RequestRecord};
@@ -119,12 +120,34 @@ impl Proxy {
             return Err(unmatched(ProxyError::NoMapping(path), entry));
         };
         let route = route.clone();
-        let upstream_target = route.upstream_target(rest, req.uri().query());
-        drop(snapshot);
         let mut record = record(&route.stats, entry);
         if let Some(entry) = record.entry_mut() {
             entry.upstream = Some(route.host.clone());
         }
+        // A keyed mapping lets through only a known proxy key, and swaps
+        // in the upstream credential; an open one skips this.
+        let pass = match self.state.gate() {
+            None => None,
+            Some(gate) => match gate.admit(&route.prefix, req.headers(), req.uri().query()) {
+                Ok(pass) => pass,
+                Err(Denied { error, key }) => {
+                    if let Some(key) = key {
+                        self.count_key(&mut record, &key, &route);
+                    }
+                    return Err(refuse(record, error));
+                }
+            },
+        };
+        if let Some(key) = pass.as_ref().and_then(|p| p.key.as_ref()) {
+            self.count_key(&mut record, key, &route);
+        }
+        let query = match &pass {
+            Some(pass) => pass.query(req.uri().query()),
+            None => req.uri().query().map(Cow::Borrowed),
+        };
+        let upstream_target = route.upstream_target(rest, query.as_deref());
+        drop(query);
+        drop(snapshot);
 
         if let Some(limit) = self.max_request_body {
             if content_length(&req).is_some_and(|len| len > limit) {
@@ -133,8 +156,13 @@ impl Proxy {
         }
         let upgrading = headers::is_upgrade_request(req.headers());
         let (parts, body) = req.into_parts();
-        let (body, body_failure) =
-            RequestBody::new(body, self.idle_timeout, self.max_request_body, &route.stats);
+        let (body, body_failure) = RequestBody::new(
+            body,
+            self.idle_timeout,
+            self.max_request_body,
+            &route.stats,
+            record.key_usage(),
+        );
         if let Some(entry) = record.entry_mut() {
             entry.body = body_failure.clone();
         }
@@ -146,6 +174,7 @@ impl Proxy {
             upgrading,
             client,
             id,
+            pass.as_ref(),
         ) {
             Ok(r) => r,
             Err(e) => return Err(refuse(record, e)),
@@ -165,6 +194,18 @@ impl Proxy {
             upgrading,
         };
         Ok((head, in_flight))
+    }
+
+    /// Ties the request to its proxy key: in the access log by id, and in
+    /// the key's usage on this prefix when stats are recorded.
+    fn count_key(&self, record: &mut RequestRecord, key: &ProxyKey, route: &Route) {
+        let usage = self
+            .state
+            .metrics
+            .stats()
+            .recording()
+            .then(|| key.usage(&self.state.key_usage).cell(&route.prefix));
+        record.key(key.id_bits(), usage);
     }
 
     /// The answer to a request whose head could not be read (malformed,
@@ -195,6 +236,7 @@ impl Proxy {
         upgrading: bool,
         client: SocketAddr,
         id: HeaderValue,
+        pass: Option<&Pass>,
     ) -> Result<Request<RequestBody>, ProxyError> {
         parts.uri =
             uri.map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
@@ -202,6 +244,9 @@ impl Proxy {
         // hyper's per-connection state (upgrade handles and the like) stays here.
         parts.extensions = Extensions::new();
         headers::strip_hop_by_hop(&mut parts.headers, upgrading);
+        if let Some(pass) = pass {
+            pass.rewrite_headers(&mut parts.headers);
+        }
         let original_host = parts.headers.insert(HOST, route.host.clone());
         parts.headers.insert(&X_REQUEST_ID, id);
         if self.forwarded_headers {

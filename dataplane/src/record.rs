@@ -12,6 +12,7 @@ use http::header::HeaderValue;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessEntry, RequestLog};
+use crate::gate::usage::UsageCell;
 pub use crate::stats::Outcome;
 use crate::stats::PrefixStats;
 
@@ -28,6 +29,8 @@ pub struct RequestRecord {
     /// (kept out of line: a record lives as long as its response, which
     /// an open stream's connection task holds).
     report: Option<(&'static RequestLog, Box<AccessEntry>)>,
+    /// The proxy key's usage on this prefix, on a keyed mapping.
+    key: Option<Arc<UsageCell>>,
 }
 
 impl RequestRecord {
@@ -40,6 +43,7 @@ impl RequestRecord {
             status: 0,
             done: false,
             report: None,
+            key: None,
         }
     }
 
@@ -76,6 +80,20 @@ impl RequestRecord {
         }
     }
 
+    /// The request came with the proxy key `id` (its 64 bits); `usage`,
+    /// where its use on this prefix is counted (`None` with stats off).
+    pub(crate) fn key(&mut self, id: u64, usage: Option<Arc<UsageCell>>) {
+        if let Some(entry) = self.entry_mut() {
+            entry.key_id = Some(id);
+        }
+        self.key = usage;
+    }
+
+    /// The proxy key's usage cell, to count the request body's bytes.
+    pub(crate) fn key_usage(&self) -> Option<&Arc<UsageCell>> {
+        self.key.as_ref()
+    }
+
     /// The proxy answered by itself with this error type.
     pub(crate) fn error(&mut self, error_type: &'static str) {
         if let Some((_, entry)) = &mut self.report {
@@ -96,6 +114,9 @@ impl RequestRecord {
     /// `n` body bytes went to the client.
     pub(crate) fn bytes_out(&mut self, n: u64) {
         self.stats.bytes_out(n);
+        if let Some(key) = &self.key {
+            key.bytes_out(n);
+        }
         if let Some(entry) = self.entry_mut() {
             entry.bytes_out += n;
         }
@@ -111,6 +132,9 @@ impl RequestRecord {
         let status = if self.status == 0 { 499 } else { self.status };
         let elapsed = self.start.elapsed();
         self.stats.finish(status, outcome, elapsed);
+        if let Some(key) = &self.key {
+            key.finish(status, outcome);
+        }
         if let Some((log, entry)) = self.report.take() {
             self.tell(log, entry, status, outcome, elapsed);
         }

@@ -11,11 +11,13 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apiproxy_shared::access::SecretsKey;
 use apiproxy_shared::{content_hash, RedisKeys, UpdateMessage, UpdateOp};
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::gate::{Gate, KeysDigest};
 use crate::routing::Snapshot;
 use crate::snapshot_cache::{CachedSnapshot, SnapshotCache};
 use crate::state::RoutingState;
@@ -64,6 +66,8 @@ pub(crate) struct RedisSource {
     /// The cache lags the applied snapshot (written at most once per
     /// resync interval after incremental changes).
     cache_dirty: bool,
+    /// Opens the upstream credentials of the policies.
+    secrets: Option<Arc<SecretsKey>>,
 }
 
 /// The applied state: its version and raw entries (compared with each full
@@ -71,6 +75,10 @@ pub(crate) struct RedisSource {
 struct Applied {
     version: u64,
     entries: BTreeMap<String, String>,
+    /// The keys as a digest, not their records: a hundred thousand keys
+    /// are compared with a full read without being kept twice.
+    keys: KeysDigest,
+    policies: BTreeMap<String, String>,
 }
 
 impl RedisSource {
@@ -81,6 +89,7 @@ impl RedisSource {
         cache: Option<SnapshotCache>,
         resync: Duration,
         ca_file: Option<&std::path::Path>,
+        secrets: Option<Arc<SecretsKey>>,
     ) -> Result<RedisSource, RedisSetupError> {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(RedisSetupError::Url(
@@ -110,6 +119,7 @@ impl RedisSource {
             resync,
             applied: None,
             cache_dirty: false,
+            secrets,
         })
     }
 
@@ -204,6 +214,19 @@ impl RedisSource {
         update: &UpdateMessage,
     ) -> Result<(), SyncError> {
         let next_version = self.applied.as_ref().map(|a| a.version + 1);
+        if next_version == Some(update.version) {
+            match (update.op, &update.key_id, &update.prefix) {
+                (UpdateOp::Key, Some(id), _) => {
+                    return self.follow_gate(conn, update, GateChange::Key(id)).await
+                }
+                (UpdateOp::Policy, _, Some(prefix)) => {
+                    return self
+                        .follow_gate(conn, update, GateChange::Policy(prefix))
+                        .await
+                }
+                _ => {}
+            }
+        }
         let prefix = match (&update.prefix, update.op) {
             (Some(prefix), UpdateOp::Upsert | UpdateOp::Delete)
                 if next_version == Some(update.version) =>
@@ -254,6 +277,64 @@ impl RedisSource {
         Ok(())
     }
 
+    /// Applies one announced key or policy change with a one-field read,
+    /// as [`RedisSource::follow`] does for a mapping.
+    async fn follow_gate(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        update: &UpdateMessage,
+        change: GateChange<'_>,
+    ) -> Result<(), SyncError> {
+        let (hash, field) = match change {
+            GateChange::Key(id) => (&self.keys.keys, id),
+            GateChange::Policy(prefix) => (&self.keys.policies, prefix),
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic().hget(hash, field).get(&self.keys.version);
+        let (value, version): (Option<Vec<u8>>, Option<Vec<u8>>) =
+            match within(pipe.query_async(conn)).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    self.state.metrics.config_reload(false);
+                    return Err(e);
+                }
+            };
+        let value = value.map(|v| lossy(&v));
+        let Some(applied) = self.applied.as_mut() else {
+            return self.reload(conn, "announced").await;
+        };
+        if parse_version(version.as_deref()) != update.version {
+            return self.reload(conn, "announced").await;
+        }
+        let gate = self.state.current_gate();
+        let next = match change {
+            GateChange::Key(id) => {
+                applied.keys.replace(&gate, id, value.as_deref());
+                gate.with_key(id, value.as_deref())
+            }
+            GateChange::Policy(prefix) => {
+                match &value {
+                    Some(v) => applied.policies.insert(prefix.to_owned(), v.clone()),
+                    None => applied.policies.remove(prefix),
+                };
+                gate.with_policy(prefix, value.as_deref(), self.secrets.as_deref())
+            }
+        };
+        applied.version = update.version;
+        debug!(
+            version = update.version,
+            ?change,
+            "applying one announced key or policy change"
+        );
+        self.state.apply_gate(next);
+        // The routes are the same; their version moves with the change.
+        let snapshot = self.state.current().with_version(update.version);
+        self.state.apply(snapshot);
+        self.state.metrics.config_stale.set(0);
+        self.cache_dirty = true;
+        Ok(())
+    }
+
     /// Reads the hash and the version in one transaction and applies them if
     /// either changed.
     async fn reload(
@@ -264,51 +345,83 @@ impl RedisSource {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hgetall(&self.keys.mappings)
-            .get(&self.keys.version);
+            .get(&self.keys.version)
+            .hgetall(&self.keys.keys)
+            .hgetall(&self.keys.policies);
         // Raw bytes: one entry that is not UTF-8 must not fail the whole
         // read; it becomes an invalid entry, skipped and counted.
-        let (raw, version): (RawEntries, Option<Vec<u8>>) =
-            match within(pipe.query_async(conn)).await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    self.state.metrics.config_reload(false);
-                    return Err(e);
-                }
-            };
+        let (raw, version, raw_keys, raw_policies): (
+            RawEntries,
+            Option<Vec<u8>>,
+            RawEntries,
+            RawEntries,
+        ) = match within(pipe.query_async(conn)).await {
+            Ok(read) => read,
+            Err(e) => {
+                self.state.metrics.config_reload(false);
+                return Err(e);
+            }
+        };
         let entries: BTreeMap<String, String> =
             raw.iter().map(|(p, t)| (lossy(p), lossy(t))).collect();
+        let keys: Vec<(String, String)> = raw_keys
+            .iter()
+            .map(|(id, r)| (lossy(id), lossy(r)))
+            .collect();
+        let policies: BTreeMap<String, String> = raw_policies
+            .iter()
+            .map(|(p, r)| (lossy(p), lossy(r)))
+            .collect();
         let version = parse_version(version.as_deref());
         self.state.metrics.config_stale.set(0);
-        if self
+        let digest = KeysDigest::of(&keys);
+        // The gate first: a mapping and the policy that guards it, read
+        // together, never route before the guard is in place.
+        let gate_same = self
             .applied
             .as_ref()
-            .is_some_and(|a| a.version == version && a.entries == entries)
-        {
-            return Ok(());
+            .is_some_and(|a| a.keys == digest && a.policies == policies);
+        if !gate_same {
+            debug!(
+                why,
+                keys = keys.len(),
+                policies = policies.len(),
+                "applying keys and policies from Redis"
+            );
+            let gate =
+                self.state
+                    .current_gate()
+                    .build(&keys, policies.iter(), self.secrets.as_deref());
+            self.state.apply_gate(gate);
+            self.cache_dirty = true;
         }
-        if self
-            .applied
-            .as_ref()
-            .is_some_and(|a| a.version == version && a.entries != entries)
-        {
-            info!(version, "mappings changed in Redis without a version bump");
+        match self.applied.as_mut() {
+            Some(a) if a.version == version && a.entries == entries => {
+                a.keys = digest;
+                a.policies = policies;
+                self.flush_cache();
+                return Ok(());
+            }
+            Some(a) if a.version == version => {
+                info!(version, "mappings changed in Redis without a version bump");
+            }
+            _ => {}
         }
         debug!(why, version, "applying mappings from Redis");
-        self.apply(entries, version);
-        Ok(())
-    }
-
-    /// Builds and swaps in the snapshot, then writes the cache. This runs on
-    /// the sync thread (see `MappingSource::run`), never on a request worker.
-    fn apply(&mut self, entries: BTreeMap<String, String>, version: u64) {
         let snapshot = self
             .state
             .current()
             .next(&entries, version, &self.state.metrics);
         self.state.apply(snapshot);
-        self.applied = Some(Applied { version, entries });
+        self.applied = Some(Applied {
+            version,
+            entries,
+            keys: digest,
+            policies,
+        });
         self.cache_dirty = true;
         self.flush_cache();
+        Ok(())
     }
 
     /// Writes the applied snapshot to the cache file if it lags.
@@ -326,6 +439,12 @@ impl RedisSource {
                     .map(|(p, t)| (p.as_str(), t.as_str())),
             ),
             mappings: applied.entries.clone(),
+            keys: self.state.current_gate().key_records(),
+            policies: applied
+                .policies
+                .iter()
+                .map(|(p, v)| (p.clone(), v.clone()))
+                .collect(),
         };
         match cache.store(&cached) {
             Ok(()) => self.cache_dirty = false,
@@ -344,6 +463,11 @@ impl RedisSource {
         match cache.load() {
             Ok(cached) => {
                 info!(version = cached.version, path = %cache.path().display(), "serving the cached snapshot until Redis answers");
+                // The gate first, as on every read.
+                let policies: BTreeMap<String, String> = cached.policies.into_iter().collect();
+                let gate =
+                    Gate::default().build(&cached.keys, policies.iter(), self.secrets.as_deref());
+                self.state.apply_gate(gate);
                 let snapshot =
                     Snapshot::build(&cached.mappings, cached.version, &self.state.metrics);
                 self.state.apply(snapshot);
@@ -351,6 +475,8 @@ impl RedisSource {
                 self.applied = Some(Applied {
                     version: cached.version,
                     entries: cached.mappings,
+                    keys: KeysDigest::of(&cached.keys),
+                    policies,
                 });
             }
             Err(error) => {
@@ -358,6 +484,13 @@ impl RedisSource {
             }
         }
     }
+}
+
+/// A key or policy change announced by itself.
+#[derive(Debug, Clone, Copy)]
+enum GateChange<'a> {
+    Key(&'a str),
+    Policy(&'a str),
 }
 
 /// The hash as Redis sends it: field and value bytes.
@@ -499,6 +632,7 @@ mod tests {
             None,
             Duration::from_secs(1),
             None,
+            None,
         )
         .err()
         .unwrap();
@@ -509,6 +643,7 @@ mod tests {
             state,
             None,
             Duration::from_secs(1),
+            None,
             None,
         )
         .is_ok());

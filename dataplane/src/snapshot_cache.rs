@@ -18,6 +18,13 @@ pub(crate) struct CachedSnapshot {
     /// [`content_hash`] of `mappings`: the checksum.
     pub(crate) hash: String,
     pub(crate) mappings: BTreeMap<String, String>,
+    /// Proxy keys (id → record JSON) and policies (prefix → JSON): without
+    /// them a node booting from the cache would serve keyed mappings
+    /// openly. Absent from a cache an older node wrote (it had none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) keys: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) policies: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +134,8 @@ mod tests {
             version: 7,
             hash,
             mappings,
+            keys: Vec::new(),
+            policies: Vec::new(),
         }
     }
 

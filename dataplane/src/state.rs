@@ -9,12 +9,22 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tracing::info;
 
+use crate::gate::usage::UsageRegistry;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::routing::Snapshot;
 
 #[derive(Debug)]
 pub(crate) struct RoutingState {
     snapshot: ArcSwap<Snapshot>,
+    /// The proxy keys and policies, swapped apart from the routes: a key
+    /// change never rebuilds the routing table, nor a route change the
+    /// keys.
+    gate: ArcSwap<Gate>,
+    /// Whether some mapping has a policy: requests to an all-open node
+    /// never load the gate.
+    gated: AtomicBool,
+    pub(crate) key_usage: Arc<UsageRegistry>,
     applied: AtomicBool,
     draining: AtomicBool,
     pub(crate) metrics: Metrics,
@@ -24,10 +34,35 @@ impl RoutingState {
     pub(crate) fn new(metrics: Metrics) -> Self {
         RoutingState {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            gate: ArcSwap::from_pointee(Gate::default()),
+            gated: AtomicBool::new(false),
+            key_usage: Arc::default(),
             applied: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             metrics,
         }
+    }
+
+    /// The gate, when some mapping has a policy.
+    pub(crate) fn gate(&self) -> Option<arc_swap::Guard<Arc<Gate>>> {
+        self.gated.load(Ordering::Acquire).then(|| self.gate.load())
+    }
+
+    /// The gate (empty before the first), to build the next one from.
+    pub(crate) fn current_gate(&self) -> Arc<Gate> {
+        self.gate.load_full()
+    }
+
+    /// Swaps in the next gate whole.
+    pub(crate) fn apply_gate(&self, gate: Gate) {
+        let open = gate.is_open();
+        let m = &self.metrics;
+        m.proxy_keys
+            .set(i64::try_from(gate.keys()).unwrap_or(i64::MAX));
+        m.policies
+            .set(i64::try_from(gate.policies()).unwrap_or(i64::MAX));
+        self.gate.store(Arc::new(gate));
+        self.gated.store(!open, Ordering::Release);
     }
 
     /// The current snapshot, or `None` before the first one is applied.

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use apiproxy_shared::stats::{EndpointDelta, Gauges, StatsBatch, STATUS_CLASSES};
+use apiproxy_shared::stats::{
+    EndpointDelta, Gauges, KeyUsage, StatsBatch, MAX_KEY_USAGE, STATUS_CLASSES,
+};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode};
@@ -30,6 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::StatsPush;
 use crate::connect::{tls_config, TlsSetupError};
 use crate::failures::RecentFailures;
+use crate::gate::usage::UsageCounts;
 use crate::request_id::random_u64;
 use crate::routing::Snapshot;
 use crate::state::RoutingState;
@@ -51,6 +54,8 @@ struct Pending {
     unmatched: Totals,
     /// The number of the newest failed request in the batch.
     failed_upto: u64,
+    /// Each key usage cell's read (by address).
+    key_reads: Vec<(usize, UsageCounts)>,
 }
 
 /// How one send ended.
@@ -72,6 +77,9 @@ pub(crate) struct StatsPusher {
     seq: u64,
     acked: HashMap<Arc<str>, Totals>,
     acked_unmatched: Totals,
+    /// Per proxy key usage cell (by address: the registry holds each cell
+    /// until its last counts are acknowledged), what was acknowledged.
+    acked_keys: HashMap<usize, UsageCounts>,
     failures: &'static RecentFailures,
     /// The newest failed request the control plane acknowledged.
     acked_failed: u64,
@@ -112,6 +120,7 @@ impl StatsPusher {
             seq: 1,
             acked: HashMap::new(),
             acked_unmatched: Totals::default(),
+            acked_keys: HashMap::new(),
             failures,
             acked_failed: 0,
             pending: None,
@@ -209,6 +218,19 @@ impl StatsPusher {
         }
         self.acked_unmatched = pending.unmatched;
         self.acked_failed = pending.failed_upto;
+        for (cell, counts) in pending.key_reads {
+            self.acked_keys.insert(cell, counts);
+        }
+        // Cells of deleted keys go once all they counted was pushed.
+        let acked = &mut self.acked_keys;
+        self.state.key_usage.prune(|r| {
+            let address = Arc::as_ptr(&r.cell) as usize;
+            let settled = acked.get(&address) == Some(&r.cell.read());
+            if settled {
+                acked.remove(&address);
+            }
+            settled
+        });
         self.seq += 1;
     }
 
@@ -227,6 +249,7 @@ impl StatsPusher {
             }
         }
         let unmatched = stats.unmatched().read();
+        let (keys, key_reads) = self.key_usage();
         let (failed, failed_upto) = self.failures.since(self.acked_failed);
         let snapshot = self.state.current();
         let config_hash = match &self.hashed {
@@ -249,14 +272,58 @@ impl StatsPusher {
             unmatched: unmatched.since(&self.acked_unmatched).requests(),
             endpoints,
             failed,
-            keys: Vec::new(),
+            keys,
         };
         Pending {
             batch,
             reads,
             unmatched,
             failed_upto,
+            key_reads,
         }
+    }
+
+    /// Each proxy key's usage per prefix since the last acknowledged batch,
+    /// and the reads that become the next baseline.
+    fn key_usage(&self) -> (Vec<KeyUsage>, Vec<(usize, UsageCounts)>) {
+        let mut deltas = Vec::new();
+        let mut reads = Vec::new();
+        for r in self.state.key_usage.all() {
+            if deltas.len() == MAX_KEY_USAGE {
+                break;
+            }
+            let address = Arc::as_ptr(&r.cell) as usize;
+            let now = r.cell.read();
+            let acked = self.acked_keys.get(&address).copied().unwrap_or_default();
+            let status: [u64; STATUS_CLASSES.len()] =
+                std::array::from_fn(|i| now.status[i] - acked.status[i]);
+            let requests: u64 = status.iter().sum();
+            if requests == 0 && now.bytes_in == acked.bytes_in && now.bytes_out == acked.bytes_out {
+                continue;
+            }
+            // An error counted after its class was read goes next time.
+            let errors = (now.errors - acked.errors).min(requests);
+            let baseline = UsageCounts {
+                errors: acked.errors + errors,
+                ..now
+            };
+            deltas.push(KeyUsage {
+                key_id: r.key_id.to_string(),
+                prefix: r.prefix.to_string(),
+                requests,
+                errors,
+                status: STATUS_CLASSES
+                    .iter()
+                    .zip(status)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(class, n)| ((*class).to_owned(), n))
+                    .collect(),
+                bytes_in: now.bytes_in - acked.bytes_in,
+                bytes_out: now.bytes_out - acked.bytes_out,
+            });
+            reads.push((address, baseline));
+        }
+        (deltas, reads)
     }
 
     fn gauges(&self) -> Gauges {

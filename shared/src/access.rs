@@ -84,16 +84,28 @@ pub fn new_proxy_key() -> String {
 /// A fresh key id: `key_` and 16 hex digits (not secret: it names the key
 /// in logs, metrics and the API).
 pub fn new_key_id() -> String {
-    format!("key_{}", hex(&random::<8>()))
+    format_key_id(u64::from_be_bytes(random::<8>()))
+}
+
+/// The id whose 16 hex digits are `bits`.
+pub fn format_key_id(bits: u64) -> String {
+    format!("key_{bits:016x}")
+}
+
+/// The 64 bits a key id's hex digits spell (a data plane keeps that, not
+/// the string); `None` for anything [`new_key_id`] does not make.
+pub fn parse_key_id(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix("key_")?;
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if digits.len() != 16 || !digits.bytes().all(lower_hex) {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
 }
 
 /// Whether `id` has the shape [`new_key_id`] makes.
 pub fn is_key_id(id: &str) -> bool {
-    id.len() == 20
-        && id.starts_with("key_")
-        && id[4..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    parse_key_id(id).is_some()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,19 +280,38 @@ impl KeyRecord {
     /// Whether the key may be used on the mapping `prefix` at `now` (unix
     /// seconds); `Err` says why not, for the 403's message.
     pub fn allows(&self, prefix: &str, now: u64) -> Result<(), Refusal> {
-        if !self.enabled {
-            return Err(Refusal::Disabled);
-        }
-        if self.expires_at.is_some_and(|t| now >= t) {
-            return Err(Refusal::Expired);
-        }
-        if let Some(prefixes) = &self.prefixes {
-            if !prefixes.iter().any(|p| p == prefix) {
-                return Err(Refusal::NotHere);
-            }
-        }
-        Ok(())
+        key_allows(
+            self.enabled,
+            self.expires_at,
+            self.prefixes.as_deref(),
+            prefix,
+            now,
+        )
     }
+}
+
+/// Whether a key with these fields may be used on the mapping `prefix` at
+/// `now` (unix seconds). Apart from [`KeyRecord::allows`] for a data plane
+/// that keeps keys in a smaller form.
+pub fn key_allows<S: AsRef<str>>(
+    enabled: bool,
+    expires_at: Option<u64>,
+    prefixes: Option<&[S]>,
+    prefix: &str,
+    now: u64,
+) -> Result<(), Refusal> {
+    if !enabled {
+        return Err(Refusal::Disabled);
+    }
+    if expires_at.is_some_and(|t| now >= t) {
+        return Err(Refusal::Expired);
+    }
+    if let Some(prefixes) = prefixes {
+        if !prefixes.iter().any(|p| p.as_ref() == prefix) {
+            return Err(Refusal::NotHere);
+        }
+    }
+    Ok(())
 }
 
 /// Why a known key is refused (403 `forbidden`).
@@ -495,6 +526,9 @@ mod tests {
         let id = new_key_id();
         assert!(is_key_id(&id), "{id}");
         assert!(!is_key_id("key_XYZ"));
+        assert!(!is_key_id("key_0123456789ABCDEF"));
+        assert_eq!(parse_key_id("key_00000000000000ff"), Some(255));
+        assert_eq!(format_key_id(255), "key_00000000000000ff");
         let h = key_hash_hex(b"abc");
         assert_eq!(
             h,

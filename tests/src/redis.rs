@@ -258,6 +258,46 @@ pub async fn delete(
     version
 }
 
+/// Writes (`Some`) or removes (`None`) the field `field` of the hash
+/// `hash` with a version bump, as the control plane writes a proxy key or
+/// a policy, and announces it (`op` `Key`: `field` is the key id; `Policy`:
+/// the prefix). Returns the new version.
+pub async fn put_gate_entry(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    op: UpdateOp,
+    field: &str,
+    value: Option<&str>,
+) -> u64 {
+    let hash = match op {
+        UpdateOp::Key => &keys.keys,
+        _ => &keys.policies,
+    };
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    match value {
+        Some(v) => pipe.hset(hash, field, v).ignore(),
+        None => pipe.hdel(hash, field).ignore(),
+    };
+    let (version,): (u64,) = pipe.incr(&keys.version, 1).query_async(conn).await.unwrap();
+    let message = match op {
+        UpdateOp::Key => UpdateMessage {
+            version,
+            op,
+            prefix: None,
+            key_id: Some(field.to_owned()),
+        },
+        _ => UpdateMessage {
+            version,
+            op,
+            prefix: Some(field.to_owned()),
+            key_id: None,
+        },
+    };
+    publish(conn, keys, &message.to_json()).await;
+    version
+}
+
 async fn announce(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &RedisKeys,

@@ -52,6 +52,8 @@ pub(crate) struct AccessEntry {
     /// The upstream's own `X-Request-Id`, when it answered with one that
     /// is not ours (the client sees that one).
     pub(crate) upstream_request_id: Option<HeaderValue>,
+    /// The proxy key's id (its 64 bits), on a keyed mapping; never the key.
+    pub(crate) key_id: Option<u64>,
     // Filled in when the request ends.
     pub(crate) start: SystemTime,
     pub(crate) status: u16,
@@ -116,6 +118,7 @@ impl AccessEntry {
             bytes_out: 0,
             ttfb: None,
             upstream_request_id: None,
+            key_id: None,
             start: SystemTime::UNIX_EPOCH,
             status: 0,
             error: None,
@@ -184,6 +187,11 @@ impl AccessEntry {
         if let Some(id) = &self.upstream_request_id {
             json_field(out, "upstream_request_id", Some(text(id)));
         }
+        if let Some(bits) = self.key_id {
+            out.extend_from_slice(b",\"key_id\":\"");
+            push_key_id(out, bits);
+            out.push(b'"');
+        }
         out.extend_from_slice(if self.cancelled {
             b",\"cancelled\":true"
         } else {
@@ -246,7 +254,19 @@ impl AccessEntry {
         if let Some(id) = &self.upstream_request_id {
             field(out, "upstream_request_id", text(id));
         }
+        if let Some(bits) = self.key_id {
+            out.extend_from_slice(b" key_id=");
+            push_key_id(out, bits);
+        }
         out.push(b'\n');
+    }
+}
+
+/// `key_` and the id's 16 hex digits, as [`apiproxy_shared::access::format_key_id`].
+fn push_key_id(out: &mut Vec<u8>, bits: u64) {
+    out.extend_from_slice(b"key_");
+    for shift in (0..16).rev() {
+        out.push(b"0123456789abcdef"[(bits >> (shift * 4)) as usize & 15]);
     }
 }
 
