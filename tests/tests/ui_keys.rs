@@ -4,27 +4,32 @@
 //! admin API then shows, and usage pushed by a node must reach the page.
 //! Screenshots land in `target/ui-screenshots/`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apiproxy_shared::access::SecretsKey;
 use apiproxy_shared::{Gauges, KeyUsage, StatsBatch};
 use apiproxy_tests::browser::{rows_are, Browser, STATUS_LINE, UNLABELLED_CONTROLS};
+use apiproxy_tests::client::call;
 use apiproxy_tests::controlplane::{admin_call, ControlPlane};
 use apiproxy_tests::redis::RedisServer;
+use apiproxy_tests::upstream::{self, echo_handler};
+use apiproxy_tests::{eventually, DataPlane};
+use bytes::Bytes;
 use fantoccini::key::Key;
+use http::Request;
+use http_body_util::Full;
 use serde_json::{json, Value};
 
 const NODE_TOKEN: &str = "ui-keys-node-token-0123456789abcdef";
 /// The upstream key typed into the mapping form: it must never come back.
 const UPSTREAM_SECRET: &str = "sk-upstream-secret-abcd1234";
 
-/// A control plane that holds a secrets key (`with_secrets`) and takes
-/// stats pushes signed with [`NODE_TOKEN`].
-fn control_plane(redis: &RedisServer, with_secrets: bool) -> ControlPlane {
-    let secrets = SecretsKey::generate();
+/// A control plane that holds `secrets` (an `API_PROXY_SECRETS_KEY`), if
+/// any, and takes stats pushes signed with [`NODE_TOKEN`].
+fn control_plane(redis: &RedisServer, secrets: Option<&str>) -> ControlPlane {
     let mut env = vec![("API_PROXY_NODE_TOKEN", NODE_TOKEN)];
-    if with_secrets {
-        env.push(("API_PROXY_SECRETS_KEY", &secrets));
+    if let Some(secrets) = secrets {
+        env.push(("API_PROXY_SECRETS_KEY", secrets));
     }
     ControlPlane::start(&redis.url(), &env)
 }
@@ -89,7 +94,7 @@ const FOCUSED: &str = "const e = document.activeElement; \
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_creates_copies_disables_and_deletes_a_key() {
     let redis = RedisServer::start();
-    let cp = control_plane(&redis, true);
+    let cp = control_plane(&redis, Some(&SecretsKey::generate()));
     let base = format!("http://{}", cp.addr);
     for prefix in ["/openai", "/claude"] {
         let r = cp.create(prefix, "http://127.0.0.1:9/").await;
@@ -375,6 +380,28 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
+/// Creates a key named `name` limited to `prefix` in the Keys page (open)
+/// and returns its secret and id as shown.
+async fn create_key(b: &Browser, name: &str, prefix: &str) -> (String, String) {
+    b.fill("#key-name", name).await;
+    b.click(&format!("#key-form input[value='{prefix}']")).await;
+    b.click("#key-form button[type=submit]").await;
+    b.wait_until(
+        "the secret shown and the key listed",
+        "return document.getElementById('secret-view').checkVisibility() \
+         && document.querySelector('#keys tbody tr[data-key-id]') !== null",
+    )
+    .await;
+    let shown = b
+        .js("return [document.getElementById('new-secret').value, \
+                    document.querySelector('#keys tbody tr[data-key-id]')?.dataset.keyId]")
+        .await;
+    (
+        shown[0].as_str().unwrap().to_owned(),
+        shown[1].as_str().expect("the key listed").to_owned(),
+    )
+}
+
 /// Opens the mapping form of `prefix` (listed) with its Edit button.
 async fn edit(b: &Browser, prefix: &str) {
     b.click(&format!(
@@ -421,7 +448,7 @@ async fn audit_count(cp: &ControlPlane, op: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sets_a_mappings_policy_in_the_form() {
     let redis = RedisServer::start();
-    let cp = control_plane(&redis, true);
+    let cp = control_plane(&redis, Some(&SecretsKey::generate()));
     let base = format!("http://{}", cp.addr);
     let r = cp.create("/openai", "http://127.0.0.1:9/").await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -595,7 +622,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
     let redis = RedisServer::start();
-    let cp = control_plane(&redis, false);
+    let cp = control_plane(&redis, None);
     let base = format!("http://{}", cp.addr);
     let b = Browser::start().await;
     b.sign_in(&base).await;
@@ -656,4 +683,101 @@ async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
     assert_eq!(r.json()["policy"]["upstream_credential"], Value::Null);
     assert!(shown(&b, "policy-warning").await);
     assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /gemini.", "polite"]));
+}
+
+/// `GET path` through the data plane at `dp` with the proxy key `key` where
+/// the OpenAI SDK puts it.
+fn with_key(path: &str, key: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "proxy.test")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+/// End to end through a real data plane: the policy set in the mapping
+/// form and the key made in the Keys page are what the node enforces (the
+/// upstream gets the real key, never the proxy key), the node's push comes
+/// back as the key's usage in the page, and disabling the key in the page
+/// gets 403 at the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_in_the_console_works_through_a_data_plane_until_disabled() {
+    let redis = RedisServer::start();
+    let secrets = SecretsKey::generate();
+    let cp = control_plane(&redis, Some(&secrets));
+    let base = format!("http://{}", cp.addr);
+    let dp = DataPlane::start_redis(
+        &redis.url(),
+        &[
+            ("API_PROXY_CONTROLPLANE_URL", &base),
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+            ("API_PROXY_NODE_ID", "dp-keys"),
+            ("API_PROXY_STATS_INTERVAL", "250ms"),
+            ("API_PROXY_SECRETS_KEY", &secrets),
+        ],
+    );
+    let up = upstream::http(echo_handler()).await;
+    let b = Browser::start().await;
+    b.sign_in(&base).await;
+
+    // The mapping and its policy, in one form.
+    b.click("#add").await;
+    b.fill("#prefix", "/echo").await;
+    b.fill("#target", &up.url()).await;
+    b.click("#access-key").await;
+    b.find("#cred-preset")
+        .await
+        .select_by_value("openai")
+        .await
+        .unwrap();
+    b.fill("#cred-secret", UPSTREAM_SECRET).await;
+    save(&b).await;
+    dp.wait_status("/echo/v1/models", 401).await;
+
+    // The key, in the Keys page, used as the OpenAI SDK sends it.
+    b.click("nav a[href='/keys']").await;
+    let (secret, id) = create_key(&b, "sdk-client", "/echo").await;
+    let reply = call(dp.addr, with_key("/echo/v1/models", &secret)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(
+        seen["headers"]["authorization"],
+        json!([format!("Bearer {UPSTREAM_SECRET}")]),
+        "{seen}"
+    );
+    assert!(!reply.text().contains(&secret), "{seen}");
+
+    // The node's push is the key's usage in the page.
+    let usage_row = "const r = document.querySelector(\"#usage tr[data-prefix='/echo']\"); \
+                     return r ? [...r.cells].map(c => c.textContent) : null";
+    let cells = eventually("the key's usage shown", Duration::from_secs(10), || async {
+        b.click(&format!(
+            "#keys tr[data-key-id='{id}'] button[data-action=usage]"
+        ))
+        .await;
+        let cells = b.js(usage_row).await;
+        (cells[1] == "1").then_some(cells)
+    })
+    .await;
+    assert_eq!(cells[2], "0", "{cells}");
+    assert_ne!(cells[4], "0", "bytes out: {cells}");
+    b.screenshot("keys-usage-end-to-end").await;
+
+    // Disabled in the page: the node refuses it.
+    b.click(&format!(
+        "#keys tr[data-key-id='{id}'] button[data-action=toggle]"
+    ))
+    .await;
+    eventually("403 once disabled", Duration::from_secs(5), || async {
+        let reply = call(dp.addr, with_key("/echo/v1/models", &secret)).await;
+        (reply.status == 403).then_some(())
+    })
+    .await;
+    let reply = call(dp.addr, with_key("/echo/v1/models", &secret)).await;
+    assert_eq!(
+        reply.json()["error"]["type"],
+        "forbidden",
+        "{}",
+        reply.text()
+    );
 }
