@@ -15,6 +15,7 @@ use apiproxy_shared::access::{
 };
 use apiproxy_shared::{RedisKeys, UpdateOp};
 use apiproxy_tests::client::{call, send};
+use apiproxy_tests::controlplane::ControlPlane;
 use apiproxy_tests::redis::{put_gate_entry, upsert, RedisServer};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane};
@@ -469,7 +470,7 @@ async fn a_revoked_key_is_refused_as_soon_as_the_node_applies_it() {
     for c in clients {
         c.await.unwrap();
     }
-    let results = results.lock().unwrap();
+    let results = std::mem::take(&mut *results.lock().unwrap());
     let before = results
         .iter()
         .filter(|(t, s)| *t < applied && *s == 200)
@@ -492,4 +493,134 @@ async fn a_revoked_key_is_refused_as_soon_as_the_node_applies_it() {
     // And a new one is refused.
     let (status, kind) = refused(&dp, request("/stream/x", Some(("authorization", &auth)))).await;
     assert_eq!((status, kind.as_str()), (403, "forbidden"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_per_key_reaches_the_control_plane_exactly() {
+    let redis = RedisServer::start();
+    let keys = RedisKeys::default();
+    let mut conn = redis.conn().await;
+    let echo = upstream::http(echo_handler()).await;
+    let secrets_text = SecretsKey::generate();
+    let secrets = SecretsKey::from_base64(&secrets_text).unwrap();
+    upsert(&mut conn, &keys, "/openai", &echo.url()).await;
+    upsert(&mut conn, &keys, "/anthropic", &echo.url()).await;
+    let bearer = header_place("Authorization", "Bearer {secret}");
+    store_policy(&mut conn, &secrets, "/openai", Some((bearer, "sk-real"))).await;
+    store_policy(&mut conn, &secrets, "/anthropic", None).await;
+    let a = Key::new(None);
+    a.store(&mut conn).await;
+    let b = Key::new(Some(&["/openai"]));
+    b.store(&mut conn).await;
+    let cp = ControlPlane::start_for_nodes(&redis.url(), 0);
+    let cp_url = format!("http://{}", cp.addr);
+    let dp = DataPlane::start_pushing(
+        &redis.url(),
+        &cp_url,
+        "dp-keys",
+        &[("API_PROXY_SECRETS_KEY", &secrets_text)],
+    );
+    dp.wait_status("/nothing", 404).await;
+    let post = |path: &str, key: &str, body: &'static str| {
+        Request::post(path)
+            .header("host", "proxy.test")
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    // a: 3 on /openai (10 bytes each), 2 on /anthropic; b: 1 on /openai
+    // and 1 refused (403) on /anthropic.
+    for _ in 0..3 {
+        assert_eq!(
+            call(dp.addr, post("/openai/x", &a.secret, "0123456789"))
+                .await
+                .status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            call(dp.addr, post("/anthropic/x", &a.secret, ""))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        call(dp.addr, post("/openai/x", &b.secret, "")).await.status,
+        200
+    );
+    assert_eq!(
+        call(dp.addr, post("/anthropic/x", &b.secret, ""))
+            .await
+            .status,
+        403
+    );
+
+    let usage = |id: String| {
+        let cp = &cp;
+        async move {
+            let reply = cp
+                .admin("GET", &format!("/api/keys/{id}/usage"), None)
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            reply.json()
+        }
+    };
+    let a_usage = eventually("a's usage pushed", Duration::from_secs(10), || async {
+        let u = usage(a.record.id.clone()).await;
+        let total: u64 = u["prefixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum();
+        (total == 5).then_some(u)
+    })
+    .await;
+    let by_prefix = |u: &Value, prefix: &str| {
+        u["prefixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["prefix"] == prefix)
+            .cloned()
+            .unwrap_or_else(|| panic!("{prefix} in {u}"))
+    };
+    let openai = by_prefix(&a_usage, "/openai");
+    assert_eq!(openai["requests"], 3);
+    assert_eq!(openai["bytes_in"], 30);
+    assert!(openai["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(openai["status"]["2xx"], 3);
+    assert_eq!(by_prefix(&a_usage, "/anthropic")["requests"], 2);
+    let b_usage = eventually("b's usage pushed", Duration::from_secs(10), || async {
+        let u = usage(b.record.id.clone()).await;
+        (u["prefixes"].as_array().unwrap().len() == 2).then_some(u)
+    })
+    .await;
+    assert_eq!(by_prefix(&b_usage, "/anthropic")["status"]["4xx"], 1);
+    assert_eq!(by_prefix(&b_usage, "/openai")["requests"], 1);
+    // The hourly series counts them too.
+    let series: u64 = a_usage["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(series, 5);
+    // Pushed once: later batches add nothing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        by_prefix(&usage(a.record.id.clone()).await, "/openai")["requests"],
+        3
+    );
+    // The control plane's metrics carry the key; the node's do not.
+    let (_, text) = apiproxy_tests::client::get(&format!("{cp_url}/metrics")).await;
+    let line = format!(
+        "apiproxy_cluster_key_requests_total{{key_id=\"{}\",prefix=\"/openai\",status_class=\"2xx\"}} 3",
+        a.record.id
+    );
+    assert!(text.contains(&line), "{line} not in:\n{text}");
+    let node_metrics = dp.metrics().await;
+    assert!(node_metrics.keys().all(|k| !k.contains("key_id")));
 }
