@@ -166,6 +166,27 @@ impl Browser {
             .to_owned()
     }
 
+    /// Chooses the option of value `value` in the `<select>` matching `css`.
+    pub async fn select(&self, css: &str, value: &str) {
+        self.find(css)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("select {value:?} in {css}: {e}"));
+    }
+
+    /// At a phone's width (390 px) nothing overflows the viewport
+    /// sideways; leaves a screenshot `name` and the window that narrow.
+    pub async fn fits_a_phone(&self, name: &str) {
+        self.client.set_window_size(390, 844).await.unwrap();
+        self.wait_until(
+            "fits a phone",
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+        self.screenshot(name).await;
+    }
+
     /// A real key press (down and up) on the focused element.
     pub async fn press(&self, key: Key) {
         let press = KeyActions::new("keyboard".into())

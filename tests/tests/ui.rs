@@ -281,13 +281,7 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
     b.click("#lang-switch").await;
 
     // Phone width: nothing overflows the viewport sideways.
-    b.client.set_window_size(390, 844).await.unwrap();
-    b.wait_until(
-        "fits a phone",
-        "return document.documentElement.scrollWidth <= window.innerWidth",
-    )
-    .await;
-    b.screenshot("dashboard-phone").await;
+    b.fits_a_phone("dashboard-phone").await;
 
     // Keyboard: a real Tab press from the top of the page lands on the
     // skip link, and every control has an accessible name.
@@ -593,11 +587,7 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
         .await;
     b.screenshot("dashboard-failures").await;
 
-    b.find("#failure-filter")
-        .await
-        .select_by_value("/openai")
-        .await
-        .unwrap();
+    b.select("#failure-filter", "/openai").await;
     let openai = "dp-west-4000,dp-west-2000,dp-east-1000";
     b.wait_until("filtered", &format!("{FAILURE_ROWS} === '{openai}'"))
         .await;
@@ -618,11 +608,7 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
         b.accessible_name("#failure-filter").await,
         b.accessible_name("#endpoint-filter").await
     );
-    b.find("#failure-filter")
-        .await
-        .select_by_value("/claude")
-        .await
-        .unwrap();
+    b.select("#failure-filter", "/claude").await;
     b.wait_until(
         "other filter",
         &format!("{FAILURE_ROWS} === 'dp-east-3000'"),

@@ -200,14 +200,7 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
         "the clipboard holds the secret"
     );
     b.screenshot("keys-created").await;
-    // Phone width: nothing overflows the viewport sideways.
-    b.client.set_window_size(390, 844).await.unwrap();
-    b.wait_until(
-        "fits a phone",
-        "return document.documentElement.scrollWidth <= window.innerWidth",
-    )
-    .await;
-    b.screenshot("keys-phone").await;
+    b.fits_a_phone("keys-phone").await;
     b.client.set_window_size(1280, 1000).await.unwrap();
 
     // Listed, as the API has it; the API never shows the secret again.
@@ -402,6 +395,17 @@ async fn create_key(b: &Browser, name: &str, prefix: &str) -> (String, String) {
     )
 }
 
+/// Fills the Add dialog with a mapping that needs a proxy key and puts
+/// [`UPSTREAM_SECRET`] where the credential `preset` says (not saved).
+async fn fill_keyed_mapping(b: &Browser, prefix: &str, target: &str, preset: &str) {
+    b.click("#add").await;
+    b.fill("#prefix", prefix).await;
+    b.fill("#target", target).await;
+    b.click("#access-key").await;
+    b.select("#cred-preset", preset).await;
+    b.fill("#cred-secret", UPSTREAM_SECRET).await;
+}
+
 /// Opens the mapping form of `prefix` (listed) with its Edit button.
 async fn edit(b: &Browser, prefix: &str) {
     b.click(&format!(
@@ -468,11 +472,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
         .unwrap());
     assert!(!shown(&b, "cred-secret-fields").await);
     b.click("#access-key").await;
-    b.find("#cred-preset")
-        .await
-        .select_by_value("openai")
-        .await
-        .unwrap();
+    b.select("#cred-preset", "openai").await;
     assert_eq!(
         b.js("const h = document.getElementById('cred-header'), v = document.getElementById('cred-template'); \
               return [h.value, v.value, h.readOnly, document.getElementById('cred-query-fields').checkVisibility()]")
@@ -562,11 +562,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
 
     // Another preset with the secret left empty keeps the stored secret.
     edit(&b, "/openai").await;
-    b.find("#cred-preset")
-        .await
-        .select_by_value("anthropic")
-        .await
-        .unwrap();
+    b.select("#cred-preset", "anthropic").await;
     save(&b).await;
     assert_eq!(audit_count(&cp, "policy_set").await, 2);
     let r = cp.admin("GET", "/api/policies/openai", None).await;
@@ -577,11 +573,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     // Open with no credential removes the policy.
     edit(&b, "/openai").await;
     b.click("#access-open").await;
-    b.find("#cred-preset")
-        .await
-        .select_by_value("")
-        .await
-        .unwrap();
+    b.select("#cred-preset", "").await;
     save(&b).await;
     b.wait_until("the row unmarked", &badges_are("/openai", ""))
         .await;
@@ -600,11 +592,7 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     b.click("#lang-switch").await;
     edit(&b, "/openai").await;
     assert_eq!(b.text("#policy-fields legend").await, "访问策略");
-    b.find("#cred-preset")
-        .await
-        .select_by_value("gemini_query")
-        .await
-        .unwrap();
+    b.select("#cred-preset", "gemini_query").await;
     assert_eq!(
         b.js("return [document.getElementById('cred-query').value, document.getElementById('cred-header-fields').checkVisibility()]")
             .await,
@@ -627,16 +615,7 @@ async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
     let b = Browser::start().await;
     b.sign_in(&base).await;
 
-    b.click("#add").await;
-    b.fill("#prefix", "/gemini").await;
-    b.fill("#target", "http://127.0.0.1:9/").await;
-    b.click("#access-key").await;
-    b.find("#cred-preset")
-        .await
-        .select_by_value("gemini")
-        .await
-        .unwrap();
-    b.fill("#cred-secret", UPSTREAM_SECRET).await;
+    fill_keyed_mapping(&b, "/gemini", "http://127.0.0.1:9/", "gemini").await;
     b.click("#mapping-form button[type=submit]").await;
     b.wait_until(
         "the policy refused",
@@ -671,11 +650,7 @@ async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
     );
 
     // Without the credential the same form saves (an edit now, no 409).
-    b.find("#cred-preset")
-        .await
-        .select_by_value("")
-        .await
-        .unwrap();
+    b.select("#cred-preset", "").await;
     save(&b).await;
     let r = cp.admin("GET", "/api/policies/gemini", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -721,16 +696,7 @@ async fn a_key_made_in_the_console_works_through_a_data_plane_until_disabled() {
     b.sign_in(&base).await;
 
     // The mapping and its policy, in one form.
-    b.click("#add").await;
-    b.fill("#prefix", "/echo").await;
-    b.fill("#target", &up.url()).await;
-    b.click("#access-key").await;
-    b.find("#cred-preset")
-        .await
-        .select_by_value("openai")
-        .await
-        .unwrap();
-    b.fill("#cred-secret", UPSTREAM_SECRET).await;
+    fill_keyed_mapping(&b, "/echo", &up.url(), "openai").await;
     save(&b).await;
     dp.wait_status("/echo/v1/models", 401).await;
 
