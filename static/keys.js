@@ -197,7 +197,7 @@ function renderKeys() {
         ? key.prefixes.flatMap((p, i) => [i ? ", " : null, el("code", {}, p)])
         : t("keys.all")),
       el("td", {}, el("span", { class: `badge key-${state}` }, t(`keys.${state}`))),
-      el("td", {}, formatSeconds(key.expires_at)),
+      el("td", {}, key.expires_at ? formatSeconds(key.expires_at) : t("keys.no_expiry")),
       el("td", {}, formatSeconds(key.created_at)),
       el("td", {}, formatSeconds(key.last_used_at)),
       el("td", { class: "row-actions" },

@@ -340,7 +340,8 @@ async fn an_operator_creates_copies_disables_and_deletes_a_key() {
     // 简体中文.
     b.click("#lang-switch").await;
     assert_eq!(b.text("h1").await, "apiproxy 密钥");
-    assert_eq!(b.js(&key_row(&id)).await[3], "已停用");
+    let row = b.js(&key_row(&id)).await;
+    assert_eq!((&row[3], &row[4]), (&json!("已停用"), &json!("永不过期")));
     b.screenshot("keys-zh").await;
     b.click("#lang-switch").await;
 
@@ -745,5 +746,54 @@ async fn a_key_made_in_the_console_works_through_a_data_plane_until_disabled() {
         "forbidden",
         "{}",
         reply.text()
+    );
+}
+
+/// The expiry is the operator's local time: a past one gets the API's
+/// message beside the field; a future one is what the API stores and the
+/// list shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_expiry_is_set_in_local_time() {
+    let redis = RedisServer::start();
+    let cp = control_plane(&redis, None);
+    let base = format!("http://{}", cp.addr);
+    let b = Browser::start().await;
+    b.sign_in(&base).await;
+    b.goto(&format!("{base}/keys")).await;
+    b.find("#keys tbody td.empty").await;
+
+    // The field's own widget is typed into by segments; its value is set
+    // as a picker sets it.
+    let set_expiry =
+        |when: &'static str| format!("document.getElementById('key-expiry').value = '{when}'");
+    b.fill("#key-name", "old").await;
+    b.js(&set_expiry("2001-02-03T04:05")).await;
+    b.click("#key-form button[type=submit]").await;
+    b.wait_until(
+        "expiry error",
+        "return document.getElementById('key-expiry-error').textContent.includes('`expires_at`')",
+    )
+    .await;
+    assert_eq!(b.js(FOCUSED).await, json!("key-expiry"));
+    assert_eq!(
+        cp.admin("GET", "/api/keys", None).await.json()["keys"],
+        json!([])
+    );
+
+    b.js(&set_expiry("2099-01-02T03:04")).await;
+    b.click("#key-form button[type=submit]").await;
+    b.find("#keys tbody tr[data-key-id]").await;
+    let want = b
+        .js("return new Date('2099-01-02T03:04').getTime() / 1000")
+        .await;
+    let keys = cp.admin("GET", "/api/keys", None).await.json()["keys"].clone();
+    assert_eq!(keys[0]["expires_at"], want, "{keys}");
+    assert_eq!(keys[0]["prefixes"], Value::Null, "all mappings: {keys}");
+    let id = keys[0]["id"].as_str().unwrap();
+    let row = b.js(&key_row(id)).await;
+    assert_eq!(row[2], "all", "{row}");
+    assert!(
+        row[4].as_str().unwrap().contains("2099"),
+        "the expiry shown: {row}"
     );
 }
