@@ -336,14 +336,17 @@ pub(crate) struct KeyView {
     pub(crate) id: String,
     pub(crate) name: String,
     /// null: all prefixes.
+    #[schema(required)]
     pub(crate) prefixes: Option<Vec<String>>,
     pub(crate) enabled: bool,
     /// Unix seconds; null: never.
+    #[schema(required)]
     pub(crate) expires_at: Option<u64>,
     /// Unix seconds.
     pub(crate) created_at: u64,
     /// Unix seconds of the stats batch that last reported a use (coarse);
     /// null: never used.
+    #[schema(required)]
     pub(crate) last_used_at: Option<u64>,
 }
 
@@ -430,6 +433,8 @@ pub(crate) struct PolicyView {
     pub(crate) prefix: String,
     #[schema(schema_with = access_schema)]
     pub(crate) access: apiproxy_shared::access::Access,
+    /// null: none.
+    #[schema(required)]
     pub(crate) upstream_credential: Option<CredentialView>,
 }
 

@@ -782,3 +782,64 @@ async fn each_change_bumps_the_version_is_announced_and_audited() {
         "a sealed value in the audit stream"
     );
 }
+
+/// The real binary at the most verbose level: a key's secret, a
+/// credential's secret and the secrets key itself reach no log line.
+#[tokio::test]
+async fn no_key_credential_or_secrets_key_is_logged() {
+    use apiproxy_tests::controlplane::ControlPlane;
+    let redis = RedisServer::start();
+    let secrets_key = SecretsKey::generate();
+    let cp = ControlPlane::start(
+        &redis.url(),
+        &[
+            ("API_PROXY_SECRETS_KEY", &secrets_key),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    let created = cp
+        .admin("POST", "/api/keys", Some(json!({"name": "ci"})))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let secret = created.json()["secret"].as_str().unwrap().to_owned();
+    let id = created.json()["key"]["id"].as_str().unwrap().to_owned();
+    let credential = "sk-upstream-logged-never-7777";
+    let put = cp
+        .admin(
+            "PUT",
+            "/api/policies/openai",
+            Some(json!({"access": "key", "upstream_credential": {"header": "x-api-key", "secret": credential}})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    // A refused one too (its secret is in the body of a 400).
+    let refused = cp
+        .admin(
+            "PUT",
+            "/api/policies/openai",
+            Some(json!({"access": "key", "upstream_credential": {"header": "Host", "secret": credential}})),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let patched = cp
+        .admin(
+            "PATCH",
+            &format!("/api/keys/{id}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(patched.status, 200);
+    // Every change is logged (its line read) before the logs are checked.
+    apiproxy_tests::eventually("the last change logged", Duration::from_secs(5), || async {
+        cp.logs()
+            .iter()
+            .any(|l| l.contains("proxy key updated"))
+            .then_some(())
+    })
+    .await;
+    let logs = cp.logs().join("\n");
+    assert!(logs.contains(&id) && logs.contains("policy set"), "{logs}");
+    for secret in [secret.as_str(), credential, secrets_key.as_str()] {
+        assert!(!logs.contains(secret), "{secret} logged");
+    }
+}

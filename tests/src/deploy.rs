@@ -139,7 +139,12 @@ pub fn accepted(bin: &str) -> &'static Accepted {
         "apiproxy-dataplane" => (&DATAPLANE, &["API_PROXY_NODE_TOKEN", "PORT", "RUST_LOG"]),
         "apiproxy-controlplane" => (
             &CONTROLPLANE,
-            &["ADMIN_TOKEN", "API_PROXY_NODE_TOKEN", "RUST_LOG"],
+            &[
+                "ADMIN_TOKEN",
+                "API_PROXY_NODE_TOKEN",
+                "API_PROXY_SECRETS_KEY",
+                "RUST_LOG",
+            ],
         ),
         other => panic!("unknown binary {other}"),
     };
