@@ -1,10 +1,10 @@
 // The admin console: sign-in, the mapping table (search, add, edit,
-// delete, bulk delete), import with a diff before replace-all, export, and
-// the audit log. A failed request never loses what the operator typed:
+// delete, bulk delete) with each mapping's access policy, import with a
+// diff before replace-all, export, and the audit log. A failed request never loses what the operator typed:
 // dialogs stay open with their input and show the API's error.
 "use strict";
 
-const model = { mappings: {}, invalid: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null, draft: null };
+const model = { mappings: {}, invalid: {}, policies: {}, version: 0, audit: [], selected: new Set(), editing: null, importing: null, draft: null };
 
 function show(view) {
   document.getElementById("login-view").hidden = view !== "login";
@@ -22,13 +22,7 @@ async function guarded(call) {
   } catch (e) {
     if (e.status === 401) {
       const form = document.getElementById("mapping-dialog");
-      if (form.open) {
-        model.draft = {
-          editing: model.editing,
-          prefix: document.getElementById("prefix").value,
-          target: document.getElementById("target").value,
-        };
-      }
+      if (form.open) model.draft = { editing: model.editing, values: formValues() };
       for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
       show("login");
       announce(t("admin.session_expired"), "error");
@@ -44,12 +38,14 @@ async function guarded(call) {
 async function load(first = false) {
   if (first) announce(t("common.loading"));
   try {
-    const [list, audit] = await guarded(() => Promise.all([
+    const [list, policies, audit] = await guarded(() => Promise.all([
       api("GET", "/api/mappings"),
+      api("GET", "/api/policies"),
       api("GET", "/api/audit?limit=100"),
     ]));
     model.mappings = list.mappings;
     model.invalid = list.invalid || {};
+    model.policies = Object.fromEntries(policies.policies.map((p) => [p.prefix, p]));
     model.version = list.version;
     model.audit = audit.entries;
     for (const prefix of [...model.selected]) {
@@ -103,7 +99,7 @@ function renderMappings() {
           renderBulk();
         },
       })),
-      el("th", { scope: "row" }, el("code", {}, prefix), notRouted(prefix)),
+      el("th", { scope: "row" }, el("code", {}, prefix), notRouted(prefix), policyBadges(prefix)),
       el("td", { class: "target" }, target,
         prefix in model.invalid ? el("div", { class: "reason" }, model.invalid[prefix]) : null),
       el("td", { class: "row-actions" },
@@ -119,6 +115,28 @@ function notRouted(prefix) {
   if (!(prefix in model.invalid)) return null;
   return el("span", { class: "badge not-routed", title: t("admin.not_routed_why", model.invalid[prefix]) },
     t("admin.not_routed"));
+}
+
+/** The marks of a mapping's policy: "proxy key" when clients need one,
+ * and the upstream credential's last four characters when it has one. */
+function policyBadges(prefix) {
+  const policy = model.policies[prefix];
+  if (!policy) return null;
+  const credential = policy.upstream_credential;
+  return [
+    policy.access === "key"
+      ? el("span", { class: "badge keyed", title: t("admin.keyed_why") }, t("admin.col.keyed"))
+      : null,
+    credential
+      ? el("span", { class: "badge keyed", title: t("admin.credential_why", credentialPlace(credential)) },
+        t("admin.credential_badge", credential.secret_hint ?? ""))
+      : null,
+  ];
+}
+
+/** `authorization: Bearer {secret}` or `?key=`. */
+function credentialPlace(credential) {
+  return credential.query ? `?${credential.query}=` : `${credential.header}: ${credential.template}`;
 }
 
 function renderBulk() {
@@ -160,8 +178,7 @@ async function login(ev) {
     model.draft = null;
     if (draft) {
       openForm(draft.editing);
-      document.getElementById("prefix").value = draft.prefix;
-      document.getElementById("target").value = draft.target;
+      fillForm(draft.values);
     }
   } catch (e) {
     if (e.status === 401) error.textContent = t("admin.wrong_token");
@@ -192,26 +209,55 @@ function openForm(prefix) {
   prefixInput.value = prefix || "";
   prefixInput.readOnly = Boolean(prefix);
   document.getElementById("target").value = prefix ? model.mappings[prefix] : "";
+  fillPolicy(prefix ? model.policies[prefix] : null);
   clearFormErrors();
   dialog.showModal();
   (prefix ? document.getElementById("target") : prefixInput).focus();
 }
 
-function clearFormErrors() {
-  for (const id of ["prefix-error", "target-error", "form-error"]) document.getElementById(id).textContent = "";
-  for (const id of ["prefix", "target"]) document.getElementById(id).removeAttribute("aria-invalid");
+/** The form's inputs that an expired session must not lose. */
+const FORM_INPUTS = ["prefix", "target", "cred-preset", "cred-header", "cred-template", "cred-query", "cred-secret"];
+const FORM_FIELDS = ["prefix", "target", "cred-header", "cred-template", "cred-query", "cred-secret"];
+
+function formValues() {
+  const values = Object.fromEntries(FORM_INPUTS.map((id) => [id, document.getElementById(id).value]));
+  values.access = document.getElementById("access-key").checked ? "key" : "open";
+  return values;
 }
 
-/** Puts the API's message next to the field it names. */
-function showFormError(message) {
-  const field = /^\s*prefix\b|`prefix`/.test(message) ? "prefix" : /^\s*target\b|`target`/.test(message) ? "target" : null;
+function fillForm(values) {
+  for (const id of FORM_INPUTS) document.getElementById(id).value = values[id];
+  document.getElementById(`access-${values.access}`).checked = true;
+  showCredentialFields();
+}
+
+function clearFormErrors() {
+  for (const id of [...FORM_FIELDS, "form", "policy"]) document.getElementById(`${id}-error`).textContent = "";
+  for (const id of FORM_FIELDS) document.getElementById(id).removeAttribute("aria-invalid");
+}
+
+/** The form field an API message names, if any. */
+function fieldOf(message) {
+  if (/^\s*prefix\b|`prefix`/.test(message)) return "prefix";
+  if (/^\s*target\b|`target`/.test(message)) return "target";
+  const credential = /`upstream_credential\.(header|template|query|secret)`/.exec(message);
+  if (credential) return `cred-${credential[1]}`;
+  if (/API_PROXY_SECRETS_KEY/.test(message)) return "cred-secret";
+  return null;
+}
+
+/** Puts the API's message next to the field it names, else under the
+ * form, prefixed with `lead` when given. */
+function showFormError(message, where = "form", lead = "") {
+  const field = fieldOf(message);
   if (field) {
+    if (lead) document.getElementById(`${where}-error`).textContent = lead;
     document.getElementById(`${field}-error`).textContent = message;
     const input = document.getElementById(field);
     input.setAttribute("aria-invalid", "true");
     input.focus();
   } else {
-    document.getElementById("form-error").textContent = message;
+    document.getElementById(`${where}-error`).textContent = lead ? `${lead} ${message}` : message;
   }
 }
 
@@ -220,17 +266,130 @@ async function saveForm(ev) {
   clearFormErrors();
   const prefix = document.getElementById("prefix").value.trim();
   const target = document.getElementById("target").value.trim();
+  // An edit that only changes the policy leaves the mapping as it is.
+  let saved = model.editing;
   try {
-    const reply = await guarded(() => (model.editing
-      ? api("PUT", `/api/mappings/${encodePrefix(model.editing)}`, { target })
-      : api("POST", "/api/mappings", { prefix, target })));
-    document.getElementById("mapping-dialog").close();
-    announce(t("admin.saved", reply.mapping.prefix), "ok");
-    await load();
+    if (!model.editing || model.mappings[model.editing] !== target) {
+      const reply = await guarded(() => (model.editing
+        ? api("PUT", `/api/mappings/${encodePrefix(model.editing)}`, { target })
+        : api("POST", "/api/mappings", { prefix, target })));
+      saved = reply.mapping.prefix;
+    }
   } catch (e) {
     // The dialog stays open with the input as typed.
     showFormError(e.message);
+    return;
   }
+  // The mapping is written: from here on a retry edits it.
+  model.editing = saved;
+  document.getElementById("prefix").readOnly = true;
+  document.getElementById("mapping-dialog-title").textContent = t("admin.form_edit", saved);
+  try {
+    await savePolicy(saved);
+  } catch (e) {
+    if (e.status !== 401) showFormError(e.message, "policy", t("admin.policy_not_saved", saved));
+    await load();
+    return;
+  }
+  document.getElementById("mapping-dialog").close();
+  announce(t("admin.saved", saved), "ok");
+  await load();
+}
+
+// ---- access policy -------------------------------------------------------
+
+/** Where each upstream wants its key; the fixed ones fill the fields. */
+const PRESETS = {
+  openai: { fixed: true, header: "Authorization", template: "Bearer {secret}" },
+  anthropic: { fixed: true, header: "x-api-key", template: "{secret}" },
+  gemini: { fixed: true, header: "x-goog-api-key", template: "{secret}" },
+  gemini_query: { fixed: true, query: "key" },
+  custom_header: { header: "" },
+  custom_query: { query: "" },
+};
+
+/** The preset a stored credential matches ("" for none). */
+function presetOf(credential) {
+  if (!credential) return "";
+  const named = Object.entries(PRESETS).find(([, p]) => p.fixed && (credential.query
+    ? p.query === credential.query
+    : p.header && p.header.toLowerCase() === credential.header.toLowerCase() && p.template === credential.template));
+  if (named) return named[0];
+  return credential.query ? "custom_query" : "custom_header";
+}
+
+/** The policy's part of the form as stored for the mapping (none: open). */
+function fillPolicy(policy) {
+  const credential = policy ? policy.upstream_credential : null;
+  document.getElementById(`access-${policy ? policy.access : "open"}`).checked = true;
+  document.getElementById("cred-preset").value = presetOf(credential);
+  document.getElementById("cred-header").value = credential?.header ?? "";
+  document.getElementById("cred-template").value = credential?.template ?? "";
+  document.getElementById("cred-query").value = credential?.query ?? "";
+  document.getElementById("cred-secret").value = "";
+  showCredentialFields();
+}
+
+/** Shows the fields the chosen preset needs. The secret is write-only:
+ * its field is empty, with the stored one's last four characters as a
+ * placeholder; left empty, the stored one is kept. */
+function showCredentialFields() {
+  const preset = PRESETS[document.getElementById("cred-preset").value];
+  const inHeader = Boolean(preset) && preset.query === undefined;
+  document.getElementById("cred-header-fields").hidden = !inHeader;
+  document.getElementById("cred-query-fields").hidden = !preset || inHeader;
+  document.getElementById("cred-secret-fields").hidden = !preset;
+  for (const id of ["header", "template", "query"]) {
+    const input = document.getElementById(`cred-${id}`);
+    input.readOnly = Boolean(preset && preset.fixed);
+    if (input.readOnly) input.value = preset[id] ?? "";
+  }
+  const template = document.getElementById("cred-template");
+  if (inHeader && !template.value) template.value = "{secret}";
+  const stored = model.editing ? model.policies[model.editing]?.upstream_credential : null;
+  const hint = stored ? stored.secret_hint : null;
+  document.getElementById("cred-secret").placeholder = hint ?? "";
+  document.getElementById("cred-secret-hint").textContent = hint ? t("admin.cred_secret_keep", hint) : t("admin.cred_secret_new");
+}
+
+/** The policy the form asks for, as `PUT /api/policies/{prefix}` takes it. */
+function wantedPolicy() {
+  const value = (id) => document.getElementById(id).value.trim();
+  const access = document.getElementById("access-key").checked ? "key" : "open";
+  const preset = PRESETS[value("cred-preset")];
+  if (!preset) return { access, upstream_credential: null };
+  const credential = preset.query !== undefined
+    ? { query: value("cred-query") }
+    : { header: value("cred-header"), template: value("cred-template") };
+  const secret = value("cred-secret");
+  if (secret) credential.secret = secret;
+  return { access, upstream_credential: credential };
+}
+
+/** Whether `wanted` changes nothing of `stored` (no new secret either). */
+function samePolicy(stored, wanted) {
+  if (!stored || stored.access !== wanted.access) return false;
+  const [s, w] = [stored.upstream_credential, wanted.upstream_credential];
+  if (!s || !w) return !s && !w;
+  return !w.secret && (s.query ?? "") === (w.query ?? "")
+    && (s.header ?? "").toLowerCase() === (w.header ?? "").toLowerCase()
+    && (s.template ?? "") === (w.template ?? "");
+}
+
+/** Writes the form's policy for the mapping just saved: open with no
+ * credential removes a stored one; the first policy on this Redis brings
+ * up the warning about Go-version nodes, which stays until closed. */
+async function savePolicy(prefix) {
+  const stored = model.policies[prefix] ?? null;
+  const wanted = wantedPolicy();
+  const path = `/api/policies/${encodePrefix(prefix)}`;
+  if (wanted.access === "open" && !wanted.upstream_credential) {
+    if (stored) await guarded(() => api("DELETE", path));
+    return;
+  }
+  if (samePolicy(stored, wanted)) return;
+  const reply = await guarded(() => api("PUT", path, wanted));
+  if (reply.first_policy) document.getElementById("policy-warning").hidden = false;
 }
 
 /** `/google/v1` → `google/v1`; the prefix `/` itself is `%2F`. */
@@ -240,17 +399,6 @@ function encodePrefix(prefix) {
 }
 
 // ---- delete --------------------------------------------------------------
-
-function confirmDialog(text) {
-  const dialog = document.getElementById("confirm-dialog");
-  document.getElementById("confirm-text").textContent = text;
-  return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
-    dialog.returnValue = "";
-    dialog.showModal();
-    document.getElementById("confirm-ok").focus();
-  });
-}
 
 async function deleteOne(prefix) {
   if (!(await confirmDialog(t("admin.confirm_delete", prefix)))) return;
@@ -356,12 +504,20 @@ function exportMappings() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupLanguage(() => { render(); });
+  setupLanguage(() => {
+    render();
+    showCredentialFields();
+  });
   document.getElementById("login-form").addEventListener("submit", login);
   document.getElementById("logout").addEventListener("click", logout);
   document.getElementById("search").addEventListener("input", renderMappings);
   document.getElementById("add").addEventListener("click", () => openForm(null));
   document.getElementById("mapping-form").addEventListener("submit", saveForm);
+  document.getElementById("cred-preset").addEventListener("change", showCredentialFields);
+  document.getElementById("policy-warning-close").addEventListener("click", () => {
+    document.getElementById("policy-warning").hidden = true;
+    document.getElementById("add").focus();
+  });
   document.getElementById("mapping-cancel").addEventListener("click", () => document.getElementById("mapping-dialog").close());
   document.getElementById("bulk-delete").addEventListener("click", deleteSelected);
   // Selects what the search shows, never rows the operator cannot see.

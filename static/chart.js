@@ -14,6 +14,8 @@ function svg(tag, attrs) {
 /**
  * Draws `buckets` ([{t, count, errors, p99_ms}], oldest first) spanning
  * `span` seconds of `step`-second buckets ending now, into `container`.
+ * Buckets with no `p99_ms` at all (a proxy key's usage) draw no p99 line
+ * nor its scale.
  */
 function drawChart(container, buckets, { span, step, label }) {
   container.replaceChildren();
@@ -24,6 +26,7 @@ function drawChart(container, buckets, { span, step, label }) {
   const start = Math.floor((now - span) / step) * step;
   const slots = Math.ceil(span / step) + 1;
   const maxCount = Math.max(1, ...buckets.map((b) => b.count));
+  const hasP99 = buckets.some((b) => b.p99_ms !== null && b.p99_ms !== undefined);
   const maxP99 = Math.max(1, ...buckets.map((b) => b.p99_ms || 0));
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
@@ -34,7 +37,7 @@ function drawChart(container, buckets, { span, step, label }) {
   const root = svg("svg", {
     viewBox: `0 0 ${width} ${height}`,
     role: "img",
-    "aria-label": `${label}: ${formatNumber(total)} / max ${formatNumber(maxCount)} · p99 max ${formatMs(maxP99)}`,
+    "aria-label": `${label}: ${formatNumber(total)} / max ${formatNumber(maxCount)}${hasP99 ? ` · p99 max ${formatMs(maxP99)}` : ""}`,
     class: "chart",
   });
   // Axes and scale labels.
@@ -47,8 +50,8 @@ function drawChart(container, buckets, { span, step, label }) {
     root.append(node);
   };
   text(pad.left - 4, pad.top + 10, "end", formatNumber(maxCount), "scale count");
-  text(width - pad.right + 4, pad.top + 10, "start", formatMs(maxP99), "scale p99");
-  const tick = (t) => new Date(t * 1000).toLocaleString(lang === "zh" ? "zh-CN" : "en", step < 3600
+  if (hasP99) text(width - pad.right + 4, pad.top + 10, "start", formatMs(maxP99), "scale p99");
+  const tick = (t) => new Date(t * 1000).toLocaleString(lang === "zh" ? "zh-CN" : "en", span <= 86400
     ? { hour: "2-digit", minute: "2-digit" }
     : { month: "numeric", day: "numeric" });
   text(pad.left, height - 6, "start", tick(start), "scale");
@@ -60,7 +63,7 @@ function drawChart(container, buckets, { span, step, label }) {
     const h = (b.count / maxCount) * plotH;
     const bar = svg("rect", { x: x(b.t), y: pad.top + plotH - h, width: barW, height: h, class: b.errors > 0 ? "bar has-errors" : "bar" });
     const tip = svg("title", {});
-    tip.textContent = `${tick(b.t)} · ${formatNumber(b.count)} · ${t("dash.col.errors")} ${formatNumber(b.errors)} · p99 ${formatMs(b.p99_ms)}`;
+    tip.textContent = `${tick(b.t)} · ${formatNumber(b.count)} · ${t("dash.col.errors")} ${formatNumber(b.errors)}${hasP99 ? ` · p99 ${formatMs(b.p99_ms)}` : ""}`;
     bar.append(tip);
     root.append(bar);
     if (b.p99_ms !== null && b.p99_ms !== undefined) {

@@ -137,16 +137,6 @@ function renderEndpoints(s) {
   renderExamples();
 }
 
-function copyButton(text, label) {
-  const button = el("button", { type: "button", class: "small", "aria-label": label }, t("common.copy"));
-  button.addEventListener("click", async () => {
-    await copyText(text);
-    button.textContent = t("common.copied");
-    setTimeout(() => { button.textContent = t("common.copy"); }, 1500);
-  });
-  return button;
-}
-
 /** The prefix that reaches `host` (from the mappings when signed in),
  * else the conventional one. */
 function prefixFor(host, fallback) {

@@ -11,7 +11,7 @@ use axum::Router;
 use crate::error::AppError;
 
 /// `(name, content type, bytes)` of every file under `/static/`.
-const FILES: [(&str, &str, &str); 5] = [
+const FILES: [(&str, &str, &str); 6] = [
     (
         "app.css",
         "text/css; charset=utf-8",
@@ -37,10 +37,16 @@ const FILES: [(&str, &str, &str); 5] = [
         "text/javascript; charset=utf-8",
         include_str!("../../static/admin.js"),
     ),
+    (
+        "keys.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/keys.js"),
+    ),
 ];
 
 const DASHBOARD: &str = include_str!("../../static/index.html");
 const ADMIN: &str = include_str!("../../static/admin.html");
+const KEYS: &str = include_str!("../../static/keys.html");
 const FAVICON: &[u8] = include_bytes!("../../static/favicon.ico");
 /// The console is no place for a search engine (the Go version's answer).
 const ROBOTS: &str = "User-agent: *\nDisallow: /\n";
@@ -50,7 +56,7 @@ const ROBOTS: &str = "User-agent: *\nDisallow: /\n";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// `/` and `/index.html` (dashboard), `/admin`, `/static/{file}`, and
+/// `/` and `/index.html` (dashboard), `/admin`, `/keys`, `/static/{file}`, and
 /// the Go version's `/favicon.ico` and `/robots.txt`.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
@@ -65,6 +71,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             get(|| async { asset("text/plain; charset=utf-8", ROBOTS) }),
         )
         .route("/admin", get(|| async { page(ADMIN) }))
+        .route("/keys", get(|| async { page(KEYS) }))
         .route("/static/{file}", get(file))
 }
 

@@ -8,10 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
+
+use crate::controlplane::ADMIN_TOKEN;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -162,6 +166,68 @@ impl Browser {
             .to_owned()
     }
 
+    /// Chooses the option of value `value` in the `<select>` matching `css`.
+    pub async fn select(&self, css: &str, value: &str) {
+        self.find(css)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("select {value:?} in {css}: {e}"));
+    }
+
+    /// At a phone's width (390 px) nothing overflows the viewport
+    /// sideways; leaves a screenshot `name` and the window that narrow.
+    pub async fn fits_a_phone(&self, name: &str) {
+        self.client.set_window_size(390, 844).await.unwrap();
+        self.wait_until(
+            "fits a phone",
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+        self.screenshot(name).await;
+    }
+
+    /// A real key press (down and up) on the focused element.
+    pub async fn press(&self, key: Key) {
+        let press = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down {
+                value: char::from(key),
+            })
+            .then(KeyAction::Up {
+                value: char::from(key),
+            });
+        self.client.perform_actions(press).await.expect("key press");
+    }
+
+    /// Signs in through the admin page's form.
+    pub async fn sign_in(&self, base: &str) {
+        self.goto(&format!("{base}/admin")).await;
+        self.submit_admin_token().await;
+    }
+
+    /// Submits the admin token on the sign-in form shown.
+    pub async fn submit_admin_token(&self) {
+        self.fill("#token", ADMIN_TOKEN).await;
+        self.click("#login-form button[type=submit]").await;
+        self.wait_until(
+            "signed in",
+            "return !document.getElementById('app-view').hidden",
+        )
+        .await;
+    }
+
+    /// Lets the page open now read the clipboard (WebDriver "Set
+    /// Permission", for its origin: call it after `goto`), so that a test
+    /// can check what a Copy button put there.
+    pub async fn allow_clipboard_read(&self) {
+        self.client
+            .issue_cmd(SetPermission {
+                name: "clipboard-read",
+            })
+            .await
+            .expect("grant clipboard-read");
+    }
+
     /// Text content of the element matching `css`.
     pub async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.expect("text")
@@ -182,6 +248,52 @@ impl Browser {
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");
         path
+    }
+}
+
+/// A script that is true when the admin page's mapping table lists
+/// exactly `prefixes` (comma-separated).
+pub fn rows_are(prefixes: &str) -> String {
+    format!(
+        "return [...document.querySelectorAll('#mappings tbody tr[data-prefix]')]\
+         .map(r => r.dataset.prefix).join(',') === '{prefixes}'"
+    )
+}
+
+/// Visible buttons, links and form fields that a screen reader could not
+/// name (no label, no aria-label, no text).
+pub const UNLABELLED_CONTROLS: &str = "return [...document.querySelectorAll('button, a[href], input, select, textarea')]\
+    .filter(e => !e.closest('[hidden]') && !e.closest('dialog:not([open])'))\
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())\
+    .map(e => e.outerHTML.slice(0, 80))";
+
+/// The status line's text and the `aria-live` of the region it sits in.
+pub const STATUS_LINE: &str = "const s = document.getElementById('status'); \
+    const live = s.closest('[aria-live]'); \
+    return [s.textContent, live && live.getAttribute('aria-live')]";
+
+/// `POST /session/{id}/permissions` granting `name`: the W3C Permissions
+/// extension chromedriver implements.
+#[derive(Debug)]
+struct SetPermission {
+    name: &'static str,
+}
+
+impl WebDriverCompatibleCommand for SetPermission {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/permissions",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({"descriptor": {"name": self.name}, "state": "granted"});
+        (http::Method::POST, Some(body.to_string()))
     }
 }
 

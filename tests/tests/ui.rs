@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use apiproxy_shared::{FailedRequest, Gauges, StatsBatch};
-use apiproxy_tests::browser::Browser;
+use apiproxy_tests::browser::{rows_are, Browser, STATUS_LINE, UNLABELLED_CONTROLS};
 use apiproxy_tests::client::get_reply;
 use apiproxy_tests::controlplane::{admin_call, ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::redis::{hset_plain, RedisServer};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, DataPlane};
-use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use serde_json::json;
 
@@ -47,14 +46,6 @@ fn fleet() -> Fleet {
     }
 }
 
-/// A script that is true when the mapping table lists exactly `prefixes`.
-fn rows_are(prefixes: &str) -> String {
-    format!(
-        "return [...document.querySelectorAll('#mappings tbody tr[data-prefix]')]\
-         .map(r => r.dataset.prefix).join(',') === '{prefixes}'"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_manages_mappings_in_the_browser() {
     let f = fleet();
@@ -78,7 +69,7 @@ async fn an_operator_manages_mappings_in_the_browser() {
     );
     b.screenshot("admin-login-error").await;
 
-    submit_admin_token(&b).await;
+    b.submit_admin_token().await;
     assert_eq!(b.text("#mappings tbody td.empty").await, "No mappings yet.");
 
     // The session survives a reload.
@@ -237,7 +228,7 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
     let b = Browser::start().await;
     let base = format!("http://{}", f.cp.addr);
     // Sign in first: the node table needs a session.
-    sign_in(&b, &base).await;
+    b.sign_in(&base).await;
 
     b.goto(&format!("{base}/")).await;
     // The dashboard refreshes itself until every request is counted.
@@ -290,25 +281,12 @@ async fn the_dashboard_shows_the_traffic_and_the_fleet() {
     b.click("#lang-switch").await;
 
     // Phone width: nothing overflows the viewport sideways.
-    b.client.set_window_size(390, 844).await.unwrap();
-    b.wait_until(
-        "fits a phone",
-        "return document.documentElement.scrollWidth <= window.innerWidth",
-    )
-    .await;
-    b.screenshot("dashboard-phone").await;
+    b.fits_a_phone("dashboard-phone").await;
 
     // Keyboard: a real Tab press from the top of the page lands on the
     // skip link, and every control has an accessible name.
     b.goto(&format!("{base}/")).await;
-    let tab = KeyActions::new("keyboard".into())
-        .then(KeyAction::Down {
-            value: char::from(Key::Tab),
-        })
-        .then(KeyAction::Up {
-            value: char::from(Key::Tab),
-        });
-    b.client.perform_actions(tab).await.unwrap();
+    b.press(Key::Tab).await;
     assert_eq!(
         b.js("return document.activeElement.className").await,
         serde_json::json!("skip")
@@ -394,30 +372,6 @@ async fn the_console_marks_entries_that_do_not_route() {
     .await;
 }
 
-/// Visible buttons, links and form fields that a screen reader could not
-/// name (no label, no aria-label, no text).
-const UNLABELLED_CONTROLS: &str = "return [...document.querySelectorAll('button, a[href], input, select, textarea')]\
-    .filter(e => !e.closest('[hidden]') && !e.closest('dialog:not([open])'))\
-    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())\
-    .map(e => e.outerHTML.slice(0, 80))";
-
-/// Signs in through the admin page's form.
-async fn sign_in(b: &Browser, base: &str) {
-    b.goto(&format!("{base}/admin")).await;
-    submit_admin_token(b).await;
-}
-
-/// Submits the admin token on the sign-in form shown.
-async fn submit_admin_token(b: &Browser) {
-    b.fill("#token", ADMIN_TOKEN).await;
-    b.click("#login-form button[type=submit]").await;
-    b.wait_until(
-        "signed in",
-        "return !document.getElementById('app-view').hidden",
-    )
-    .await;
-}
-
 /// Adds `prefix` (the only mapping) with the Add dialog.
 async fn add_through_the_form(b: &Browser, prefix: &str) {
     b.click("#add").await;
@@ -428,11 +382,6 @@ async fn add_through_the_form(b: &Browser, prefix: &str) {
         .await;
 }
 
-/// The status line's text and the `aria-live` of the region it sits in.
-const STATUS_LINE: &str = "const s = document.getElementById('status'); \
-    const live = s.closest('[aria-live]'); \
-    return [s.textContent, live && live.getAttribute('aria-live')]";
-
 /// After Save and after Delete the console says so, and keeps saying it
 /// (well past the reload of the table that used to wipe it), in a region
 /// a screen reader announces.
@@ -442,7 +391,7 @@ async fn saves_and_deletes_are_confirmed_until_the_next_action() {
     let cp = ControlPlane::start(&redis.url(), &[]);
     let base = format!("http://{}", cp.addr);
     let b = Browser::start().await;
-    sign_in(&b, &base).await;
+    b.sign_in(&base).await;
 
     add_through_the_form(&b, "/x").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -607,7 +556,7 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
     .await;
     assert_eq!(b.text("#status").await, "", "not an error");
 
-    sign_in(&b, &base).await;
+    b.sign_in(&base).await;
     b.goto(&format!("{base}/")).await;
     let all = "dp-west-4000,dp-east-3000,dp-west-2000,dp-east-1000";
     b.wait_until(
@@ -638,11 +587,7 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
         .await;
     b.screenshot("dashboard-failures").await;
 
-    b.find("#failure-filter")
-        .await
-        .select_by_value("/openai")
-        .await
-        .unwrap();
+    b.select("#failure-filter", "/openai").await;
     let openai = "dp-west-4000,dp-west-2000,dp-east-1000";
     b.wait_until("filtered", &format!("{FAILURE_ROWS} === '{openai}'"))
         .await;
@@ -663,11 +608,7 @@ async fn the_dashboard_lists_the_fleets_recent_failures() {
         b.accessible_name("#failure-filter").await,
         b.accessible_name("#endpoint-filter").await
     );
-    b.find("#failure-filter")
-        .await
-        .select_by_value("/claude")
-        .await
-        .unwrap();
+    b.select("#failure-filter", "/claude").await;
     b.wait_until(
         "other filter",
         &format!("{FAILURE_ROWS} === 'dp-east-3000'"),
@@ -704,7 +645,7 @@ async fn real_failures_on_two_nodes_reach_the_table() {
     let west_id = id(get_reply(west.addr, "/dead/x").await);
 
     let b = Browser::start().await;
-    sign_in(&b, &base).await;
+    b.sign_in(&base).await;
     b.goto(&format!("{base}/")).await;
     let row = |id: &str| {
         format!(
