@@ -266,6 +266,18 @@ async function saveForm(ev) {
   clearFormErrors();
   const prefix = document.getElementById("prefix").value.trim();
   const target = document.getElementById("target").value.trim();
+  // A new mapping that is to be guarded gets its policy first: written
+  // the other way round it would route openly until the policy landed,
+  // and stay open if the policy were refused.
+  const guardedFirst = !model.editing && needsPolicy(wantedPolicy());
+  if (guardedFirst) {
+    try {
+      await savePolicy(prefix);
+    } catch (e) {
+      if (e.status !== 401) showFormError(e.message, "policy");
+      return;
+    }
+  }
   // An edit that only changes the policy leaves the mapping as it is.
   let saved = model.editing;
   try {
@@ -285,7 +297,7 @@ async function saveForm(ev) {
   document.getElementById("prefix").readOnly = true;
   document.getElementById("mapping-dialog-title").textContent = t("admin.form_edit", saved);
   try {
-    await savePolicy(saved);
+    if (!guardedFirst) await savePolicy(saved);
   } catch (e) {
     if (e.status !== 401) showFormError(e.message, "policy", t("admin.policy_not_saved", saved));
     await load();
@@ -376,6 +388,11 @@ function samePolicy(stored, wanted) {
     && (s.template ?? "") === (w.template ?? "");
 }
 
+/** Whether `policy` (as the form asks for it) is more than an open mapping. */
+function needsPolicy(policy) {
+  return policy.access !== "open" || Boolean(policy.upstream_credential);
+}
+
 /** Writes the form's policy for the mapping just saved: open with no
  * credential removes a stored one; the first policy on this Redis brings
  * up the warning about Go-version nodes, which stays until closed. */
@@ -383,7 +400,7 @@ async function savePolicy(prefix) {
   const stored = model.policies[prefix] ?? null;
   const wanted = wantedPolicy();
   const path = `/api/policies/${encodePrefix(prefix)}`;
-  if (wanted.access === "open" && !wanted.upstream_credential) {
+  if (!needsPolicy(wanted)) {
     if (stored) await guarded(() => api("DELETE", path));
     return;
   }

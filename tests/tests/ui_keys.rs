@@ -605,11 +605,13 @@ async fn an_operator_sets_a_mappings_policy_in_the_form() {
     );
 }
 
-/// A control plane without `API_PROXY_SECRETS_KEY` refuses a credential:
-/// the new mapping is saved, the form stays open and says the policy is
-/// not, with the API's reason beside the secret; the retry edits it.
+/// A control plane without `API_PROXY_SECRETS_KEY` refuses a credential.
+/// A new guarded mapping gets its policy before the mapping itself, so the
+/// refusal leaves nothing written (never an open mapping that was meant
+/// to be keyed): the form stays open with the API's reason beside the
+/// secret, and the retry without a credential saves both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
+async fn a_refused_policy_keeps_the_form_open_and_writes_nothing() {
     let redis = RedisServer::start();
     let cp = control_plane(&redis, None);
     let base = format!("http://{}", cp.addr);
@@ -623,10 +625,6 @@ async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
         "return document.getElementById('cred-secret-error').textContent.includes('API_PROXY_SECRETS_KEY')",
     )
     .await;
-    assert_eq!(
-        b.text("#policy-error").await,
-        "/gemini is saved, but not its access policy."
-    );
     assert!(b
         .js("return document.getElementById('mapping-dialog').open")
         .await
@@ -635,28 +633,32 @@ async fn a_refused_policy_keeps_the_form_open_and_the_mapping_saved() {
     assert_eq!(b.js(FOCUSED).await, json!("cred-secret"));
     assert_eq!(
         b.js("const p = document.getElementById('prefix'); \
-              return [p.readOnly, document.getElementById('mapping-dialog-title').textContent, \
-                      document.getElementById('cred-secret').value]")
+              return [p.readOnly, p.value, document.getElementById('cred-secret').value]")
             .await,
-        json!([true, "Edit /gemini", UPSTREAM_SECRET])
+        json!([false, "/gemini", UPSTREAM_SECRET])
     );
-    b.wait_until("row /gemini", &rows_are("/gemini")).await;
     assert_eq!(
         cp.admin("GET", "/api/mappings/gemini", None).await.status,
-        200
+        404
     );
     assert_eq!(
         cp.admin("GET", "/api/policies/gemini", None).await.status,
         404
     );
 
-    // Without the credential the same form saves (an edit now, no 409).
+    // Without the credential the same form saves the policy and then the
+    // mapping.
     b.select("#cred-preset", "").await;
     save(&b).await;
     let r = cp.admin("GET", "/api/policies/gemini", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["policy"]["access"], "key");
     assert_eq!(r.json()["policy"]["upstream_credential"], Value::Null);
+    assert_eq!(
+        cp.admin("GET", "/api/mappings/gemini", None).await.status,
+        200
+    );
+    b.wait_until("row /gemini", &rows_are("/gemini")).await;
     assert!(shown(&b, "policy-warning").await);
     assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /gemini.", "polite"]));
 }
