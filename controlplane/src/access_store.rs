@@ -1,4 +1,4 @@
-//! Proxy keys and mapping policies in Redis (issue 23), written as the
+//! Proxy keys and mapping policies in Redis, written as the
 //! mappings are: each change, its version bump and its audit entry happen
 //! in one Lua script, and the announcement is published after it. A key's
 //! record, its `by-hash` index entry, its last use and its usage counters
@@ -154,7 +154,8 @@ impl AccessStore {
             new_summary: key_summary(record),
             actor,
         };
-        // A new id is 64 random bits: taken only by a bug.
+        // An id is the first 64 bits of a new random secret's hash: taken
+        // only by a collision (about 2^-64 a key).
         let (version, _) = self
             .write(change, Some(&record.sha256))
             .await?

@@ -9,8 +9,8 @@ use std::hint::black_box;
 
 use apiproxy_dataplane::Gate;
 use apiproxy_shared::access::{
-    format_key_id, key_hash_hex, Access, CredentialPlace, KeyRecord, SecretsKey, StoredCredential,
-    StoredPolicy,
+    key_hash, key_hash_hex, key_id_of, Access, CredentialPlace, KeyRecord, SecretsKey,
+    StoredCredential, StoredPolicy,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue};
@@ -26,7 +26,7 @@ fn secret(i: usize) -> String {
 }
 
 fn record(i: usize, enabled: bool) -> (String, String) {
-    let id = format_key_id(i as u64);
+    let id = key_id_of(&key_hash(secret(i).as_bytes()));
     let record = KeyRecord {
         id: id.clone(),
         name: format!("key {i}"),
@@ -70,7 +70,7 @@ fn admit_and_change(c: &mut Criterion) {
         let bearer = format!("Bearer {}", secret(n / 2));
         headers.insert("authorization", HeaderValue::from_str(&bearer).unwrap());
         group.bench_with_input(BenchmarkId::new("admit", n), &headers, |b, h| {
-            b.iter(|| black_box(g.admit(black_box("/openai"), h, None).is_ok()))
+            b.iter(|| black_box(g.admit(black_box("/openai"), h, None, None).is_ok()))
         });
         let (id, disabled) = record(n / 2, false);
         group.bench_with_input(BenchmarkId::new("change", n), &disabled, |b, r| {

@@ -57,7 +57,8 @@ use config::Source;
 pub use config::{Config, ConfigError, EXIT_CONFIG};
 // For the benches: the routing table's lookup and a request's record.
 pub use error_kind::UpstreamErrorKind;
-pub use gate::{Denied, Gate, Pass, ProxyKey};
+pub use gate::usage::UsageRegistry;
+pub use gate::{Admitted, Denied, Gate, Pass, ProxyKey};
 pub use metrics::Metrics;
 pub use record::{Outcome, RequestRecord};
 pub use routing::{Route, Snapshot};

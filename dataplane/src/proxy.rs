@@ -27,7 +27,8 @@ use crate::causes::chain;
 use crate::deadline::{self, Timer};
 use crate::error::{classify_send_error, ProxyError, SendFailure};
 use crate::error_kind::UpstreamErrorKind;
-use crate::gate::{Denied, Pass, ProxyKey};
+use crate::gate::usage::UsageRegistry;
+use crate::gate::{Admitted, Denied, Pass};
 use crate::headers;
 use crate::pool::{SendError, SendResult};
 use crate::record::{Outcome, RequestRecord};
@@ -126,20 +127,25 @@ impl Proxy {
         }
         // A keyed mapping lets through only a known proxy key, and swaps
         // in the upstream credential; an open one skips this.
-        let pass = match self.state.gate() {
+        let mut pass = match self.state.gate() {
             None => None,
-            Some(gate) => match gate.admit(&route.prefix, req.headers(), req.uri().query()) {
+            Some(gate) => match gate.admit(
+                &route.prefix,
+                req.headers(),
+                req.uri().query(),
+                self.key_usage(),
+            ) {
                 Ok(pass) => pass,
                 Err(Denied { error, key }) => {
                     if let Some(key) = key {
-                        self.count_key(&mut record, &key, &route);
+                        count_key(&mut record, key, &route);
                     }
                     return Err(refuse(record, error));
                 }
             },
         };
-        if let Some(key) = pass.as_ref().and_then(|p| p.key.as_ref()) {
-            self.count_key(&mut record, key, &route);
+        if let Some(key) = pass.as_mut().and_then(|p| p.key.take()) {
+            count_key(&mut record, key, &route);
         }
         let query = match &pass {
             Some(pass) => pass.query(req.uri().query()),
@@ -196,16 +202,13 @@ impl Proxy {
         Ok((head, in_flight))
     }
 
-    /// Ties the request to its proxy key: in the access log by id, and in
-    /// the key's usage on this prefix when stats are recorded.
-    fn count_key(&self, record: &mut RequestRecord, key: &ProxyKey, route: &Route) {
-        let usage = self
-            .state
+    /// Where keyed requests count their key's use: `None` with stats off.
+    fn key_usage(&self) -> Option<&Arc<UsageRegistry>> {
+        self.state
             .metrics
             .stats()
             .recording()
-            .then(|| key.usage(&self.state.key_usage).cell(&route.prefix));
-        record.key(key.id_bits(), usage);
+            .then_some(&self.state.key_usage)
     }
 
     /// The answer to a request whose head could not be read (malformed,
@@ -547,6 +550,12 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 }
 
 /// Answers the request of `record` with `error`.
+/// Ties the request to its proxy key: in the access log by id, and in
+/// the key's usage on this prefix when stats are recorded.
+fn count_key(record: &mut RequestRecord, key: Admitted, route: &Route) {
+    record.key(key.id, key.usage.map(|usage| usage.cell(&route.prefix)));
+}
+
 fn refuse(record: RequestRecord, error: ProxyError) -> Refused {
     Refused {
         id: id_of(&record),

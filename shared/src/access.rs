@@ -1,4 +1,4 @@
-//! Proxy keys and per-mapping access policies (SPEC: issue 23): the records
+//! Proxy keys and per-mapping access policies: the records
 //! the control plane writes to Redis and the data planes read, their
 //! validation, and the two pieces of cryptography both sides must agree on:
 //! the key hash (SHA-256) and the sealing of upstream credentials under
@@ -81,10 +81,20 @@ pub fn new_proxy_key() -> String {
     )
 }
 
-/// A fresh key id: `key_` and 16 hex digits (not secret: it names the key
-/// in logs, metrics and the API).
-pub fn new_key_id() -> String {
-    format_key_id(u64::from_be_bytes(random::<8>()))
+/// A key's id: `key_` and the first 16 hex digits of its secret's SHA-256.
+/// Not secret (it names the key in logs, metrics and the API): a quarter
+/// of a hash of 256 random bits tells nothing of them. Taken from the hash
+/// so that a data plane indexes its keys by one number for both the
+/// request path's lookup (by hash) and a change's (by id).
+pub fn key_id_of(hash: &[u8; 32]) -> String {
+    format_key_id(key_id_bits(hash))
+}
+
+/// The 64 bits [`key_id_of`] spells.
+pub fn key_id_bits(hash: &[u8; 32]) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(head)
 }
 
 /// The id whose 16 hex digits are `bits`.
@@ -93,7 +103,7 @@ pub fn format_key_id(bits: u64) -> String {
 }
 
 /// The 64 bits a key id's hex digits spell (a data plane keeps that, not
-/// the string); `None` for anything [`new_key_id`] does not make.
+/// the string); `None` for anything [`key_id_of`] does not make.
 pub fn parse_key_id(id: &str) -> Option<u64> {
     let digits = id.strip_prefix("key_")?;
     let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
@@ -103,7 +113,7 @@ pub fn parse_key_id(id: &str) -> Option<u64> {
     u64::from_str_radix(digits, 16).ok()
 }
 
-/// Whether `id` has the shape [`new_key_id`] makes.
+/// Whether `id` has the shape [`key_id_of`] makes.
 pub fn is_key_id(id: &str) -> bool {
     parse_key_id(id).is_some()
 }
@@ -261,6 +271,13 @@ impl KeyRecord {
     pub fn validate(&self) -> Result<(), &'static str> {
         if !is_key_id(&self.id) {
             return Err("`id` is not a key id");
+        }
+        if parse_hash_hex(&self.sha256)
+            .map(|h| key_id_of(&h))
+            .as_deref()
+            != Some(&self.id)
+        {
+            return Err("`id` is not the one its `sha256` gives");
         }
         if validate_key_name(&self.name).is_err() {
             return Err("`name` is invalid");
@@ -523,8 +540,9 @@ mod tests {
         let k = new_proxy_key();
         assert!(k.starts_with("apx-") && k.len() == 4 + 43, "{k}");
         assert_ne!(k, new_proxy_key());
-        let id = new_key_id();
+        let id = key_id_of(&key_hash(k.as_bytes()));
         assert!(is_key_id(&id), "{id}");
+        assert_eq!(id[4..], key_hash_hex(k.as_bytes())[..16]);
         assert!(!is_key_id("key_XYZ"));
         assert!(!is_key_id("key_0123456789ABCDEF"));
         assert_eq!(parse_key_id("key_00000000000000ff"), Some(255));
@@ -540,7 +558,7 @@ mod tests {
 
     fn record() -> KeyRecord {
         KeyRecord {
-            id: "key_0123456789abcdef".into(),
+            id: key_id_of(&key_hash(b"x")),
             name: "ci".into(),
             prefixes: Some(vec!["/openai".into()]),
             enabled: true,
@@ -573,6 +591,11 @@ mod tests {
             ..record()
         };
         assert!(aliased.validate().is_err());
+        let other_id = KeyRecord {
+            id: "key_0123456789abcdef".into(),
+            ..record()
+        };
+        assert!(other_id.validate().is_err());
     }
 
     #[test]

@@ -136,7 +136,15 @@ pub fn accepted(bin: &str) -> &'static Accepted {
     // Environment only, never flags (SPEC §2), so `--help` cannot list
     // them; RUST_LOG is the log level (SPEC §2, "Level by RUST_LOG").
     let (cell, env_only): (_, &[&str]) = match bin {
-        "apiproxy-dataplane" => (&DATAPLANE, &["API_PROXY_NODE_TOKEN", "PORT", "RUST_LOG"]),
+        "apiproxy-dataplane" => (
+            &DATAPLANE,
+            &[
+                "API_PROXY_NODE_TOKEN",
+                "API_PROXY_SECRETS_KEY",
+                "PORT",
+                "RUST_LOG",
+            ],
+        ),
         "apiproxy-controlplane" => (
             &CONTROLPLANE,
             &[

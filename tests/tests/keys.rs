@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apiproxy_shared::access::{
-    key_hash_hex, new_key_id, new_proxy_key, Access, CredentialPlace, KeyRecord, SecretsKey,
-    StoredCredential, StoredPolicy,
+    key_hash, key_hash_hex, key_id_of, new_proxy_key, Access, CredentialPlace, KeyRecord,
+    SecretsKey, StoredCredential, StoredPolicy,
 };
 use apiproxy_shared::{RedisKeys, UpdateOp};
 use apiproxy_tests::client::{call, send};
@@ -38,7 +38,7 @@ impl Key {
         let secret = new_proxy_key();
         Key {
             record: KeyRecord {
-                id: new_key_id(),
+                id: key_id_of(&key_hash(secret.as_bytes())),
                 name: "test".into(),
                 prefixes: prefixes.map(|p| p.iter().map(|s| s.to_string()).collect()),
                 enabled: true,

@@ -1,9 +1,9 @@
-//! Proxy keys (issue 23): list, create (the only answer that shows the
+//! Proxy keys: list, create (the only answer that shows the
 //! secret), get, patch and delete. Redis holds a key's SHA-256, never the
 //! key; every field is checked by the shared crate's rules.
 
 use apiproxy_shared::access::{
-    canonical_key_prefixes, key_hash_hex, new_key_id, new_proxy_key, validate_key_name, KeyRecord,
+    canonical_key_prefixes, hex, key_hash, key_id_of, new_proxy_key, validate_key_name, KeyRecord,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -72,14 +72,15 @@ pub(crate) async fn create(
     let now = now_ms() / 1000;
     name(&body.name)?;
     let secret = new_proxy_key();
+    let hash = key_hash(secret.as_bytes());
     let record = KeyRecord {
-        id: new_key_id(),
+        id: key_id_of(&hash),
         name: body.name,
         prefixes: prefixes(body.prefixes)?,
         enabled: true,
         expires_at: expiry(body.expires_at, now)?,
         created_at: now,
-        sha256: key_hash_hex(secret.as_bytes()),
+        sha256: hex(&hash),
     };
     let version = state.access.create_key(&record, &actor.to_string()).await?;
     tracing::info!(key_id = %record.id, %actor, version, "proxy key created");

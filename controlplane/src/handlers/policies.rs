@@ -1,4 +1,4 @@
-//! Mapping policies (issue 23): who may use a mapping, and the upstream
+//! Mapping policies: who may use a mapping, and the upstream
 //! credential put in place of the client's own. A policy is addressed as
 //! its mapping is (`/api/policies/{prefix}`, `%2F` for `/`), stored in the
 //! prefix's one spelling, and may exist without a mapping (set it before

@@ -10,31 +10,32 @@
 //! [`crate::redis_source`] hands in the records.
 
 pub(crate) mod client_key;
+mod policy;
 pub(crate) mod usage;
 
-use std::borrow::Cow;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use apiproxy_shared::access::{
-    format_key_id, key_allows, key_hash, parse_hash_hex, parse_key_id, Access, KeyRecord,
-    SecretsKey, StoredPolicy,
+    format_key_id, hex, key_allows, key_hash, key_id_bits, parse_hash_hex, parse_key_id, Access,
+    KeyRecord, SecretsKey, StoredPolicy,
 };
 use apiproxy_shared::canonical_prefix;
 use fnv::FnvBuildHasher;
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rpds::HashTrieMapSync;
 use tracing::{error, warn};
 
-use self::client_key::{Found, KEY_PARAM};
+pub use self::policy::Pass;
+use self::policy::Policy;
 use self::usage::{KeyUsage, UsageRegistry};
 use crate::error::ProxyError;
 
-/// The first 8 bytes of a SHA-256, as the key table's index: digests of
-/// random secrets are uniform already, so they need no hashing again.
-type HashHead = u64;
+/// A key's id as a number: the first 8 bytes of its SHA-256
+/// ([`apiproxy_shared::access::key_id_of`]), so one index serves the
+/// request path (which has the hash) and a change (which names the id).
+/// Digests of random secrets are uniform already: no hashing again.
+type IdBits = u64;
 
 #[derive(Default)]
 struct IdentityHasher(u64);
@@ -55,169 +56,75 @@ impl Hasher for IdentityHasher {
 
 type Identity = BuildHasherDefault<IdentityHasher>;
 
+/// Bytes of the SHA-256 checked after the id's 8: 192 bits in all must
+/// match, far beyond any search, with 8 bytes a key less to keep.
+const TAIL: usize = 16;
+
+fn split(hash: &[u8; 32]) -> (IdBits, [u8; TAIL]) {
+    let mut tail = [0u8; TAIL];
+    tail.copy_from_slice(&hash[8..8 + TAIL]);
+    (key_id_bits(hash), tail)
+}
+
 /// A proxy key as the data plane keeps it: what the check needs and no
-/// more (about a hundred bytes a key; the name lives in the control plane).
-#[derive(Debug, Clone)]
+/// more (the name lives in the control plane).
+#[derive(Debug)]
 pub struct ProxyKey {
-    /// The rest of the SHA-256 after the table's [`HashHead`].
-    tail: [u8; 24],
-    id: u64,
-    enabled: bool,
+    id: IdBits,
+    /// The SHA-256's bytes after the id's.
+    tail: [u8; TAIL],
+    /// [`record_digest`] of the record it was made from.
+    raw: u64,
     /// Unix seconds; 0: never.
     expires_at: u64,
     prefixes: Option<Arc<[Box<str>]>>,
-    /// [`record_digest`] of the record it was made from.
-    raw: u64,
-    /// Made on first use, and kept by every later version of the record.
-    usage: Arc<OnceLock<Arc<KeyUsage>>>,
+    /// Made on first use. A new version of the record takes the counters
+    /// of the one it replaces; a request racing that on the old version
+    /// may make a second set, which is pushed beside the first and summed
+    /// by the control plane: nothing is lost.
+    usage: OnceLock<Arc<KeyUsage>>,
+    enabled: bool,
 }
 
 impl ProxyKey {
-    /// The key's usage counters, made on first use.
-    pub(crate) fn usage(&self, registry: &Arc<UsageRegistry>) -> &Arc<KeyUsage> {
-        self.usage
-            .get_or_init(|| Arc::new(KeyUsage::new(self.id().into(), registry.clone())))
-    }
-
     pub fn id(&self) -> String {
         format_key_id(self.id)
     }
 
+    /// What a request keeps of its key: the id, and where its use is
+    /// counted when `usage` (the node's registry) is given.
+    fn admitted(&self, usage: Option<&Arc<UsageRegistry>>) -> Admitted {
+        Admitted {
+            id: self.id,
+            usage: usage.map(|registry| {
+                self.usage
+                    .get_or_init(|| Arc::new(KeyUsage::new(self.id().into(), registry.clone())))
+                    .clone()
+            }),
+        }
+    }
+}
+
+/// The proxy key a request came with.
+#[derive(Debug)]
+pub struct Admitted {
     /// The id's 64 bits.
-    pub(crate) fn id_bits(&self) -> u64 {
-        self.id
-    }
-}
-
-/// An upstream credential, opened and ready to put in a request.
-#[derive(Clone)]
-enum Credential {
-    Header(HeaderName, HeaderValue),
-    /// The parameter's name and the whole `name=value` pair, encoded.
-    Query(Box<str>, Box<str>),
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credential::Header(name, _) => write!(f, "Credential::Header({name}, …)"),
-            Credential::Query(name, _) => write!(f, "Credential::Query({name}, …)"),
-        }
-    }
-}
-
-/// A mapping's policy, ready for the request path.
-#[derive(Debug)]
-pub(crate) struct Policy {
-    access: Access,
-    /// `Err`: the policy names a credential this node cannot open; its
-    /// requests get 503 (fail closed), never a pass without it.
-    credential: Option<Result<Credential, ()>>,
-}
-
-/// Characters a query credential's value is sent with encoded: all but
-/// RFC 3986's unreserved.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-impl Policy {
-    /// Makes the policy of `prefix` from its stored form. A credential that
-    /// cannot be opened is said once here, when the policy is applied, not
-    /// on every request.
-    fn new(prefix: &str, stored: StoredPolicy, secrets: Option<&SecretsKey>) -> Policy {
-        let credential = stored.upstream_credential.map(|c| {
-            let Some(secrets) = secrets else {
-                error!(prefix, "this mapping's upstream credential needs API_PROXY_SECRETS_KEY, which this node does not have: its requests get 503 not_ready");
-                return Err(());
-            };
-            let secret = secrets.open(prefix, &c.sealed).map_err(|e| {
-                error!(prefix, %e, "this mapping's requests get 503 not_ready");
-            })?;
-            let place = c.place.normalised().map_err(|e| {
-                error!(prefix, %e, "invalid upstream credential: this mapping's requests get 503 not_ready");
-            })?;
-            match (place.header, place.query) {
-                (Some(name), _) => {
-                    let name = HeaderName::try_from(name).map_err(|_| ())?;
-                    let mut value = HeaderValue::try_from(place.template.map_or(secret.clone(), |t| t.replacen(apiproxy_shared::access::SECRET_PLACEHOLDER, &secret, 1)))
-                        .map_err(|_| error!(prefix, "the upstream credential is not a valid header value: this mapping's requests get 503 not_ready"))?;
-                    // Kept out of HTTP/2 header compression tables and
-                    // out of any debug output.
-                    value.set_sensitive(true);
-                    Ok(Credential::Header(name, value))
-                }
-                (None, Some(name)) => {
-                    let pair = format!("{name}={}", utf8_percent_encode(&secret, QUERY_VALUE));
-                    Ok(Credential::Query(name.into(), pair.into()))
-                }
-                (None, None) => Err(()),
-            }
-        });
-        Policy {
-            access: stored.access,
-            credential,
-        }
-    }
-}
-
-/// What the gate lets through, and what it changes on the way.
-#[derive(Debug)]
-pub struct Pass {
-    /// The proxy key, when the mapping needs one.
-    pub(crate) key: Option<ProxyKey>,
-    /// Where that key was: taken out of the request.
-    found: Option<Found>,
-    credential: Option<Credential>,
+    pub(crate) id: u64,
+    /// Its counters; `None` with stats off.
+    pub(crate) usage: Option<Arc<KeyUsage>>,
 }
 
 /// Why the gate refused, and whose key it was if it knew it.
 #[derive(Debug)]
 pub struct Denied {
     pub(crate) error: ProxyError,
-    pub(crate) key: Option<ProxyKey>,
-}
-
-impl Pass {
-    /// The upstream request's query: the client's without its proxy key
-    /// or its own credential parameter, with ours added. Borrowed when
-    /// nothing changes.
-    pub(crate) fn query<'q>(&self, query: Option<&'q str>) -> Option<Cow<'q, str>> {
-        let (remove, append) = match (&self.credential, &self.found) {
-            (Some(Credential::Query(name, pair)), _) => (&**name, Some(&**pair)),
-            (_, Some(Found::Query)) => (KEY_PARAM, None),
-            _ => return query.map(Cow::Borrowed),
-        };
-        // The proxy key in `key` and the credential in another parameter:
-        // both go.
-        let query = match (&self.found, remove) {
-            (Some(Found::Query), r) if r != KEY_PARAM => {
-                client_key::rewrite_query(query, KEY_PARAM, None)
-            }
-            _ => query.map(str::to_owned),
-        };
-        client_key::rewrite_query(query.as_deref(), remove, append).map(Cow::Owned)
-    }
-
-    /// Takes the proxy key's header out and puts the credential's in.
-    pub(crate) fn rewrite_headers(&self, headers: &mut HeaderMap) {
-        if let Some(Found::Header(name)) = &self.found {
-            headers.remove(name);
-        }
-        if let Some(Credential::Header(name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
+    pub(crate) key: Option<Admitted>,
 }
 
 /// The proxy keys and policies one snapshot holds.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    keys: HashTrieMapSync<HashHead, ProxyKey, Identity>,
-    /// Key id → its [`HashHead`], to apply a change or delete by id.
-    ids: HashTrieMapSync<u64, HashHead, Identity>,
+    keys: HashTrieMapSync<IdBits, ProxyKey, Identity>,
     policies: HashTrieMapSync<Arc<str>, Arc<Policy>, FnvBuildHasher>,
 }
 
@@ -225,18 +132,9 @@ impl Default for Gate {
     fn default() -> Gate {
         Gate {
             keys: HashTrieMapSync::new_with_hasher_and_ptr_kind(Identity::default()),
-            ids: HashTrieMapSync::new_with_hasher_and_ptr_kind(Identity::default()),
             policies: HashTrieMapSync::new_with_hasher_and_ptr_kind(FnvBuildHasher::default()),
         }
     }
-}
-
-fn head(hash: &[u8; 32]) -> (HashHead, [u8; 24]) {
-    let mut h = [0u8; 8];
-    h.copy_from_slice(&hash[..8]);
-    let mut tail = [0u8; 24];
-    tail.copy_from_slice(&hash[8..]);
-    (u64::from_be_bytes(h), tail)
 }
 
 impl Gate {
@@ -254,14 +152,16 @@ impl Gate {
     }
 
     /// The decision for a request on the mapping `prefix`: `Ok(None)` for
-    /// a mapping without a policy.
+    /// a mapping without a policy. `usage`: the node's key usage registry,
+    /// when it records stats.
     pub fn admit(
         &self,
         prefix: &str,
         headers: &HeaderMap,
         query: Option<&str>,
+        usage: Option<&Arc<UsageRegistry>>,
     ) -> Result<Option<Pass>, Denied> {
-        self.admit_at(prefix, headers, query, unix_seconds)
+        self.admit_at(prefix, headers, query, usage, unix_seconds)
     }
 
     /// [`Gate::admit`] with its clock, read only for a key that expires.
@@ -270,6 +170,7 @@ impl Gate {
         prefix: &str,
         headers: &HeaderMap,
         query: Option<&str>,
+        usage: Option<&Arc<UsageRegistry>>,
         now: fn() -> u64,
     ) -> Result<Option<Pass>, Denied> {
         let Some(policy) = self.policies.get(prefix) else {
@@ -285,22 +186,18 @@ impl Gate {
                         None,
                     );
                 };
-                let (h, tail) = head(&key_hash(&secret));
-                let Some(key) = self.keys.get(&h).filter(|k| k.tail == tail) else {
+                let (id, tail) = split(&key_hash(&secret));
+                let Some(key) = self.keys.get(&id).filter(|k| k.tail == tail) else {
                     return denied(ProxyError::Unauthorized("unknown proxy key"), None);
                 };
                 let expires_at = (key.expires_at != 0).then_some(key.expires_at);
                 let now = if expires_at.is_some() { now() } else { 0 };
-                if let Err(why) = key_allows(
-                    key.enabled,
-                    expires_at,
-                    key.prefixes.as_deref(),
-                    prefix,
-                    now,
-                ) {
-                    return denied(ProxyError::Forbidden(why.message()), Some(key.clone()));
+                let prefixes = key.prefixes.as_deref();
+                if let Err(why) = key_allows(key.enabled, expires_at, prefixes, prefix, now) {
+                    let key = key.admitted(usage);
+                    return denied(ProxyError::Forbidden(why.message()), Some(key));
                 }
-                (Some(key.clone()), Some(found))
+                (Some(key.admitted(usage)), Some(found))
             }
         };
         let credential = match &policy.credential {
@@ -326,32 +223,15 @@ impl Gate {
             );
             return next;
         };
-        let old = next.ids.get(&bits).copied();
-        let usage = old.and_then(|h| next.keys.get(&h)).map(|k| k.usage.clone());
-        if let Some(h) = old {
-            next.keys.remove_mut(&h);
-            next.ids.remove_mut(&bits);
-        }
+        let usage = next.keys.get(&bits).and_then(|k| k.usage.get().cloned());
+        next.keys.remove_mut(&bits);
         if let Some(key) = record.and_then(|r| parse_key(id, r)) {
-            next.insert(key, usage);
+            if let Some(usage) = usage {
+                let _ = key.usage.set(usage);
+            }
+            next.keys.insert_mut(bits, key);
         }
         next
-    }
-
-    fn insert(
-        &mut self,
-        (h, mut key): (HashHead, ProxyKey),
-        usage: Option<Arc<OnceLock<Arc<KeyUsage>>>>,
-    ) {
-        if let Some(usage) = usage {
-            key.usage = usage;
-        }
-        if self.keys.get(&h).is_some_and(|other| other.id != key.id) {
-            warn!(key_id = %key.id(), "two keys share the first 64 bits of their hash; skipping this one");
-            return;
-        }
-        self.ids.insert_mut(key.id, h);
-        self.keys.insert_mut(h, key);
     }
 
     /// The gate after the policy of `prefix` changed (`stored` `None`:
@@ -370,27 +250,14 @@ impl Gate {
         let canonical: Arc<str> = canonical.into();
         next.policies.remove_mut(&canonical);
         if let Some(stored) = stored {
-            match serde_json::from_str::<StoredPolicy>(stored) {
-                Ok(policy) => {
-                    next.policies.insert_mut(
-                        canonical.clone(),
-                        Arc::new(Policy::new(&canonical, policy, secrets)),
-                    );
-                }
-                // A policy that cannot be read must not leave its mapping
-                // open: it refuses every request, as one whose credential
-                // cannot be opened.
+            let policy = match serde_json::from_str::<StoredPolicy>(stored) {
+                Ok(policy) => Policy::new(&canonical, policy, secrets),
                 Err(e) => {
                     error!(prefix, %e, "unreadable policy: this mapping's requests get 503 not_ready");
-                    next.policies.insert_mut(
-                        canonical,
-                        Arc::new(Policy {
-                            access: Access::Key,
-                            credential: Some(Err(())),
-                        }),
-                    );
+                    Policy::unreadable()
                 }
-            }
+            };
+            next.policies.insert_mut(canonical, Arc::new(policy));
         }
         next
     }
@@ -404,13 +271,11 @@ impl Gate {
     ) -> Gate {
         let mut next = Gate::default();
         for (id, record) in keys {
-            if let Some((h, key)) = parse_key(id, record) {
-                let usage = self
-                    .ids
-                    .get(&key.id)
-                    .and_then(|old| self.keys.get(old))
-                    .map(|k| k.usage.clone());
-                next.insert((h, key), usage);
+            if let Some(key) = parse_key(id, record) {
+                if let Some(usage) = self.keys.get(&key.id).and_then(|k| k.usage.get()) {
+                    let _ = key.usage.set(usage.clone());
+                }
+                next.keys.insert_mut(key.id, key);
             }
         }
         for (prefix, stored) in policies {
@@ -423,11 +288,12 @@ impl Gate {
     /// checks, under the id as name (the name is the control plane's).
     pub(crate) fn key_records(&self) -> Vec<(String, String)> {
         self.keys
-            .iter()
-            .map(|(h, k)| {
+            .values()
+            .map(|k| {
+                // The bytes not kept are not checked either: zeros.
                 let mut hash = [0u8; 32];
-                hash[..8].copy_from_slice(&h.to_be_bytes());
-                hash[8..].copy_from_slice(&k.tail);
+                hash[..8].copy_from_slice(&k.id.to_be_bytes());
+                hash[8..8 + TAIL].copy_from_slice(&k.tail);
                 let record = KeyRecord {
                     id: k.id(),
                     name: k.id(),
@@ -438,7 +304,7 @@ impl Gate {
                     enabled: k.enabled,
                     expires_at: (k.expires_at != 0).then_some(k.expires_at),
                     created_at: 0,
-                    sha256: apiproxy_shared::access::hex(&hash),
+                    sha256: hex(&hash),
                 };
                 (
                     k.id(),
@@ -456,7 +322,7 @@ fn unix_seconds() -> u64 {
 }
 
 /// A stored record as the gate keeps it; `None` (said) when it is invalid.
-fn parse_key(id: &str, record: &str) -> Option<(HashHead, ProxyKey)> {
+fn parse_key(id: &str, record: &str) -> Option<ProxyKey> {
     let parsed = serde_json::from_str::<KeyRecord>(record)
         .map_err(|e| e.to_string())
         .and_then(|r| r.validate().map(|()| r).map_err(str::to_owned))
@@ -474,23 +340,19 @@ fn parse_key(id: &str, record: &str) -> Option<(HashHead, ProxyKey)> {
             return None;
         }
     };
-    let hash = parse_hash_hex(&r.sha256)?;
-    let (h, tail) = head(&hash);
-    Some((
-        h,
-        ProxyKey {
-            tail,
-            id: parse_key_id(&r.id)?,
-            enabled: r.enabled,
-            // 0 is "never": an expiry at 0 (long past) is kept as 1.
-            expires_at: r.expires_at.map_or(0, |t| t.max(1)),
-            prefixes: r
-                .prefixes
-                .map(|p| p.into_iter().map(String::into_boxed_str).collect()),
-            raw: record_digest(id, record),
-            usage: Arc::default(),
-        },
-    ))
+    let (id_bits, tail) = split(&parse_hash_hex(&r.sha256)?);
+    Some(ProxyKey {
+        id: id_bits,
+        tail,
+        raw: record_digest(id, record),
+        // 0 is "never": an expiry at 0 (long past) is kept as 1.
+        expires_at: r.expires_at.map_or(0, |t| t.max(1)),
+        prefixes: r
+            .prefixes
+            .map(|p| p.into_iter().map(String::into_boxed_str).collect()),
+        usage: OnceLock::new(),
+        enabled: r.enabled,
+    })
 }
 
 /// A digest of one key record as Redis holds it.
@@ -529,10 +391,7 @@ impl KeysDigest {
 
     /// The digest after the key `id` (applied in `gate`) became `record`.
     pub(crate) fn replace(&mut self, gate: &Gate, id: &str, record: Option<&str>) {
-        if let Some(old) = parse_key_id(id)
-            .and_then(|bits| gate.ids.get(&bits))
-            .and_then(|h| gate.keys.get(h))
-        {
+        if let Some(old) = parse_key_id(id).and_then(|bits| gate.keys.get(&bits)) {
             self.sum = self.sum.wrapping_sub(old.raw);
             self.count -= 1;
         }
@@ -545,10 +404,14 @@ impl KeysDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apiproxy_shared::access::{key_hash_hex, CredentialPlace, StoredCredential};
-    use http::header::AUTHORIZATION;
+    use apiproxy_shared::access::{key_hash_hex, key_id_of, CredentialPlace, StoredCredential};
+    use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 
-    const ID: &str = "key_00000000000000a1";
+    const GOOD: &str = "apx-good";
+
+    fn id_of(secret: &str) -> String {
+        key_id_of(&key_hash(secret.as_bytes()))
+    }
 
     fn record(
         secret: &str,
@@ -557,7 +420,7 @@ mod tests {
         expires_at: Option<u64>,
     ) -> String {
         serde_json::to_string(&KeyRecord {
-            id: ID.into(),
+            id: id_of(secret),
             name: "ci".into(),
             prefixes: prefixes.map(|p| p.iter().map(|s| s.to_string()).collect()),
             enabled,
@@ -610,8 +473,8 @@ mod tests {
         let secrets = SecretsKey::from_base64(&SecretsKey::generate()).unwrap();
         let gate = Gate::default()
             .with_key(
-                ID,
-                Some(&record("apx-good", true, Some(&["/openai"]), Some(100))),
+                &id_of(GOOD),
+                Some(&record(GOOD, true, Some(&["/openai"]), Some(100))),
             )
             .with_policy(
                 "/openai",
@@ -621,7 +484,7 @@ mod tests {
             .with_policy("/other", Some(&bearer(&secrets, "/other")), Some(&secrets));
         assert!(!gate.is_open());
         let now = || 50;
-        let admit = |h: &HeaderMap, prefix: &str| gate.admit_at(prefix, h, None, now);
+        let admit = |h: &HeaderMap, prefix: &str| gate.admit_at(prefix, h, None, None, now);
         // No policy: nothing to do.
         assert!(matches!(admit(&HeaderMap::new(), "/open"), Ok(None)));
         assert_eq!(status(&admit(&HeaderMap::new(), "/openai")), Some(401));
@@ -629,7 +492,7 @@ mod tests {
         assert_eq!(status(&admit(&unknown, "/openai")), Some(401));
         let good = headers(&[("authorization", "Bearer apx-good"), ("x-api-key", "own")]);
         let pass = admit(&good, "/openai").unwrap().unwrap();
-        assert_eq!(pass.key.as_ref().unwrap().id(), ID);
+        assert_eq!(format_key_id(pass.key.as_ref().unwrap().id), id_of(GOOD));
         let mut rewritten = good.clone();
         pass.rewrite_headers(&mut rewritten);
         assert_eq!(rewritten[AUTHORIZATION], "Bearer sk-real");
@@ -638,24 +501,24 @@ mod tests {
         // Known, but not on this prefix: 403 with the key named.
         let denied = admit(&good, "/other").unwrap_err();
         assert_eq!(denied.error.status().as_u16(), 403);
-        assert_eq!(denied.key.unwrap().id(), ID);
+        assert_eq!(format_key_id(denied.key.unwrap().id), id_of(GOOD));
         // Expired.
         assert_eq!(
-            status(&gate.admit_at("/openai", &good, None, || 100)),
+            status(&gate.admit_at("/openai", &good, None, None, || 100)),
             Some(403)
         );
         // Disabled: the change replaces the key in place.
-        let off = gate.with_key(ID, Some(&record("apx-good", false, None, None)));
+        let off = gate.with_key(&id_of(GOOD), Some(&record(GOOD, false, None, None)));
         assert_eq!(
-            status(&off.admit_at("/openai", &good, None, now)),
+            status(&off.admit_at("/openai", &good, None, None, now)),
             Some(403)
         );
         assert_eq!(off.keys(), 1);
         // Deleted: unknown.
-        let gone = gate.with_key(ID, None);
+        let gone = gate.with_key(&id_of(GOOD), None);
         assert_eq!(gone.keys(), 0);
         assert_eq!(
-            status(&gone.admit_at("/openai", &good, None, now)),
+            status(&gone.admit_at("/openai", &good, None, None, now)),
             Some(401)
         );
         // The gate requests were reading is untouched.
@@ -667,7 +530,7 @@ mod tests {
         let secrets = SecretsKey::from_base64(&SecretsKey::generate()).unwrap();
         let other = SecretsKey::from_base64(&SecretsKey::generate()).unwrap();
         let stored = bearer(&secrets, "/openai");
-        let good = headers(&[("x-goog-api-key", "apx-good")]);
+        let good = headers(&[("x-goog-api-key", GOOD)]);
         for gate in [
             Gate::default().with_policy("/openai", Some(&stored), None),
             Gate::default().with_policy("/openai", Some(&stored), Some(&other)),
@@ -675,14 +538,14 @@ mod tests {
             Gate::default().with_policy("/other", Some(&stored), Some(&secrets)),
             Gate::default().with_policy("/openai", Some("{not json"), Some(&secrets)),
         ] {
-            let gate = gate.with_key(ID, Some(&record("apx-good", true, None, None)));
+            let gate = gate.with_key(&id_of(GOOD), Some(&record(GOOD, true, None, None)));
             let prefix = if gate.policies.contains_key("/other") {
                 "/other"
             } else {
                 "/openai"
             };
             assert_eq!(
-                status(&gate.admit_at(prefix, &good, None, || 0)),
+                status(&gate.admit_at(prefix, &good, None, None, || 0)),
                 Some(503),
                 "{prefix}"
             );
@@ -698,7 +561,7 @@ mod tests {
             query: Some("key".into()),
         };
         let gate = Gate::default()
-            .with_key(ID, Some(&record("apx-good", true, None, None)))
+            .with_key(&id_of(GOOD), Some(&record(GOOD, true, None, None)))
             .with_policy(
                 "/gemini",
                 Some(&policy(&secrets, "/gemini", place, "AIza/real+")),
@@ -706,7 +569,7 @@ mod tests {
             );
         let query = Some("alt=sse&key=apx-good");
         let pass = gate
-            .admit_at("/gemini", &HeaderMap::new(), query, || 0)
+            .admit_at("/gemini", &HeaderMap::new(), query, None, || 0)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -715,9 +578,9 @@ mod tests {
         );
         // The key in a header, the credential in the query: the client's
         // own `key` goes too.
-        let h = headers(&[("x-goog-api-key", "apx-good")]);
+        let h = headers(&[("x-goog-api-key", GOOD)]);
         let pass = gate
-            .admit_at("/gemini", &h, Some("key=own"), || 0)
+            .admit_at("/gemini", &h, Some("key=own"), None, || 0)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -731,25 +594,24 @@ mod tests {
 
     #[test]
     fn digests_follow_changes_and_usage_survives_them() {
-        let keys = vec![(ID.to_owned(), record("apx-good", true, None, None))];
+        let keys = vec![(id_of(GOOD), record(GOOD, true, None, None))];
         let gate = Gate::default().build(&keys, std::iter::empty(), None);
         let mut digest = KeysDigest::of(&keys);
         let registry = Arc::new(UsageRegistry::default());
-        let usage = gate.keys.values().next().unwrap().usage(&registry).clone();
-        let changed = record("apx-good", false, None, None);
-        digest.replace(&gate, ID, Some(&changed));
-        let next = gate.with_key(ID, Some(&changed));
-        assert_eq!(digest, KeysDigest::of(&[(ID.to_owned(), changed.clone())]));
-        assert!(Arc::ptr_eq(
-            next.keys.values().next().unwrap().usage(&registry),
-            &usage
-        ));
-        let rebuilt = next.build(&[(ID.to_owned(), changed)], std::iter::empty(), None);
-        assert!(Arc::ptr_eq(
-            rebuilt.keys.values().next().unwrap().usage(&registry),
-            &usage
-        ));
-        digest.replace(&next, ID, None);
+        let usage_of = |g: &Gate| {
+            let key = g.keys.values().next().unwrap();
+            key.admitted(Some(&registry)).usage.unwrap()
+        };
+        let usage = usage_of(&gate);
+        let id = id_of(GOOD);
+        let changed = record(GOOD, false, None, None);
+        digest.replace(&gate, &id, Some(&changed));
+        let next = gate.with_key(&id, Some(&changed));
+        assert_eq!(digest, KeysDigest::of(&[(id.clone(), changed.clone())]));
+        assert!(Arc::ptr_eq(&usage_of(&next), &usage));
+        let rebuilt = next.build(&[(id.clone(), changed)], std::iter::empty(), None);
+        assert!(Arc::ptr_eq(&usage_of(&rebuilt), &usage));
+        digest.replace(&next, &id, None);
         assert_eq!(digest, KeysDigest::default());
         // The cache form reads back as the same key.
         let records = next.key_records();

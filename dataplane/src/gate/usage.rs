@@ -88,7 +88,7 @@ pub(crate) struct Registered {
 
 /// Every cell ever made on this node, for the stats pusher.
 #[derive(Debug, Default)]
-pub(crate) struct UsageRegistry {
+pub struct UsageRegistry {
     cells: Mutex<Vec<Registered>>,
 }
 
