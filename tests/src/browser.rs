@@ -101,12 +101,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css} not found: {e}"))
     }
 
+    /// Clicks the element `css`. A page that re-renders a list after a
+    /// save may replace the element between finding and clicking it
+    /// (a stale element): it is found again, a few times at most.
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        for attempt in 1.. {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(e) if attempt < 5 && e.to_string().contains("stale element") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     /// Replaces the value of the input `css` by typing `text`.
