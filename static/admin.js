@@ -120,7 +120,7 @@ function notRouted(prefix) {
 /** The marks of a mapping's policy: "proxy key" when clients need one,
  * and the upstream credential's last four characters when it has one. */
 function policyBadges(prefix) {
-  const policy = model.policies[prefix];
+  const policy = policyOf(prefix);
   if (!policy) return null;
   const credential = policy.upstream_credential;
   return [
@@ -209,7 +209,7 @@ function openForm(prefix) {
   prefixInput.value = prefix || "";
   prefixInput.readOnly = Boolean(prefix);
   document.getElementById("target").value = prefix ? model.mappings[prefix] : "";
-  fillPolicy(prefix ? model.policies[prefix] : null);
+  fillPolicy(prefix ? policyOf(prefix) : null);
   clearFormErrors();
   dialog.showModal();
   (prefix ? document.getElementById("target") : prefixInput).focus();
@@ -266,30 +266,40 @@ async function saveForm(ev) {
   clearFormErrors();
   const prefix = document.getElementById("prefix").value.trim();
   const target = document.getElementById("target").value.trim();
-  // A new mapping that is to be guarded gets its policy first: written
-  // the other way round it would route openly until the policy landed,
-  // and stay open if the policy were refused.
-  const guardedFirst = !model.editing && needsPolicy(wantedPolicy());
-  if (guardedFirst) {
+  const editing = model.editing;
+  const wanted = wantedPolicy();
+  // A policy that guards (or swaps the credential) is written before the
+  // mapping, so that no request reaches a new mapping, or a changed
+  // target, unguarded or with the credential meant for the old one; a
+  // policy being removed goes after the mapping.
+  const policyFirst = needsPolicy(wanted);
+  let madePolicy = false;
+  if (policyFirst) {
+    // A new mapping's prefix is checked first: a policy written for a
+    // prefix the API then refuses (taken, or invalid) would be left behind.
+    if (!editing && !(await newPrefixFree(prefix))) return;
     try {
-      await savePolicy(prefix);
+      madePolicy = await savePolicy(editing ?? prefix, wanted);
     } catch (e) {
       if (e.status !== 401) showFormError(e.message, "policy");
       return;
     }
   }
   // An edit that only changes the policy leaves the mapping as it is.
-  let saved = model.editing;
+  let saved = editing;
   try {
-    if (!model.editing || model.mappings[model.editing] !== target) {
-      const reply = await guarded(() => (model.editing
-        ? api("PUT", `/api/mappings/${encodePrefix(model.editing)}`, { target })
+    if (!editing || model.mappings[editing] !== target) {
+      const reply = await guarded(() => (editing
+        ? api("PUT", `/api/mappings/${encodePrefix(editing)}`, { target })
         : api("POST", "/api/mappings", { prefix, target })));
       saved = reply.mapping.prefix;
     }
   } catch (e) {
+    // A policy made for a mapping that was not created goes again.
+    if (madePolicy) await api("DELETE", `/api/policies/${encodePrefix(prefix)}`).catch(() => {});
     // The dialog stays open with the input as typed.
     showFormError(e.message);
+    await load();
     return;
   }
   // The mapping is written: from here on a retry edits it.
@@ -297,7 +307,7 @@ async function saveForm(ev) {
   document.getElementById("prefix").readOnly = true;
   document.getElementById("mapping-dialog-title").textContent = t("admin.form_edit", saved);
   try {
-    if (!guardedFirst) await savePolicy(saved);
+    if (!policyFirst) await savePolicy(saved, wanted);
   } catch (e) {
     if (e.status !== 401) showFormError(e.message, "policy", t("admin.policy_not_saved", saved));
     await load();
@@ -306,6 +316,33 @@ async function saveForm(ev) {
   document.getElementById("mapping-dialog").close();
   announce(t("admin.saved", saved), "ok");
   await load();
+}
+
+/** Whether a new mapping may take `prefix`: it starts with `/` and the
+ * API holds no mapping for it in any spelling; else the reason is shown
+ * beside the field. */
+async function newPrefixFree(prefix) {
+  if (!prefix.startsWith("/")) {
+    fieldError("prefix", t("admin.prefix_slash"));
+    return false;
+  }
+  try {
+    await api("GET", `/api/mappings/${encodePrefix(prefix)}`);
+  } catch (e) {
+    if (e.status === 404) return true;
+    if (e.status !== 401) showFormError(e.message);
+    return false;
+  }
+  fieldError("prefix", t("admin.prefix_taken", prefix));
+  return false;
+}
+
+/** Shows `message` beside the field `id` and moves focus there. */
+function fieldError(id, message) {
+  document.getElementById(`${id}-error`).textContent = message;
+  const input = document.getElementById(id);
+  input.setAttribute("aria-invalid", "true");
+  input.focus();
 }
 
 // ---- access policy -------------------------------------------------------
@@ -358,7 +395,7 @@ function showCredentialFields() {
   }
   const template = document.getElementById("cred-template");
   if (inHeader && !template.value) template.value = "{secret}";
-  const stored = model.editing ? model.policies[model.editing]?.upstream_credential : null;
+  const stored = model.editing ? policyOf(model.editing)?.upstream_credential : null;
   const hint = stored ? stored.secret_hint : null;
   document.getElementById("cred-secret").placeholder = hint ?? "";
   document.getElementById("cred-secret-hint").textContent = hint ? t("admin.cred_secret_keep", hint) : t("admin.cred_secret_new");
@@ -393,20 +430,35 @@ function needsPolicy(policy) {
   return policy.access !== "open" || Boolean(policy.upstream_credential);
 }
 
-/** Writes the form's policy for the mapping just saved: open with no
- * credential removes a stored one; the first policy on this Redis brings
- * up the warning about Go-version nodes, which stays until closed. */
-async function savePolicy(prefix) {
-  const stored = model.policies[prefix] ?? null;
-  const wanted = wantedPolicy();
+/** Writes `wanted` as the policy of `prefix`: open with no credential
+ * removes a stored one; the first policy on this Redis brings up the
+ * warning about Go-version nodes, which stays until closed. True when it
+ * made a policy where there was none. */
+async function savePolicy(prefix, wanted) {
+  const stored = policyOf(prefix);
   const path = `/api/policies/${encodePrefix(prefix)}`;
   if (!needsPolicy(wanted)) {
     if (stored) await guarded(() => api("DELETE", path));
-    return;
+    return false;
   }
-  if (samePolicy(stored, wanted)) return;
+  if (samePolicy(stored, wanted)) return false;
   const reply = await guarded(() => api("PUT", path, wanted));
   if (reply.first_policy) document.getElementById("policy-warning").hidden = false;
+  return !stored;
+}
+
+/** The policy of the mapping `prefix`. Policies are kept under a prefix's
+ * one spelling; a mapping the Go version wrote may be in another
+ * (`/trail/`, raw UTF-8), so that spelling is tried too. */
+function policyOf(prefix) {
+  return model.policies[prefix] ?? model.policies[oneSpelling(prefix)] ?? null;
+}
+
+/** A prefix's one spelling, as the API stores it: no trailing `/` (but
+ * `/` itself), non-ASCII percent-encoded as UTF-8 with upper-case hex. */
+function oneSpelling(prefix) {
+  const trimmed = prefix.length > 1 ? prefix.replace(/\/+$/, "") || "/" : prefix;
+  return trimmed.replace(/[^\x00-\x7f]+/gu, (run) => encodeURIComponent(run));
 }
 
 /** `/google/v1` → `google/v1`; the prefix `/` itself is `%2F`. */

@@ -236,21 +236,26 @@ impl AccessStore {
         Ok(policies)
     }
 
-    /// A policy and its stored JSON.
+    /// A policy's stored JSON and what it reads as: `None` for JSON that
+    /// does not parse (only a hand edit makes one; the data planes refuse
+    /// its mapping's requests), which a `PUT` or a `DELETE` still replaces.
     async fn read_policy(
         &self,
         prefix: &str,
-    ) -> Result<Option<(StoredPolicy, String)>, redis::RedisError> {
+    ) -> Result<Option<(Option<StoredPolicy>, String)>, redis::RedisError> {
         let mut conn = self.conn.clone();
         let json: Option<String> = conn.hget(&self.keys.policies, prefix).await?;
-        Ok(json.and_then(|json| Some((parse("policy", prefix, &json)?, json))))
+        Ok(json.map(|json| (parse("policy", prefix, &json), json)))
     }
 
     pub(crate) async fn policy(
         &self,
         prefix: &str,
     ) -> Result<Option<StoredPolicy>, redis::RedisError> {
-        Ok(self.read_policy(prefix).await?.map(|(policy, _)| policy))
+        Ok(self
+            .read_policy(prefix)
+            .await?
+            .and_then(|(policy, _)| policy))
     }
 
     /// Sets the policy of `prefix` (its one spelling) to what `make` makes
@@ -263,7 +268,7 @@ impl AccessStore {
     ) -> Result<PolicySet, AccessError> {
         for _ in 0..ATTEMPTS {
             let stored = self.read_policy(prefix).await?;
-            let old = stored.as_ref().map(|(policy, _)| policy);
+            let old = stored.as_ref().and_then(|(policy, _)| policy.as_ref());
             let new = make(old)?;
             let change = Change {
                 field: prefix,
@@ -301,7 +306,9 @@ impl AccessStore {
                 old: Some(&json),
                 new: None,
                 op: "policy_delete",
-                old_summary: policy_summary(&old),
+                old_summary: old
+                    .as_ref()
+                    .map_or_else(|| "unreadable".to_owned(), policy_summary),
                 new_summary: String::new(),
                 actor,
             };

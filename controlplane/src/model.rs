@@ -395,7 +395,8 @@ pub(crate) struct NewPolicy {
 }
 
 /// Exactly one of `header` (with an optional `template`) and `query`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `Debug` leaves the secret out: it must never reach a log line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewCredential {
     /// A header name, e.g. `Authorization`, `x-api-key`.
@@ -414,6 +415,17 @@ pub(crate) struct NewCredential {
     #[serde(default)]
     #[schema(nullable = false)]
     pub(crate) secret: Option<String>,
+}
+
+impl std::fmt::Debug for NewCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCredential")
+            .field("header", &self.header)
+            .field("template", &self.template)
+            .field("query", &self.query)
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 fn access_schema() -> utoipa::openapi::Object {

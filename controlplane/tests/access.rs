@@ -665,6 +665,32 @@ async fn a_secret_is_refused_without_the_secrets_key() {
     assert_eq!(version(&api).await, 2);
 }
 
+/// A policy damaged by hand in Redis (JSON that does not parse; the data
+/// planes refuse its mapping's requests) is not a dead end: a `PUT`
+/// replaces it and a `DELETE` removes it.
+#[tokio::test]
+async fn a_damaged_policy_can_be_replaced_or_deleted() {
+    let api = Api::start();
+    let keys = RedisKeys::default();
+    for (method, body, status) in [
+        ("PUT", Some(json!({"access": "key"})), StatusCode::OK),
+        ("DELETE", None, StatusCode::OK),
+    ] {
+        let mut conn = api.redis.conn().await;
+        let () = conn
+            .hset(&keys.policies, "/openai", "{damaged")
+            .await
+            .unwrap();
+        let (s, reply) = api.admin(method, "/api/policies/openai", body).await;
+        assert_eq!(s, status, "{method}: {reply}");
+        let left: Option<String> = conn.hget(&keys.policies, "/openai").await.unwrap();
+        match method {
+            "PUT" => assert_eq!(left.as_deref(), Some(r#"{"access":"key"}"#)),
+            _ => assert_eq!(left, None),
+        }
+    }
+}
+
 /// The next announcement, within 5 s.
 async fn next_message(
     messages: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),

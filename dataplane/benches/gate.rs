@@ -70,7 +70,12 @@ fn admit_and_change(c: &mut Criterion) {
         let bearer = format!("Bearer {}", secret(n / 2));
         headers.insert("authorization", HeaderValue::from_str(&bearer).unwrap());
         group.bench_with_input(BenchmarkId::new("admit", n), &headers, |b, h| {
-            b.iter(|| black_box(g.admit(black_box("/openai"), h, None, None).is_ok()))
+            b.iter(|| {
+                black_box(
+                    g.admit(black_box("/openai"), &http::Method::POST, h, None, None)
+                        .is_ok(),
+                )
+            })
         });
         let (id, disabled) = record(n / 2, false);
         group.bench_with_input(BenchmarkId::new("change", n), &disabled, |b, r| {

@@ -131,6 +131,7 @@ impl Proxy {
             None => None,
             Some(gate) => match gate.admit(
                 &route.prefix,
+                req.method(),
                 req.headers(),
                 req.uri().query(),
                 self.key_usage(),
@@ -549,13 +550,13 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// Answers the request of `record` with `error`.
 /// Ties the request to its proxy key: in the access log by id, and in
 /// the key's usage on this prefix when stats are recorded.
 fn count_key(record: &mut RequestRecord, key: Admitted, route: &Route) {
     record.key(key.id, key.usage.map(|usage| usage.cell(&route.prefix)));
 }
 
+/// Answers the request of `record` with `error`.
 fn refuse(record: RequestRecord, error: ProxyError) -> Refused {
     Refused {
         id: id_of(&record),

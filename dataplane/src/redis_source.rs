@@ -327,11 +327,12 @@ impl RedisSource {
             "applying one announced key or policy change"
         );
         self.state.apply_gate(next);
-        // The routes are the same; their version moves with the change.
-        let snapshot = self.state.current().with_version(update.version);
-        self.state.apply(snapshot);
+        self.state.advance(update.version);
         self.state.metrics.config_stale.set(0);
+        // Written now, not at the next resync: a node that restarts with
+        // Redis down must not boot with a key it has since seen revoked.
         self.cache_dirty = true;
+        self.flush_cache();
         Ok(())
     }
 

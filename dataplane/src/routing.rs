@@ -180,17 +180,6 @@ impl Snapshot {
         }
     }
 
-    /// The same routes at `version` (a key or policy change moved it).
-    pub(crate) fn with_version(&self, version: u64) -> Snapshot {
-        Snapshot {
-            routes: self.routes.clone(),
-            max_depth: self.max_depth,
-            version,
-            invalid_entries: self.invalid_entries,
-            aliased: self.aliased,
-        }
-    }
-
     /// [`apiproxy_shared::content_hash`] of the routed entries as
     /// configured (raw prefix and target, as the hash holds them), so the
     /// console can tell whether nodes serve the same set.

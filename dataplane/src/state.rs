@@ -3,7 +3,7 @@
 //! snapshot aside and hand it to [`RoutingState::apply`]; requests `load`
 //! it once each and never wait on a source.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -25,6 +25,9 @@ pub(crate) struct RoutingState {
     /// never load the gate.
     gated: AtomicBool,
     pub(crate) key_usage: Arc<UsageRegistry>,
+    /// The configuration version served: the routes' or, after a key or
+    /// policy change, that change's (it does not touch the routes).
+    version: AtomicU64,
     applied: AtomicBool,
     draining: AtomicBool,
     pub(crate) metrics: Metrics,
@@ -37,6 +40,7 @@ impl RoutingState {
             gate: ArcSwap::from_pointee(Gate::default()),
             gated: AtomicBool::new(false),
             key_usage: Arc::default(),
+            version: AtomicU64::new(0),
             applied: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             metrics,
@@ -56,6 +60,11 @@ impl RoutingState {
     /// Swaps in the next gate whole.
     pub(crate) fn apply_gate(&self, gate: Gate) {
         let open = gate.is_open();
+        info!(
+            keys = gate.keys(),
+            policies = gate.policies(),
+            "keys and policies applied"
+        );
         let m = &self.metrics;
         m.proxy_keys
             .set(i64::try_from(gate.keys()).unwrap_or(i64::MAX));
@@ -91,12 +100,29 @@ impl RoutingState {
         // route on N.
         self.snapshot.store(Arc::new(snapshot));
         self.applied.store(true, Ordering::Release);
+        self.set_version(version);
         let m = &self.metrics;
-        m.config_version
-            .set(i64::try_from(version).unwrap_or(i64::MAX));
         m.config_invalid_entries
             .set(i64::try_from(invalid).unwrap_or(i64::MAX));
         m.config_reload(true);
+    }
+
+    /// A key or policy change at `version` was applied: the routes stay.
+    pub(crate) fn advance(&self, version: u64) {
+        self.set_version(version);
+        self.metrics.config_reload(true);
+    }
+
+    fn set_version(&self, version: u64) {
+        self.version.store(version, Ordering::Release);
+        self.metrics
+            .config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// The configuration version served.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     pub(crate) fn start_draining(&self) {

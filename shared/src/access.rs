@@ -269,21 +269,14 @@ pub fn canonical_key_prefixes(prefixes: &[String]) -> Result<Vec<String>, KeyErr
 impl KeyRecord {
     /// What serde cannot check (the data plane skips a record that fails).
     pub fn validate(&self) -> Result<(), &'static str> {
-        if !is_key_id(&self.id) {
-            return Err("`id` is not a key id");
-        }
-        if parse_hash_hex(&self.sha256)
-            .map(|h| key_id_of(&h))
-            .as_deref()
-            != Some(&self.id)
-        {
+        let Some(hash) = parse_hash_hex(&self.sha256) else {
+            return Err("`sha256` is not 64 hex digits");
+        };
+        if key_id_of(&hash) != self.id {
             return Err("`id` is not the one its `sha256` gives");
         }
         if validate_key_name(&self.name).is_err() {
             return Err("`name` is invalid");
-        }
-        if parse_hash_hex(&self.sha256).is_none() {
-            return Err("`sha256` is not 64 hex digits");
         }
         if let Some(prefixes) = &self.prefixes {
             match canonical_key_prefixes(prefixes) {
@@ -469,8 +462,17 @@ pub fn validate_secret(secret: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// What a read shows of a secret: its last four characters.
+/// Shortest secret whose hint shows its last four characters: of a
+/// shorter one, four characters would be too much of it (all of a test
+/// key's).
+pub const HINT_MIN_LEN: usize = 16;
+
+/// What a read shows of a secret: its last four characters, or nothing of
+/// one shorter than [`HINT_MIN_LEN`].
 pub fn secret_hint(secret: &str) -> String {
+    if secret.chars().count() < HINT_MIN_LEN {
+        return "…".to_owned();
+    }
     let tail: String = secret
         .chars()
         .rev()
@@ -633,8 +635,9 @@ mod tests {
         };
         assert_eq!(both.normalised(), Err(PolicyError::Place));
         assert_eq!(validate_secret("sk ok"), Err(PolicyError::Secret));
-        assert_eq!(secret_hint("sk-abcdef"), "…cdef");
-        assert_eq!(secret_hint("ab"), "…ab");
+        assert_eq!(secret_hint("sk-abcdef-ghijklmn"), "…klmn");
+        assert_eq!(secret_hint("sk-abcdef"), "…");
+        assert_eq!(secret_hint("ab"), "…");
     }
 
     #[test]

@@ -245,6 +245,37 @@ async fn every_sdk_placement_is_accepted_and_replaced_upstream() {
         serde_json::json!(["Bearer sk-openai-real"])
     );
     assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+    // A client that sends its proxy key in two places: it reaches the
+    // upstream from neither.
+    let mut twice = request("/openai/x?key=KEY", Some(("authorization", &bearer_key)));
+    *twice.uri_mut() = format!("/openai/x?alt=sse&key={}", all.secret)
+        .parse()
+        .unwrap();
+    twice
+        .headers_mut()
+        .insert("x-api-key", all.secret.parse().unwrap());
+    twice
+        .headers_mut()
+        .insert("x-goog-api-key", all.secret.parse().unwrap());
+    let seen = echoed(&dp, twice).await;
+    assert_eq!(
+        seen["headers"]["authorization"],
+        serde_json::json!(["Bearer sk-openai-real"])
+    );
+    assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+    assert!(seen["headers"].get("x-goog-api-key").is_none(), "{seen}");
+    assert_eq!(seen["uri"], "/x?alt=sse");
+    // A browser's CORS preflight carries no key: it reaches the upstream
+    // without one and without the credential.
+    let preflight = Request::options("/openai/v1/chat/completions")
+        .header("host", "proxy.test")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body(Full::default())
+        .unwrap();
+    let seen = echoed(&dp, preflight).await;
+    assert_eq!(seen["method"], "OPTIONS");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
     // No credential configured: the key goes, the client's own stays.
     let mut own = request("/bare/x", Some(("x-goog-api-key", &all.secret)));
     own.headers_mut()
@@ -300,14 +331,14 @@ async fn every_sdk_placement_is_accepted_and_replaced_upstream() {
     // and name the key by id.
     let lines = eventually("access log lines", Duration::from_secs(10), || async {
         let lines = dp.access_log(LOG);
-        (lines.len() >= 15).then_some(lines)
+        (lines.len() >= 17).then_some(lines)
     })
     .await;
     let keyed: Vec<_> = lines
         .iter()
         .filter(|l| l["key_id"] == all.record.id.as_str())
         .collect();
-    assert_eq!(keyed.len(), 6, "{lines:#?}");
+    assert_eq!(keyed.len(), 7, "{lines:#?}");
     let forbidden: Vec<_> = lines.iter().filter(|l| l["status"] == 403).collect();
     assert_eq!(forbidden.len(), 3);
     for line in forbidden {

@@ -661,6 +661,47 @@ async fn a_refused_policy_keeps_the_form_open_and_writes_nothing() {
     b.wait_until("row /gemini", &rows_are("/gemini")).await;
     assert!(shown(&b, "policy-warning").await);
     assert_eq!(b.js(STATUS_LINE).await, json!(["Saved /gemini.", "polite"]));
+
+    // A new guarded mapping on a prefix already mapped (here in another
+    // spelling), or on one without its leading `/`, is refused before
+    // anything is written: the live mapping's policy stays as it is.
+    let before = mappings_version(&cp).await;
+    for (prefix, message) in [
+        (
+            "/gemini/",
+            "A mapping for /gemini/ already exists: edit it instead.",
+        ),
+        ("penai", "The prefix must start with /."),
+    ] {
+        fill_keyed_mapping(&b, prefix, "http://127.0.0.1:9/", "anthropic").await;
+        b.click("#mapping-form button[type=submit]").await;
+        b.wait_until(
+            "the prefix refused",
+            &format!("return document.getElementById('prefix-error').textContent === {message:?}"),
+        )
+        .await;
+        assert_eq!(b.js(FOCUSED).await, json!("prefix"));
+        b.js("document.getElementById('mapping-dialog').close()")
+            .await;
+    }
+    assert_eq!(mappings_version(&cp).await, before, "nothing was written");
+    assert_eq!(
+        cp.admin("GET", "/api/policies/penai", None).await.status,
+        404
+    );
+    let r = cp.admin("GET", "/api/policies/gemini", None).await;
+    assert_eq!(
+        r.json()["policy"]["upstream_credential"],
+        Value::Null,
+        "{}",
+        r.text()
+    );
+}
+
+/// The version `GET /api/mappings` reports: every change bumps it.
+async fn mappings_version(cp: &ControlPlane) -> u64 {
+    let reply = cp.admin("GET", "/api/mappings", None).await;
+    reply.json()["version"].as_u64().unwrap()
 }
 
 /// `GET path` through the data plane at `dp` with the proxy key `key` where

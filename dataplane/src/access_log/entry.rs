@@ -12,11 +12,13 @@ use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Method, Version};
+use percent_encoding::percent_decode_str;
 
 use super::format::{
     json_field, push_addr, push_escaped, push_ip, push_millis, push_u64, Timestamps,
 };
 use crate::body_state::FailureSlot;
+use crate::gate::client_key;
 
 /// Query parameters whose values are masked when the query is logged.
 const SECRET_PARAMS: [&str; 5] = ["key", "api_key", "token", "access_token", "sig"];
@@ -298,7 +300,9 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Appends `query` with the value of each credential parameter replaced
-/// by `***` (names compared without case; `key=K` and a bare `key` both).
+/// by `***` (names compared decoded and without case, as an upstream or
+/// the proxy's own gate reads them: `%6Bey=K` is `key=K`), and any value
+/// that is a proxy key (`apx-…`) whatever its parameter's name.
 pub(crate) fn mask_query(query: &str, out: &mut String) {
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
@@ -308,7 +312,13 @@ pub(crate) fn mask_query(query: &str, out: &mut String) {
             Some((name, value)) => (name, Some(value)),
             None => (pair, None),
         };
-        let secret = SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name));
+        let decoded = percent_decode_str(name).decode_utf8_lossy();
+        let secret = SECRET_PARAMS
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&decoded))
+            || value.is_some_and(|v| {
+                client_key::is_proxy_key(&percent_decode_str(v).collect::<Vec<u8>>())
+            });
         out.push_str(name);
         match value {
             Some(_) if secret => out.push_str("=***"),
@@ -340,6 +350,11 @@ mod tests {
         );
         assert_eq!(masked("keys=1&mykey=2"), "keys=1&mykey=2");
         assert_eq!(masked("key"), "key");
+        // As the gate and an upstream read them: decoded names, and a
+        // proxy key under any name.
+        assert_eq!(masked("%6Bey=K&x=1"), "%6Bey=***&x=1");
+        assert_eq!(masked("other=apx-123&p=apx"), "other=***&p=apx");
+        assert_eq!(masked("other=apx%2D123"), "other=***");
     }
 
     fn entry(target: &str, query: bool) -> AccessEntry {

@@ -1,8 +1,9 @@
 //! Where a client's SDK puts its API key, and so where a client sends its
 //! proxy key: `Authorization: Bearer` (OpenAI and most others),
 //! `x-api-key` (Anthropic), `x-goog-api-key` or the `key` query parameter
-//! (Gemini). Found there, the proxy key is taken out before the request
-//! goes on: the upstream never sees it.
+//! (Gemini). The proxy key is taken out of every one of them before the
+//! request goes on: the upstream never sees it, even from a client that
+//! sent it in two places.
 
 use std::borrow::Cow;
 
@@ -16,39 +17,66 @@ pub(crate) static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-a
 /// The query parameter Gemini's SDKs send the key in.
 pub(crate) const KEY_PARAM: &str = "key";
 
-/// Where the proxy key was found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Found {
-    Header(HeaderName),
-    Query,
+/// Whether `value` is a proxy key (what the control plane makes starts
+/// with `apx-`).
+pub(crate) fn is_proxy_key(value: &[u8]) -> bool {
+    value.starts_with(PROXY_KEY_PREFIX.as_bytes())
 }
 
-/// The client's proxy key and where it was. Of the places that hold a
+/// The value of an `Authorization: Bearer` header.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| value[7..].trim_ascii())
+}
+
+/// Takes every proxy key out of the headers an SDK puts keys in; other
+/// values of those headers (a client's own upstream key) stay.
+pub(crate) fn strip_headers(headers: &mut HeaderMap) {
+    for name in [&AUTHORIZATION, &X_API_KEY, &X_GOOG_API_KEY] {
+        let held = |v: &http::HeaderValue| {
+            let v = v.as_bytes();
+            let v = if name == AUTHORIZATION {
+                bearer(v)
+            } else {
+                Some(v.trim_ascii())
+            };
+            v.is_some_and(is_proxy_key)
+        };
+        if !headers.get_all(name).iter().any(held) {
+            continue;
+        }
+        let kept: Vec<_> = headers
+            .get_all(name)
+            .iter()
+            .filter(|v| !held(v))
+            .cloned()
+            .collect();
+        headers.remove(name);
+        for v in kept {
+            headers.append(name.clone(), v);
+        }
+    }
+}
+
+/// The client's proxy key. Of the places that hold a
 /// value, the first whose value looks like a proxy key (`apx-…`) wins, so
 /// a client may send its own upstream key beside it; failing that, the
 /// first value at all (which will be unknown: 401).
-pub(crate) fn find<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-) -> Option<(Cow<'a, [u8]>, Found)> {
-    let bearer = headers.get(AUTHORIZATION).and_then(|v| {
-        let v = v.as_bytes();
-        let scheme = v.get(..7)?;
-        scheme
-            .eq_ignore_ascii_case(b"bearer ")
-            .then(|| v[7..].trim_ascii())
-    });
+pub(crate) fn find<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, [u8]>> {
     let candidates = [
-        bearer.map(|v| (Cow::Borrowed(v), Found::Header(AUTHORIZATION))),
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|v| bearer(v.as_bytes()))
+            .map(Cow::Borrowed),
         header(headers, &X_API_KEY),
         header(headers, &X_GOOG_API_KEY),
-        query
-            .and_then(|q| param(q, KEY_PARAM))
-            .map(|v| (v, Found::Query)),
+        query.and_then(|q| param(q, KEY_PARAM)),
     ];
     let mut first = None;
     for candidate in candidates.into_iter().flatten() {
-        if candidate.0.starts_with(PROXY_KEY_PREFIX.as_bytes()) {
+        if is_proxy_key(&candidate) {
             return Some(candidate);
         }
         first.get_or_insert(candidate);
@@ -56,9 +84,8 @@ pub(crate) fn find<'a>(
     first
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<(Cow<'a, [u8]>, Found)> {
-    let value = headers.get(name)?.as_bytes().trim_ascii();
-    Some((Cow::Borrowed(value), Found::Header(name.clone())))
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, [u8]>> {
+    Some(Cow::Borrowed(headers.get(name)?.as_bytes().trim_ascii()))
 }
 
 /// The pairs of a query string as (decoded name, raw pair).
@@ -88,16 +115,22 @@ fn param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
 }
 
 /// `query` without the parameters called `remove` (names compared
-/// decoded, so `%6Bey` is `key` too), then `append` (a ready `name=value`)
+/// decoded, so `%6Bey` is `key` too) and, when `keyed`, without any `key`
+/// parameter that holds a proxy key; then `append` (a ready `name=value`)
 /// if any. `None` when nothing is left.
 pub(crate) fn rewrite_query(
     query: Option<&str>,
-    remove: &str,
+    remove: Option<&str>,
+    keyed: bool,
     append: Option<&str>,
 ) -> Option<String> {
     let mut out = String::with_capacity(query.map_or(0, str::len) + append.map_or(0, str::len) + 1);
     for (name, pair) in query.into_iter().flat_map(pairs) {
-        if name != remove {
+        let proxy_key = || {
+            let value = pair.split_once('=').map_or("", |(_, v)| v);
+            name == KEY_PARAM && is_proxy_key(&percent_decode_str(value).collect::<Vec<u8>>())
+        };
+        if Some(&*name) != remove && !(keyed && proxy_key()) {
             if !out.is_empty() {
                 out.push('&');
             }
@@ -126,33 +159,27 @@ mod tests {
         h
     }
 
-    fn found(h: &HeaderMap, q: Option<&str>) -> Option<(String, Found)> {
-        find(h, q).map(|(v, f)| (String::from_utf8(v.into_owned()).unwrap(), f))
+    fn found(h: &HeaderMap, q: Option<&str>) -> Option<String> {
+        find(h, q).map(|v| String::from_utf8(v.into_owned()).unwrap())
     }
 
     #[test]
     fn every_sdk_place_is_found() {
         let bearer = headers(&[("authorization", "Bearer apx-1")]);
-        assert_eq!(
-            found(&bearer, None),
-            Some(("apx-1".into(), Found::Header(AUTHORIZATION)))
-        );
+        assert_eq!(found(&bearer, None), Some("apx-1".into()));
         let lower = headers(&[("authorization", "bearer  apx-1 ")]);
-        assert_eq!(found(&lower, None).unwrap().0, "apx-1");
+        assert_eq!(found(&lower, None).as_deref(), Some("apx-1"));
         let anthropic = headers(&[("x-api-key", "apx-2")]);
-        assert_eq!(
-            found(&anthropic, None),
-            Some(("apx-2".into(), Found::Header(X_API_KEY.clone())))
-        );
+        assert_eq!(found(&anthropic, None), Some("apx-2".into()));
         let gemini = headers(&[("x-goog-api-key", "apx-3")]);
-        assert_eq!(found(&gemini, None).unwrap().0, "apx-3");
+        assert_eq!(found(&gemini, None).as_deref(), Some("apx-3"));
         assert_eq!(
             found(&HeaderMap::new(), Some("alt=sse&key=apx-4")),
-            Some(("apx-4".into(), Found::Query))
+            Some("apx-4".into())
         );
         assert_eq!(
-            found(&HeaderMap::new(), Some("%6Bey=apx%2D5")).unwrap().0,
-            "apx-5"
+            found(&HeaderMap::new(), Some("%6Bey=apx%2D5")).as_deref(),
+            Some("apx-5")
         );
         assert_eq!(found(&HeaderMap::new(), Some("keys=1")), None);
         assert_eq!(found(&headers(&[("authorization", "Basic x")]), None), None);
@@ -161,30 +188,62 @@ mod tests {
     #[test]
     fn a_proxy_key_beside_another_credential_wins() {
         let both = headers(&[("authorization", "Bearer sk-own"), ("x-api-key", "apx-9")]);
-        assert_eq!(
-            found(&both, None),
-            Some(("apx-9".into(), Found::Header(X_API_KEY.clone())))
-        );
+        assert_eq!(found(&both, None), Some("apx-9".into()));
         // No proxy key anywhere: the first value, which will be unknown.
         let own = headers(&[("x-api-key", "sk-own")]);
-        assert_eq!(found(&own, Some("key=g")).unwrap().0, "sk-own");
+        assert_eq!(found(&own, Some("key=g")).as_deref(), Some("sk-own"));
     }
 
     #[test]
     fn queries_lose_the_key_and_gain_the_credential() {
+        // A keyed request loses its proxy keys, not another `key`.
         assert_eq!(
-            rewrite_query(Some("alt=sse&key=apx-1&x=%20"), "key", None).as_deref(),
-            Some("alt=sse&x=%20")
+            rewrite_query(Some("alt=sse&key=apx-1&x=%20&key=own"), None, true, None).as_deref(),
+            Some("alt=sse&x=%20&key=own")
         );
-        assert_eq!(rewrite_query(Some("key=apx-1"), "key", None), None);
+        assert_eq!(rewrite_query(Some("%6Bey=apx%2D1"), None, true, None), None);
         assert_eq!(
-            rewrite_query(Some("%6Bey=a&key=b&k=1"), "key", Some("key=REAL")).as_deref(),
+            rewrite_query(Some("key=apx-1"), None, false, None).as_deref(),
+            Some("key=apx-1")
+        );
+        // A credential parameter replaces every one of its name.
+        assert_eq!(
+            rewrite_query(
+                Some("%6Bey=a&key=b&k=1"),
+                Some("key"),
+                true,
+                Some("key=REAL")
+            )
+            .as_deref(),
             Some("k=1&key=REAL")
         );
         assert_eq!(
-            rewrite_query(None, "key", Some("key=REAL")).as_deref(),
+            rewrite_query(None, Some("key"), false, Some("key=REAL")).as_deref(),
             Some("key=REAL")
         );
-        assert_eq!(rewrite_query(Some("&&"), "key", None), None);
+        assert_eq!(rewrite_query(Some("&&"), Some("key"), true, None), None);
+    }
+
+    #[test]
+    fn every_proxy_key_leaves_the_headers() {
+        let mut h = headers(&[
+            ("authorization", "Bearer apx-1"),
+            ("x-api-key", "apx-1"),
+            ("x-api-key", "sk-own"),
+            ("x-goog-api-key", " apx-2"),
+            ("authorization", "Basic abc"),
+            ("x-other", "apx-3"),
+        ]);
+        strip_headers(&mut h);
+        let values = |n: &str| -> Vec<_> {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(values("authorization"), ["Basic abc"]);
+        assert_eq!(values("x-api-key"), ["sk-own"]);
+        assert!(values("x-goog-api-key").is_empty());
+        assert_eq!(values("x-other"), ["apx-3"]);
     }
 }

@@ -22,7 +22,7 @@ use apiproxy_shared::access::{
 };
 use apiproxy_shared::canonical_prefix;
 use fnv::FnvBuildHasher;
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use rpds::HashTrieMapSync;
 use tracing::{error, warn};
 
@@ -138,7 +138,7 @@ impl Default for Gate {
 }
 
 impl Gate {
-    /// Whether any mapping has a policy: without one, requests skip the gate.
+    /// Whether no mapping has a policy: then requests skip the gate.
     pub(crate) fn is_open(&self) -> bool {
         self.policies.is_empty()
     }
@@ -157,11 +157,27 @@ impl Gate {
     pub fn admit(
         &self,
         prefix: &str,
+        method: &Method,
         headers: &HeaderMap,
         query: Option<&str>,
         usage: Option<&Arc<UsageRegistry>>,
     ) -> Result<Option<Pass>, Denied> {
+        if *method == Method::OPTIONS && is_preflight(headers) {
+            return Ok(self.preflight(prefix));
+        }
         self.admit_at(prefix, headers, query, usage, unix_seconds)
+    }
+
+    /// A browser's CORS preflight never carries credentials: on a keyed
+    /// mapping it goes to the upstream without a key and without the
+    /// upstream credential, and the upstream answers what it allows.
+    fn preflight(&self, prefix: &str) -> Option<Pass> {
+        let policy = self.policies.get(prefix)?;
+        Some(Pass {
+            key: None,
+            keyed: policy.access == Access::Key,
+            credential: None,
+        })
     }
 
     /// [`Gate::admit`] with its clock, read only for a key that expires.
@@ -177,10 +193,10 @@ impl Gate {
             return Ok(None);
         };
         let denied = |error, key| Err(Denied { error, key });
-        let (key, found) = match policy.access {
-            Access::Open => (None, None),
+        let key = match policy.access {
+            Access::Open => None,
             Access::Key => {
-                let Some((secret, found)) = client_key::find(headers, query) else {
+                let Some(secret) = client_key::find(headers, query) else {
                     return denied(
                         ProxyError::Unauthorized("this endpoint needs a proxy key (Authorization: Bearer, x-api-key, x-goog-api-key or ?key=)"),
                         None,
@@ -197,7 +213,7 @@ impl Gate {
                     let key = key.admitted(usage);
                     return denied(ProxyError::Forbidden(why.message()), Some(key));
                 }
-                (Some(key.admitted(usage)), Some(found))
+                Some(key.admitted(usage))
             }
         };
         let credential = match &policy.credential {
@@ -206,8 +222,8 @@ impl Gate {
             Some(Err(())) => return denied(ProxyError::CredentialUnavailable, key),
         };
         Ok(Some(Pass {
+            keyed: key.is_some(),
             key,
-            found,
             credential,
         }))
     }
@@ -315,6 +331,13 @@ impl Gate {
     }
 }
 
+/// `OPTIONS` with `Origin` and `Access-Control-Request-Method` (the method
+/// is checked by the caller).
+fn is_preflight(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
 fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -366,9 +389,11 @@ fn record_digest(id: &str, record: &str) -> u64 {
 
 /// All key records as one digest, independent of their order, that one
 /// change updates without reading the others: a full read compares it
-/// with what is applied instead of keeping every record twice. A record
-/// the gate skipped as invalid is not in it, so a later full read sees a
-/// difference and rebuilds: never wrong, at most one rebuild too many.
+/// with what is applied instead of keeping every record twice. A full
+/// read counts every record; a change can only take out what the gate
+/// kept, so a record it skipped as invalid and then saw changed leaves the
+/// digest off, and the next full read rebuilds: never wrong, at most one
+/// rebuild too many.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct KeysDigest {
     sum: u64,
@@ -523,6 +548,37 @@ mod tests {
         );
         // The gate requests were reading is untouched.
         assert!(admit(&good, "/openai").is_ok());
+    }
+
+    #[test]
+    fn a_cors_preflight_passes_without_key_or_credential() {
+        let secrets = SecretsKey::from_base64(&SecretsKey::generate()).unwrap();
+        let gate = Gate::default().with_policy(
+            "/openai",
+            Some(&bearer(&secrets, "/openai")),
+            Some(&secrets),
+        );
+        let preflight = headers(&[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ]);
+        let pass = gate
+            .admit("/openai", &Method::OPTIONS, &preflight, None, None)
+            .unwrap()
+            .unwrap();
+        let mut rewritten = preflight.clone();
+        pass.rewrite_headers(&mut rewritten);
+        assert!(rewritten.get(AUTHORIZATION).is_none());
+        // Not a preflight: an OPTIONS without them, or a POST with them.
+        for (method, h) in [
+            (Method::OPTIONS, HeaderMap::new()),
+            (Method::POST, preflight.clone()),
+        ] {
+            assert_eq!(
+                status(&gate.admit("/openai", &method, &h, None, None)),
+                Some(401)
+            );
+        }
     }
 
     #[test]

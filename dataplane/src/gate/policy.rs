@@ -11,7 +11,7 @@ use http::HeaderMap;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::error;
 
-use super::client_key::{self, Found, KEY_PARAM};
+use super::client_key::{self, KEY_PARAM};
 use super::Admitted;
 
 /// An upstream credential, opened and ready to put in a request.
@@ -105,36 +105,31 @@ impl Policy {
 pub struct Pass {
     /// The proxy key, when the mapping needs one.
     pub(crate) key: Option<Admitted>,
-    /// Where that key was: taken out of the request.
-    pub(super) found: Option<Found>,
+    /// The mapping needs a proxy key: every one the request holds is
+    /// taken out.
+    pub(super) keyed: bool,
     pub(super) credential: Option<Credential>,
 }
 
 impl Pass {
-    /// The upstream request's query: the client's without its proxy key
-    /// or its own credential parameter, with ours added. Borrowed when
-    /// nothing changes.
+    /// The upstream request's query: the client's without proxy keys and
+    /// without the credential's own parameter, with ours added. Borrowed
+    /// when nothing changes.
     pub(crate) fn query<'q>(&self, query: Option<&'q str>) -> Option<Cow<'q, str>> {
-        let (remove, append) = match (&self.credential, &self.found) {
-            (Some(Credential::Query(name, pair)), _) => (&**name, Some(&**pair)),
-            (_, Some(Found::Query)) => (KEY_PARAM, None),
-            _ => return query.map(Cow::Borrowed),
+        let (remove, append) = match &self.credential {
+            Some(Credential::Query(name, pair)) => (Some(&**name), Some(&**pair)),
+            _ => (None, None),
         };
-        // The proxy key in `key` and the credential in another parameter:
-        // both go.
-        let query = match (&self.found, remove) {
-            (Some(Found::Query), r) if r != KEY_PARAM => {
-                client_key::rewrite_query(query, KEY_PARAM, None)
-            }
-            _ => query.map(str::to_owned),
-        };
-        client_key::rewrite_query(query.as_deref(), remove, append).map(Cow::Owned)
+        if remove.is_none() && !(self.keyed && query.is_some_and(|q| q.contains(KEY_PARAM))) {
+            return query.map(Cow::Borrowed);
+        }
+        client_key::rewrite_query(query, remove, self.keyed, append).map(Cow::Owned)
     }
 
-    /// Takes the proxy key's header out and puts the credential's in.
+    /// Takes the proxy keys out of the headers and puts the credential's in.
     pub(crate) fn rewrite_headers(&self, headers: &mut HeaderMap) {
-        if let Some(Found::Header(name)) = &self.found {
-            headers.remove(name);
+        if self.keyed {
+            client_key::strip_headers(headers);
         }
         if let Some(Credential::Header(name, value)) = &self.credential {
             headers.insert(name.clone(), value.clone());
