@@ -104,6 +104,37 @@ async fn store_policy(
     .await
 }
 
+/// What every test here starts from: a Redis, an echo upstream and a
+/// secrets key (its text, as a node's environment takes it).
+struct Fixture {
+    redis: RedisServer,
+    conn: redis::aio::MultiplexedConnection,
+    echo: upstream::Upstream,
+    secrets_text: String,
+    secrets: SecretsKey,
+}
+
+impl Fixture {
+    /// Also maps each of `prefixes` to the echo upstream.
+    async fn start(prefixes: &[&str]) -> Fixture {
+        let redis = RedisServer::start();
+        let mut conn = redis.conn().await;
+        let echo = upstream::http(echo_handler()).await;
+        for prefix in prefixes {
+            upsert(&mut conn, &RedisKeys::default(), prefix, &echo.url()).await;
+        }
+        let secrets_text = SecretsKey::generate();
+        let secrets = SecretsKey::from_base64(&secrets_text).unwrap();
+        Fixture {
+            redis,
+            conn,
+            echo,
+            secrets_text,
+            secrets,
+        }
+    }
+}
+
 fn request(path: &str, header: Option<(&str, &str)>) -> Request<Full<Bytes>> {
     let mut builder = Request::get(path).header("host", "proxy.test");
     if let Some((name, value)) = header {
@@ -138,47 +169,41 @@ async fn refused(dp: &DataPlane, req: Request<Full<Bytes>>) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sdk_placement_is_accepted_and_replaced_upstream() {
-    let redis = RedisServer::start();
-    let keys = RedisKeys::default();
-    let mut conn = redis.conn().await;
-    let echo = upstream::http(echo_handler()).await;
-    let secrets_text = SecretsKey::generate();
-    let secrets = SecretsKey::from_base64(&secrets_text).unwrap();
-    for prefix in [
+    let prefixes = [
         "/openai",
         "/anthropic",
         "/gemini",
         "/gemini-q",
         "/bare",
         "/open",
+    ];
+    let Fixture {
+        redis,
+        mut conn,
+        echo: _echo,
+        secrets_text,
+        secrets,
+    } = Fixture::start(&prefixes).await;
+    for (prefix, place, secret) in [
+        (
+            "/openai",
+            header_place("Authorization", "Bearer {secret}"),
+            "sk-openai-real",
+        ),
+        (
+            "/anthropic",
+            header_place("x-api-key", "{secret}"),
+            "sk-ant-real",
+        ),
+        (
+            "/gemini",
+            header_place("x-goog-api-key", "{secret}"),
+            "AIza-real",
+        ),
+        ("/gemini-q", query_place("key"), "AIza/q+real"),
     ] {
-        upsert(&mut conn, &keys, prefix, &echo.url()).await;
+        store_policy(&mut conn, &secrets, prefix, Some((place, secret))).await;
     }
-    let bearer = header_place("Authorization", "Bearer {secret}");
-    store_policy(
-        &mut conn,
-        &secrets,
-        "/openai",
-        Some((bearer, "sk-openai-real")),
-    )
-    .await;
-    let x_api_key = header_place("x-api-key", "{secret}");
-    store_policy(
-        &mut conn,
-        &secrets,
-        "/anthropic",
-        Some((x_api_key, "sk-ant-real")),
-    )
-    .await;
-    let goog = header_place("x-goog-api-key", "{secret}");
-    store_policy(&mut conn, &secrets, "/gemini", Some((goog, "AIza-real"))).await;
-    store_policy(
-        &mut conn,
-        &secrets,
-        "/gemini-q",
-        Some((query_place("key"), "AIza/q+real")),
-    )
-    .await;
     // Keyed, no credential: the client's own upstream key passes.
     store_policy(&mut conn, &secrets, "/bare", None).await;
     let all = Key::new(None);
@@ -285,45 +310,34 @@ async fn every_sdk_placement_is_accepted_and_replaced_upstream() {
     let seen = echoed(&dp, request("/open/x", Some(("x-api-key", "anything")))).await;
     assert_eq!(seen["headers"]["x-api-key"][0], "anything");
 
-    // 401 and 403, each case.
-    assert_eq!(
-        refused(&dp, request("/openai/x", None)).await,
-        (401, "unauthorized".into())
-    );
-    let unknown = format!("Bearer {}", new_proxy_key());
-    assert_eq!(
-        refused(&dp, request("/openai/x", Some(("authorization", &unknown)))).await,
-        (401, "unauthorized".into())
-    );
-    assert_eq!(
-        refused(
-            &dp,
-            request("/anthropic/x", Some(("x-api-key", &only_openai.secret)))
-        )
-        .await,
-        (403, "forbidden".into())
-    );
+    // 401 and 403, each case; a key allowed on /openai passes there.
     let _ = echoed(
         &dp,
         request("/openai/x", Some(("x-api-key", &only_openai.secret))),
     )
     .await;
-    assert_eq!(
-        refused(
-            &dp,
-            request("/openai/x", Some(("x-api-key", &disabled.secret)))
-        )
-        .await,
-        (403, "forbidden".into())
-    );
-    assert_eq!(
-        refused(
-            &dp,
-            request("/openai/x", Some(("x-api-key", &expired.secret)))
-        )
-        .await,
-        (403, "forbidden".into())
-    );
+    let unknown = new_proxy_key();
+    let cases = [
+        ("/openai/x", None, 401, "unauthorized"),
+        ("/openai/x", Some(unknown.as_str()), 401, "unauthorized"),
+        (
+            "/anthropic/x",
+            Some(only_openai.secret.as_str()),
+            403,
+            "forbidden",
+        ),
+        (
+            "/openai/x",
+            Some(disabled.secret.as_str()),
+            403,
+            "forbidden",
+        ),
+        ("/openai/x", Some(expired.secret.as_str()), 403, "forbidden"),
+    ];
+    for (path, key, status, kind) in cases {
+        let got = refused(&dp, request(path, key.map(|k| ("x-api-key", k)))).await;
+        assert_eq!(got, (status, kind.to_owned()), "{path} with {key:?}");
+    }
 
     // The upstream never saw a proxy key; the logs never hold a secret,
     // and name the key by id.
@@ -364,13 +378,13 @@ async fn every_sdk_placement_is_accepted_and_replaced_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_the_secrets_key_fails_closed() {
-    let redis = RedisServer::start();
-    let keys = RedisKeys::default();
-    let mut conn = redis.conn().await;
-    let echo = upstream::http(echo_handler()).await;
-    let secrets = SecretsKey::from_base64(&SecretsKey::generate()).unwrap();
-    upsert(&mut conn, &keys, "/openai", &echo.url()).await;
-    upsert(&mut conn, &keys, "/bare", &echo.url()).await;
+    let Fixture {
+        redis,
+        mut conn,
+        echo,
+        secrets,
+        ..
+    } = Fixture::start(&["/openai", "/bare"]).await;
     let bearer = header_place("Authorization", "Bearer {secret}");
     store_policy(
         &mut conn,
@@ -418,15 +432,15 @@ async fn a_node_without_the_secrets_key_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_refused_as_soon_as_the_node_applies_it() {
-    let redis = RedisServer::start();
-    let keys = RedisKeys::default();
-    let mut conn = redis.conn().await;
-    let echo = upstream::http(echo_handler()).await;
+    let Fixture {
+        redis,
+        mut conn,
+        echo: _echo,
+        secrets_text,
+        secrets,
+    } = Fixture::start(&["/openai"]).await;
     let sse = upstream::sse(20, Duration::from_millis(50)).await;
-    let secrets_text = SecretsKey::generate();
-    let secrets = SecretsKey::from_base64(&secrets_text).unwrap();
-    upsert(&mut conn, &keys, "/openai", &echo.url()).await;
-    upsert(&mut conn, &keys, "/stream", &sse.url()).await;
+    upsert(&mut conn, &RedisKeys::default(), "/stream", &sse.url()).await;
     let bearer = header_place("Authorization", "Bearer {secret}");
     store_policy(
         &mut conn,
@@ -526,14 +540,13 @@ async fn a_revoked_key_is_refused_as_soon_as_the_node_applies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_per_key_reaches_the_control_plane_exactly() {
-    let redis = RedisServer::start();
-    let keys = RedisKeys::default();
-    let mut conn = redis.conn().await;
-    let echo = upstream::http(echo_handler()).await;
-    let secrets_text = SecretsKey::generate();
-    let secrets = SecretsKey::from_base64(&secrets_text).unwrap();
-    upsert(&mut conn, &keys, "/openai", &echo.url()).await;
-    upsert(&mut conn, &keys, "/anthropic", &echo.url()).await;
+    let Fixture {
+        redis,
+        mut conn,
+        echo: _echo,
+        secrets_text,
+        secrets,
+    } = Fixture::start(&["/openai", "/anthropic"]).await;
     let bearer = header_place("Authorization", "Bearer {secret}");
     store_policy(&mut conn, &secrets, "/openai", Some((bearer, "sk-real"))).await;
     store_policy(&mut conn, &secrets, "/anthropic", None).await;
