@@ -4,7 +4,8 @@
 //! prefix's one spelling, and may exist without a mapping (set it before
 //! the mapping is created; it stays when the mapping is deleted). The
 //! credential's secret is write-only: sealed under `API_PROXY_SECRETS_KEY`
-//! before it reaches Redis, shown only as its last four characters.
+//! before it reaches Redis, shown only as its last four characters (none
+//! of a secret under 16 characters).
 
 use apiproxy_shared::access::{
     secret_hint, validate_secret, CredentialPlace, SecretsKey, StoredCredential, StoredPolicy,
