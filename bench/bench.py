@@ -7,7 +7,7 @@
   bench.py instr      [--n1 2000] [--n2 6000]
   bench.py stats      [--conns 64,1000] [--duration 5] [--rounds 6]  (stats on + pushing vs off)
   bench.py h2         [--parts slow,burst,tls,sse,chat] [--sse-streams 10000]  (TLS and HTTP/2 upstreams)
-  bench.py keys       [--parts load,memory] [--keys 100000]  (keyed mapping vs open; memory a proxy key)
+  bench.py keys       [--parts load,instr,memory] [--keys 100000]  (keyed mapping vs open; memory a proxy key)
   common options:     --binary PATH --out DIR --port-offset N --skip-dataplane --keep
 
 Load generators, origins and this script run on CPU 0; every proxy runs on
@@ -709,13 +709,13 @@ ECHO_AUTH = "/_echo-authorization"  # the upstream answers the Authorization hea
 
 def cmd_keys(a, st):
     """Proxy keys: a keyed mapping with credential injection against open
-    ones, all loaded at once (`load`); the memory a key takes in a node
-    (`memory`)."""
+    ones, all loaded at once (`load`) and under callgrind (`instr`); the
+    memory a key takes in a node (`memory`)."""
     st.upstream(a.body_size, extra='location = %s { return 200 "$http_authorization"; }' % ECHO_AUTH)
     st.redis()
     data, text = {}, []
     for part in a.parts:
-        data[part], t = {"load": keys_load, "memory": keys_memory}[part](a, st)
+        data[part], t = {"load": keys_load, "instr": keys_instr, "memory": keys_memory}[part](a, st)
         text.append(t)
     save(a, "keys", data, "\n\n".join(text))
 
@@ -762,6 +762,34 @@ def expect(what, got, want):
     return "%s: %s" % (what, got)
 
 
+def keyed_setup(a, st):
+    """The control plane (with a fresh API_PROXY_SECRETS_KEY, from its
+    `gen-secrets-key`) and, through its API, the policy of `/` (access key,
+    credential `Authorization: Bearer {secret}`), the mapping `/` to the
+    upstream and a proxy key: (secrets key, credential, proxy key). Once a
+    run."""
+    if not hasattr(st, "keyed"):
+        secrets_key = subprocess.run([cp_binary(a), "gen-secrets-key"], capture_output=True, text=True,
+                                     check=True, timeout=10).stdout.strip()
+        credential = "sk-bench-" + os.urandom(16).hex()
+        st.controlplane({"API_PROXY_SECRETS_KEY": secrets_key})
+        # The policy before the mapping, as the console makes them: "/" is never routed openly.
+        api("PUT", "/api/policies/%2F", {"access": "key", "upstream_credential": {
+            "header": "Authorization", "template": "Bearer {secret}", "secret": credential}})
+        api("POST", "/api/mappings", {"prefix": "/", "target": "http://%s:%d" % (HOST, P["upstream"])})
+        st.keyed = (secrets_key, credential, api("POST", "/api/keys", {"name": "bench"})["secret"])
+    return st.keyed
+
+
+def keyed_dataplane(st, secrets_key, wrap=()):
+    """The keyed data plane (Redis mode, with the secrets key), once ready."""
+    p = st.dataplane(None, wrap=wrap, name="keyed", metrics="metrics-keyed", extra_env={
+        "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_SECRETS_KEY": secrets_key,
+        "API_PROXY_RESYNC_INTERVAL": "10m" if wrap else "10s"})  # callgrind: no re-read within a run
+    wait_ready("metrics-keyed", 120.0 if wrap else 60.0)
+    return p
+
+
 def keys_load(a, st):
     """Two open data planes (file mode: the reference and its A/A twin), a
     keyed one (Redis mode; policy, mapping and key made through the control
@@ -769,22 +797,12 @@ def keys_load(a, st):
     and nginx, loaded at once. Every target gets the same `Authorization:
     Bearer apx-…`: the keyed node checks it and swaps in the real
     credential, the others pass it on."""
-    secrets_key = subprocess.run([cp_binary(a), "gen-secrets-key"], capture_output=True, text=True,
-                                 check=True, timeout=10).stdout.strip()
-    credential = "sk-bench-" + os.urandom(16).hex()
-    st.controlplane({"API_PROXY_SECRETS_KEY": secrets_key})
-    # The policy before the mapping, as the console makes them: "/" is never routed openly.
-    api("PUT", "/api/policies/%2F", {"access": "key", "upstream_credential": {
-        "header": "Authorization", "template": "Bearer {secret}", "secret": credential}})
-    api("POST", "/api/mappings", {"prefix": "/", "target": "http://%s:%d" % (HOST, P["upstream"])})
-    proxy_key = api("POST", "/api/keys", {"name": "bench"})["secret"]
+    secrets_key, credential, proxy_key = keyed_setup(a, st)
     routes = {"/": P["upstream"]}
     roots = {"open": st.dataplane(routes, name="open", metrics="metrics-open").pid,
              "open-b": st.dataplane(routes, name="open-b", metrics="metrics-open-b").pid,
-             "keyed": st.dataplane(None, name="keyed", metrics="metrics-keyed", extra_env={
-                 "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_SECRETS_KEY": secrets_key}).pid,
+             "keyed": keyed_dataplane(st, secrets_key).pid,
              "nginx": st.nginx_proxy("nginx", routes).pid}
-    wait_ready("metrics-keyed")
     bearer = {"Authorization": "Bearer " + proxy_key}
     # The set-up does what it must: no key, 401; the origin gets the real
     # credential from the keyed node and the client's header from an open one.
@@ -803,7 +821,22 @@ def keys_load(a, st):
                 + "\n".join(checks))
     for t in text[-len(a.conns) - 1:]:
         log(t)
+    for n in roots:
+        st.stop(next(p for p in st.procs if p.pid == roots[n]))
     return {"rounds": data, "checks": checks}, "\n\n".join(text)
+
+
+def keys_instr(a, st):
+    """callgrind: instructions a request, an open data plane (file mode)
+    against the keyed one, both sent `Authorization: Bearer apx-…`."""
+    secrets_key, _, proxy_key = keyed_setup(a, st)
+    headers = ["Authorization: Bearer " + proxy_key]
+    data = {"open": callgrind_per_request(a, st, "open", lambda wrap: st.dataplane(
+        {"/": P["upstream"]}, wrap=wrap, name="open", metrics="metrics-open"), headers),
+            "keyed": callgrind_per_request(a, st, "keyed", lambda wrap: keyed_dataplane(st, secrets_key, wrap),
+                                           headers)}
+    return data, instr_table(a, "GET / with `Authorization: Bearer apx-…`",
+                             [instr_row(a, n, data[n], data["open"]) for n in data], "open")
 
 
 def resp(*args):
@@ -1181,28 +1214,45 @@ def cmd_instr(a, st):
     routes = {"/": P["upstream"]}
     data, rows = {}, []
     for name in ["nginx"] + ([] if a.skip_dataplane else ["dataplane"]):
-        ir = {}
-        for n in (a.n1, a.n2):
-            out = os.path.join(st.dir, "callgrind.%s.%d" % (name, n))
-            wrap = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
-            log("%s under callgrind: %d requests" % (name, n))
-            p = (st.nginx_proxy(name, routes, wrap=wrap, extra_g=" master_process off;") if name == "nginx"
-                 else st.dataplane(routes, wrap=wrap))
-            try:
-                rc, so, se = collect(spawn(["h2load", "--h1", "-n", str(n), "-c", "8", "-t", "1",
-                                            "http://%s:%d/" % (HOST, P[name])]), 900)
-                if not re.search(r"requests: %d total.* %d succeeded" % (n, n), so):
-                    raise RuntimeError("h2load against %s: %s %s" % (name, so[-600:], se[-300:]))
-            finally:
-                st.stop(p, timeout=120)  # callgrind writes its file when the process exits
-            ir[n] = callgrind_total(out)
-        per = (ir[a.n2] - ir[a.n1]) / float(a.n2 - a.n1)
-        data[name] = {"ir": ir, "ir_per_req": per}
-        rows.append([name, ir[a.n1], ir[a.n2], "%.0f" % per, "%.3f" % (per / data["nginx"]["ir_per_req"])])
-    save(a, "instr", data, "== instr: callgrind user-space instructions per request, GET /, h2load --h1 -c 8\n"
-         "Ir/req = (Ir(n=%d) - Ir(n=%d)) / %d; kernel work (syscalls, TCP) is not counted\n"
-         % (a.n2, a.n1, a.n2 - a.n1) + table(["target", "Ir(n=%d)" % a.n1, "Ir(n=%d)" % a.n2, "Ir/req",
-                                              "ratio/nginx"], rows))
+        data[name] = callgrind_per_request(a, st, name, lambda wrap: (
+            st.nginx_proxy(name, routes, wrap=wrap, extra_g=" master_process off;") if name == "nginx"
+            else st.dataplane(routes, wrap=wrap)))
+        rows.append(instr_row(a, name, data[name], data["nginx"]))
+    save(a, "instr", data, instr_table(a, "GET /", rows, "nginx"))
+
+
+def callgrind_per_request(a, st, name, start, headers=()):
+    """Runs the proxy `start(wrap)` starts (target `name`) under callgrind
+    twice, driven by `h2load --h1 -c 8` with --n1 and --n2 requests (and
+    `headers`): Ir and Ir a request."""
+    ir = {}
+    for n in (a.n1, a.n2):
+        out = os.path.join(st.dir, "callgrind.%s.%d" % (name, n))
+        log("%s under callgrind: %d requests" % (name, n))
+        p = start(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out])
+        try:
+            rc, so, se = collect(spawn(["h2load", "--h1", "-n", str(n), "-c", "8", "-t", "1"]
+                                       + [x for h in headers for x in ("-H", h)]
+                                       + ["http://%s:%d/" % (HOST, P[name])]), 900)
+            if not re.search(r"requests: %d total.* %d succeeded" % (n, n), so) or \
+                    not re.search(r"status codes: %d 2xx" % n, so):
+                raise RuntimeError("h2load against %s: %s %s" % (name, so[-600:], se[-300:]))
+        finally:
+            st.stop(p, timeout=120)  # callgrind writes its file when the process exits
+        ir[n] = callgrind_total(out)
+    return {"ir": ir, "ir_per_req": (ir[a.n2] - ir[a.n1]) / float(a.n2 - a.n1)}
+
+
+def instr_row(a, name, d, ref):
+    return [name, d["ir"][a.n1], d["ir"][a.n2], "%.0f" % d["ir_per_req"],
+            "%.3f" % (d["ir_per_req"] / ref["ir_per_req"])]
+
+
+def instr_table(a, what, rows, ref):
+    return ("== instr: callgrind user-space instructions per request, %s, h2load --h1 -c 8\n"
+            "Ir/req = (Ir(n=%d) - Ir(n=%d)) / %d; kernel work (syscalls, TCP) is not counted\n"
+            % (what, a.n2, a.n1, a.n2 - a.n1)
+            + table(["target", "Ir(n=%d)" % a.n1, "Ir(n=%d)" % a.n2, "Ir/req", "ratio/" + ref], rows))
 
 
 # ------------------------------------------------------------------ h2 (TLS and HTTP/2 upstreams)
@@ -1434,9 +1484,11 @@ def main():
     q = add_loaded("stats", "stats on and pushing vs stats off: data planes only, loaded at once")
     q.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
     add_loaded("accesslog", "access log off vs JSON to a file vs a stalled sink, beside nginx's buffered access_log")
-    k = add_loaded("keys", "proxy keys: a keyed mapping with credential injection vs open ones, loaded at once; "
-                           "memory a key")
-    k.add_argument("--parts", type=lambda s: s.split(","), default=["load", "memory"])
+    k = add_loaded("keys", "proxy keys: a keyed mapping with credential injection vs open ones, loaded at once "
+                           "and under callgrind; memory a key")
+    k.add_argument("--parts", type=lambda s: s.split(","), default=["load", "instr", "memory"])
+    k.add_argument("--n1", type=int, default=2000, help="instr: requests of the first run")
+    k.add_argument("--n2", type=int, default=6000, help="instr: requests of the second run")
     k.add_argument("--keys", type=int, default=100000, help="memory: keys in the big node")
     k.add_argument("--resync", type=int, default=2, help="memory: the nodes' API_PROXY_RESYNC_INTERVAL, s")
     k.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
@@ -1478,7 +1530,7 @@ def main():
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
     need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
             "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"],
-            "accesslog": ["wrk"], "keys": ["wrk", "redis-server", "redis-cli"]}[a.cmd]
+            "accesslog": ["wrk"], "keys": ["wrk", "redis-server", "redis-cli", "h2load", "valgrind"]}[a.cmd]
     missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
