@@ -894,7 +894,8 @@ def keys_memory(a, st):
     pages at once (`purge`), whose RSS is the memory the node really uses."""
     rows, res = [], {}
     window = 2 * a.resync + 2  # two re-reads or more, then jemalloc's 1 s decay
-    for alloc, env in (("build", {}), ("purge", PURGE)):
+    build = dict(kv.split("=", 1) for kv in a.dp_env).get("_RJEM_MALLOC_CONF", "build")  # --dp-env may set it
+    for alloc, env in ((build, {}), ("purge", PURGE)):
         for name, n in (("keys-none", 0), ("keys-many", a.keys)):
             namespace = "bench-" + name
             t = time.monotonic()
@@ -929,7 +930,7 @@ def keys_memory(a, st):
                                                              "rss_last_kib")]
                         + [reads, "%.0f" % r["cpu_ms_per_reread"]])
     lines = []
-    for alloc in ("build", "purge"):
+    for alloc in (build, "purge"):
         base, big = res["keys-none " + alloc], res["keys-many " + alloc]
         per_key = res["bytes_per_key " + alloc] = {
             k: (big[k] - base[k]) * 1024.0 / a.keys for k in ("rss_ready_kib", "rss_peak_kib", "rss_min_kib",
@@ -939,8 +940,8 @@ def keys_memory(a, st):
                                     per_key["rss_min_kib"], per_key["rss_last_kib"]))
     text = ("== keys memory: a Redis-mode data plane with one keyed mapping and 0 or %d proxy keys (records "
             "written straight to Redis), one node at a time, idle; RSS at ready, then every 0.5 s for %d s of "
-            "full re-reads %d s apart, peak = VmHWM; allocator: build = the build's jemalloc settings, purge = %s\n"
-            % (a.keys, window, a.resync, PURGE["_RJEM_MALLOC_CONF"])
+            "full re-reads %d s apart, peak = VmHWM; allocator: build = the build's jemalloc settings, otherwise "
+            "_RJEM_MALLOC_CONF (purge: %s)\n" % (a.keys, window, a.resync, PURGE["_RJEM_MALLOC_CONF"])
             + table(["node", "allocator", "keys", "start->ready ms", "RSS ready MiB", "peak MiB", "least MiB",
                      "last MiB", "re-reads", "cpu ms/re-read"], rows)
             + "\n" + "\n".join(lines))
