@@ -7,6 +7,7 @@
   bench.py instr      [--n1 2000] [--n2 6000]
   bench.py stats      [--conns 64,1000] [--duration 5] [--rounds 6]  (stats on + pushing vs off)
   bench.py h2         [--parts slow,burst,tls,sse,chat] [--sse-streams 10000]  (TLS and HTTP/2 upstreams)
+  bench.py keys       [--parts load,instr,memory] [--keys 100000]  (keyed mapping vs open; memory a proxy key)
   common options:     --binary PATH --out DIR --port-offset N --skip-dataplane --keep
 
 Load generators, origins and this script run on CPU 0; every proxy runs on
@@ -16,7 +17,7 @@ on 127.0.0.1. Every process started here is stopped by its PID (SIGTERM, then
 SIGKILL), also on Ctrl-C or an error. Methodology: README.md.
 """
 import argparse, asyncio, json, os, re, resource, shutil, signal, socket
-import ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import base64, hashlib, ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
 
 HOST = "127.0.0.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,8 +41,12 @@ BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "n
               "base": 18203, "metrics-base": 18204,
               "log-off": 18205, "metrics-log-off": 18206, "log-off-b": 18207, "metrics-log-off-b": 18208,
               "log-json": 18209, "metrics-log-json": 18210, "log-stalled": 18211, "metrics-log-stalled": 18212,
-              "nginx-log": 18213}
+              "nginx-log": 18213,
+              "open": 18214, "metrics-open": 18215, "open-b": 18216, "metrics-open-b": 18217,
+              "keyed": 18218, "metrics-keyed": 18219, "keys-none": 18220, "metrics-keys-none": 18221,
+              "keys-many": 18222, "metrics-keys-many": 18223}
 P = dict(BASE_PORTS)  # after --port-offset
+ADMIN_TOKEN, NODE_TOKEN = "bench-admin-token-0123456789", "bench-node-token-0123456789"
 LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
 NOFILE = [65536]      # fd limit children get (ulimit -n), set in run()
 
@@ -111,6 +116,12 @@ def rss_kib(pids):
         except OSError:
             pass
     return total
+
+
+def hwm_kib(pid):
+    """VmHWM: the highest RSS the process has had."""
+    with open("/proc/%d/status" % pid) as f:
+        return next((int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")), 0)
 
 
 def cpu_busy():
@@ -223,9 +234,10 @@ http {{
                              "-c", path, "-g", "daemon off;" + extra_g]
         return self.start(name, argv, cpu, port, wait=120.0 if wrap else 15.0)
 
-    def upstream(self, body_size=1024, big=None):
+    def upstream(self, body_size=1024, big=None, extra=""):
         """Origin nginx on the load CPU: any path -> 200 with a fixed body of
-        body_size bytes; /big -> the file `big` (stream)."""
+        body_size bytes; /big -> the file `big` (stream); `extra`: more
+        locations."""
         if body_size <= 4096:
             root = 'return 200 "%s";' % ("x" * body_size)
         else:
@@ -236,7 +248,7 @@ http {{
         big = "location = /big { alias %s; }" % big if big else ""
         http = (f"    sendfile on; default_type application/octet-stream;\n"
                 f"    server {{ listen {HOST}:{P['upstream']} backlog=4096;\n"
-                f"        location / {{ {root} }}\n        {big}\n    }}\n")
+                f"        location / {{ {root} }}\n        {big}\n        {extra}\n    }}\n")
         return self.nginx("upstream", P["upstream"], LOAD_CPU, 16384, http)
 
     def nginx_proxy(self, name, routes, buffer_size=None, wrap=(), extra_g="", server_extra=""):
@@ -252,21 +264,37 @@ http {{
         return self.nginx(name, P[name], PROXY_CPU, 4096, http + "    }\n", wrap, extra_g)
 
     def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None, binary=None):
-        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port, or target URL}.
-        Its access log is off (as nginx's is), unless extra_env turns it on."""
+        """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port, or target URL},
+        or None for Redis mode (extra_env then names API_PROXY_REDIS_URL). Its access log is off (as
+        nginx's is), unless extra_env turns it on."""
         binary = binary or self.a.binary
         if not os.access(binary, os.X_OK):
             raise SystemExit("no data plane binary at %s (cargo build --release -p apiproxy-dataplane; "
                              "or --binary PATH; or --skip-dataplane)" % binary)
-        mappings = os.path.join(self.dir, name + "-mappings.json")
-        with open(mappings, "w") as f:
-            json.dump({k: v if isinstance(v, str) else "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
-        env = {"API_PROXY_MAPPINGS_FILE": mappings, "API_PROXY_LISTEN": "%s:%d" % (HOST, P[name]),
+        source = {}
+        if routes is not None:
+            source["API_PROXY_MAPPINGS_FILE"] = os.path.join(self.dir, name + "-mappings.json")
+            with open(source["API_PROXY_MAPPINGS_FILE"], "w") as f:
+                json.dump({k: v if isinstance(v, str) else "http://%s:%d" % (HOST, v) for k, v in routes.items()}, f)
+        env = {**source, "API_PROXY_LISTEN": "%s:%d" % (HOST, P[name]),
                "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P[metrics]), "API_PROXY_WORKERS": "1",
                "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", "API_PROXY_ACCESS_LOG": "off",
                **dict(kv.split("=", 1) for kv in self.a.dp_env), **(extra_env or {})}
         return self.start(name, list(wrap) + [binary], PROXY_CPU, P[name], env,
                           wait=120.0 if wrap else 15.0)
+
+    def redis(self):
+        """redis-server on the load CPU, no persistence."""
+        return self.start("redis", ["redis-server", "--port", str(P["redis"]), "--bind", HOST, "--save", "",
+                                    "--appendonly", "no", "--dir", self.dir], LOAD_CPU, P["redis"])
+
+    def controlplane(self, extra_env=None):
+        """The control plane (--cp-binary) on the load CPU, over self.redis()."""
+        return self.start("controlplane", [cp_binary(self.a)], LOAD_CPU, P["controlplane"],
+                          {"API_PROXY_REDIS_URL": redis_url(),
+                           "API_PROXY_ADMIN_LISTEN": "%s:%d" % (HOST, P["controlplane"]),
+                           "ADMIN_TOKEN": ADMIN_TOKEN, "API_PROXY_NODE_TOKEN": NODE_TOKEN, "RUST_LOG": "warn",
+                           **(extra_env or {})})
 
     def helper(self, kind):
         """This script as a helper server (`_sink` / `_sse`) on the load CPU."""
@@ -311,6 +339,17 @@ http {{
         return self.dataplane({"/": "https://localhost:%d" % origin_port}, name=name, metrics=metrics,
                               extra_env={"API_PROXY_CA_FILE": os.path.join(self.tls_dir(), "ca.pem")},
                               binary=binary)
+
+
+def redis_url():
+    return "redis://%s:%d/" % (HOST, P["redis"])
+
+
+def cp_binary(a):
+    if not os.access(a.cp_binary, os.X_OK):
+        raise SystemExit("no control plane binary at %s (cargo build --release -p apiproxy-controlplane)"
+                         % a.cp_binary)
+    return a.cp_binary
 
 
 def origin_stats(port):
@@ -403,13 +442,16 @@ def parse_wrk(out):
         r["p%s_ms" % p] = float(v) * unit[u]
     errs = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    r["errors"] = sum(map(int, errs.groups() if errs else ())) + int(non2xx.group(1) if non2xx else 0)
+    r["non2xx"] = int(non2xx.group(1) if non2xx else 0)
+    r["errors"] = sum(map(int, errs.groups() if errs else ())) + r["non2xx"]
     return r
 
 
-def wrk_all(urls, conns, secs):
-    """One `wrk -t1 --latency` per target, all running at the same time."""
-    procs = {n: spawn(["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--timeout", "10s", "--latency", u])
+def wrk_all(urls, conns, secs, headers=None):
+    """One `wrk -t1 --latency` per target, all running at the same time;
+    headers = {target: [header lines]} (`wrk -H`)."""
+    procs = {n: spawn(["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--timeout", "10s", "--latency"]
+                      + [x for h in (headers or {}).get(n, []) for x in ("-H", h)] + [u])
              for n, u in urls.items()}
     res = {}
     for n, p in procs.items():
@@ -433,21 +475,21 @@ def cmd_throughput(a, st):
     save(a, "throughput", data, "\n\n".join(text))
 
 
-def measure(a, roots, ref, twin):
+def measure(a, roots, ref, twin, headers=None):
     """Loads every target of `roots` at once for each --conns value; ratios
     are against `ref`, and `twin` (an identical copy of ref) is the A/A
-    noise floor."""
+    noise floor; `headers`: what wrk_all() sends each target."""
     names, data, text = list(roots), {}, []
     urls = {n: "http://%s:%d/" % (HOST, P[n]) for n in names}
     for conns in a.conns:
         log("%d conns: %d s warm-up" % (conns, a.warmup))
-        wrk_all(urls, conns, a.warmup)
+        wrk_all(urls, conns, a.warmup, headers)
         rounds = []
         for r in range(a.rounds):
             order = names[r % len(names):] + names[:r % len(names)]  # rotate who starts first
             samplers = {n: RssSampler(roots[n], 0.2) for n in names}
             t0, c0 = {n: cpu_ticks(proc_tree(roots[n])) for n in names}, cpu_busy()
-            res = wrk_all({n: urls[n] for n in order}, conns, a.duration)
+            res = wrk_all({n: urls[n] for n in order}, conns, a.duration, headers)
             c1 = cpu_busy()
             for n in names:
                 ticks = cpu_ticks(proc_tree(roots[n])) - t0[n]
@@ -569,24 +611,17 @@ def cmd_stats(a, st):
     """Stats cost: a data plane recording and pushing every 2 s to a real
     control plane (over a real Redis) against identical ones with
     API_PROXY_ENABLE_STATS=false, all loaded at once."""
-    if not os.access(a.cp_binary, os.X_OK):
-        raise SystemExit("no control plane binary at %s (cargo build --release -p apiproxy-controlplane)"
-                         % a.cp_binary)
     st.upstream(a.body_size)
     routes = {"/": P["upstream"]}
-    st.start("redis", ["redis-server", "--port", str(P["redis"]), "--bind", HOST, "--save", "",
-                       "--appendonly", "no", "--dir", st.dir], LOAD_CPU, P["redis"])
-    token = "bench-node-token-0123456789"
-    st.start("controlplane", [a.cp_binary], LOAD_CPU, P["controlplane"],
-             {"API_PROXY_REDIS_URL": "redis://%s:%d/" % (HOST, P["redis"]),
-              "API_PROXY_ADMIN_LISTEN": "%s:%d" % (HOST, P["controlplane"]),
-              "ADMIN_TOKEN": "bench-admin-token-0123456789", "API_PROXY_NODE_TOKEN": token, "RUST_LOG": "warn"})
+    st.redis()
+    st.controlplane()
     off = {"API_PROXY_ENABLE_STATS": "false"}
     roots = {"stats-off": st.dataplane(routes, name="stats-off", metrics="metrics-off", extra_env=off).pid,
              "stats-off-b": st.dataplane(routes, name="stats-off-b", metrics="metrics-off-b", extra_env=off).pid,
              "dataplane": st.dataplane(routes, extra_env={
                  "API_PROXY_CONTROLPLANE_URL": "http://%s:%d" % (HOST, P["controlplane"]),
-                 "API_PROXY_NODE_TOKEN": token, "API_PROXY_NODE_ID": "bench", "API_PROXY_STATS_INTERVAL": "2s"}).pid}
+                 "API_PROXY_NODE_TOKEN": NODE_TOKEN, "API_PROXY_NODE_ID": "bench",
+                 "API_PROXY_STATS_INTERVAL": "2s"}).pid}
     data, text = measure(a, roots, "stats-off", "stats-off-b")
     # The pushes really happened and were applied: the cluster total.
     with urllib.request.urlopen("http://%s:%d/stats" % (HOST, P["controlplane"]), timeout=10) as r:
@@ -610,20 +645,12 @@ def cmd_outage(a, st):
     for --outage seconds: its RSS over the outage (it keeps at most two
     batches), its failed pushes, and whether the cluster total is exact
     once a new control plane is up."""
-    if not os.access(a.cp_binary, os.X_OK):
-        raise SystemExit("no control plane binary at %s (cargo build --release -p apiproxy-controlplane)"
-                         % a.cp_binary)
     st.upstream(1024)
-    st.start("redis", ["redis-server", "--port", str(P["redis"]), "--bind", HOST, "--save", "",
-                       "--appendonly", "no", "--dir", st.dir], LOAD_CPU, P["redis"])
-    token = "bench-node-token-0123456789"
-    cp_env = {"API_PROXY_REDIS_URL": "redis://%s:%d/" % (HOST, P["redis"]),
-              "API_PROXY_ADMIN_LISTEN": "%s:%d" % (HOST, P["controlplane"]),
-              "ADMIN_TOKEN": "bench-admin-token-0123456789", "API_PROXY_NODE_TOKEN": token, "RUST_LOG": "warn"}
-    cp = st.start("controlplane", [a.cp_binary], LOAD_CPU, P["controlplane"], cp_env)
+    st.redis()
+    cp = st.controlplane()
     dp = st.dataplane({"/": P["upstream"]}, extra_env={
         "API_PROXY_CONTROLPLANE_URL": "http://%s:%d" % (HOST, P["controlplane"]),
-        "API_PROXY_NODE_TOKEN": token, "API_PROXY_NODE_ID": "bench", "API_PROXY_STATS_INTERVAL": "200ms"})
+        "API_PROXY_NODE_TOKEN": NODE_TOKEN, "API_PROXY_NODE_ID": "bench", "API_PROXY_STATS_INTERVAL": "200ms"})
     load = spawn(["wrk", "-t1", "-c%d" % a.conns, "-d%ds" % (a.warmup + a.outage), "--timeout", "10s",
                   "http://%s:%d/" % (HOST, P["dataplane"])])
     time.sleep(a.warmup)
@@ -638,7 +665,7 @@ def cmd_outage(a, st):
         samples.append(rss_kib([dp.pid]))
     rc, out, err = collect(load, 60)
     failures = metric_sum(P["metrics"], "apiproxy_stats_push_failures_total") - failures_before
-    st.start("controlplane", [a.cp_binary], LOAD_CPU, P["controlplane"], cp_env)
+    st.controlplane()
     served = metric_sum(P["metrics"], "apiproxy_requests_total")
     deadline, total = time.monotonic() + 15, None
     while time.monotonic() < deadline and total != served:
@@ -674,6 +701,253 @@ def summarize_throughput(a, conns, names, rounds, ref="nginx", twin="nginx-b"):
             + "\nA/A noise floor: %s/%s = %.3f (%.3f-%.3f) over %d rounds" % (twin, ref, med(aa), min(aa), max(aa), len(aa))
             + "\nCPU busy (median of rounds): " + ", ".join("cpu%d %.0f%%" % kv for kv in sorted(busy.items()))
             + ("  WARNING: proxy CPU not saturated, ratios are compressed" if warn else ""))
+
+
+# ------------------------------------------------------------------ keys
+ECHO_AUTH = "/_echo-authorization"  # the upstream answers the Authorization header it received
+
+
+def cmd_keys(a, st):
+    """Proxy keys: a keyed mapping with credential injection against open
+    ones, all loaded at once (`load`) and under callgrind (`instr`); the
+    memory a key takes in a node (`memory`)."""
+    st.upstream(a.body_size, extra='location = %s { return 200 "$http_authorization"; }' % ECHO_AUTH)
+    st.redis()
+    data, text = {}, []
+    for part in a.parts:
+        data[part], t = {"load": keys_load, "instr": keys_instr, "memory": keys_memory}[part](a, st)
+        text.append(t)
+    save(a, "keys", data, "\n\n".join(text))
+
+
+def api(method, path, body=None):
+    """The control plane's admin API with the bearer token: the JSON answer."""
+    req = urllib.request.Request("http://%s:%d%s" % (HOST, P["controlplane"], path), method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": "Bearer " + ADMIN_TOKEN,
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        raise RuntimeError("%s %s: %d %s" % (method, path, e.code, e.read().decode()[:300]))
+
+
+def fetch(port, path, headers=None):
+    """GET on a fresh connection: (status, body text), errors included."""
+    req = urllib.request.Request("http://%s:%d%s" % (HOST, port, path), headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_ready(metrics, timeout=60.0):
+    """Polls a data plane's /readyz every 5 ms until 200: when it was (time.monotonic())."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if fetch(P[metrics], "/readyz")[0] == 200:
+                return time.monotonic()
+        except OSError:  # the metrics port is not listening yet
+            pass
+        time.sleep(0.005)
+    raise RuntimeError("%s: not ready within %.0f s" % (metrics, timeout))
+
+
+def expect(what, got, want):
+    if got != want:
+        raise RuntimeError("%s: got %r, want %r" % (what, got, want))
+    return "%s: %s" % (what, got)
+
+
+def keyed_setup(a, st):
+    """The control plane (with a fresh API_PROXY_SECRETS_KEY, from its
+    `gen-secrets-key`) and, through its API, the policy of `/` (access key,
+    credential `Authorization: Bearer {secret}`), the mapping `/` to the
+    upstream and a proxy key: (secrets key, credential, proxy key). Once a
+    run."""
+    if not hasattr(st, "keyed"):
+        secrets_key = subprocess.run([cp_binary(a), "gen-secrets-key"], capture_output=True, text=True,
+                                     check=True, timeout=10).stdout.strip()
+        credential = "sk-bench-" + os.urandom(16).hex()
+        st.controlplane({"API_PROXY_SECRETS_KEY": secrets_key})
+        # The policy before the mapping, as the console makes them: "/" is never routed openly.
+        api("PUT", "/api/policies/%2F", {"access": "key", "upstream_credential": {
+            "header": "Authorization", "template": "Bearer {secret}", "secret": credential}})
+        api("POST", "/api/mappings", {"prefix": "/", "target": "http://%s:%d" % (HOST, P["upstream"])})
+        st.keyed = (secrets_key, credential, api("POST", "/api/keys", {"name": "bench"})["secret"])
+    return st.keyed
+
+
+def keyed_dataplane(st, secrets_key, wrap=()):
+    """The keyed data plane (Redis mode, with the secrets key), once ready."""
+    p = st.dataplane(None, wrap=wrap, name="keyed", metrics="metrics-keyed", extra_env={
+        "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_SECRETS_KEY": secrets_key,
+        "API_PROXY_RESYNC_INTERVAL": "10m" if wrap else "10s"})  # callgrind: no re-read within a run
+    wait_ready("metrics-keyed", 120.0 if wrap else 60.0)
+    return p
+
+
+def keys_load(a, st):
+    """Two open data planes (file mode: the reference and its A/A twin), a
+    keyed one (Redis mode; policy, mapping and key made through the control
+    plane's API) whose policy puts `Authorization: Bearer {secret}` upstream,
+    and nginx, loaded at once. Every target gets the same `Authorization:
+    Bearer apx-…`: the keyed node checks it and swaps in the real
+    credential, the others pass it on."""
+    secrets_key, credential, proxy_key = keyed_setup(a, st)
+    routes = {"/": P["upstream"]}
+    roots = {"open": st.dataplane(routes, name="open", metrics="metrics-open").pid,
+             "open-b": st.dataplane(routes, name="open-b", metrics="metrics-open-b").pid,
+             "keyed": keyed_dataplane(st, secrets_key).pid,
+             "nginx": st.nginx_proxy("nginx", routes).pid}
+    bearer = {"Authorization": "Bearer " + proxy_key}
+    # The set-up does what it must: no key, 401; the origin gets the real
+    # credential from the keyed node and the client's header from an open one.
+    checks = [expect("keyed, no key: status", fetch(P["keyed"], "/")[0], 401),
+              expect("keyed, proxy key: Authorization at the origin",
+                     fetch(P["keyed"], ECHO_AUTH, bearer), (200, "Bearer " + credential)),
+              expect("open, proxy key: Authorization at the origin",
+                     fetch(P["open"], ECHO_AUTH, bearer)[1], "Bearer " + proxy_key)]
+    checks = [c.replace(credential, "sk-bench-…").replace(proxy_key, "apx-…") for c in checks]
+    data, text = measure(a, roots, "open", "open-b", {n: ["Authorization: Bearer " + proxy_key] for n in roots})
+    for conns, rounds in data.items():
+        done, non2xx = sum(r["keyed"]["requests"] for r in rounds), sum(r["keyed"]["non2xx"] for r in rounds)
+        text.append("%d conns: keyed served %d requests in the rounds, %d not 2xx (wrk)" % (conns, done, non2xx))
+    text.append("every target: `Authorization: Bearer apx-…` from wrk; keyed: access key, credential "
+                "`Authorization: Bearer {secret}` (Redis mode); open, open-b: no policy (file mode)\n"
+                + "\n".join(checks))
+    for t in text[-len(a.conns) - 1:]:
+        log(t)
+    for n in roots:
+        st.stop(next(p for p in st.procs if p.pid == roots[n]))
+    return {"rounds": data, "checks": checks}, "\n\n".join(text)
+
+
+def keys_instr(a, st):
+    """callgrind: instructions a request, an open data plane (file mode)
+    against the keyed one, both sent `Authorization: Bearer apx-…`."""
+    secrets_key, _, proxy_key = keyed_setup(a, st)
+    headers = ["Authorization: Bearer " + proxy_key]
+    data = {"open": callgrind_per_request(a, st, "open", lambda wrap: st.dataplane(
+        {"/": P["upstream"]}, wrap=wrap, name="open", metrics="metrics-open"), headers),
+            "keyed": callgrind_per_request(a, st, "keyed", lambda wrap: keyed_dataplane(st, secrets_key, wrap),
+                                           headers)}
+    return data, instr_table(a, "GET / with `Authorization: Bearer apx-…`",
+                             [instr_row(a, n, data[n], data["open"]) for n in data], "open")
+
+
+def resp(*args):
+    """One Redis command in RESP (what `redis-cli --pipe` reads)."""
+    parts = [str(x).encode() if not isinstance(x, bytes) else x for x in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in parts)
+
+
+def write_keys(namespace, n):
+    """One keyed mapping `/` and n proxy keys in the control plane's records,
+    written straight to Redis under `namespace` (replacing what it held)
+    with `redis-cli --pipe`; the secret of one of the keys."""
+    cmds = [resp("DEL", *(namespace + k for k in (":mappings", ":keys", ":keys:by-hash", ":policies"))),
+            resp("HSET", namespace + ":mappings", "/", "http://%s:%d" % (HOST, P["upstream"])),
+            resp("SET", namespace + ":mappings:version", 1),
+            resp("HSET", namespace + ":policies", "/", json.dumps({"access": "key"}))]
+    now, sample, batch = int(time.time()), None, ([], [])
+    for i in range(n):
+        secret = "apx-" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+        sha = hashlib.sha256(secret.encode()).hexdigest()
+        key_id = "key_" + sha[:16]  # key_id_of: the hash's first 64 bits
+        record = {"id": key_id, "name": "bench-%06d" % i, "prefixes": None, "enabled": True,
+                  "expires_at": None, "created_at": now, "sha256": sha}
+        batch[0].extend([key_id, json.dumps(record, separators=(",", ":"))])
+        batch[1].extend([sha, key_id])
+        sample = sample or secret
+        if len(batch[0]) >= 2000 or i == n - 1:
+            cmds += [resp("HSET", namespace + ":keys", *batch[0]),
+                     resp("HSET", namespace + ":keys:by-hash", *batch[1])]
+            batch = ([], [])
+    p = subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "--pipe"], input=b"".join(cmds),
+                       capture_output=True, timeout=120)
+    if p.returncode != 0 or b"errors: 0," not in p.stdout:
+        raise RuntimeError("redis-cli --pipe: %s %s" % (p.stdout[-300:], p.stderr[-300:]))
+    return sample
+
+
+def redis_calls(command):
+    """Calls of `command` Redis has served so far (INFO commandstats)."""
+    p = subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "INFO", "commandstats"],
+                       capture_output=True, text=True, timeout=10)
+    m = re.search(r"^cmdstat_%s:calls=(\d+)" % command, p.stdout, re.M)
+    return int(m.group(1)) if m else 0
+
+
+PURGE = {"_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}  # jemalloc returns freed pages at once
+
+
+def keys_memory(a, st):
+    """One Redis-mode data plane at a time with the keyed mapping `/` and
+    no keys, then --keys keys: the time from start to ready, RSS at ready
+    and over a window of full re-reads (--resync s apart, idle), the
+    re-reads' CPU; bytes a key = RSS difference / --keys. Each pair twice:
+    with the build's allocator settings, and with jemalloc returning freed
+    pages at once (`purge`), whose RSS is the memory the node really uses."""
+    rows, res = [], {}
+    window = 2 * a.resync + 2  # two re-reads or more, then jemalloc's 1 s decay
+    build = dict(kv.split("=", 1) for kv in a.dp_env).get("_RJEM_MALLOC_CONF", "build")  # --dp-env may set it
+    for alloc, env in ((build, {}), ("purge", PURGE)):
+        for name, n in (("keys-none", 0), ("keys-many", a.keys)):
+            namespace = "bench-" + name
+            t = time.monotonic()
+            sample = write_keys(namespace, n)
+            log("%s: %d keys written to Redis in %.1f s" % (name, n, time.monotonic() - t))
+            t0 = time.monotonic()
+            proc = st.dataplane(None, name=name, metrics="metrics-" + name, extra_env=dict(env, **{
+                "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_REDIS_PREFIX": namespace,
+                "API_PROXY_RESYNC_INTERVAL": "%ds" % a.resync}))
+            ready_s = wait_ready("metrics-" + name) - t0
+            at_ready = rss_kib([proc.pid])
+            ticks, reads = cpu_ticks([proc.pid]), redis_calls("hgetall")
+            samples = []
+            for _ in range(int(window / 0.5)):
+                time.sleep(0.5)
+                samples.append(rss_kib([proc.pid]))
+            ticks, reads = cpu_ticks([proc.pid]) - ticks, (redis_calls("hgetall") - reads) // 3  # 3 hashes a read
+            peak = hwm_kib(proc.pid)
+            gauge = metric_sum(P["metrics-" + name], "apiproxy_proxy_keys")
+            with_key = fetch(P[name], "/", {"Authorization": "Bearer " + sample})[0] if sample else None
+            unknown = fetch(P[name], "/", {"Authorization": "Bearer apx-" + "A" * 43})[0]
+            if gauge != n or with_key not in (None, 200) or unknown != 401 or reads < 2:
+                raise RuntimeError("%s: apiproxy_proxy_keys %s (want %d), a key's request %s, an unknown key's %s, "
+                                   "%d full re-reads" % (name, gauge, n, with_key, unknown, reads))
+            st.stop(proc)
+            r = res["%s %s" % (name, alloc)] = {
+                "keys": n, "ready_s": ready_s, "rss_ready_kib": at_ready, "rss_samples_kib": samples,
+                "rss_peak_kib": peak, "rss_min_kib": min(samples), "rss_last_kib": samples[-1],
+                "rereads": reads, "cpu_ms_per_reread": ticks * 1000.0 / CLK_TCK / max(1, reads)}
+            rows.append([name, alloc, n, "%.0f" % (ready_s * 1000)]
+                        + ["%.1f" % (r[k] / 1024.0) for k in ("rss_ready_kib", "rss_peak_kib", "rss_min_kib",
+                                                             "rss_last_kib")]
+                        + [reads, "%.0f" % r["cpu_ms_per_reread"]])
+    lines = []
+    for alloc in (build, "purge"):
+        base, big = res["keys-none " + alloc], res["keys-many " + alloc]
+        per_key = res["bytes_per_key " + alloc] = {
+            k: (big[k] - base[k]) * 1024.0 / a.keys for k in ("rss_ready_kib", "rss_peak_kib", "rss_min_kib",
+                                                               "rss_last_kib")}
+        lines.append("bytes a key (RSS difference / %d), %s: %.0f at ready, %.0f at the peak, %.0f at the least, "
+                     "%.0f last" % (a.keys, alloc, per_key["rss_ready_kib"], per_key["rss_peak_kib"],
+                                    per_key["rss_min_kib"], per_key["rss_last_kib"]))
+    text = ("== keys memory: a Redis-mode data plane with one keyed mapping and 0 or %d proxy keys (records "
+            "written straight to Redis), one node at a time, idle; RSS at ready, then every 0.5 s for %d s of "
+            "full re-reads %d s apart, peak = VmHWM; allocator: build = the build's jemalloc settings, otherwise "
+            "_RJEM_MALLOC_CONF (purge: %s)\n" % (a.keys, window, a.resync, PURGE["_RJEM_MALLOC_CONF"])
+            + table(["node", "allocator", "keys", "start->ready ms", "RSS ready MiB", "peak MiB", "least MiB",
+                     "last MiB", "re-reads", "cpu ms/re-read"], rows)
+            + "\n" + "\n".join(lines))
+    for line in lines:
+        log(line)
+    return res, text
 
 
 # ------------------------------------------------------------------ stream
@@ -941,28 +1215,45 @@ def cmd_instr(a, st):
     routes = {"/": P["upstream"]}
     data, rows = {}, []
     for name in ["nginx"] + ([] if a.skip_dataplane else ["dataplane"]):
-        ir = {}
-        for n in (a.n1, a.n2):
-            out = os.path.join(st.dir, "callgrind.%s.%d" % (name, n))
-            wrap = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
-            log("%s under callgrind: %d requests" % (name, n))
-            p = (st.nginx_proxy(name, routes, wrap=wrap, extra_g=" master_process off;") if name == "nginx"
-                 else st.dataplane(routes, wrap=wrap))
-            try:
-                rc, so, se = collect(spawn(["h2load", "--h1", "-n", str(n), "-c", "8", "-t", "1",
-                                            "http://%s:%d/" % (HOST, P[name])]), 900)
-                if not re.search(r"requests: %d total.* %d succeeded" % (n, n), so):
-                    raise RuntimeError("h2load against %s: %s %s" % (name, so[-600:], se[-300:]))
-            finally:
-                st.stop(p, timeout=120)  # callgrind writes its file when the process exits
-            ir[n] = callgrind_total(out)
-        per = (ir[a.n2] - ir[a.n1]) / float(a.n2 - a.n1)
-        data[name] = {"ir": ir, "ir_per_req": per}
-        rows.append([name, ir[a.n1], ir[a.n2], "%.0f" % per, "%.3f" % (per / data["nginx"]["ir_per_req"])])
-    save(a, "instr", data, "== instr: callgrind user-space instructions per request, GET /, h2load --h1 -c 8\n"
-         "Ir/req = (Ir(n=%d) - Ir(n=%d)) / %d; kernel work (syscalls, TCP) is not counted\n"
-         % (a.n2, a.n1, a.n2 - a.n1) + table(["target", "Ir(n=%d)" % a.n1, "Ir(n=%d)" % a.n2, "Ir/req",
-                                              "ratio/nginx"], rows))
+        data[name] = callgrind_per_request(a, st, name, lambda wrap: (
+            st.nginx_proxy(name, routes, wrap=wrap, extra_g=" master_process off;") if name == "nginx"
+            else st.dataplane(routes, wrap=wrap)))
+        rows.append(instr_row(a, name, data[name], data["nginx"]))
+    save(a, "instr", data, instr_table(a, "GET /", rows, "nginx"))
+
+
+def callgrind_per_request(a, st, name, start, headers=()):
+    """Runs the proxy `start(wrap)` starts (target `name`) under callgrind
+    twice, driven by `h2load --h1 -c 8` with --n1 and --n2 requests (and
+    `headers`): Ir and Ir a request."""
+    ir = {}
+    for n in (a.n1, a.n2):
+        out = os.path.join(st.dir, "callgrind.%s.%d" % (name, n))
+        log("%s under callgrind: %d requests" % (name, n))
+        p = start(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out])
+        try:
+            rc, so, se = collect(spawn(["h2load", "--h1", "-n", str(n), "-c", "8", "-t", "1"]
+                                       + [x for h in headers for x in ("-H", h)]
+                                       + ["http://%s:%d/" % (HOST, P[name])]), 900)
+            if not re.search(r"requests: %d total.* %d succeeded" % (n, n), so) or \
+                    not re.search(r"status codes: %d 2xx" % n, so):
+                raise RuntimeError("h2load against %s: %s %s" % (name, so[-600:], se[-300:]))
+        finally:
+            st.stop(p, timeout=120)  # callgrind writes its file when the process exits
+        ir[n] = callgrind_total(out)
+    return {"ir": ir, "ir_per_req": (ir[a.n2] - ir[a.n1]) / float(a.n2 - a.n1)}
+
+
+def instr_row(a, name, d, ref):
+    return [name, d["ir"][a.n1], d["ir"][a.n2], "%.0f" % d["ir_per_req"],
+            "%.3f" % (d["ir_per_req"] / ref["ir_per_req"])]
+
+
+def instr_table(a, what, rows, ref):
+    return ("== instr: callgrind user-space instructions per request, %s, h2load --h1 -c 8\n"
+            "Ir/req = (Ir(n=%d) - Ir(n=%d)) / %d; kernel work (syscalls, TCP) is not counted\n"
+            % (what, a.n2, a.n1, a.n2 - a.n1)
+            + table(["target", "Ir(n=%d)" % a.n1, "Ir(n=%d)" % a.n2, "Ir/req", "ratio/" + ref], rows))
 
 
 # ------------------------------------------------------------------ h2 (TLS and HTTP/2 upstreams)
@@ -1194,6 +1485,14 @@ def main():
     q = add_loaded("stats", "stats on and pushing vs stats off: data planes only, loaded at once")
     q.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
     add_loaded("accesslog", "access log off vs JSON to a file vs a stalled sink, beside nginx's buffered access_log")
+    k = add_loaded("keys", "proxy keys: a keyed mapping with credential injection vs open ones, loaded at once "
+                           "and under callgrind; memory a key")
+    k.add_argument("--parts", type=lambda s: s.split(","), default=["load", "instr", "memory"])
+    k.add_argument("--n1", type=int, default=2000, help="instr: requests of the first run")
+    k.add_argument("--n2", type=int, default=6000, help="instr: requests of the second run")
+    k.add_argument("--keys", type=int, default=100000, help="memory: keys in the big node")
+    k.add_argument("--resync", type=int, default=2, help="memory: the nodes' API_PROXY_RESYNC_INTERVAL, s")
+    k.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
     o = add("outage", "stats through a control-plane outage: data plane RSS, failed pushes, exact total")
     o.add_argument("--outage", type=int, default=30, help="seconds the control plane is away")
     o.add_argument("--warmup", type=int, default=2, help="seconds of load before the kill")
@@ -1232,7 +1531,7 @@ def main():
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
     need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
             "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"],
-            "accesslog": ["wrk"]}[a.cmd]
+            "accesslog": ["wrk"], "keys": ["wrk", "redis-server", "redis-cli", "h2load", "valgrind"]}[a.cmd]
     missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
@@ -1241,7 +1540,8 @@ def main():
     else:
         log("fewer than 2 CPUs: running unpinned")
     run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr,
-            "stats": cmd_stats, "outage": cmd_outage, "h2": cmd_h2, "accesslog": cmd_accesslog}[a.cmd])
+            "stats": cmd_stats, "outage": cmd_outage, "h2": cmd_h2, "accesslog": cmd_accesslog,
+            "keys": cmd_keys}[a.cmd])
 
 
 if __name__ == "__main__":

@@ -129,17 +129,34 @@ fn spawn_once(
 /// `path`: how the benchmarks time a change reaching the fleet. Panics
 /// after 5 s.
 pub async fn wait_all_route(nodes: &[DataPlane], path: &str) {
+    wait_all_answer(nodes, path, &[], 200).await
+}
+
+/// Polls every node without pause, each `GET path` with `headers` on a
+/// fresh connection, until all of them answer `status`. Panics after 5 s.
+pub async fn wait_all_answer(
+    nodes: &[DataPlane],
+    path: &str,
+    headers: &[(&str, &str)],
+    status: u16,
+) {
     let start = Instant::now();
     let mut done = vec![false; nodes.len()];
     while done.iter().any(|d| !d) {
         for (n, node) in nodes.iter().enumerate() {
-            if !done[n] && crate::client::get_reply(node.addr, path).await.status == 200 {
-                done[n] = true;
+            if done[n] {
+                continue;
             }
+            let mut req = http::Request::get(path).header("host", "proxy.test");
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            let req = req.body(http_body_util::Full::default()).unwrap();
+            done[n] = crate::client::call(node.addr, req).await.status == status;
         }
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "{path} not routed by every node within 5 s"
+            "{path} not answered {status} by every node within 5 s"
         );
     }
 }
