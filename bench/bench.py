@@ -790,17 +790,30 @@ def keyed_dataplane(st, secrets_key, wrap=()):
     return p
 
 
+def open_dataplane(st, name, metrics, wrap=()):
+    """A data plane in Redis mode, as the keyed one, on a namespace of its
+    own (`open`) whose mapping `/` has no policy: beside the keyed node,
+    the difference is the gate, not the source of the mappings."""
+    subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "HSET", "open:mappings", "/",
+                    "http://%s:%d" % (HOST, P["upstream"])], check=True, capture_output=True, timeout=10)
+    p = st.dataplane(None, wrap=wrap, name=name, metrics=metrics, extra_env={
+        "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_REDIS_PREFIX": "open",
+        "API_PROXY_RESYNC_INTERVAL": "10m" if wrap else "10s"})
+    wait_ready(metrics, 120.0 if wrap else 60.0)
+    return p
+
+
 def keys_load(a, st):
-    """Two open data planes (file mode: the reference and its A/A twin), a
-    keyed one (Redis mode; policy, mapping and key made through the control
-    plane's API) whose policy puts `Authorization: Bearer {secret}` upstream,
-    and nginx, loaded at once. Every target gets the same `Authorization:
-    Bearer apx-…`: the keyed node checks it and swaps in the real
-    credential, the others pass it on."""
+    """Two open data planes (the reference and its A/A twin), a keyed one
+    (policy, mapping and key made through the control plane's API) whose
+    policy puts `Authorization: Bearer {secret}` upstream, all three in
+    Redis mode, and nginx, loaded at once. Every target gets the same
+    `Authorization: Bearer apx-…`: the keyed node checks it and swaps in
+    the real credential, the others pass it on."""
     secrets_key, credential, proxy_key = keyed_setup(a, st)
     routes = {"/": P["upstream"]}
-    roots = {"open": st.dataplane(routes, name="open", metrics="metrics-open").pid,
-             "open-b": st.dataplane(routes, name="open-b", metrics="metrics-open-b").pid,
+    roots = {"open": open_dataplane(st, "open", "metrics-open").pid,
+             "open-b": open_dataplane(st, "open-b", "metrics-open-b").pid,
              "keyed": keyed_dataplane(st, secrets_key).pid,
              "nginx": st.nginx_proxy("nginx", routes).pid}
     bearer = {"Authorization": "Bearer " + proxy_key}
@@ -817,7 +830,7 @@ def keys_load(a, st):
         done, non2xx = sum(r["keyed"]["requests"] for r in rounds), sum(r["keyed"]["non2xx"] for r in rounds)
         text.append("%d conns: keyed served %d requests in the rounds, %d not 2xx (wrk)" % (conns, done, non2xx))
     text.append("every target: `Authorization: Bearer apx-…` from wrk; keyed: access key, credential "
-                "`Authorization: Bearer {secret}` (Redis mode); open, open-b: no policy (file mode)\n"
+                "`Authorization: Bearer {secret}`; open, open-b: no policy; all three in Redis mode\n"
                 + "\n".join(checks))
     for t in text[-len(a.conns) - 1:]:
         log(t)
@@ -827,12 +840,12 @@ def keys_load(a, st):
 
 
 def keys_instr(a, st):
-    """callgrind: instructions a request, an open data plane (file mode)
-    against the keyed one, both sent `Authorization: Bearer apx-…`."""
+    """callgrind: instructions a request, an open data plane against the
+    keyed one (both in Redis mode), both sent `Authorization: Bearer apx-…`."""
     secrets_key, _, proxy_key = keyed_setup(a, st)
     headers = ["Authorization: Bearer " + proxy_key]
-    data = {"open": callgrind_per_request(a, st, "open", lambda wrap: st.dataplane(
-        {"/": P["upstream"]}, wrap=wrap, name="open", metrics="metrics-open"), headers),
+    data = {"open": callgrind_per_request(a, st, "open", lambda wrap: open_dataplane(
+        st, "open", "metrics-open", wrap), headers),
             "keyed": callgrind_per_request(a, st, "keyed", lambda wrap: keyed_dataplane(st, secrets_key, wrap),
                                            headers)}
     return data, instr_table(a, "GET / with `Authorization: Bearer apx-…`",

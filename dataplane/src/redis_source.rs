@@ -247,7 +247,7 @@ impl RedisSource {
                     return Err(e);
                 }
             };
-        let target = target.map(|t| lossy(&t));
+        let target = target.map(text);
         // Another change landed meanwhile: only a full read is exact.
         if parse_version(version.as_deref()) != update.version {
             return self.reload(conn, "announced").await;
@@ -299,7 +299,7 @@ impl RedisSource {
                     return Err(e);
                 }
             };
-        let value = value.map(|v| lossy(&v));
+        let value = value.map(text);
         let Some(applied) = self.applied.as_mut() else {
             return self.reload(conn, "announced").await;
         };
@@ -363,15 +363,17 @@ impl RedisSource {
                 return Err(e);
             }
         };
+        // Each reply becomes text in place: a hundred thousand key records
+        // are not held twice.
         let entries: BTreeMap<String, String> =
-            raw.iter().map(|(p, t)| (lossy(p), lossy(t))).collect();
+            raw.into_iter().map(|(p, t)| (text(p), text(t))).collect();
         let keys: Vec<(String, String)> = raw_keys
-            .iter()
-            .map(|(id, r)| (lossy(id), lossy(r)))
+            .into_iter()
+            .map(|(id, r)| (text(id), text(r)))
             .collect();
         let policies: BTreeMap<String, String> = raw_policies
-            .iter()
-            .map(|(p, r)| (lossy(p), lossy(r)))
+            .into_iter()
+            .map(|(p, r)| (text(p), text(r)))
             .collect();
         let version = parse_version(version.as_deref());
         self.state.metrics.config_stale.set(0);
@@ -501,6 +503,12 @@ type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 /// prefix or target accepts, so the entry is refused by validation.
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// [`lossy`], taking the bytes: valid UTF-8 (all but a broken entry) is
+/// not copied.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| lossy(e.as_bytes()))
 }
 
 /// What a burst of announcements asks for. A change (`upsert`, `delete`)

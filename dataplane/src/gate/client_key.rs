@@ -31,61 +31,82 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| value[7..].trim_ascii())
 }
 
-/// Takes every proxy key out of the headers an SDK puts keys in; other
-/// values of those headers (a client's own upstream key) stay.
-pub(crate) fn strip_headers(headers: &mut HeaderMap) {
-    for name in [&AUTHORIZATION, &X_API_KEY, &X_GOOG_API_KEY] {
-        let held = |v: &http::HeaderValue| {
-            let v = v.as_bytes();
-            let v = if name == AUTHORIZATION {
-                bearer(v)
-            } else {
-                Some(v.trim_ascii())
+/// The headers an SDK puts its key in.
+const KEY_HEADERS: [&HeaderName; 3] = [&AUTHORIZATION, &X_API_KEY, &X_GOOG_API_KEY];
+
+/// The key a value of the key header `name` holds: a bearer token, or the
+/// value itself.
+fn key_in<'v>(name: &HeaderName, value: &'v http::HeaderValue) -> Option<&'v [u8]> {
+    let value = value.as_bytes();
+    if name == AUTHORIZATION {
+        bearer(value)
+    } else {
+        Some(value.trim_ascii())
+    }
+}
+
+/// What a request holds: the proxy key it is checked by, and which key
+/// headers hold a proxy key at all (one bit each, in [`KEY_HEADERS`]'s
+/// order), to take out.
+pub(crate) struct Found<'a> {
+    pub(crate) key: Cow<'a, [u8]>,
+    pub(crate) in_headers: u8,
+}
+
+/// The client's proxy key. Of the places that hold a value, the first
+/// whose value looks like a proxy key (`apx-…`) wins, so a client may send
+/// its own upstream key beside it; failing that, the first value at all
+/// (which will be unknown: 401).
+pub(crate) fn find<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Found<'a>> {
+    let (mut key, mut first, mut in_headers) = (None, None, 0u8);
+    for (bit, name) in KEY_HEADERS.into_iter().enumerate() {
+        for value in headers.get_all(name) {
+            let Some(candidate) = key_in(name, value) else {
+                continue;
             };
-            v.is_some_and(is_proxy_key)
-        };
-        if !headers.get_all(name).iter().any(held) {
+            if is_proxy_key(candidate) {
+                in_headers |= 1 << bit;
+                key.get_or_insert(candidate);
+            }
+            first.get_or_insert(candidate);
+        }
+    }
+    let key = match (key, query.and_then(|q| param(q, KEY_PARAM))) {
+        (Some(key), _) => Cow::Borrowed(key),
+        (None, Some(param)) if is_proxy_key(&param) => param,
+        (None, param) => first.map(Cow::Borrowed).or(param)?,
+    };
+    Some(Found { key, in_headers })
+}
+
+/// The bit of the key header `name` in [`Found::in_headers`] (0 for any
+/// other header).
+pub(crate) fn bit_of(name: &HeaderName) -> u8 {
+    KEY_HEADERS
+        .iter()
+        .position(|h| *h == name)
+        .map_or(0, |i| 1 << i)
+}
+
+/// Takes the proxy keys out of the key headers `in_headers` names (as
+/// [`find`] gave it); other values of those headers (a client's own
+/// upstream key) stay.
+pub(crate) fn strip_headers(headers: &mut HeaderMap, in_headers: u8) {
+    for (bit, name) in KEY_HEADERS.into_iter().enumerate() {
+        if in_headers & (1 << bit) == 0 {
             continue;
         }
         let kept: Vec<_> = headers
             .get_all(name)
             .iter()
-            .filter(|v| !held(v))
+            .filter(|v| !key_in(name, v).is_some_and(is_proxy_key))
             .cloned()
             .collect();
         headers.remove(name);
         for v in kept {
-            headers.append(name.clone(), v);
+            headers.append(name, v);
         }
     }
-}
-
-/// The client's proxy key. Of the places that hold a
-/// value, the first whose value looks like a proxy key (`apx-…`) wins, so
-/// a client may send its own upstream key beside it; failing that, the
-/// first value at all (which will be unknown: 401).
-pub(crate) fn find<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, [u8]>> {
-    let candidates = [
-        headers
-            .get(AUTHORIZATION)
-            .and_then(|v| bearer(v.as_bytes()))
-            .map(Cow::Borrowed),
-        header(headers, &X_API_KEY),
-        header(headers, &X_GOOG_API_KEY),
-        query.and_then(|q| param(q, KEY_PARAM)),
-    ];
-    let mut first = None;
-    for candidate in candidates.into_iter().flatten() {
-        if is_proxy_key(&candidate) {
-            return Some(candidate);
-        }
-        first.get_or_insert(candidate);
-    }
-    first
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, [u8]>> {
-    Some(Cow::Borrowed(headers.get(name)?.as_bytes().trim_ascii()))
 }
 
 /// The pairs of a query string as (decoded name, raw pair).
@@ -160,7 +181,7 @@ mod tests {
     }
 
     fn found(h: &HeaderMap, q: Option<&str>) -> Option<String> {
-        find(h, q).map(|v| String::from_utf8(v.into_owned()).unwrap())
+        find(h, q).map(|f| String::from_utf8(f.key.into_owned()).unwrap())
     }
 
     #[test]
@@ -234,7 +255,9 @@ mod tests {
             ("authorization", "Basic abc"),
             ("x-other", "apx-3"),
         ]);
-        strip_headers(&mut h);
+        let in_headers = find(&h, None).unwrap().in_headers;
+        assert_eq!(in_headers, 0b111);
+        strip_headers(&mut h, in_headers);
         let values = |n: &str| -> Vec<_> {
             h.get_all(n)
                 .iter()

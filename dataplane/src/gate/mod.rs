@@ -173,9 +173,12 @@ impl Gate {
     /// upstream credential, and the upstream answers what it allows.
     fn preflight(&self, prefix: &str) -> Option<Pass> {
         let policy = self.policies.get(prefix)?;
+        // A key in a header of a preflight (none should be) is found and
+        // taken out all the same.
         Some(Pass {
             key: None,
             keyed: policy.access == Access::Key,
+            key_headers: 0b111,
             credential: None,
         })
     }
@@ -193,16 +196,16 @@ impl Gate {
             return Ok(None);
         };
         let denied = |error, key| Err(Denied { error, key });
-        let key = match policy.access {
-            Access::Open => None,
+        let (key, key_headers) = match policy.access {
+            Access::Open => (None, 0),
             Access::Key => {
-                let Some(secret) = client_key::find(headers, query) else {
+                let Some(found) = client_key::find(headers, query) else {
                     return denied(
                         ProxyError::Unauthorized("this endpoint needs a proxy key (Authorization: Bearer, x-api-key, x-goog-api-key or ?key=)"),
                         None,
                     );
                 };
-                let (id, tail) = split(&key_hash(&secret));
+                let (id, tail) = split(&key_hash(&found.key));
                 let Some(key) = self.keys.get(&id).filter(|k| k.tail == tail) else {
                     return denied(ProxyError::Unauthorized("unknown proxy key"), None);
                 };
@@ -213,7 +216,7 @@ impl Gate {
                     let key = key.admitted(usage);
                     return denied(ProxyError::Forbidden(why.message()), Some(key));
                 }
-                Some(key.admitted(usage))
+                (Some(key.admitted(usage)), found.in_headers)
             }
         };
         let credential = match &policy.credential {
@@ -224,6 +227,7 @@ impl Gate {
         Ok(Some(Pass {
             keyed: key.is_some(),
             key,
+            key_headers,
             credential,
         }))
     }

@@ -106,8 +106,10 @@ pub struct Pass {
     /// The proxy key, when the mapping needs one.
     pub(crate) key: Option<Admitted>,
     /// The mapping needs a proxy key: every one the request holds is
-    /// taken out.
+    /// taken out, in the query and in these key headers (see
+    /// [`client_key::find`]).
     pub(super) keyed: bool,
+    pub(super) key_headers: u8,
     pub(super) credential: Option<Credential>,
 }
 
@@ -128,11 +130,15 @@ impl Pass {
 
     /// Takes the proxy keys out of the headers and puts the credential's in.
     pub(crate) fn rewrite_headers(&self, headers: &mut HeaderMap) {
-        if self.keyed {
-            client_key::strip_headers(headers);
-        }
-        if let Some(Credential::Header(name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
+        match &self.credential {
+            Some(Credential::Header(name, value)) => {
+                // The credential's header is replaced whole: no need to
+                // take a key out of it first.
+                let replaced = client_key::bit_of(name);
+                client_key::strip_headers(headers, self.key_headers & !replaced);
+                headers.insert(name.clone(), value.clone());
+            }
+            _ => client_key::strip_headers(headers, self.key_headers),
         }
     }
 }
