@@ -257,6 +257,21 @@ async fn go_era_shapes_are_stored_in_one_spelling() {
         reply["error"],
         "a mapping for /go already exists, written /go/"
     );
+    // The same for a non-ASCII prefix the Go version wrote raw.
+    hset_plain(&mut conn, &keys, "/café/", "http://go.test").await;
+    let (s, reply) = api
+        .admin(
+            "POST",
+            "/api/mappings",
+            Some(json!({"prefix": "/caf%C3%A9", "target": "http://x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "a mapping for /caf%C3%A9 already exists, written /café/"
+    );
+    hdel_plain(&mut conn, &keys, "/café/").await;
     let (s, reply) = api.admin("DELETE", "/api/mappings/go/", None).await;
     assert_eq!((s, &reply["prefix"]), (StatusCode::OK, &json!("/go/")));
     let (s, _) = api

@@ -43,10 +43,21 @@ async fn stored_key(state: &Shared, prefix: String) -> Result<(String, Option<St
 /// the data plane would give to the one spelling, counting the other
 /// invalid.
 async fn refuse_other_spelling(state: &Shared, prefix: &str) -> Result<(), AppError> {
-    let (mappings, _) = state.store.list().await?;
-    let other = mappings
-        .keys()
-        .find(|k| *k != prefix && canonical_prefix(k).is_ok_and(|one| one == prefix));
+    let other = if prefix.contains('%') {
+        // A non-ASCII prefix has as many spellings as mixes of its
+        // characters raw and encoded: only a look at every entry finds
+        // them.
+        let (mappings, _) = state.store.list().await?;
+        mappings
+            .into_keys()
+            .find(|k| k != prefix && canonical_prefix(k).is_ok_and(|one| one == prefix))
+    } else {
+        // An ASCII one has one other: with a trailing `/`. One read, not
+        // the whole hash, on every create.
+        let trailing = format!("{prefix}/");
+        let taken = prefix != "/" && state.store.get(&trailing).await?.is_some();
+        taken.then_some(trailing)
+    };
     match other {
         Some(other) => Err(AppError::Conflict(format!(
             "a mapping for {prefix} already exists, written {other}"
