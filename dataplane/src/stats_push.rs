@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use apiproxy_shared::stats::{EndpointDelta, Gauges, KeyUsage, StatsBatch, STATUS_CLASSES};
+use apiproxy_shared::stats::{
+    EndpointDelta, Gauges, KeyUsage, StatsBatch, MAX_KEY_USAGE, STATUS_CLASSES,
+};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode};
@@ -287,7 +289,7 @@ impl StatsPusher {
         let mut deltas = Vec::new();
         let mut reads = Vec::new();
         for r in self.state.key_usage.all() {
-            if deltas.len() == MAX_BATCH_KEY_USAGE {
+            if deltas.len() == MAX_KEY_USAGE {
                 // The rest keep their baseline and go in the next batch.
                 break;
             }
@@ -390,11 +392,6 @@ fn without_newer_fields(batch: &mut StatsBatch) -> bool {
     batch.keys.clear();
     had
 }
-
-/// Most key × prefix usage entries one batch carries (about 260 KiB of
-/// JSON, beside at most 250 KiB of endpoints): under the control plane's
-/// 1 MiB body limit, which a batch over it would meet with a 413.
-const MAX_BATCH_KEY_USAGE: usize = 2_000;
 
 /// Most endpoints one batch carries (about 250 KiB of JSON): the control
 /// plane refuses bodies over 1 MiB. Endpoints left out keep their baseline

@@ -63,8 +63,11 @@ pub struct StatsBatch {
     pub keys: Vec<KeyUsage>,
 }
 
-/// Most key × prefix pairs one batch may carry.
-pub const MAX_KEY_USAGE: usize = 10_000;
+/// Most key × prefix pairs one batch may carry: about 260 KiB of JSON,
+/// which with the most endpoints a data plane sends (about 250 KiB) stays
+/// under the control plane's 1 MiB body limit. A node sends the rest in
+/// its next batch.
+pub const MAX_KEY_USAGE: usize = 2_000;
 
 /// What one proxy key did on one prefix since the last acknowledged batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
