@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::gate::{Gate, KeysDigest};
+use crate::request_id::random_u64;
 use crate::routing::Snapshot;
 use crate::snapshot_cache::{CachedSnapshot, SnapshotCache};
 use crate::state::RoutingState;
@@ -169,9 +170,13 @@ impl RedisSource {
         self.reload(&mut conn, "subscribed").await?;
         backoff.reset();
         let mut messages = pubsub.on_message();
-        let mut resync = tokio::time::interval(self.resync);
+        // Each node's resyncs keep a phase of their own: a fleet that
+        // (re)connects together, after a Redis restart or in a rollout,
+        // spreads its later full reads over the interval instead of
+        // reading in one burst every interval.
+        let first = tokio::time::Instant::now() + phase(self.resync, random_u64());
+        let mut resync = tokio::time::interval_at(first, self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        resync.tick().await;
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -489,6 +494,12 @@ impl RedisSource {
     }
 }
 
+/// When a session's first resync comes: between half and one and a half
+/// intervals after it read everything, placed by `random`.
+fn phase(interval: Duration, random: u64) -> Duration {
+    interval / 2 + interval.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
+}
+
 /// A key or policy change announced by itself.
 #[derive(Debug, Clone, Copy)]
 enum GateChange<'a> {
@@ -629,6 +640,22 @@ mod tests {
         b.reset();
         assert!(b.is_fresh());
         assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn resync_phases_spread_over_an_interval() {
+        let interval = Duration::from_secs(10);
+        let phases: Vec<Duration> = (0..1000).map(|_| phase(interval, random_u64())).collect();
+        assert!(phases
+            .iter()
+            .all(|p| (interval / 2..interval * 3 / 2).contains(p)));
+        // Spread, not bunched: every tenth of the range is used.
+        let mut tenths = [0; 10];
+        for p in &phases {
+            tenths[((p.as_secs_f64() - 5.0) / 1.0) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|&n| n > 40), "{tenths:?}");
+        assert_eq!(phase(interval, 0), interval / 2);
     }
 
     #[test]
