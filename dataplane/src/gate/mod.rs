@@ -653,6 +653,36 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_key_in_the_query_never_goes_on_however_spelled() {
+        let secrets = SecretsKey::from_base64(&SecretsKey::generate()).unwrap();
+        let gate = Gate::default()
+            .with_key(&id_of(GOOD), Some(&record(GOOD, true, None, None)))
+            .with_policy(
+                "/openai",
+                Some(&bearer(&secrets, "/openai")),
+                Some(&secrets),
+            );
+        for query in [
+            "key=apx-good&a=1",
+            "%6Bey=apx-good&a=1",
+            "%6bey=apx%2Dgood&a=1",
+        ] {
+            let pass = gate
+                .admit_at("/openai", &HeaderMap::new(), Some(query), None, || 0)
+                .unwrap_or_else(|d| panic!("{query}: {:?}", d.error))
+                .unwrap();
+            assert_eq!(pass.query(Some(query)).as_deref(), Some("a=1"), "{query}");
+        }
+        // A query with no key at all is passed on as it is.
+        let h = headers(&[("x-api-key", GOOD)]);
+        let pass = gate
+            .admit_at("/openai", &h, Some("a=%20"), None, || 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(pass.query(Some("a=%20")).as_deref(), Some("a=%20"));
+    }
+
+    #[test]
     fn digests_follow_changes_and_usage_survives_them() {
         let keys = vec![(id_of(GOOD), record(GOOD, true, None, None))];
         let gate = Gate::default().build(&keys, std::iter::empty(), None);

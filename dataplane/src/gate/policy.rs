@@ -122,7 +122,10 @@ impl Pass {
             Some(Credential::Query(name, pair)) => (Some(&**name), Some(&**pair)),
             _ => (None, None),
         };
-        if remove.is_none() && !(self.keyed && query.is_some_and(|q| q.contains(KEY_PARAM))) {
+        // Only a query that may hold `key` (spelled out, or encoded as
+        // `%6Bey` and the like) is rewritten.
+        let may_hold_key = |q: &str| q.contains(KEY_PARAM) || q.contains('%');
+        if remove.is_none() && !(self.keyed && query.is_some_and(may_hold_key)) {
             return query.map(Cow::Borrowed);
         }
         client_key::rewrite_query(query, remove, self.keyed, append).map(Cow::Owned)
