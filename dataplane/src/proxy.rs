@@ -28,12 +28,12 @@ use crate::deadline::{self, Timer};
 use crate::error::{classify_send_error, ProxyError, SendFailure};
 use crate::error_kind::UpstreamErrorKind;
 use crate::gate::usage::UsageRegistry;
-use crate::gate::{Admitted, Denied, Pass};
+use crate::gate::{Admitted, Denied, Gate, Pass};
 use crate::headers;
 use crate::pool::{SendError, SendResult};
 use crate::record::{Outcome, RequestRecord};
 use crate::request_id::{self, X_APIPROXY_REQUEST_ID, X_REQUEST_ID};
-use crate::routing::{has_dot_segment, Route};
+use crate::routing::{has_dot_segment, plain_spelling, Route, Snapshot};
 use crate::state::RoutingState;
 use crate::stats::PrefixStats;
 use crate::tunnel::Tunnels;
@@ -126,28 +126,14 @@ impl Proxy {
             entry.upstream = Some(route.host.clone());
         }
         // A keyed mapping lets through only a known proxy key, and swaps
-        // in the upstream credential; an open one skips this.
-        let mut pass = match self.state.gate() {
+        // in the upstream credential; a node with no policy skips this.
+        let pass = match self.state.gate() {
             None => None,
-            Some(gate) => match gate.admit(
-                &route.prefix,
-                req.method(),
-                req.headers(),
-                req.uri().query(),
-                self.key_usage(),
-            ) {
+            Some(gate) => match self.admit(&gate, &snapshot, &req, &route, &mut record) {
                 Ok(pass) => pass,
-                Err(Denied { error, key }) => {
-                    if let Some(key) = key {
-                        count_key(&mut record, key, &route);
-                    }
-                    return Err(refuse(record, error));
-                }
+                Err(error) => return Err(refuse(record, error)),
             },
         };
-        if let Some(key) = pass.as_mut().and_then(|p| p.key.take()) {
-            count_key(&mut record, key, &route);
-        }
         let query = match &pass {
             Some(pass) => pass.query(req.uri().query()),
             None => req.uri().query().map(Cow::Borrowed),
@@ -201,6 +187,52 @@ impl Proxy {
             upgrading,
         };
         Ok((head, in_flight))
+    }
+
+    /// The gate's decision for a request routed to `route`, tied to its
+    /// proxy key. Routing matches the path as written; a path whose plain
+    /// spelling routes to another mapping with a policy (`/%61dmin/x` or
+    /// `//admin/x` beside a keyed `/admin` under an open `/`) is refused,
+    /// since its upstream may read it as that mapping's path.
+    fn admit(
+        &self,
+        gate: &Gate,
+        snapshot: &Snapshot,
+        req: &Request<ClientBody>,
+        route: &Arc<Route>,
+        record: &mut RequestRecord,
+    ) -> Result<Option<Pass>, ProxyError> {
+        if let Some(plain) = plain_spelling(req.uri().path()) {
+            if let Some((other, _)) = snapshot.lookup(&plain) {
+                if !Arc::ptr_eq(other, route) && gate.guards(&other.prefix) {
+                    return Err(ProxyError::BadRequest(format!(
+                        "this path is another spelling of {plain}, under {}: send it so",
+                        other.prefix
+                    )));
+                }
+            }
+        }
+        let decision = gate.admit(
+            &route.prefix,
+            req.method(),
+            req.headers(),
+            req.uri().query(),
+            self.key_usage(),
+        );
+        match decision {
+            Ok(mut pass) => {
+                if let Some(key) = pass.as_mut().and_then(|p| p.key.take()) {
+                    count_key(record, key, route);
+                }
+                Ok(pass)
+            }
+            Err(Denied { error, key }) => {
+                if let Some(key) = key {
+                    count_key(record, key, route);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Where keyed requests count their key's use: `None` with stats off.

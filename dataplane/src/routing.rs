@@ -301,6 +301,58 @@ impl Route {
     }
 }
 
+/// The path as an upstream may read it, when that differs from how it is
+/// written: percent-encodings of characters a prefix may hold decoded
+/// (`/%61dmin` is `/admin`), `%2F`, `%5C` and `\` read as `/`, runs of
+/// `/` as one (nginx merges them), other encodings in upper-case hex and
+/// raw non-ASCII bytes encoded, as prefixes are spelled. `None` when the
+/// path is already so spelled. Routing matches the path as written; a
+/// gate asks this to see whether another mapping is meant.
+pub(crate) fn plain_spelling(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let plain = |c: &u8| *c != b'%' && *c != b'\\' && c.is_ascii();
+    if b.iter().all(plain) && !path.contains("//") {
+        return None;
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = String::with_capacity(path.len());
+    let push = |out: &mut String, byte: u8, raw: bool| {
+        let slash = matches!(byte, b'/' | b'\\');
+        if slash {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+        } else if byte.is_ascii_alphanumeric()
+            // Decoded, a character a prefix may hold is itself; written
+            // raw, any ASCII but `%` stays as it is.
+            || (byte.is_ascii() && !raw && b"-._~!$&'()*+,;=:@".contains(&byte))
+            || (byte.is_ascii() && raw && byte != b'%')
+        {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    };
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                push(&mut out, hi << 4 | lo, false);
+                i += 3;
+            }
+            (c, _, _) => {
+                push(&mut out, c, true);
+                i += 1;
+            }
+        }
+    }
+    (out != path).then_some(out)
+}
+
 /// True when a raw path holds a `.` or `..` segment as any common upstream
 /// may read it: the dots also spelled `%2e`, segments also ended by `\`,
 /// `%2F` or `%5C` (nginx, IIS and WHATWG parsers treat them as `/`), and
@@ -604,6 +656,25 @@ mod tests {
         assert_eq!(url("/bare", Some("key=X")), "http://b.test/?key=K&key=X");
         assert_eq!(url("/slash/x", Some("a=1")), "http://s.test/s/x?a=1");
         assert_eq!(url("/slash", None), "http://s.test/s");
+    }
+
+    #[test]
+    fn plain_spellings_are_what_an_upstream_may_read() {
+        for (path, plain) in [
+            ("/admin/x", None),
+            ("/v1/chat/completions", None),
+            ("/%61dmin/x", Some("/admin/x")),
+            ("//admin//x", Some("/admin/x")),
+            ("/a%2fb/x", Some("/a/b/x")),
+            ("/a\\b", Some("/a/b")),
+            ("/caf%c3%a9/x", Some("/caf%C3%A9/x")),
+            ("/caf%C3%A9/x", None),
+            ("/café/x", Some("/caf%C3%A9/x")),
+            ("/a%20b/%3a", Some("/a%20b/:")),
+            ("/a%2", Some("/a%252")),
+        ] {
+            assert_eq!(plain_spelling(path).as_deref(), plain, "{path}");
+        }
     }
 
     #[test]

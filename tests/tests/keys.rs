@@ -666,3 +666,38 @@ async fn usage_per_key_reaches_the_control_plane_exactly() {
     let node_metrics = dp.metrics().await;
     assert!(node_metrics.keys().all(|k| !k.contains("key_id")));
 }
+
+/// Routing matches a path as written; an upstream may read `/%61dmin` or
+/// `//admin` as `/admin`. Beside a keyed `/admin` under an open `/`, such
+/// a spelling would reach the admin paths through `/` without a key: it
+/// is refused, and plain paths of `/` still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_spelling_of_a_keyed_path_is_refused() {
+    let Fixture {
+        redis,
+        mut conn,
+        echo: _echo,
+        secrets,
+        ..
+    } = Fixture::start(&["/", "/admin"]).await;
+    store_policy(&mut conn, &secrets, "/admin", None).await;
+    let dp = DataPlane::start_redis(&redis.url(), &[]);
+    eventually("the policy applied", Duration::from_secs(5), || async {
+        (dp.metric("apiproxy_policies").await == 1.0).then_some(())
+    })
+    .await;
+    for path in [
+        "/%61dmin/users",
+        "//admin/users",
+        "/%2fadmin/users",
+        "/x/..%2F/admin",
+    ] {
+        let (status, kind) = refused(&dp, request(path, None)).await;
+        assert_eq!((status, kind.as_str()), (400, "bad_request"), "{path}");
+    }
+    assert_eq!(refused(&dp, request("/admin/users", None)).await.0, 401);
+    for path in ["/users", "/files/a%20b", "/%75sers"] {
+        let seen = echoed(&dp, request(path, None)).await;
+        assert_eq!(seen["uri"], path, "{path}");
+    }
+}

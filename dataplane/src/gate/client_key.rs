@@ -23,12 +23,21 @@ pub(crate) fn is_proxy_key(value: &[u8]) -> bool {
     value.starts_with(PROXY_KEY_PREFIX.as_bytes())
 }
 
-/// The value of an `Authorization: Bearer` header.
+/// The value of an `Authorization: Bearer` header (any whitespace after
+/// the scheme).
 fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let scheme = value.get(..7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| value[7..].trim_ascii())
+    let value = value.trim_ascii();
+    let scheme = value.get(..6)?;
+    let rest = &value[6..];
+    (scheme.eq_ignore_ascii_case(b"bearer") && rest.first().is_some_and(u8::is_ascii_whitespace))
+        .then(|| rest.trim_ascii())
+}
+
+/// Whether a value of the key header `name` holds a proxy key anywhere an
+/// upstream might read one: as its bearer token, or as the value itself
+/// (`Authorization: apx-…` too). Such a value never goes on.
+fn holds_proxy_key(name: &HeaderName, value: &http::HeaderValue) -> bool {
+    key_in(name, value).is_some_and(is_proxy_key) || is_proxy_key(value.as_bytes().trim_ascii())
 }
 
 /// The headers an SDK puts its key in.
@@ -61,11 +70,13 @@ pub(crate) fn find<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option
     let (mut key, mut first, mut in_headers) = (None, None, 0u8);
     for (bit, name) in KEY_HEADERS.into_iter().enumerate() {
         for value in headers.get_all(name) {
+            if holds_proxy_key(name, value) {
+                in_headers |= 1 << bit;
+            }
             let Some(candidate) = key_in(name, value) else {
                 continue;
             };
             if is_proxy_key(candidate) {
-                in_headers |= 1 << bit;
                 key.get_or_insert(candidate);
             }
             first.get_or_insert(candidate);
@@ -99,7 +110,7 @@ pub(crate) fn strip_headers(headers: &mut HeaderMap, in_headers: u8) {
         let kept: Vec<_> = headers
             .get_all(name)
             .iter()
-            .filter(|v| !key_in(name, v).is_some_and(is_proxy_key))
+            .filter(|v| !holds_proxy_key(name, v))
             .cloned()
             .collect();
         headers.remove(name);
@@ -122,17 +133,36 @@ fn decode(text: &str) -> Cow<'_, str> {
     percent_decode_str(text).decode_utf8_lossy()
 }
 
-/// The decoded value of the first parameter called `name`.
+/// The decoded value of the first parameter called `name` that holds a
+/// proxy key, else of the first one called so.
 fn param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
-    pairs(query)
-        .find(|(n, _)| n == name)
-        .map(|(_, pair)| match pair.split_once('=') {
-            Some((_, value)) => match percent_decode_str(value).into() {
-                Cow::Borrowed(b) => Cow::Borrowed(b),
-                Cow::Owned(v) => Cow::Owned(v),
-            },
-            None => Cow::Borrowed(&b""[..]),
-        })
+    let mut values =
+        pairs(query)
+            .filter(|(n, _)| n == name)
+            .map(|(_, pair)| match pair.split_once('=') {
+                Some((_, value)) => match percent_decode_str(value).into() {
+                    Cow::Borrowed(b) => Cow::Borrowed(b),
+                    Cow::Owned(v) => Cow::Owned(v),
+                },
+                None => Cow::Borrowed(&b""[..]),
+            });
+    let first = values.next()?;
+    if is_proxy_key(&first) {
+        return Some(first);
+    }
+    Some(values.find(|v| is_proxy_key(v)).unwrap_or(first))
+}
+
+/// Whether a query parameter may carry a proxy key to an upstream: any
+/// name that reads as `key` without case, and a value that holds one once
+/// decoded (`+` read as a space, as form parsers do) and trimmed.
+fn query_holds_proxy_key(name: &str, pair: &str) -> bool {
+    let value = pair
+        .split_once('=')
+        .map_or("", |(_, v)| v)
+        .replace('+', " ");
+    let value: Vec<u8> = percent_decode_str(&value).collect();
+    name.eq_ignore_ascii_case(KEY_PARAM) && is_proxy_key(value.trim_ascii())
 }
 
 /// `query` without the parameters called `remove` (names compared
@@ -147,11 +177,7 @@ pub(crate) fn rewrite_query(
 ) -> Option<String> {
     let mut out = String::with_capacity(query.map_or(0, str::len) + append.map_or(0, str::len) + 1);
     for (name, pair) in query.into_iter().flat_map(pairs) {
-        let proxy_key = || {
-            let value = pair.split_once('=').map_or("", |(_, v)| v);
-            name == KEY_PARAM && is_proxy_key(&percent_decode_str(value).collect::<Vec<u8>>())
-        };
-        if Some(&*name) != remove && !(keyed && proxy_key()) {
+        if Some(&*name) != remove && !(keyed && query_holds_proxy_key(&name, pair)) {
             if !out.is_empty() {
                 out.push('&');
             }
@@ -211,6 +237,8 @@ mod tests {
         let both = headers(&[("authorization", "Bearer sk-own"), ("x-api-key", "apx-9")]);
         assert_eq!(found(&both, None), Some("apx-9".into()));
         // No proxy key anywhere: the first value, which will be unknown.
+        let second = found(&HeaderMap::new(), Some("key=sk-own&key=apx-7"));
+        assert_eq!(second.as_deref(), Some("apx-7"));
         let own = headers(&[("x-api-key", "sk-own")]);
         assert_eq!(found(&own, Some("key=g")).as_deref(), Some("sk-own"));
     }
@@ -243,6 +271,17 @@ mod tests {
             Some("key=REAL")
         );
         assert_eq!(rewrite_query(Some("&&"), Some("key"), true, None), None);
+        // Spellings an upstream may still read as the key.
+        assert_eq!(
+            rewrite_query(
+                Some("KEY=apx-1&key=+apx-2&key=%20apx-3&a=1"),
+                None,
+                true,
+                None
+            )
+            .as_deref(),
+            Some("a=1")
+        );
     }
 
     #[test]
@@ -253,6 +292,8 @@ mod tests {
             ("x-api-key", "sk-own"),
             ("x-goog-api-key", " apx-2"),
             ("authorization", "Basic abc"),
+            ("authorization", "apx-4"),
+            ("authorization", "Bearer\tapx-5"),
             ("x-other", "apx-3"),
         ]);
         let in_headers = find(&h, None).unwrap().in_headers;

@@ -151,6 +151,11 @@ impl Gate {
         self.policies.size()
     }
 
+    /// Whether the mapping `prefix` has a policy.
+    pub(crate) fn guards(&self, prefix: &str) -> bool {
+        self.policies.contains_key(prefix)
+    }
+
     /// The decision for a request on the mapping `prefix`: `Ok(None)` for
     /// a mapping without a policy. `usage`: the node's key usage registry,
     /// when it records stats.
@@ -673,8 +678,16 @@ mod tests {
                 .unwrap();
             assert_eq!(pass.query(Some(query)).as_deref(), Some("a=1"), "{query}");
         }
-        // A query with no key at all is passed on as it is.
+        // Beside a key in a header, spellings an upstream may read as `key`.
         let h = headers(&[("x-api-key", GOOD)]);
+        for query in ["KEY=apx-good&a=1", "key=+apx-good&a=1"] {
+            let pass = gate
+                .admit_at("/openai", &h, Some(query), None, || 0)
+                .unwrap()
+                .unwrap();
+            assert_eq!(pass.query(Some(query)).as_deref(), Some("a=1"), "{query}");
+        }
+        // A query with no key at all is passed on as it is.
         let pass = gate
             .admit_at("/openai", &h, Some("a=%20"), None, || 0)
             .unwrap()

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::error;
 
-use super::client_key::{self, KEY_PARAM};
+use super::client_key;
 use super::Admitted;
 
 /// An upstream credential, opened and ready to put in a request.
@@ -122,9 +122,14 @@ impl Pass {
             Some(Credential::Query(name, pair)) => (Some(&**name), Some(&**pair)),
             _ => (None, None),
         };
-        // Only a query that may hold `key` (spelled out, or encoded as
+        // Only a query that may hold `key` (in any case, or encoded as
         // `%6Bey` and the like) is rewritten.
-        let may_hold_key = |q: &str| q.contains(KEY_PARAM) || q.contains('%');
+        let may_hold_key = |q: &str| {
+            q.contains('%')
+                || q.as_bytes()
+                    .windows(3)
+                    .any(|w| w.eq_ignore_ascii_case(b"key"))
+        };
         if remove.is_none() && !(self.keyed && query.is_some_and(may_hold_key)) {
             return query.map(Cow::Borrowed);
         }
