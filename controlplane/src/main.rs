@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use apiproxy_controlplane::{
     app, import_go_stats, init, redis_connection, serve, Config, DEFAULT_MAPPINGS,
 };
-use apiproxy_startup::{config_failed, configure, init_logging, stop_signal};
+use apiproxy_startup::{config_failed, configure, init_logging, StopSignals};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let signals = StopSignals::install();
         let conn = match redis_connection(&config.redis_url) {
             Ok(c) => c,
             Err(e) => return config_failed(PROGRAM, e),
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         let local = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
         info!(admin_addr = %local, "serving");
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(wait_for_signal(signals, shutdown.clone()));
         // Before the first push can make our totals non-empty, when Redis
         // answers at once; else in the background.
         let import = tokio::spawn({
@@ -95,8 +96,8 @@ async fn write_defaults(config: &Config, conn: redis::aio::ConnectionManager) ->
 
 /// The stop signal, logged under this binary's name, cancels `shutdown`.
 /// (Awaited outside `info!`: a disabled level skips the macro's arguments.)
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let signal = stop_signal().await;
+async fn wait_for_signal(signals: StopSignals, shutdown: CancellationToken) {
+    let signal = signals.recv().await;
     info!("{signal} received");
     shutdown.cancel();
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use apiproxy_dataplane::{Config, DataPlane};
-use apiproxy_startup::{config_failed, configure, init_logging, stop_signal};
+use apiproxy_startup::{config_failed, configure, init_logging, StopSignals};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let signals = StopSignals::install();
         let (listen, metrics_listen) = (config.listen, config.metrics_listen);
         let dataplane = match DataPlane::new(config) {
             Ok(dp) => dp,
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
             (_, Err(e)) => return bind_failed("API_PROXY_METRICS_LISTEN", metrics_listen, e),
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(wait_for_signal(signals, shutdown.clone()));
         dataplane.run(proxy, ops, shutdown).await;
         ExitCode::SUCCESS
     })
@@ -66,8 +67,8 @@ fn bind_failed(name: &str, addr: std::net::SocketAddr, e: std::io::Error) -> Exi
 
 /// The stop signal, logged under this binary's name, cancels `shutdown`.
 /// (Awaited outside `info!`: a disabled level skips the macro's arguments.)
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let signal = stop_signal().await;
+async fn wait_for_signal(signals: StopSignals, shutdown: CancellationToken) {
+    let signal = signals.recv().await;
     info!("{signal} received");
     shutdown.cancel();
 }

@@ -61,14 +61,32 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT, which both mean "drain and stop", and names
-/// the one that came. The binary logs it, under its own name.
-pub async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, which both mean "drain and stop", caught from the
+/// moment this is made. Made before the process listens: a stop signal
+/// that comes early (an orchestrator stopping a pod as it starts) is then
+/// a graceful stop, never the default action that kills the process, as
+/// it was when the handlers were installed by a task not yet run.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; within the Tokio runtime.
+    pub fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// Waits for either and names the one that came. The binary logs it,
+    /// under its own name.
+    pub async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
