@@ -219,32 +219,38 @@ impl RedisSource {
         update: &UpdateMessage,
     ) -> Result<(), SyncError> {
         let next_version = self.applied.as_ref().map(|a| a.version + 1);
-        if next_version == Some(update.version) {
-            match (update.op, &update.key_id, &update.prefix) {
-                (UpdateOp::Key, Some(id), _) => {
-                    return self.follow_gate(conn, update, GateChange::Key(id)).await
-                }
-                (UpdateOp::Policy, _, Some(prefix)) => {
-                    return self
-                        .follow_gate(conn, update, GateChange::Policy(prefix))
-                        .await
-                }
-                _ => {}
-            }
+        if next_version != Some(update.version) {
+            return self.reload(conn, "announced").await;
         }
-        let prefix = match (&update.prefix, update.op) {
-            (Some(prefix), UpdateOp::Upsert | UpdateOp::Delete)
-                if next_version == Some(update.version) =>
-            {
-                prefix
+        match (update.op, &update.key_id, &update.prefix) {
+            (UpdateOp::Upsert | UpdateOp::Delete, _, Some(prefix)) => {
+                self.follow_mapping(conn, update.version, prefix).await
             }
-            _ => return self.reload(conn, "announced").await,
-        };
+            (UpdateOp::Key, Some(id), _) => {
+                self.follow_gate(conn, update.version, GateChange::Key(id))
+                    .await
+            }
+            (UpdateOp::Policy, _, Some(prefix)) => {
+                self.follow_gate(conn, update.version, GateChange::Policy(prefix))
+                    .await
+            }
+            _ => self.reload(conn, "announced").await,
+        }
+    }
+
+    /// One field of `hash` read with the version, in one transaction:
+    /// `None` when the version is not `version` (another change landed
+    /// meanwhile: only a full read is exact), else the field's value.
+    async fn read_field(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        hash: &str,
+        field: &str,
+        version: u64,
+    ) -> Result<Option<Option<String>>, SyncError> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hget(&self.keys.mappings, prefix)
-            .get(&self.keys.version);
-        let (target, version): (Option<Vec<u8>>, Option<Vec<u8>>) =
+        pipe.atomic().hget(hash, field).get(&self.keys.version);
+        let (value, read): (Option<Vec<u8>>, Option<Vec<u8>>) =
             match within(pipe.query_async(conn)).await {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -252,65 +258,60 @@ impl RedisSource {
                     return Err(e);
                 }
             };
-        let target = target.map(text);
-        // Another change landed meanwhile: only a full read is exact.
-        if parse_version(version.as_deref()) != update.version {
-            return self.reload(conn, "announced").await;
-        }
-        let Some(applied) = self.applied.as_mut() else {
+        Ok((parse_version(read.as_deref()) == version).then(|| value.map(text)))
+    }
+
+    /// Applies one announced mapping change (`upsert`, `delete`).
+    async fn follow_mapping(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        version: u64,
+        prefix: &str,
+    ) -> Result<(), SyncError> {
+        let mappings = self.keys.mappings.clone();
+        let (Some(target), Some(applied)) = (
+            self.read_field(conn, &mappings, prefix, version).await?,
+            self.applied.as_mut(),
+        ) else {
             return self.reload(conn, "announced").await;
         };
         match &target {
-            Some(t) => applied.entries.insert(prefix.clone(), t.clone()),
+            Some(t) => applied.entries.insert(prefix.to_owned(), t.clone()),
             None => applied.entries.remove(prefix),
         };
-        applied.version = update.version;
+        applied.version = version;
         let snapshot = self.state.current().with_change(
             prefix,
             target.as_deref(),
-            update.version,
+            version,
             &applied.entries,
             &self.state.metrics,
         );
-        debug!(
-            version = update.version,
-            prefix, "applying one announced change"
-        );
+        debug!(version, prefix, "applying one announced change");
         self.state.apply(snapshot);
         self.state.metrics.config_stale.set(0);
         self.cache_dirty = true;
         Ok(())
     }
 
-    /// Applies one announced key or policy change with a one-field read,
-    /// as [`RedisSource::follow`] does for a mapping.
+    /// Applies one announced key or policy change, as
+    /// [`RedisSource::follow_mapping`] does a mapping's.
     async fn follow_gate(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
-        update: &UpdateMessage,
+        version: u64,
         change: GateChange<'_>,
     ) -> Result<(), SyncError> {
         let (hash, field) = match change {
-            GateChange::Key(id) => (&self.keys.keys, id),
-            GateChange::Policy(prefix) => (&self.keys.policies, prefix),
+            GateChange::Key(id) => (self.keys.keys.clone(), id),
+            GateChange::Policy(prefix) => (self.keys.policies.clone(), prefix),
         };
-        let mut pipe = redis::pipe();
-        pipe.atomic().hget(hash, field).get(&self.keys.version);
-        let (value, version): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            match within(pipe.query_async(conn)).await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    self.state.metrics.config_reload(false);
-                    return Err(e);
-                }
-            };
-        let value = value.map(text);
-        let Some(applied) = self.applied.as_mut() else {
+        let (Some(value), Some(applied)) = (
+            self.read_field(conn, &hash, field, version).await?,
+            self.applied.as_mut(),
+        ) else {
             return self.reload(conn, "announced").await;
         };
-        if parse_version(version.as_deref()) != update.version {
-            return self.reload(conn, "announced").await;
-        }
         let gate = self.state.current_gate();
         let next = match change {
             GateChange::Key(id) => {
@@ -325,14 +326,14 @@ impl RedisSource {
                 gate.with_policy(prefix, value.as_deref(), self.secrets.as_deref())
             }
         };
-        applied.version = update.version;
+        applied.version = version;
         debug!(
-            version = update.version,
+            version,
             ?change,
             "applying one announced key or policy change"
         );
         self.state.apply_gate(next);
-        self.state.advance(update.version);
+        self.state.advance(version);
         self.state.metrics.config_stale.set(0);
         // Written now, not at the next resync: a node that restarts with
         // Redis down must not boot with a key it has since seen revoked.
