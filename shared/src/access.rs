@@ -286,23 +286,12 @@ impl KeyRecord {
         }
         Ok(())
     }
-
-    /// Whether the key may be used on the mapping `prefix` at `now` (unix
-    /// seconds); `Err` says why not, for the 403's message.
-    pub fn allows(&self, prefix: &str, now: u64) -> Result<(), Refusal> {
-        key_allows(
-            self.enabled,
-            self.expires_at,
-            self.prefixes.as_deref(),
-            prefix,
-            now,
-        )
-    }
 }
 
 /// Whether a key with these fields may be used on the mapping `prefix` at
-/// `now` (unix seconds). Apart from [`KeyRecord::allows`] for a data plane
-/// that keeps keys in a smaller form.
+/// `now` (unix seconds); `Err` says why not, for the 403's message. Takes
+/// the fields, not a [`KeyRecord`]: a data plane keeps keys in a smaller
+/// form.
 pub fn key_allows<S: AsRef<str>>(
     enabled: bool,
     expires_at: Option<u64>,
@@ -573,21 +562,24 @@ mod tests {
     #[test]
     fn a_key_is_refused_for_each_reason() {
         let r = record();
+        let allows = |r: &KeyRecord, prefix: &str, now: u64| {
+            key_allows(r.enabled, r.expires_at, r.prefixes.as_deref(), prefix, now)
+        };
         assert_eq!(r.validate(), Ok(()));
-        assert_eq!(r.allows("/openai", 999), Ok(()));
-        assert_eq!(r.allows("/openai", 1000), Err(Refusal::Expired));
-        assert_eq!(r.allows("/anthropic", 1), Err(Refusal::NotHere));
+        assert_eq!(allows(&r, "/openai", 999), Ok(()));
+        assert_eq!(allows(&r, "/openai", 1000), Err(Refusal::Expired));
+        assert_eq!(allows(&r, "/anthropic", 1), Err(Refusal::NotHere));
         let off = KeyRecord {
             enabled: false,
             ..record()
         };
-        assert_eq!(off.allows("/openai", 1), Err(Refusal::Disabled));
+        assert_eq!(allows(&off, "/openai", 1), Err(Refusal::Disabled));
         let all = KeyRecord {
             prefixes: None,
             expires_at: None,
             ..record()
         };
-        assert_eq!(all.allows("/anything", u64::MAX), Ok(()));
+        assert_eq!(allows(&all, "/anything", u64::MAX), Ok(()));
         let aliased = KeyRecord {
             prefixes: Some(vec!["/openai/".into()]),
             ..record()
