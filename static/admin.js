@@ -252,10 +252,7 @@ function showFormError(message, where = "form", lead = "") {
   const field = fieldOf(message);
   if (field) {
     if (lead) document.getElementById(`${where}-error`).textContent = lead;
-    document.getElementById(`${field}-error`).textContent = message;
-    const input = document.getElementById(field);
-    input.setAttribute("aria-invalid", "true");
-    input.focus();
+    fieldError(field, message);
   } else {
     document.getElementById(`${where}-error`).textContent = lead ? `${lead} ${message}` : message;
   }

@@ -225,7 +225,6 @@ async function deleteKey(key) {
   if (!(await confirmDialog(t("keys.confirm_delete", key.name)))) return;
   try {
     await guarded(() => api("DELETE", `/api/keys/${encodeURIComponent(key.id)}`));
-    if (model.usageKey === key.id) model.usageKey = null;
     announce(t("keys.deleted", key.name), "ok");
   } catch (e) {
     if (e.status === 401) return;
@@ -242,6 +241,7 @@ async function openUsage(id) {
   model.usageKey = id;
   model.usage = null;
   try {
+    // The list is read again with it: its "last used" moves with usage.
     const [usage] = await guarded(() => Promise.all([
       api("GET", `/api/keys/${encodeURIComponent(id)}/usage`),
       load(),
@@ -263,7 +263,8 @@ function renderUsage() {
   if (view.hidden) return;
   document.getElementById("usage-title").textContent = t("keys.usage_title", key.name);
   const body = document.querySelector("#usage tbody");
-  const rows = [...usage.prefixes].sort((a, b) => a.prefix.localeCompare(b.prefix));
+  // In the API's order: by prefix.
+  const rows = usage.prefixes;
   if (rows.length === 0) {
     body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, t("keys.usage_empty"))));
   } else {

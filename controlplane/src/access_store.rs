@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use apiproxy_shared::access::{Access, KeyRecord, StoredPolicy};
-use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
+use apiproxy_shared::{RedisKeys, UpdateMessage};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
@@ -357,23 +357,16 @@ impl AccessStore {
     }
 
     async fn announce_key(&self, version: u64, id: &str) {
-        let message = UpdateMessage {
-            version,
-            op: UpdateOp::Key,
-            prefix: None,
-            key_id: Some(id.to_owned()),
-        };
-        announce(&self.conn, &self.keys, message).await;
+        announce(&self.conn, &self.keys, UpdateMessage::key(version, id)).await;
     }
 
     async fn announce_policy(&self, version: u64, prefix: &str) {
-        let message = UpdateMessage {
-            version,
-            op: UpdateOp::Policy,
-            prefix: Some(prefix.to_owned()),
-            key_id: None,
-        };
-        announce(&self.conn, &self.keys, message).await;
+        announce(
+            &self.conn,
+            &self.keys,
+            UpdateMessage::policy(version, prefix),
+        )
+        .await;
     }
 }
 

@@ -98,15 +98,6 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn message(version: u64, op: UpdateOp, prefix: Option<&str>) -> UpdateMessage {
-    UpdateMessage {
-        version,
-        op,
-        prefix: prefix.map(str::to_owned),
-        key_id: None,
-    }
-}
-
 /// Publishes a change on the updates channel.
 async fn publish(
     conn: &ConnectionManager,
@@ -288,7 +279,12 @@ impl Store {
 
     /// Publishes the change (see [`announce`]).
     async fn announce(&self, version: u64, op: UpdateOp, prefix: Option<&str>) {
-        announce(&self.conn, &self.keys, message(version, op, prefix)).await;
+        announce(
+            &self.conn,
+            &self.keys,
+            UpdateMessage::mapping(version, op, prefix),
+        )
+        .await;
     }
 
     async fn publish(
@@ -297,7 +293,12 @@ impl Store {
         op: UpdateOp,
         prefix: Option<&str>,
     ) -> Result<(), StoreError> {
-        Ok(publish(&self.conn, &self.keys, &message(version, op, prefix)).await?)
+        Ok(publish(
+            &self.conn,
+            &self.keys,
+            &UpdateMessage::mapping(version, op, prefix),
+        )
+        .await?)
     }
 
     /// The newest `limit` audit entries, newest first.

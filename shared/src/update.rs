@@ -32,6 +32,31 @@ pub struct UpdateMessage {
 }
 
 impl UpdateMessage {
+    /// A mapping change: `upsert`, `delete` (with the prefix) or `replace`.
+    pub fn mapping(version: u64, op: UpdateOp, prefix: Option<&str>) -> UpdateMessage {
+        UpdateMessage {
+            version,
+            op,
+            prefix: prefix.map(str::to_owned),
+            key_id: None,
+        }
+    }
+
+    /// A proxy key was created, changed or deleted.
+    pub fn key(version: u64, key_id: &str) -> UpdateMessage {
+        UpdateMessage {
+            version,
+            op: UpdateOp::Key,
+            prefix: None,
+            key_id: Some(key_id.to_owned()),
+        }
+    }
+
+    /// The policy of `prefix` was set or removed.
+    pub fn policy(version: u64, prefix: &str) -> UpdateMessage {
+        UpdateMessage::mapping(version, UpdateOp::Policy, Some(prefix))
+    }
+
     /// Parses a payload; `None` for anything else (the Go version publishes
     /// the bare string `mapping_added`), which still means "re-read".
     pub fn parse(payload: &[u8]) -> Option<UpdateMessage> {

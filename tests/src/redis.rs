@@ -281,18 +281,8 @@ pub async fn put_gate_entry(
     };
     let (version,): (u64,) = pipe.incr(&keys.version, 1).query_async(conn).await.unwrap();
     let message = match op {
-        UpdateOp::Key => UpdateMessage {
-            version,
-            op,
-            prefix: None,
-            key_id: Some(field.to_owned()),
-        },
-        _ => UpdateMessage {
-            version,
-            op,
-            prefix: Some(field.to_owned()),
-            key_id: None,
-        },
+        UpdateOp::Key => UpdateMessage::key(version, field),
+        _ => UpdateMessage::policy(version, field),
     };
     publish(conn, keys, &message.to_json()).await;
     version
@@ -305,12 +295,7 @@ async fn announce(
     op: UpdateOp,
     prefix: Option<&str>,
 ) {
-    let message = UpdateMessage {
-        version,
-        op,
-        prefix: prefix.map(str::to_owned),
-        key_id: None,
-    };
+    let message = UpdateMessage::mapping(version, op, prefix);
     let _: () = redis::cmd("PUBLISH")
         .arg(&keys.updates)
         .arg(message.to_json())

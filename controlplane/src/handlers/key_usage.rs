@@ -1,15 +1,14 @@
 //! One proxy key's usage: what the data planes counted for it per prefix
 //! since its stats began, and its last 24 hours, from the stats batches.
 
-use apiproxy_shared::access::is_key_id;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::access_store::AccessError;
 use crate::error::AppError;
-use crate::extract::Shared;
+use crate::extract::{KeyId, Shared};
 use crate::model::ErrorBody;
 use crate::stats_store::{PrefixUsage, UsagePoint};
 use crate::store::now_ms;
@@ -32,20 +31,13 @@ pub(crate) struct KeyUsageReport {
     responses((status = 200, body = KeyUsageReport), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn usage(
     State(state): State<Shared>,
-    id: Result<Path<String>, PathRejection>,
+    KeyId(key_id): KeyId,
 ) -> Result<Json<KeyUsageReport>, AppError> {
-    let not_found = || AppError::NotFound("no such key".into());
-    let Ok(Path(key_id)) = id else {
-        return Err(not_found());
-    };
-    if !is_key_id(&key_id) {
-        return Err(not_found());
-    }
     let (prefixes, series) = state
         .stats
         .key_usage(&key_id, now_ms() / 1000)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| AccessError::NoKey(key_id.clone()))?;
     Ok(Json(KeyUsageReport {
         success: true,
         key_id,

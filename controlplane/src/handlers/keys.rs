@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use crate::access_store::KeyEntry;
+use crate::access_store::{AccessError, KeyEntry};
 use crate::error::AppError;
 use crate::extract::{ApiJson, ClientAddr, KeyId, Shared};
 use crate::model::{Deleted, ErrorBody, KeyCreated, KeyFound, KeyList, KeyPatch, KeyView, NewKey};
@@ -105,7 +105,7 @@ pub(crate) async fn get_one(
         .access
         .key(&id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("no key {id}")))?;
+        .ok_or_else(|| AccessError::NoKey(id.clone()))?;
     Ok(Json(KeyFound {
         success: true,
         key: view(entry),

@@ -609,6 +609,9 @@ mod tests {
         // Every guarded write comes before the buckets' EXPIRE.
         let expire = ops.iter().position(|o| o.0 == "expire" && o.1 == hour);
         let last_key_write = ops.iter().rposition(|o| o.2.starts_with("key:"));
+        let (Some(expire), Some(last_key_write)) = (expire, last_key_write) else {
+            panic!("no EXPIRE of {hour} or no key write: {ops:?}");
+        };
         assert!(last_key_write < expire);
         assert!(w.too_large.is_none());
     }
