@@ -59,6 +59,11 @@ pub(crate) struct Args {
     #[arg(long, env = "API_PROXY_NODE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
     pub(crate) node_timeout: Duration,
 
+    /// How often the hashes are compared with what was last seen, to
+    /// announce an edit made in Redis without a version bump.
+    #[arg(long, env = "API_PROXY_RESYNC_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub(crate) resync_interval: Duration,
+
     /// false: /stats and the dashboard data need admin auth too.
     #[arg(long, env = "API_PROXY_PUBLIC_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, global = true)]
     pub(crate) public_stats: bool,
@@ -93,6 +98,7 @@ pub struct Config {
     pub redis_url: String,
     pub(crate) redis_prefix: String,
     pub(crate) node_timeout: Duration,
+    pub(crate) resync_interval: Duration,
     pub(crate) public_stats: bool,
     pub(crate) cookie_secure: bool,
     pub log_format: LogFormat,
@@ -147,11 +153,15 @@ impl Config {
         if args.node_timeout.is_zero() {
             return invalid("API_PROXY_NODE_TIMEOUT: must be greater than zero");
         }
+        if args.resync_interval.is_zero() {
+            return invalid("API_PROXY_RESYNC_INTERVAL: must be greater than zero");
+        }
         Ok(Config {
             admin_listen: args.admin_listen,
             redis_url,
             redis_prefix: args.redis_prefix,
             node_timeout: args.node_timeout,
+            resync_interval: args.resync_interval,
             public_stats: args.public_stats,
             cookie_secure: args.cookie_secure,
             log_format: args.log_format,
@@ -199,6 +209,7 @@ mod tests {
         assert_eq!(ok.admin_listen, "0.0.0.0:8001".parse().unwrap());
         assert!(ok.public_stats && !ok.cookie_secure);
         assert_eq!(ok.node_timeout, Duration::from_secs(10));
+        assert_eq!(ok.resync_interval, Duration::from_secs(10));
     }
 
     #[test]

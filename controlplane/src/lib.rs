@@ -8,6 +8,7 @@ mod auth;
 mod batch_schema;
 mod cluster_metrics;
 mod config;
+mod edit_watch;
 mod error;
 mod extract;
 mod handlers;
@@ -146,6 +147,12 @@ pub async fn import_go_stats(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
+}
+
+/// Announces edits made in Redis without a version bump (see
+/// [`edit_watch`]), until `shutdown`.
+pub async fn watch_edits(config: &Config, conn: ConnectionManager, shutdown: CancellationToken) {
+    edit_watch::watch(conn, &config.redis_prefix, config.resync_interval, shutdown).await
 }
 
 /// Serves until `shutdown`, then lets in-flight requests finish.

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use apiproxy_controlplane::{
-    app, import_go_stats, init, redis_connection, serve, Config, DEFAULT_MAPPINGS,
+    app, import_go_stats, init, redis_connection, serve, watch_edits, Config, DEFAULT_MAPPINGS,
 };
 use apiproxy_startup::{config_failed, configure, init_logging, StopSignals};
 use tokio::net::TcpListener;
@@ -59,6 +59,10 @@ fn main() -> ExitCode {
             async move { import_go_stats(&config, conn, shutdown).await }
         });
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), import).await;
+        tokio::spawn({
+            let (config, conn, shutdown) = (config.clone(), conn.clone(), shutdown.clone());
+            async move { watch_edits(&config, conn, shutdown).await }
+        });
         match serve(listener, app(&config, conn), shutdown).await {
             Ok(()) => {
                 info!("stopped");

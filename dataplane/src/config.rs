@@ -80,9 +80,15 @@ pub(crate) struct Args {
     #[arg(long, env = "API_PROXY_SNAPSHOT_CACHE", value_name = "PATH")]
     pub(crate) snapshot_cache: Option<PathBuf>,
 
-    /// Full re-read of the mappings, a safety net for lost messages.
+    /// Check of the served version against Redis's (one GET), a safety net
+    /// for lost announcements; a newer version is read in full.
     #[arg(long, env = "API_PROXY_RESYNC_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) resync_interval: Duration,
+
+    /// Full re-read of everything, the last safety net (for direct edits
+    /// in Redis when no control plane watches for them); jittered.
+    #[arg(long, env = "API_PROXY_FULL_RESYNC_INTERVAL", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) full_resync_interval: Duration,
 
     /// Where stats batches go (http://controlplane:8001); unset: no push.
     #[arg(long, env = "API_PROXY_CONTROLPLANE_URL", value_name = "URL")]
@@ -198,6 +204,7 @@ pub struct Config {
     pub(crate) source: Source,
     pub(crate) snapshot_cache: Option<PathBuf>,
     pub(crate) resync_interval: Duration,
+    pub(crate) full_resync_interval: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
@@ -395,6 +402,7 @@ impl Config {
             ),
             ("API_PROXY_IDLE_TIMEOUT", args.idle_timeout),
             ("API_PROXY_RESYNC_INTERVAL", args.resync_interval),
+            ("API_PROXY_FULL_RESYNC_INTERVAL", args.full_resync_interval),
             ("API_PROXY_STATS_INTERVAL", args.stats_interval),
         ] {
             if d.is_zero() {
@@ -418,6 +426,7 @@ impl Config {
             source,
             snapshot_cache: args.snapshot_cache,
             resync_interval: args.resync_interval,
+            full_resync_interval: args.full_resync_interval,
             connect_timeout: args.connect_timeout,
             response_header_timeout: args.response_header_timeout,
             idle_timeout: args.idle_timeout,

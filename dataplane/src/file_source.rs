@@ -113,10 +113,7 @@ impl FileSource {
 
     fn apply(&mut self, entries: BTreeMap<String, String>) {
         self.version += 1;
-        let snapshot = self
-            .state
-            .current()
-            .next(&entries, self.version, &self.state.metrics);
+        let snapshot = self.state.current().next(&entries, self.version);
         self.state.apply(snapshot);
         self.last_entries = entries;
     }

@@ -37,6 +37,7 @@ mod proxy;
 mod record;
 mod redis_source;
 mod request_id;
+mod route;
 mod routing;
 mod snapshot_cache;
 mod state;
@@ -72,7 +73,7 @@ use crate::access_log::{Reopener, RequestLog, WriterHandle};
 use crate::connect::UpstreamSettings;
 use crate::file_source::FileSource;
 use crate::proxy::Proxy;
-use crate::redis_source::RedisSource;
+use crate::redis_source::{RedisSource, Resync};
 use crate::snapshot_cache::SnapshotCache;
 use crate::state::RoutingState;
 use crate::stats_push::StatsPusher;
@@ -170,7 +171,10 @@ impl DataPlane {
                 prefix,
                 state.clone(),
                 config.snapshot_cache.clone().map(SnapshotCache::new),
-                config.resync_interval,
+                Resync {
+                    check: config.resync_interval,
+                    full: config.full_resync_interval,
+                },
                 config.ca_file.as_deref(),
                 config.secrets_key.clone(),
             )?)),

@@ -61,7 +61,7 @@ pub(crate) struct RedisSource {
     keys: RedisKeys,
     state: Arc<RoutingState>,
     cache: Option<SnapshotCache>,
-    resync: Duration,
+    resync: Resync,
     /// What is applied now.
     applied: Option<Applied>,
     /// The cache lags the applied snapshot (written at most once per
@@ -71,11 +71,23 @@ pub(crate) struct RedisSource {
     secrets: Option<Arc<SecretsKey>>,
 }
 
-/// The applied state: its version and raw entries (compared with each full
-/// read, and written to the cache).
+/// How often a node makes sure it missed nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resync {
+    /// The version in Redis against the applied one: one `GET`, so a fleet
+    /// of any size costs Redis next to nothing at idle. A newer (or older)
+    /// version means a missed announcement: read everything.
+    pub(crate) check: Duration,
+    /// Read everything whatever the version says: for a direct edit of the
+    /// hashes that bumped nothing, when no control plane is there to see it
+    /// and announce it.
+    pub(crate) full: Duration,
+}
+
+/// The applied state beside the routes (the snapshot holds the mappings
+/// as configured): compared with each full read, and written to the cache.
 struct Applied {
     version: u64,
-    entries: BTreeMap<String, String>,
     /// The keys as a digest, not their records: a hundred thousand keys
     /// are compared with a full read without being kept twice.
     keys: KeysDigest,
@@ -88,7 +100,7 @@ impl RedisSource {
         prefix: &str,
         state: Arc<RoutingState>,
         cache: Option<SnapshotCache>,
-        resync: Duration,
+        resync: Resync,
         ca_file: Option<&std::path::Path>,
         secrets: Option<Arc<SecretsKey>>,
     ) -> Result<RedisSource, RedisSetupError> {
@@ -172,11 +184,15 @@ impl RedisSource {
         let mut messages = pubsub.on_message();
         // Each node's resyncs keep a phase of their own: a fleet that
         // (re)connects together, after a Redis restart or in a rollout,
-        // spreads its later full reads over the interval instead of
-        // reading in one burst every interval.
-        let first = tokio::time::Instant::now() + phase(self.resync, random_u64());
-        let mut resync = tokio::time::interval_at(first, self.resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // spreads its later reads over the interval instead of reading in
+        // one burst every interval.
+        let every = |interval| {
+            let first = tokio::time::Instant::now() + phase(interval, random_u64());
+            let mut timer = tokio::time::interval_at(first, interval);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer
+        };
+        let (mut check, mut full) = (every(self.resync.check), every(self.resync.full));
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -203,8 +219,12 @@ impl RedisSource {
                         News::Many => self.reload(&mut conn, "announced").await?,
                     }
                 }
-                _ = resync.tick() => {
-                    self.reload(&mut conn, "resync").await?;
+                _ = check.tick() => {
+                    self.check_version(&mut conn).await?;
+                    self.flush_cache();
+                }
+                _ = full.tick() => {
+                    self.reload(&mut conn, "full resync").await?;
                     self.flush_cache();
                 }
             }
@@ -235,6 +255,31 @@ impl RedisSource {
                     .await
             }
             _ => self.reload(conn, "announced").await,
+        }
+    }
+
+    /// The cheap resync: reads everything only when Redis's version is not
+    /// the applied one (an announcement was lost, or the version went back
+    /// as after a restore).
+    async fn check_version(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), SyncError> {
+        let read: Option<Vec<u8>> =
+            match within(redis::AsyncCommands::get(conn, &self.keys.version)).await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.state.metrics.config_reload(false);
+                    return Err(e);
+                }
+            };
+        let version = parse_version(read.as_deref());
+        match &self.applied {
+            Some(applied) if applied.version == version => Ok(()),
+            _ => {
+                info!(version, "a version not yet applied found by the resync");
+                self.reload(conn, "resync").await
+            }
         }
     }
 
@@ -275,18 +320,11 @@ impl RedisSource {
         ) else {
             return self.reload(conn, "announced").await;
         };
-        match &target {
-            Some(t) => applied.entries.insert(prefix.to_owned(), t.clone()),
-            None => applied.entries.remove(prefix),
-        };
         applied.version = version;
-        let snapshot = self.state.current().with_change(
-            prefix,
-            target.as_deref(),
-            version,
-            &applied.entries,
-            &self.state.metrics,
-        );
+        let snapshot = self
+            .state
+            .current()
+            .with_change(prefix, target.as_deref(), version);
         debug!(version, prefix, "applying one announced change");
         self.state.apply(snapshot);
         self.state.metrics.config_stale.set(0);
@@ -404,8 +442,9 @@ impl RedisSource {
             self.state.apply_gate(gate);
             self.cache_dirty = true;
         }
+        let current = self.state.current();
         match self.applied.as_mut() {
-            Some(a) if a.version == version && a.entries == entries => {
+            Some(a) if a.version == version && current.holds(&entries) => {
                 a.keys = digest;
                 a.policies = policies;
                 self.flush_cache();
@@ -417,14 +456,9 @@ impl RedisSource {
             _ => {}
         }
         debug!(why, version, "applying mappings from Redis");
-        let snapshot = self
-            .state
-            .current()
-            .next(&entries, version, &self.state.metrics);
-        self.state.apply(snapshot);
+        self.state.apply(current.next(&entries, version));
         self.applied = Some(Applied {
             version,
-            entries,
             keys: digest,
             policies,
         });
@@ -439,15 +473,14 @@ impl RedisSource {
         else {
             return;
         };
+        let snapshot = self.state.current();
         let cached = CachedSnapshot {
             version: applied.version,
-            hash: content_hash(
-                applied
-                    .entries
-                    .iter()
-                    .map(|(p, t)| (p.as_str(), t.as_str())),
-            ),
-            mappings: applied.entries.clone(),
+            hash: content_hash(snapshot.entries()),
+            mappings: snapshot
+                .entries()
+                .map(|(p, t)| (p.to_owned(), t.to_owned()))
+                .collect(),
             keys: self.state.current_gate().key_records(),
             policies: applied
                 .policies
@@ -477,13 +510,11 @@ impl RedisSource {
                 let gate =
                     Gate::default().build(&cached.keys, policies.iter(), self.secrets.as_deref());
                 self.state.apply_gate(gate);
-                let snapshot =
-                    Snapshot::build(&cached.mappings, cached.version, &self.state.metrics);
-                self.state.apply(snapshot);
+                self.state
+                    .apply(Snapshot::build(&cached.mappings, cached.version));
                 self.state.metrics.config_stale.set(1);
                 self.applied = Some(Applied {
                     version: cached.version,
-                    entries: cached.mappings,
                     keys: KeysDigest::of(&cached.keys),
                     policies,
                 });
@@ -662,12 +693,16 @@ mod tests {
     #[test]
     fn urls_are_checked_without_echoing_them() {
         let state = Arc::new(RoutingState::new(crate::metrics::Metrics::new()));
+        let resync = Resync {
+            check: Duration::from_secs(1),
+            full: Duration::from_secs(60),
+        };
         let err = RedisSource::new(
             "http://user:secret@h",
             "apiproxy",
             state.clone(),
             None,
-            Duration::from_secs(1),
+            resync,
             None,
             None,
         )
@@ -679,7 +714,7 @@ mod tests {
             "apiproxy",
             state,
             None,
-            Duration::from_secs(1),
+            resync,
             None,
             None,
         )

@@ -1,83 +1,76 @@
-//! The routing table: one immutable [`Snapshot`] of `prefix -> target`,
-//! longest-prefix lookup on segment boundaries, and the join of the
-//! upstream path.
+//! The routing table: one immutable [`Snapshot`] of `prefix -> route`,
+//! longest-prefix lookup on segment boundaries.
 //!
 //! Lookup walks the request path's own segment boundaries from the longest
-//! candidate down, one hash probe each, so its cost depends on the path's
+//! candidate down, one map probe each, so its cost depends on the path's
 //! depth (capped by the deepest configured prefix), never on how many
-//! mappings there are.
+//! mappings there are. The map is persistent (a hash trie): the snapshot
+//! after one change shares all but a path of nodes with the one before, so
+//! a change costs O(log n), not a copy of the table.
 
-use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use apiproxy_shared::{canonical_prefix, validate_mapping, Target};
-use fnv::FnvHashMap;
-use http::uri::{InvalidUri, PathAndQuery};
-use http::{HeaderValue, Uri};
+use apiproxy_shared::canonical_prefix;
+use fnv::FnvBuildHasher;
+use rpds::HashTrieMapSync;
 use tracing::warn;
 
-use crate::metrics::Metrics;
-use crate::pool::HostKey;
-use crate::stats::PrefixStats;
+pub use crate::route::Route;
 
-/// One routable mapping with everything the request path needs prepared.
-#[derive(Debug)]
-pub struct Route {
-    /// The prefix in its one spelling ([`canonical_prefix`]): what the raw
-    /// request path is matched against, and the name stats know it by.
-    pub(crate) prefix: Arc<str>,
-    /// The prefix exactly as configured (`/trail/`, `/café`), to recognise
-    /// an unchanged entry and for the content hash.
-    raw_prefix: Box<str>,
-    pub(crate) target: Target,
-    /// The target exactly as configured, to recognise an unchanged entry.
-    raw_target: Box<str>,
-    /// The upstream host (scheme and authority), parsed and hashed once:
-    /// the pools know their hosts by it.
-    pub(crate) upstream: HostKey,
-    /// `Host` header value for the upstream request.
-    pub(crate) host: HeaderValue,
-    /// Where this prefix's requests are counted.
-    pub(crate) stats: Arc<PrefixStats>,
-}
+/// FNV, not SipHash: keys are the operator's prefixes, never a client's,
+/// so there is no table to flood, and a probe per path segment costs a
+/// fraction of SipHash's on short keys.
+type Map<K, V> = HashTrieMapSync<K, V, FnvBuildHasher>;
 
 /// An immutable set of routes; replaced whole, never edited.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
-    /// FNV, not SipHash: keys are the operator's prefixes, never a
-    /// client's, so there is no table to flood, and a probe per path
-    /// segment costs a fraction of SipHash's on short keys.
-    routes: FnvHashMap<Arc<str>, Arc<Route>>,
+    /// By prefix in its one spelling.
+    routes: Map<Arc<str>, Arc<Route>>,
+    /// The entries that do not route, as configured (raw prefix -> raw
+    /// target): refused by validation, or another spelling of a routed
+    /// prefix. Kept so that the snapshot alone says what its source holds;
+    /// there are few, usually none.
+    skipped: Map<Box<str>, Box<str>>,
     /// Segments in the deepest prefix: longer paths start probing there.
     max_depth: usize,
     pub(crate) version: u64,
-    /// Entries skipped because they failed validation, or lost to another
-    /// spelling of their prefix.
-    pub(crate) invalid_entries: usize,
     /// Whether some entry's prefix is not in its one spelling, so that one
     /// change may decide between two entries: [`Snapshot::with_change`]
     /// then rebuilds from all of them.
     aliased: bool,
 }
 
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot {
+            routes: Map::new_with_hasher_and_ptr_kind(FnvBuildHasher::default()),
+            skipped: Map::new_with_hasher_and_ptr_kind(FnvBuildHasher::default()),
+            max_depth: 0,
+            version: 0,
+            aliased: false,
+        }
+    }
+}
+
 impl Snapshot {
     /// Builds a snapshot from raw entries. Invalid entries are skipped with
     /// a warning and counted; the rest apply.
-    pub fn build<I, P, T>(entries: I, version: u64, metrics: &Metrics) -> Snapshot
+    pub fn build<I, P, T>(entries: I, version: u64) -> Snapshot
     where
         I: IntoIterator<Item = (P, T)>,
         P: AsRef<str>,
         T: AsRef<str>,
     {
-        Snapshot::default().next(entries, version, metrics)
+        Snapshot::default().next(entries, version)
     }
 
     /// Builds the snapshot that follows this one. Routes whose prefix and
-    /// target did not change are shared, not rebuilt, so a reload of 10,000
-    /// mappings that changes one costs hash inserts, not 10,000 validations
-    /// and metric-series lookups.
-    pub(crate) fn next<I, P, T>(&self, entries: I, version: u64, metrics: &Metrics) -> Snapshot
+    /// target did not change are shared, not rebuilt (with their stats and
+    /// parsed upstream), so a reload of 10,000 mappings that changes one
+    /// costs map inserts, not 10,000 validations.
+    pub(crate) fn next<I, P, T>(&self, entries: I, version: u64) -> Snapshot
     where
         I: IntoIterator<Item = (P, T)>,
         P: AsRef<str>,
@@ -90,14 +83,13 @@ impl Snapshot {
         for (prefix, target) in entries {
             let (prefix, target) = (prefix.as_ref(), target.as_ref());
             let route = match self.routes.get(prefix) {
-                Some(same) if *same.raw_prefix == *prefix && &*same.raw_target == target => {
+                Some(same) if same.raw_prefix() == prefix && same.raw_target() == target => {
                     same.clone()
                 }
-                _ => match Route::new(prefix, target, metrics) {
+                _ => match Route::new(prefix, target) {
                     Ok(route) => Arc::new(route),
                     Err(error) => {
-                        warn!(prefix, %error, "skipping invalid mapping (target not logged: it may hold credentials)");
-                        snapshot.invalid_entries += 1;
+                        snapshot.skip_invalid(prefix, target, error);
                         continue;
                     }
                 },
@@ -107,77 +99,101 @@ impl Snapshot {
         snapshot
     }
 
+    fn skip_invalid(&mut self, prefix: &str, target: &str, error: apiproxy_shared::MappingError) {
+        warn!(prefix, %error, "skipping invalid mapping (target not logged: it may hold credentials)");
+        self.skipped.insert_mut(prefix.into(), target.into());
+    }
+
     /// Adds a route. Two spellings of one prefix (`/trail` and `/trail/`,
     /// as the Go version allowed) are one route: the entry in the one
     /// spelling wins, else the smaller raw prefix, whatever the order the
-    /// entries come in, so every node picks the same; the other is counted
-    /// as invalid.
+    /// entries come in, so every node picks the same; the other is skipped
+    /// and counted as invalid.
     fn insert(&mut self, route: Arc<Route>) {
-        self.aliased |= *route.raw_prefix != *route.prefix;
+        self.aliased |= route.is_respelled();
         self.max_depth = self.max_depth.max(depth(&route.prefix));
-        match self.routes.entry(route.prefix.clone()) {
-            Entry::Vacant(slot) => {
-                slot.insert(route);
-            }
+        let (kept, skipped) = match self.routes.get(&route.prefix) {
             // The same raw prefix twice (never from a hash): the later wins.
-            Entry::Occupied(mut slot) if slot.get().raw_prefix == route.raw_prefix => {
-                slot.insert(route);
-            }
-            Entry::Occupied(mut slot) => {
-                let rank = |r: &Route| (*r.raw_prefix != *r.prefix, r.raw_prefix.clone());
-                let (kept, skipped) = if rank(&route) < rank(slot.get()) {
-                    let old = slot.insert(route);
-                    (slot.get().raw_prefix.clone(), old.raw_prefix.clone())
+            Some(old) if old.raw_prefix() != route.raw_prefix() => {
+                let rank = |r: &Route| (r.is_respelled(), r.raw_prefix().to_owned());
+                if rank(&route) < rank(old) {
+                    (route, old.clone())
                 } else {
-                    (slot.get().raw_prefix.clone(), route.raw_prefix.clone())
-                };
-                warn!(prefix = %slot.key(), kept = %kept, skipped = %skipped, "skipping a second spelling of one prefix");
-                self.invalid_entries += 1;
+                    (old.clone(), route)
+                }
             }
-        }
+            _ => {
+                self.routes.insert_mut(route.prefix.clone(), route);
+                return;
+            }
+        };
+        warn!(prefix = %kept.prefix, kept = %kept.raw_prefix(), skipped = %skipped.raw_prefix(), "skipping a second spelling of one prefix");
+        self.skipped
+            .insert_mut(skipped.raw_prefix().into(), skipped.raw_target().into());
+        self.routes.insert_mut(kept.prefix.clone(), kept);
     }
 
     /// The snapshot after one announced change (`target` `None`: deleted),
-    /// sharing every other route. `entries` are the raw entries the source
-    /// now holds (the change applied), so the invalid count stays exact;
-    /// when a prefix is not in its one spelling, here or in the change,
-    /// the change may decide between two spellings, and the snapshot is
-    /// rebuilt from them all.
-    pub(crate) fn with_change(
-        &self,
-        prefix: &str,
-        target: Option<&str>,
-        version: u64,
-        entries: &BTreeMap<String, String>,
-        metrics: &Metrics,
-    ) -> Snapshot {
+    /// sharing every other route. When a prefix is not in its one
+    /// spelling, here or in the change, the change may decide between two
+    /// spellings, and the snapshot is rebuilt from all its entries.
+    pub fn with_change(&self, prefix: &str, target: Option<&str>, version: u64) -> Snapshot {
         if self.aliased || canonical_prefix(prefix).is_ok_and(|one| one != prefix) {
-            return self.next(entries, version, metrics);
+            let mut entries: BTreeMap<&str, &str> = self.entries().collect();
+            match target {
+                Some(target) => entries.insert(prefix, target),
+                None => entries.remove(prefix),
+            };
+            return self.next(entries, version);
         }
-        let raw_entries = entries.len();
-        let mut routes = self.routes.clone();
-        routes.remove(prefix);
-        let mut max_depth = self.max_depth;
-        if let Some(target) = target {
-            match Route::new(prefix, target, metrics) {
-                Ok(route) => {
-                    // An upper bound is enough: it only lets lookups skip
-                    // candidates deeper than any prefix.
-                    max_depth = max_depth.max(depth(prefix));
-                    routes.insert(route.prefix.clone(), Arc::new(route));
-                }
-                Err(error) => {
-                    warn!(prefix, %error, "skipping invalid mapping (target not logged: it may hold credentials)")
-                }
-            }
-        }
-        Snapshot {
-            invalid_entries: raw_entries.saturating_sub(routes.len()),
-            routes,
-            max_depth,
+        let mut next = Snapshot {
+            routes: self.routes.remove(prefix),
+            skipped: self.skipped.remove(prefix),
+            // An upper bound is enough: it only lets lookups skip
+            // candidates deeper than any prefix.
+            max_depth: self.max_depth,
             version,
             aliased: false,
+        };
+        if let Some(target) = target {
+            match Route::new(prefix, target) {
+                Ok(route) => {
+                    next.max_depth = next.max_depth.max(depth(prefix));
+                    next.routes
+                        .insert_mut(route.prefix.clone(), Arc::new(route));
+                }
+                Err(error) => next.skip_invalid(prefix, target, error),
+            }
         }
+        next
+    }
+
+    /// Every entry as configured, routed or skipped: what the source holds.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        let routed = self
+            .routes
+            .values()
+            .map(|r| (r.raw_prefix(), r.raw_target()));
+        routed.chain(self.skipped.iter().map(|(p, t)| (&**p, &**t)))
+    }
+
+    /// Whether `entries` (raw, as a source holds them) are exactly this
+    /// snapshot's: a full read that finds this needs no new snapshot.
+    pub(crate) fn holds(&self, entries: &BTreeMap<String, String>) -> bool {
+        let target_of = |raw_prefix: &str| match self.skipped.get(raw_prefix) {
+            Some(target) => Some(&**target),
+            None => {
+                let one = canonical_prefix(raw_prefix).ok()?;
+                let route = self.routes.get(&*one)?;
+                (route.raw_prefix() == raw_prefix).then(|| route.raw_target())
+            }
+        };
+        // As many entries, each found with its target: a raw prefix is
+        // routed or skipped, never both, so this is the same set.
+        entries.len() == self.routes.size() + self.skipped.size()
+            && entries
+                .iter()
+                .all(|(p, t)| target_of(p) == Some(t.as_str()))
     }
 
     /// [`apiproxy_shared::content_hash`] of the routed entries as
@@ -187,19 +203,29 @@ impl Snapshot {
         apiproxy_shared::content_hash(
             self.routes
                 .values()
-                .map(|r| (&*r.raw_prefix, &*r.raw_target)),
+                .map(|r| (r.raw_prefix(), r.raw_target())),
         )
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.routes.len()
+    pub fn len(&self) -> usize {
+        self.routes.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Entries skipped because they failed validation, or lost to another
+    /// spelling of their prefix.
+    pub(crate) fn invalid_entries(&self) -> usize {
+        self.skipped.size()
     }
 
     /// Longest prefix of `path` that matches on a segment boundary: the path
     /// equals the prefix or continues with `/` after it. Returns the route
     /// and the rest of the path after the prefix.
     pub fn lookup<'p>(&self, path: &'p str) -> Option<(&Arc<Route>, &'p str)> {
-        if self.routes.is_empty() {
+        if self.is_empty() {
             return None;
         }
         // Candidate ends: the end of the path, then every `/` before it,
@@ -227,78 +253,6 @@ impl Snapshot {
 /// Number of `/`-separated segments in a prefix or path (`/` has none).
 fn depth(path: &str) -> usize {
     path.bytes().filter(|b| *b == b'/').count() - usize::from(path == "/")
-}
-
-impl Route {
-    fn new(
-        prefix: &str,
-        target: &str,
-        metrics: &Metrics,
-    ) -> Result<Route, apiproxy_shared::MappingError> {
-        let mapping = validate_mapping(prefix, target)?;
-        let raw_prefix = prefix;
-        let prefix = mapping.prefix.as_str();
-        let target_raw = target;
-        let target = Target::parse(&mapping.target)?;
-        let host = HeaderValue::from_str(&target.authority).map_err(|_| {
-            apiproxy_shared::MappingError::Target("host is not a valid header value")
-        })?;
-        let invalid = |_| apiproxy_shared::MappingError::Target("not a valid URL");
-        Ok(Route {
-            upstream: HostKey::new(
-                target.scheme.as_str().parse().map_err(invalid)?,
-                target.authority.parse().map_err(invalid)?,
-            ),
-            prefix: Arc::from(prefix),
-            raw_prefix: raw_prefix.into(),
-            host,
-            stats: metrics.prefix(prefix),
-            raw_target: target_raw.into(),
-            target,
-        })
-    }
-
-    /// The upstream request target, in origin form: the target's base path,
-    /// then the rest of the path, then `?` and the raw query. A target with
-    /// its own query sends it first, then `&` and the client's query if it
-    /// is not empty (`/q/rest?key=K&a=1`). Nothing is decoded or
-    /// re-encoded; an empty result path is sent as `/`. The host is
-    /// [`Route::upstream`], never rebuilt per request.
-    pub(crate) fn upstream_target(
-        &self,
-        rest: &str,
-        query: Option<&str>,
-    ) -> Result<Uri, InvalidUri> {
-        let base = &self.target.base_path;
-        let path_len = (base.len() + rest.len()).max(1);
-        let own = self.target.query.as_deref();
-        let query_len = match (own, query) {
-            (None, None) => 0,
-            (None, Some(q)) => q.len() + 1,
-            (Some(own), None | Some("")) => own.len() + 1,
-            (Some(own), Some(q)) => own.len() + q.len() + 2,
-        };
-        // Exactly the length: a `Vec` whose capacity is its length becomes
-        // the URI's `Bytes` as it is; any other costs one more allocation.
-        let mut target = String::with_capacity(path_len + query_len);
-        target.push_str(base);
-        target.push_str(rest);
-        if target.is_empty() {
-            target.push('/');
-        }
-        if let Some(own) = own {
-            target.push('?');
-            target.push_str(own);
-            if let Some(q) = query.filter(|q| !q.is_empty()) {
-                target.push('&');
-                target.push_str(q);
-            }
-        } else if let Some(q) = query {
-            target.push('?');
-            target.push_str(q);
-        }
-        Ok(Uri::from(PathAndQuery::try_from(target)?))
-    }
 }
 
 /// The path as an upstream may read it, when that differs from how it is
@@ -404,10 +358,12 @@ pub(crate) fn has_dot_segment(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Metrics;
+    use apiproxy_shared::validate_mapping;
     use proptest::prelude::*;
 
     fn snapshot(entries: &[(&str, &str)]) -> Snapshot {
-        Snapshot::build(entries.iter().copied(), 1, &Metrics::new())
+        Snapshot::build(entries.iter().copied(), 1)
     }
 
     fn route_for<'p>(s: &Snapshot, path: &'p str) -> Option<(String, &'p str)> {
@@ -454,19 +410,15 @@ mod tests {
 
     #[test]
     fn next_snapshot_shares_unchanged_routes() {
-        let metrics = Metrics::new();
-        let first = Snapshot::build([("/a", "http://a"), ("/b", "http://b")], 1, &metrics);
-        let second = first.next([("/a", "http://a"), ("/b", "http://changed")], 2, &metrics);
+        let first = Snapshot::build([("/a", "http://a"), ("/b", "http://b")], 1);
+        let second = first.next([("/a", "http://a"), ("/b", "http://changed")], 2);
         let (a1, _) = first.lookup("/a").unwrap();
         let (a2, _) = second.lookup("/a").unwrap();
         assert!(Arc::ptr_eq(a1, a2), "unchanged route is shared");
         let (b2, _) = second.lookup("/b").unwrap();
-        assert_eq!(b2.target.to_string(), "http://changed");
+        assert_eq!(b2.raw_target(), "http://changed");
         assert_eq!(second.version, 2);
-        assert!(second
-            .next([("/a", "http://a")], 3, &metrics)
-            .lookup("/b")
-            .is_none());
+        assert!(second.next([("/a", "http://a")], 3).lookup("/b").is_none());
     }
 
     fn raw(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -478,17 +430,11 @@ mod tests {
 
     #[test]
     fn with_change_edits_one_route_and_keeps_counts_exact() {
-        let metrics = Metrics::new();
-        let first = Snapshot::build([("/a", "http://a"), ("/bad", "ftp://x")], 1, &metrics);
-        assert_eq!(first.invalid_entries, 1);
-        let all = raw(&[
-            ("/a", "http://a"),
-            ("/bad", "ftp://x"),
-            ("/b/c", "http://b"),
-        ]);
-        let added = first.with_change("/b/c", Some("http://b"), 2, &all, &metrics);
+        let first = Snapshot::build([("/a", "http://a"), ("/bad", "ftp://x")], 1);
+        assert_eq!(first.invalid_entries(), 1);
+        let added = first.with_change("/b/c", Some("http://b"), 2);
         assert_eq!(
-            (added.len(), added.invalid_entries, added.version),
+            (added.len(), added.invalid_entries(), added.version),
             (2, 1, 2)
         );
         assert!(Arc::ptr_eq(
@@ -496,19 +442,37 @@ mod tests {
             added.lookup("/a").unwrap().0
         ));
         assert_eq!(added.lookup("/b/c/d").unwrap().1, "/d");
-        let all = raw(&[("/bad", "ftp://x"), ("/b/c", "http://b")]);
-        let deleted = added.with_change("/a", None, 3, &all, &metrics);
+        let deleted = added.with_change("/a", None, 3);
         assert!(deleted.lookup("/a").is_none());
-        let all = raw(&[("/bad", "http://ok"), ("/b/c", "http://b")]);
-        let fixed = deleted.with_change("/bad", Some("http://ok"), 4, &all, &metrics);
-        assert_eq!((fixed.len(), fixed.invalid_entries), (2, 0));
-        let all = raw(&[("/a", "nope"), ("/bad", "http://ok"), ("/b/c", "http://b")]);
-        let broken = fixed.with_change("/a", Some("nope"), 5, &all, &metrics);
-        assert_eq!((broken.len(), broken.invalid_entries), (2, 1));
+        let fixed = deleted.with_change("/bad", Some("http://ok"), 4);
+        assert_eq!((fixed.len(), fixed.invalid_entries()), (2, 0));
+        let broken = fixed.with_change("/a", Some("nope"), 5);
+        assert_eq!((broken.len(), broken.invalid_entries()), (2, 1));
         assert!(Arc::ptr_eq(
             fixed.lookup("/b/c").unwrap().0,
             broken.lookup("/b/c").unwrap().0
         ));
+        // The snapshot alone says what the source holds, skipped entries
+        // included: a full read of exactly that needs no new snapshot.
+        let held = raw(&[("/a", "nope"), ("/bad", "http://ok"), ("/b/c", "http://b")]);
+        assert!(broken.holds(&held));
+        assert_eq!(
+            broken.entries().collect::<BTreeMap<_, _>>(),
+            held.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect()
+        );
+        for differs in [
+            raw(&[("/a", "nope"), ("/bad", "http://ok")]),
+            raw(&[("/a", "nope2"), ("/bad", "http://ok"), ("/b/c", "http://b")]),
+            raw(&[("/a", "nope"), ("/bad", "http://ok"), ("/b/c/", "http://b")]),
+            raw(&[
+                ("/a", "nope"),
+                ("/bad", "http://ok"),
+                ("/b/c", "http://b"),
+                ("/d", "http://d"),
+            ]),
+        ] {
+            assert!(!broken.holds(&differs), "{differs:?}");
+        }
     }
 
     #[test]
@@ -518,7 +482,7 @@ mod tests {
             ("/café", "http://c"),
             ("/日本/v1/", "http://j"),
         ]);
-        assert_eq!((s.len(), s.invalid_entries), (3, 0));
+        assert_eq!((s.len(), s.invalid_entries()), (3, 0));
         assert_eq!(route_for(&s, "/trail/x"), Some(("/trail".into(), "/x")));
         assert_eq!(route_for(&s, "/trail/"), Some(("/trail".into(), "/")));
         assert_eq!(route_for(&s, "/trail"), Some(("/trail".into(), "")));
@@ -538,7 +502,7 @@ mod tests {
         assert_eq!(route.upstream_target(rest, None).unwrap(), "/base/x");
         // Nodes report stats under the one spelling, and the hash of what
         // the hash holds, as configured.
-        assert_eq!(&**route.stats.prefix(), "/trail");
+        assert_eq!(&**route.stats(&Metrics::new()).prefix(), "/trail");
         assert_eq!(
             s.content_hash(),
             apiproxy_shared::content_hash([
@@ -551,7 +515,6 @@ mod tests {
 
     #[test]
     fn two_spellings_of_one_prefix_are_decided_the_same_in_any_order() {
-        let metrics = Metrics::new();
         for (entries, kept) in [
             (
                 vec![("/trail/", "http://slash"), ("/trail", "http://one")],
@@ -576,12 +539,12 @@ mod tests {
                 "/caf%C3%A9/",
             ),
         ] {
-            let s = Snapshot::build(entries.iter().copied(), 1, &metrics);
+            let s = Snapshot::build(entries.iter().copied(), 1);
             let (route, _) = s.lookup(&canonical_prefix(kept).unwrap()).unwrap();
-            assert_eq!(&*route.raw_prefix, kept, "{entries:?}");
+            assert_eq!(route.raw_prefix(), kept, "{entries:?}");
             let target = entries.iter().find(|e| e.0 == kept).unwrap().1;
-            assert_eq!(route.target.to_string(), target, "{entries:?}");
-            assert_eq!((s.len(), s.invalid_entries), (1, entries.len() - 1));
+            assert_eq!(route.raw_target(), target, "{entries:?}");
+            assert_eq!((s.len(), s.invalid_entries()), (1, entries.len() - 1));
             assert_eq!(
                 s.content_hash(),
                 apiproxy_shared::content_hash([(kept, target)])
@@ -591,45 +554,37 @@ mod tests {
 
     #[test]
     fn a_change_between_two_spellings_rebuilds_from_all_entries() {
-        let metrics = Metrics::new();
-        let first = Snapshot::build(
-            [("/trail/", "http://slash"), ("/x", "http://x")],
-            1,
-            &metrics,
-        );
+        let first = Snapshot::build([("/trail/", "http://slash"), ("/x", "http://x")], 1);
         // The one spelling arrives: it wins, the other becomes invalid.
-        let all = raw(&[
-            ("/trail/", "http://slash"),
-            ("/trail", "http://one"),
-            ("/x", "http://x"),
-        ]);
-        let added = first.with_change("/trail", Some("http://one"), 2, &all, &metrics);
-        assert_eq!((added.len(), added.invalid_entries), (2, 1));
+        let added = first.with_change("/trail", Some("http://one"), 2);
+        assert_eq!((added.len(), added.invalid_entries()), (2, 1));
         assert_eq!(
-            added.lookup("/trail/a").unwrap().0.target.to_string(),
+            added.lookup("/trail/a").unwrap().0.raw_target(),
             "http://one"
         );
         // It goes: the other spelling routes again.
-        let all = raw(&[("/trail/", "http://slash"), ("/x", "http://x")]);
-        let deleted = added.with_change("/trail", None, 3, &all, &metrics);
-        assert_eq!((deleted.len(), deleted.invalid_entries), (2, 0));
+        let deleted = added.with_change("/trail", None, 3);
+        assert_eq!((deleted.len(), deleted.invalid_entries()), (2, 0));
         assert_eq!(
-            deleted.lookup("/trail/a").unwrap().0.target.to_string(),
+            deleted.lookup("/trail/a").unwrap().0.raw_target(),
             "http://slash"
         );
         assert_eq!(deleted.version, 3);
         // Without other spellings, a change shares the untouched routes.
-        let plain = Snapshot::build([("/a", "http://a")], 1, &metrics);
-        let all = raw(&[("/a", "http://a"), ("/b", "http://b")]);
-        let changed = plain.with_change("/b", Some("http://b"), 2, &all, &metrics);
+        let plain = Snapshot::build([("/a", "http://a")], 1);
+        let changed = plain.with_change("/b", Some("http://b"), 2);
         assert!(!changed.aliased);
-        assert_eq!((changed.len(), changed.invalid_entries), (2, 0));
+        assert_eq!((changed.len(), changed.invalid_entries()), (2, 0));
     }
 
     /// The upstream URL a request for `path` with query `q` goes to.
     fn upstream_url(s: &Snapshot, path: &str, q: Option<&str>) -> String {
         let (r, rest) = s.lookup(path).unwrap();
-        format!("{}{}", r.upstream, r.upstream_target(rest, q).unwrap())
+        format!(
+            "{}{}",
+            r.upstream().key,
+            r.upstream_target(rest, q).unwrap()
+        )
     }
 
     #[test]
@@ -685,7 +640,7 @@ mod tests {
             ("/bad", "ftp://c"),
         ]);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.invalid_entries, 2);
+        assert_eq!(s.invalid_entries(), 2);
     }
 
     #[test]
@@ -847,9 +802,9 @@ mod tests {
     /// counts the rest as invalid, and hashes the routed entries as they
     /// are written.
     fn check_table(entries: &[(String, String)]) -> Result<Snapshot, TestCaseError> {
-        let snapshot = Snapshot::build(entries.iter().cloned(), 1, &Metrics::new());
+        let snapshot = Snapshot::build(entries.iter().cloned(), 1);
         let routed = Routed::of(entries);
-        prop_assert_eq!(snapshot.invalid_entries, routed.invalid);
+        prop_assert_eq!(snapshot.invalid_entries(), routed.invalid);
         prop_assert_eq!(snapshot.len(), routed.routes.len());
         prop_assert_eq!(
             snapshot.content_hash(),
@@ -920,7 +875,7 @@ mod tests {
         };
         prop_assert_eq!(rest, own_rest);
         let target_uri = route.upstream_target(rest, query).map_err(fail)?;
-        let uri = format!("{}{target_uri}", route.upstream);
+        let uri = format!("{}{target_uri}", route.upstream().key);
         let mut upstream_path = format!("{}{rest}", target.base_path);
         if upstream_path.is_empty() {
             upstream_path.push('/');
@@ -1108,6 +1063,39 @@ mod tests {
     #[test]
     fn request_target_corpus_lenient_upstream() {
         replay_request_corpus(Reading::Lenient);
+    }
+
+    proptest! {
+        /// One change at a time, from a one-field read, routes exactly
+        /// what a full read of the same entries builds.
+        #[test]
+        fn changes_one_by_one_equal_a_full_build(
+            (start, changes) in (table(), proptest::collection::vec((0..8usize, proptest::option::of(0..4usize)), 1..12))
+        ) {
+            let prefixes = ["/a", "/a/b", "/trail", "/trail/", "/caf%C3%A9", "/café", "nope", "/"];
+            let targets = ["http://one", "https://two/base/", "ftp://bad", "http://q?key=K"];
+            let mut held: BTreeMap<String, String> = start.iter().cloned().collect();
+            let mut snapshot = Snapshot::build(&held, 1);
+            for (version, (p, t)) in (2..).zip(changes) {
+                let (prefix, target) = (prefixes[p], t.map(|t| targets[t]));
+                match target {
+                    Some(target) => held.insert(prefix.to_owned(), target.to_owned()),
+                    None => held.remove(prefix),
+                };
+                snapshot = snapshot.with_change(prefix, target, version);
+                prop_assert!(snapshot.holds(&held));
+                let full = Snapshot::build(&held, version);
+                prop_assert_eq!(snapshot.len(), full.len());
+                prop_assert_eq!(snapshot.invalid_entries(), full.invalid_entries());
+                prop_assert_eq!(snapshot.content_hash(), full.content_hash());
+                for (one, _) in full.entries() {
+                    let path = format!("{}/x", canonical_prefix(one).unwrap_or_default());
+                    let a = snapshot.lookup(&path).map(|(r, rest)| (r.raw_prefix(), r.raw_target(), rest));
+                    let b = full.lookup(&path).map(|(r, rest)| (r.raw_prefix(), r.raw_target(), rest));
+                    prop_assert_eq!(a, b);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -89,7 +89,7 @@ impl RoutingState {
 
     /// Swaps in a new snapshot whole and updates the config gauges.
     pub(crate) fn apply(&self, snapshot: Snapshot) {
-        let (version, invalid) = (snapshot.version, snapshot.invalid_entries);
+        let (version, invalid) = (snapshot.version, snapshot.invalid_entries());
         info!(
             version,
             mappings = snapshot.len(),

@@ -14,7 +14,7 @@ pub mod update;
 pub use content_hash::content_hash;
 pub use mapping::{
     canonical_prefix, loggable_target, validate_mapping, validate_prefix, Mapping, MappingError,
-    Scheme, Target,
+    Scheme, Target, TargetParts,
 };
 pub use redis_keys::{RedisKeys, FAILED_KEPT};
 pub use stats::{EndpointDelta, FailedRequest, Gauges, KeyUsage, StatsBatch};

@@ -65,6 +65,41 @@ impl Target {
     /// [`MAX_TARGET_LEN`] bytes. A trailing `/` of the path is dropped, and
     /// so is an empty query (a bare `?`).
     pub fn parse(raw: &str) -> Result<Target, MappingError> {
+        let parts = TargetParts::parse(raw)?;
+        Ok(Target {
+            scheme: parts.scheme,
+            authority: parts.authority.to_ascii_lowercase(),
+            base_path: parts.base_path.to_owned(),
+            query: parts.query.map(str::to_owned),
+        })
+    }
+
+    /// Host without port or IPv6 brackets, as used for DNS and TLS SNI.
+    pub fn host(&self) -> &str {
+        let a = self.authority.as_str();
+        if let Some(rest) = a.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        a.rsplit_once(':').map_or(a, |(h, _)| h)
+    }
+}
+
+/// A target URL's parts as [`Target::parse`] validates them, borrowed from
+/// the URL as written (the authority keeps its case): what a holder of the
+/// written URL keeps instead of a second copy of its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetParts<'a> {
+    pub scheme: Scheme,
+    pub authority: &'a str,
+    /// Empty, or begins with `/` and does not end with `/`.
+    pub base_path: &'a str,
+    /// Never empty.
+    pub query: Option<&'a str>,
+}
+
+impl<'a> TargetParts<'a> {
+    /// Validates `raw` as [`Target::parse`] does.
+    pub fn parse(raw: &'a str) -> Result<TargetParts<'a>, MappingError> {
         use MappingError::Target as E;
         if raw.is_empty() {
             return Err(E("must not be empty"));
@@ -103,22 +138,12 @@ impl Target {
         if !query.unwrap_or("").bytes().all(is_query_byte) {
             return Err(E("query contains characters not allowed in a URL query"));
         }
-        let base_path = path.trim_end_matches('/');
-        Ok(Target {
+        Ok(TargetParts {
             scheme,
-            authority: authority.to_ascii_lowercase(),
-            base_path: base_path.to_owned(),
-            query: query.filter(|q| !q.is_empty()).map(str::to_owned),
+            authority,
+            base_path: path.trim_end_matches('/'),
+            query: query.filter(|q| !q.is_empty()),
         })
-    }
-
-    /// Host without port or IPv6 brackets, as used for DNS and TLS SNI.
-    pub fn host(&self) -> &str {
-        let a = self.authority.as_str();
-        if let Some(rest) = a.strip_prefix('[') {
-            return rest.split(']').next().unwrap_or(rest);
-        }
-        a.rsplit_once(':').map_or(a, |(h, _)| h)
     }
 }
 

@@ -196,9 +196,11 @@ async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str
 }
 
 /// A Redis holding `/a` (routed to an echo upstream) and a node following
-/// it that resyncs every `resync`, once the node routes `/a`.
+/// it that checks the version every `resync` and reads everything every
+/// `full_resync`, once the node routes `/a`.
 async fn redis_node(
     resync: &str,
+    full_resync: &str,
 ) -> (
     RedisServer,
     redis::aio::MultiplexedConnection,
@@ -211,7 +213,13 @@ async fn redis_node(
     let mut conn = redis.conn().await;
     let up = upstream::http(echo_handler()).await;
     upsert(&mut conn, &keys, "/a", &up.url()).await;
-    let dp = DataPlane::start_redis(&redis.url(), &[("API_PROXY_RESYNC_INTERVAL", resync)]);
+    let dp = DataPlane::start_redis(
+        &redis.url(),
+        &[
+            ("API_PROXY_RESYNC_INTERVAL", resync),
+            ("API_PROXY_FULL_RESYNC_INTERVAL", full_resync),
+        ],
+    );
     dp.wait_status("/a/x", 200).await;
     (redis, conn, keys, up, dp)
 }
@@ -225,7 +233,7 @@ async fn redis_node(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_announcements_is_one_read() {
     const BURST: usize = 20;
-    let (_redis, mut conn, keys, up, dp) = redis_node("10m").await;
+    let (_redis, mut conn, keys, up, dp) = redis_node("10m", "10m").await;
     let before = full_reads(&mut conn).await;
 
     let mut burst = redis::pipe();
@@ -263,15 +271,38 @@ async fn a_burst_of_announcements_is_one_read() {
     );
 }
 
-/// README, Redis mode: a resync every `API_PROXY_RESYNC_INTERVAL` is
-/// "applied only when the content changed". Resyncs that read the same
-/// content (counted by Redis) apply nothing: no reload is counted, no
-/// "mappings applied" logged; the first one after a direct `HSET` applies
-/// it.
+/// README, Redis mode: the resync every `API_PROXY_RESYNC_INTERVAL` reads
+/// only the version, one `GET`, while nothing changed: five of them cost
+/// Redis no read of the hashes (counted by Redis itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_that_finds_nothing_changed_applies_nothing() {
+async fn a_resync_reads_only_the_version_while_nothing_changed() {
+    let (redis, mut conn, _keys, _up, dp) = redis_node("100ms", "10m").await;
+    let (reads, gets) = (
+        full_reads(&mut conn).await,
+        redis_calls(&mut conn, "get").await,
+    );
+    eventually("five resyncs", Duration::from_secs(10), || async {
+        let mut conn = redis.conn().await;
+        (redis_calls(&mut conn, "get").await >= gets + 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        full_reads(&mut conn).await,
+        reads,
+        "a resync read the hashes"
+    );
+    assert_eq!(dp.metric("apiproxy_config_version").await, 1.0);
+}
+
+/// README, Redis mode: the full re-read every
+/// `API_PROXY_FULL_RESYNC_INTERVAL` is "applied only when the content
+/// changed". Full re-reads of the same content (counted by Redis) apply
+/// nothing: no reload is counted, no "mappings applied" logged; the first
+/// one after a direct `HSET` (no version bump, no announcement) applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_resync_that_finds_nothing_changed_applies_nothing() {
     const OK: &str = r#"apiproxy_config_reloads_total{result="ok"}"#;
-    let (redis, mut conn, keys, up, dp) = redis_node("200ms").await;
+    let (redis, mut conn, keys, up, dp) = redis_node("10m", "200ms").await;
     // The log is read by another thread: what it shows may lag a moment
     // (the reload counter, read first below, does not).
     let applied = |n: usize| {
@@ -293,7 +324,7 @@ async fn a_resync_that_finds_nothing_changed_applies_nothing() {
     assert_eq!(dp.metric(OK).await, 1.0);
 
     let before = full_reads(&mut conn).await;
-    eventually("five resyncs", Duration::from_secs(10), || async {
+    eventually("five full resyncs", Duration::from_secs(10), || async {
         let mut conn = redis.conn().await;
         (full_reads(&mut conn).await >= before + 5).then_some(())
     })
@@ -310,8 +341,8 @@ async fn a_resync_that_finds_nothing_changed_applies_nothing() {
     );
     assert_eq!(dp.metric("apiproxy_config_version").await, 1.0);
 
-    // A change with no version bump and no announcement: the next resync
-    // applies it, once.
+    // A change with no version bump and no announcement: the next full
+    // resync applies it, once.
     hset_plain(&mut conn, &keys, "/c", &up.url()).await;
     dp.wait_status("/c/x", 200).await;
     dp.wait_metric(OK, 2.0).await;
@@ -325,7 +356,7 @@ async fn a_resync_that_finds_nothing_changed_applies_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_or_older_announcements_are_ignored_and_a_gap_re_reads() {
     const IGNORED: &str = "apiproxy_config_announcements_ignored_total";
-    let (_redis, mut conn, keys, up, dp) = redis_node("10m").await;
+    let (_redis, mut conn, keys, up, dp) = redis_node("10m", "10m").await;
     let version = upsert(&mut conn, &keys, "/b", &up.url()).await;
     dp.wait_status("/b/x", 200).await;
     let (hgetall, hget) = (

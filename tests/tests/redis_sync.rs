@@ -217,7 +217,12 @@ async fn data_written_the_go_way_and_direct_edits_are_picked_up() {
     let up = upstream::http(echo_handler()).await;
     // The Go version: a plain hash, no version key, "mapping_added" announcements.
     hset_plain(&mut conn, &keys, "/go", &up.url()).await;
-    let node = DataPlane::start_redis(&redis.url(), &[FAST_RESYNC]);
+    // No control plane watches here: the node's own full re-read finds
+    // direct edits.
+    let node = DataPlane::start_redis(
+        &redis.url(),
+        &[FAST_RESYNC, ("API_PROXY_FULL_RESYNC_INTERVAL", "300ms")],
+    );
     node.wait_status("/go/x", 200).await;
     assert_eq!(node.metric("apiproxy_config_version").await, 0.0);
 
@@ -226,7 +231,7 @@ async fn data_written_the_go_way_and_direct_edits_are_picked_up() {
     node.wait_status("/added/x", 200).await;
 
     // An edit straight in Redis, no version bump, no announcement: the
-    // periodic resync finds it.
+    // periodic full re-read finds it.
     hdel_plain(&mut conn, &keys, "/go").await;
     node.wait_status("/go/x", 404).await;
 
@@ -347,4 +352,59 @@ async fn rediss_with_a_private_ca() {
     // Changes follow over TLS too.
     upsert(&mut redis.conn().await, &keys, "/tls2", &up.url()).await;
     node.wait_status("/tls2/x", 200).await;
+}
+
+/// README, Redis mode: the control plane compares the hashes every
+/// `API_PROXY_RESYNC_INTERVAL` and announces an edit made straight in
+/// Redis (no version bump, no announcement) with a bumped version and a
+/// `replace`: nodes whose own full re-read is minutes away route it at
+/// once, and a change made through the API is not announced twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_announces_direct_edits_for_the_fleet() {
+    let redis = RedisServer::start();
+    let keys = RedisKeys::default();
+    let mut conn = redis.conn().await;
+    let up = upstream::http(echo_handler()).await;
+    let version = upsert(&mut conn, &keys, "/a", &up.url()).await;
+    let cp = apiproxy_tests::controlplane::ControlPlane::start(
+        &redis.url(),
+        &[("API_PROXY_RESYNC_INTERVAL", "200ms")],
+    );
+    let node = DataPlane::start_redis(
+        &redis.url(),
+        &[
+            ("API_PROXY_RESYNC_INTERVAL", "10m"),
+            ("API_PROXY_FULL_RESYNC_INTERVAL", "10m"),
+        ],
+    );
+    node.wait_status("/a/x", 200).await;
+
+    // A change through the API bumps the version itself: the watcher has
+    // nothing to add.
+    assert_eq!(cp.create("/api", &up.url()).await.status, 201);
+    node.wait_status("/api/x", 200).await;
+    let announced = |cp: &apiproxy_tests::controlplane::ControlPlane| {
+        cp.logs()
+            .iter()
+            .filter(|l| l.contains("without a version bump"))
+            .count()
+    };
+    // Two watcher intervals at least, to see it stay quiet.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(announced(&cp), 0, "an API change was announced again");
+    assert_eq!(
+        node.metric("apiproxy_config_version").await,
+        (version + 1) as f64
+    );
+
+    // Straight into the hash: routed once the control plane has seen it.
+    hset_plain(&mut conn, &keys, "/direct", &up.url()).await;
+    node.wait_status("/direct/x", 200).await;
+    hdel_plain(&mut conn, &keys, "/a").await;
+    node.wait_status("/a/x", 404).await;
+    assert_eq!(announced(&cp), 2);
+    assert_eq!(
+        node.metric("apiproxy_config_version").await,
+        (version + 3) as f64
+    );
 }

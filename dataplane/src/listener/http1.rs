@@ -480,7 +480,7 @@ mod tests {
     fn proxy(origin: SocketAddr) -> Arc<Proxy> {
         let state = Arc::new(RoutingState::new(Metrics::new()));
         let target = format!("http://{origin}");
-        state.apply(Snapshot::build([("/up", target)], 1, &state.metrics));
+        state.apply(Snapshot::build([("/up", target)], 1));
         let upstream = Upstream::new(&UpstreamSettings {
             policy: TargetPolicy::Any,
             connect_timeout: WAIT,
