@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::dataplane::{binary, wait_exit};
-use crate::TempDir;
+use crate::{free_port, TempDir};
 
 /// The node token the deployment tests hand the binaries.
 pub const NODE_TOKEN: &str = "deploy-test-node-token-0123456789";
@@ -37,7 +37,8 @@ pub fn read(rel: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Every document of a YAML stream (split on `---` lines), as JSON values.
+/// Every document of a YAML stream (split on `---` lines), as JSON values,
+/// with merge keys (`<<: *anchor`) applied as compose applies them.
 pub fn parse_yaml_stream(text: &str, what: &str) -> Vec<Value> {
     let mut docs = vec![String::new()];
     for line in text.lines() {
@@ -51,8 +52,12 @@ pub fn parse_yaml_stream(text: &str, what: &str) -> Vec<Value> {
     }
     docs.iter()
         .map(|doc| {
-            serde_yaml_ng::from_str::<Value>(doc)
-                .unwrap_or_else(|e| panic!("{what}: invalid YAML: {e}"))
+            let mut yaml = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(doc)
+                .unwrap_or_else(|e| panic!("{what}: invalid YAML: {e}"));
+            yaml.apply_merge()
+                .unwrap_or_else(|e| panic!("{what}: invalid merge key: {e}"));
+            serde_yaml_ng::from_value::<Value>(yaml)
+                .unwrap_or_else(|e| panic!("{what}: not JSON-like YAML: {e}"))
         })
         .filter(|v| !v.is_null())
         .collect()
@@ -360,6 +365,74 @@ fn test_binary_name() -> String {
 
 pub fn compose() -> Value {
     yaml("docker-compose.yml")
+}
+
+/// A `redis-server --sentinel` child process from a configuration file's
+/// text, on its own free port; killed on drop. Sentinel rewrites its file,
+/// so the file is a copy in the sentinel's own directory.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Sentinel {
+    /// Starts `redis-server <conf> --sentinel` plus `args`; the port, the
+    /// address and the log file are given on the command line.
+    pub fn start(conf: &str, args: &[&str]) -> Sentinel {
+        let dir = TempDir::new("sentinel");
+        let file = dir.path("sentinel.conf");
+        let log = dir.path("sentinel.log");
+        // Redis has no "port 0": retry if another process takes the port.
+        for _ in 0..5 {
+            std::fs::write(&file, conf).expect("write sentinel.conf");
+            let _ = std::fs::remove_file(&log);
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .arg(&file)
+                .arg("--sentinel")
+                .args(args)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--dir", dir.0.to_str().unwrap()])
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server --sentinel");
+            // A sentinel logs its monitor line once it listens.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: port taken, or a configuration error
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("+monitor master") {
+                    return Sentinel {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("redis-server --sentinel did not start: {log}");
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // --- deploy/k8s ----------------------------------------------------------------
