@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::dataplane::{binary, wait_exit};
-use crate::{free_port, TempDir};
+use crate::TempDir;
 
 /// The node token the deployment tests hand the binaries.
 pub const NODE_TOKEN: &str = "deploy-test-node-token-0123456789";
@@ -365,74 +365,6 @@ fn test_binary_name() -> String {
 
 pub fn compose() -> Value {
     yaml("docker-compose.yml")
-}
-
-/// A `redis-server --sentinel` child process from a configuration file's
-/// text, on its own free port; killed on drop. Sentinel rewrites its file,
-/// so the file is a copy in the sentinel's own directory.
-pub struct Sentinel {
-    child: Child,
-    pub port: u16,
-    _dir: TempDir,
-}
-
-impl Sentinel {
-    /// Starts `redis-server <conf> --sentinel` plus `args`; the port, the
-    /// address and the log file are given on the command line.
-    pub fn start(conf: &str, args: &[&str]) -> Sentinel {
-        let dir = TempDir::new("sentinel");
-        let file = dir.path("sentinel.conf");
-        let log = dir.path("sentinel.log");
-        // Redis has no "port 0": retry if another process takes the port.
-        for _ in 0..5 {
-            std::fs::write(&file, conf).expect("write sentinel.conf");
-            let _ = std::fs::remove_file(&log);
-            let port = free_port();
-            let mut child = Command::new("redis-server")
-                .arg(&file)
-                .arg("--sentinel")
-                .args(args)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--dir", dir.0.to_str().unwrap()])
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server --sentinel");
-            // A sentinel logs its monitor line once it listens.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // exited: port taken, or a configuration error
-                }
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("+monitor master") {
-                    return Sentinel {
-                        child,
-                        port,
-                        _dir: dir,
-                    };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("redis-server --sentinel did not start: {log}");
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // --- deploy/k8s ----------------------------------------------------------------

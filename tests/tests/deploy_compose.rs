@@ -14,7 +14,7 @@ use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
 use apiproxy_tests::dataplane::binary;
 use apiproxy_tests::deploy::{
     accepted, as_refs, assert_accepted, binary_of, compose, duration, read, repo, run,
-    run_healthcheck, s, Sentinel, NODE_TOKEN, PROXY_PORT,
+    run_healthcheck, s, NODE_TOKEN, PROXY_PORT,
 };
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, echo_handler};
@@ -679,8 +679,10 @@ async fn compose_sentinel_set_fails_over_as_compose_configures_it() {
     let replica = RedisServer::start_with_config(&replica_conf);
     let sentinel_conf = sentinel_profile_config(&compose, "sentinel-1", &vars)
         .replace("redis-primary 6379", &format!("127.0.0.1 {}", primary.port));
-    let sentinels: Vec<Sentinel> = (0..3)
-        .map(|_| Sentinel::start(&sentinel_conf, &["--sentinel", "announce-ip", "127.0.0.1"]))
+    let sentinels: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_sentinel(&sentinel_conf, &["--sentinel", "announce-ip", "127.0.0.1"])
+        })
         .collect();
 
     let conn = |port: u16, auth: bool| async move {
