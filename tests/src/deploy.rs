@@ -37,7 +37,8 @@ pub fn read(rel: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Every document of a YAML stream (split on `---` lines), as JSON values.
+/// Every document of a YAML stream (split on `---` lines), as JSON values,
+/// with merge keys (`<<: *anchor`) applied as compose applies them.
 pub fn parse_yaml_stream(text: &str, what: &str) -> Vec<Value> {
     let mut docs = vec![String::new()];
     for line in text.lines() {
@@ -51,8 +52,12 @@ pub fn parse_yaml_stream(text: &str, what: &str) -> Vec<Value> {
     }
     docs.iter()
         .map(|doc| {
-            serde_yaml_ng::from_str::<Value>(doc)
-                .unwrap_or_else(|e| panic!("{what}: invalid YAML: {e}"))
+            let mut yaml = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(doc)
+                .unwrap_or_else(|e| panic!("{what}: invalid YAML: {e}"));
+            yaml.apply_merge()
+                .unwrap_or_else(|e| panic!("{what}: invalid merge key: {e}"));
+            serde_yaml_ng::from_value::<Value>(yaml)
+                .unwrap_or_else(|e| panic!("{what}: not JSON-like YAML: {e}"))
         })
         .filter(|v| !v.is_null())
         .collect()

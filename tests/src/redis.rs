@@ -19,14 +19,14 @@ use crate::{free_port, TempDir};
 /// process took the port first, the connection reaches that one while
 /// Redis fails to bind and exits. So its log is read: it says it is ready
 /// only once it listens.
-fn wait_until_listening(child: &mut Child, log: &std::path::Path) -> bool {
+fn wait_until_listening(child: &mut Child, log: &std::path::Path, ready: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return false; // exited: port taken
         }
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains("Ready to accept connections") {
+        if text.contains(ready) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -46,6 +46,8 @@ pub struct RedisServer {
     /// A configuration file, read as it is: persistence is left as it says.
     config: Option<PathBuf>,
     tls: bool,
+    /// `redis-server --sentinel`: a Sentinel from `config`.
+    sentinel: bool,
     /// Certificate files of a TLS server, removed with it.
     _files: Option<TempDir>,
 }
@@ -71,16 +73,37 @@ impl RedisServer {
         RedisServer::start_in(dir, Some(file), &[], false)
     }
 
+    /// A Sentinel (`redis-server <conf> --sentinel`, plus `args`) from the
+    /// configuration file `conf` (its text), as a deployment would mount
+    /// it; it rewrites the file, which is its own copy.
+    pub fn start_sentinel(conf: &str, args: &[&str]) -> RedisServer {
+        let dir = TempDir::new("sentinel");
+        let file = dir.path("sentinel.conf");
+        std::fs::write(&file, conf).expect("write sentinel.conf");
+        let mut server = RedisServer::unstarted(dir, Some(file), args, false);
+        server.sentinel = true;
+        server.start_on_a_free_port()
+    }
+
     fn start_in(dir: TempDir, config: Option<PathBuf>, args: &[&str], tls: bool) -> RedisServer {
-        let mut server = RedisServer {
+        RedisServer::unstarted(dir, config, args, tls).start_on_a_free_port()
+    }
+
+    fn unstarted(dir: TempDir, config: Option<PathBuf>, args: &[&str], tls: bool) -> RedisServer {
+        RedisServer {
             child: None,
             port: 0,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
             config,
             tls,
+            sentinel: false,
             _files: None,
-        };
+        }
+    }
+
+    fn start_on_a_free_port(self) -> RedisServer {
+        let mut server = self;
         // Redis has no "port 0": pick a free port; retry if another process
         // takes it between our probe and Redis's bind.
         for _ in 0..5 {
@@ -133,6 +156,9 @@ impl RedisServer {
             Some(file) => cmd.arg(file),
             None => cmd.args(["--save", "", "--appendonly", "no"]),
         };
+        if self.sentinel {
+            cmd.arg("--sentinel");
+        }
         let child = cmd
             .args(ports)
             .args(["--bind", "127.0.0.1"])
@@ -145,7 +171,14 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        wait_until_listening(self.child.insert(child), &log)
+        // A Sentinel logs no "ready" line: its first monitor line comes
+        // once it listens.
+        let ready = if self.sentinel {
+            "+monitor master"
+        } else {
+            "Ready to accept connections"
+        };
+        wait_until_listening(self.child.insert(child), &log, ready)
     }
 
     pub fn url(&self) -> String {

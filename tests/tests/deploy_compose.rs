@@ -115,6 +115,19 @@ fn compose_vars(redis_password: &str) -> HashMap<String, String> {
     ])
 }
 
+/// The services of the `sentinel` profile: the Sentinel set, then the
+/// planes of the default stack on it (`<default name>-sentinel`).
+const SENTINEL_PROFILE: [&str; 8] = [
+    "redis-primary",
+    "redis-replica",
+    "sentinel-1",
+    "sentinel-2",
+    "sentinel-3",
+    "controlplane-init-sentinel",
+    "controlplane-sentinel",
+    "dataplane-sentinel",
+];
+
 /// The apiproxy services of the compose file, with the binary each runs.
 fn compose_apiproxy_services(compose: &Value) -> Vec<(String, &'static str)> {
     compose["services"]
@@ -141,7 +154,7 @@ fn compose_file_has_the_topology_and_only_settings_the_binaries_read() {
         assert!(services.contains_key(name), "service {name} missing");
     }
     let ours = compose_apiproxy_services(&compose);
-    assert_eq!(ours.len(), 3, "{ours:?}");
+    assert_eq!(ours.len(), 6, "{ours:?}");
 
     // Every setting on an apiproxy service is read by its binary, and the
     // pass-through ones (no value) too.
@@ -195,19 +208,14 @@ fn compose_file_has_the_topology_and_only_settings_the_binaries_read() {
 
     // Two data-plane replicas, health checks, restart policies, ordering.
     assert_eq!(services["dataplane"]["deploy"]["replicas"], 2);
-    for name in [
-        "redis",
-        "controlplane",
-        "dataplane",
-        "prometheus",
-        "grafana",
-    ] {
-        assert_eq!(
-            services[name]["restart"], "unless-stopped",
-            "{name} restart policy"
-        );
+    for (name, svc) in services {
+        let restart = if name.starts_with("controlplane-init") {
+            "no"
+        } else {
+            "unless-stopped"
+        };
+        assert_eq!(svc["restart"], restart, "{name} restart policy");
     }
-    assert_eq!(services["controlplane-init"]["restart"], "no");
     for name in ["redis", "controlplane", "dataplane", "prometheus"] {
         assert!(
             services[name]["healthcheck"]["test"].is_array(),
@@ -239,15 +247,14 @@ fn compose_file_has_the_topology_and_only_settings_the_binaries_read() {
         "service_healthy"
     );
 
-    // Monitoring only with its profile.
+    // Monitoring and the Sentinel set only with their profiles.
     for (name, svc) in services {
-        let monitoring = matches!(name.as_str(), "prometheus" | "grafana");
-        assert_eq!(
-            svc["profiles"] == json!(["monitoring"]),
-            monitoring,
-            "{name}: profiles {}",
-            svc["profiles"]
-        );
+        let profiles = match name.as_str() {
+            "prometheus" | "grafana" => json!(["monitoring"]),
+            _ if SENTINEL_PROFILE.contains(&name.as_str()) => json!(["sentinel"]),
+            _ => Value::Null,
+        };
+        assert_eq!(svc["profiles"], profiles, "{name}: profiles");
     }
 
     // Docker must not SIGKILL a draining data plane.
@@ -471,4 +478,284 @@ async fn compose_settings_boot_the_real_binaries() {
         (ids.contains("compose-dp-1") && ids.contains("compose-dp-2")).then_some(())
     })
     .await;
+}
+
+/// The `configs` file a Redis service of the sentinel profile starts from:
+/// its command copies the mounted file into its volume (once) and runs the
+/// copy. Returns the file's text after interpolation.
+fn sentinel_profile_config(
+    compose: &Value,
+    service: &str,
+    vars: &HashMap<String, String>,
+) -> String {
+    let svc = &compose["services"][service];
+    let mount = &svc["configs"][0];
+    let (source, target) = (s(&mount["source"]), s(&mount["target"]));
+    let script = s(&svc["command"][2]);
+    let copy = format!("/data/{}", target.rsplit('/').next().unwrap());
+    assert_eq!(
+        (&svc["command"][0], &svc["command"][1]),
+        (&json!("sh"), &json!("-c")),
+        "{service}"
+    );
+    assert!(
+        script.starts_with(&format!(
+            "[ -f {copy} ] || cp {target} {copy}; exec docker-entrypoint.sh redis-server {copy}"
+        )),
+        "{service}: {script}"
+    );
+    interpolate(s(&compose["configs"][source]["content"]), vars).unwrap()
+}
+
+/// The `sentinel` profile is the default stack's planes on a Sentinel set:
+/// the same services but for the Redis URL, which names the three
+/// sentinels and the master the sentinels monitor, with a quorum of 2.
+#[test]
+fn compose_sentinel_profile_is_the_default_planes_on_a_sentinel_set() {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    let vars = compose_vars("pw");
+    let admin_port = accepted("apiproxy-controlplane").default_port("API_PROXY_ADMIN_LISTEN");
+
+    // The sentinels: one file, quorum 2 of 3, the primary by its service
+    // name (resolved, so resolve-hostnames comes first), its password.
+    let sentinels = ["sentinel-1", "sentinel-2", "sentinel-3"];
+    let conf = sentinel_profile_config(&compose, "sentinel-1", &vars);
+    let lines: Vec<&str> = conf.lines().collect();
+    let monitor = lines
+        .iter()
+        .position(|l| l.starts_with("sentinel monitor "))
+        .expect("sentinel monitor line");
+    let resolve = lines
+        .iter()
+        .position(|l| *l == "sentinel resolve-hostnames yes")
+        .expect("resolve-hostnames");
+    assert!(resolve < monitor, "{conf}");
+    assert_eq!(
+        lines[monitor],
+        "sentinel monitor apiproxy redis-primary 6379 2"
+    );
+    assert!(lines.contains(&"sentinel auth-pass apiproxy pw"), "{conf}");
+    assert!(lines.contains(&"sentinel announce-hostnames yes"), "{conf}");
+    let sentinel_port = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("port "))
+        .expect("port line");
+    for name in sentinels {
+        let svc = &services[name];
+        assert_eq!(
+            sentinel_profile_config(&compose, name, &vars),
+            conf,
+            "{name}"
+        );
+        assert!(
+            s(&svc["command"][2]).ends_with(&format!(" --sentinel --sentinel announce-ip {name}")),
+            "{name} announces its own name: {}",
+            svc["command"]
+        );
+        assert_eq!(
+            svc["depends_on"]["redis-primary"]["condition"], "service_healthy",
+            "{name} resolves redis-primary when it starts"
+        );
+        assert!(svc["healthcheck"]["test"][1]
+            .as_str()
+            .unwrap()
+            .contains(&format!("-p {sentinel_port} ping")));
+    }
+
+    // The primary and the replica: password, persistence on their own
+    // named volumes, announced by service name; the replica follows the
+    // primary, and each authenticates to the other after a failover.
+    for (name, replicaof) in [
+        ("redis-primary", None),
+        ("redis-replica", Some("redis-primary 6379")),
+    ] {
+        let conf = sentinel_profile_config(&compose, name, &vars);
+        let lines: Vec<&str> = conf.lines().collect();
+        for line in [
+            "requirepass pw",
+            "masterauth pw",
+            "appendonly yes",
+            &format!("replica-announce-ip {name}"),
+        ] {
+            assert!(lines.contains(&line), "{name}: {line} missing from {conf}");
+        }
+        assert_eq!(
+            lines.iter().find_map(|l| l.strip_prefix("replicaof ")),
+            replicaof,
+            "{name}"
+        );
+        let volume = s(&services[name]["volumes"][0]);
+        let (volume, path) = volume.split_once(':').unwrap();
+        assert_eq!(path, "/data", "{name}");
+        assert!(
+            compose["volumes"].get(volume).is_some(),
+            "{name}: volume {volume}"
+        );
+        assert!(services[name]["healthcheck"]["test"].is_array(), "{name}");
+    }
+    assert_eq!(
+        services["redis-replica"]["depends_on"]["redis-primary"]["condition"],
+        "service_healthy"
+    );
+
+    // The planes: the default services but for the URL, the control plane's
+    // address and what they wait for.
+    let url = interpolate(
+        s(&services["controlplane-sentinel"]["environment"]["API_PROXY_REDIS_URL"]),
+        &vars,
+    )
+    .unwrap();
+    let hosts = sentinels.map(|n| format!("{n}:{sentinel_port}")).join(",");
+    assert_eq!(url, format!("redis+sentinel://:pw@{hosts}/apiproxy"));
+    for name in ["controlplane-init", "controlplane", "dataplane"] {
+        let default = &services[name];
+        let sentinel = &services[&format!("{name}-sentinel")];
+        let env = compose_env(sentinel, &vars);
+        assert_eq!(
+            env["API_PROXY_REDIS_URL"].as_deref(),
+            Some(url.as_str()),
+            "{name}"
+        );
+        let mut expected = compose_env(default, &vars);
+        expected.insert("API_PROXY_REDIS_URL".into(), Some(url.clone()));
+        if name == "dataplane" {
+            expected.insert(
+                "API_PROXY_CONTROLPLANE_URL".into(),
+                Some(format!("http://controlplane-sentinel:{admin_port}")),
+            );
+        }
+        assert_eq!(env, expected, "{name}-sentinel's settings");
+        let mut rest = sentinel.clone();
+        let mut default_rest = default.clone();
+        for key in ["environment", "depends_on", "profiles"] {
+            rest.as_object_mut().unwrap().remove(key);
+            default_rest.as_object_mut().unwrap().remove(key);
+        }
+        assert_eq!(rest, default_rest, "{name}-sentinel differs from {name}");
+        let deps = sentinel["depends_on"].as_object().unwrap();
+        for dep in sentinels.iter().chain(&["redis-replica"]) {
+            assert_eq!(
+                deps[*dep]["condition"], "service_healthy",
+                "{name}-sentinel on {dep}"
+            );
+        }
+        if name != "controlplane-init" {
+            assert_eq!(
+                deps["controlplane-init-sentinel"]["condition"],
+                "service_completed_successfully"
+            );
+        }
+        assert!(
+            !deps.contains_key("redis"),
+            "{name}-sentinel needs no standalone Redis"
+        );
+    }
+}
+
+/// The Sentinel set runs as compose configures it: primary, replica and
+/// three sentinels from the compose files (only the addresses differ: no
+/// container here), the sentinels find each other and reach the quorum,
+/// and a SIGKILLed primary is replaced by the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_sentinel_set_fails_over_as_compose_configures_it() {
+    let password = "compose-test-sentinel-password";
+    let vars = compose_vars(password);
+    let compose = compose();
+    let primary_conf = sentinel_profile_config(&compose, "redis-primary", &vars).replace(
+        "replica-announce-ip redis-primary",
+        "replica-announce-ip 127.0.0.1",
+    );
+    let mut primary = RedisServer::start_with_config(&primary_conf);
+    let replica_conf = sentinel_profile_config(&compose, "redis-replica", &vars)
+        .replace(
+            "replicaof redis-primary 6379",
+            &format!("replicaof 127.0.0.1 {}", primary.port),
+        )
+        .replace(
+            "replica-announce-ip redis-replica",
+            "replica-announce-ip 127.0.0.1",
+        );
+    let replica = RedisServer::start_with_config(&replica_conf);
+    let sentinel_conf = sentinel_profile_config(&compose, "sentinel-1", &vars)
+        .replace("redis-primary 6379", &format!("127.0.0.1 {}", primary.port));
+    let sentinels: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_sentinel(&sentinel_conf, &["--sentinel", "announce-ip", "127.0.0.1"])
+        })
+        .collect();
+
+    let conn = |port: u16, auth: bool| async move {
+        let url = if auth {
+            format!("redis://:{password}@127.0.0.1:{port}/")
+        } else {
+            format!("redis://127.0.0.1:{port}/")
+        };
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    };
+    let info = |port: u16| async move {
+        let mut c = conn(port, true).await;
+        redis::cmd("INFO")
+            .arg("replication")
+            .query_async::<String>(&mut c)
+            .await
+            .unwrap()
+    };
+    let master_of = |port: u16| async move {
+        let mut c = conn(port, false).await;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("apiproxy")
+            .query_async::<(String, u16)>(&mut c)
+            .await
+            .unwrap()
+    };
+
+    // The replica follows the primary with the password.
+    eventually("replica in sync", Duration::from_secs(10), || async {
+        info(replica.port)
+            .await
+            .contains("master_link_status:up")
+            .then_some(())
+    })
+    .await;
+    // Each sentinel finds the two others and the replica: quorum 2 and a
+    // majority for the failover are reachable.
+    for sentinel in &sentinels {
+        assert_eq!(
+            master_of(sentinel.port).await,
+            ("127.0.0.1".to_owned(), primary.port)
+        );
+        eventually("sentinel quorum", Duration::from_secs(20), || async {
+            let mut c = conn(sentinel.port, false).await;
+            let reply = redis::cmd("SENTINEL")
+                .arg("ckquorum")
+                .arg("apiproxy")
+                .query_async::<String>(&mut c)
+                .await
+                .ok()?;
+            reply.starts_with("OK 3 usable Sentinels").then_some(())
+        })
+        .await;
+    }
+
+    // SIGKILL the primary: after down-after-milliseconds the sentinels
+    // agree, promote the replica, and every one of them names it.
+    primary.kill();
+    for sentinel in &sentinels {
+        eventually(
+            "failover to the replica",
+            Duration::from_secs(30),
+            || async {
+                (master_of(sentinel.port).await == ("127.0.0.1".to_owned(), replica.port))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    assert!(info(replica.port).await.contains("role:master"));
 }

@@ -367,6 +367,20 @@ fn k8s_base_is_complete_and_matches_the_binaries() {
     }
 }
 
+/// `kubectl kustomize <dir>`, parsed.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let (status, output) = run(
+        Command::new("kubectl").arg("kustomize").arg(dir),
+        Duration::from_secs(60),
+    );
+    assert!(
+        status.success(),
+        "kubectl kustomize {}: {output}",
+        dir.display()
+    );
+    parse_yaml_stream(&output, "kubectl kustomize output")
+}
+
 /// `kubectl kustomize` renders the base, and an overlay with the
 /// ServiceMonitor component. kubectl is no Cargo dependency: `scripts/test`
 /// installs it where it is missing, and without it this test fails.
@@ -382,18 +396,7 @@ fn k8s_kustomize_renders_the_base_and_the_component() {
         "kubectl version --client: {}",
         String::from_utf8_lossy(&version.stderr)
     );
-    let render = |dir: &Path| -> Vec<Value> {
-        let (status, output) = run(
-            Command::new("kubectl").arg("kustomize").arg(dir),
-            Duration::from_secs(60),
-        );
-        assert!(
-            status.success(),
-            "kubectl kustomize {}: {output}",
-            dir.display()
-        );
-        parse_yaml_stream(&output, "kubectl kustomize output")
-    };
+    let render = kustomize;
     let base = render(&repo().join(K8S));
     let names = |docs: &[Value]| -> BTreeSet<String> {
         docs.iter()
@@ -542,4 +545,176 @@ async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() 
             .then_some(())
     })
     .await;
+}
+
+/// The hardening checkov asks for: everything in the namespace apiproxy,
+/// NetworkPolicies (ingress denied but for the planes' own ports, Redis
+/// only from the planes), the image pinned by tag in the base and by
+/// digest in the example overlay, which also names a Sentinel set; each
+/// check skipped has its reason in the manifest and in the README, and CI
+/// runs checkov.
+#[test]
+fn k8s_base_is_hardened_and_the_example_overlay_pins_by_digest() {
+    let resources = k8s_resources();
+    let kustomization = yaml(&format!("{K8S}/kustomization.yaml"));
+    assert_eq!(kustomization["namespace"], "apiproxy");
+    assert!(resources.contains_key("Namespace/apiproxy"));
+    for (key, r) in &resources {
+        if r["kind"] != "Namespace" {
+            assert_eq!(r["metadata"]["namespace"], "apiproxy", "{key}");
+        }
+    }
+
+    // NetworkPolicies: ingress denied to every pod of the namespace but
+    // what the policies below allow.
+    let policy = |name: &str| &resources[&format!("NetworkPolicy/{name}")]["spec"];
+    let deny = policy("apiproxy-default-deny");
+    assert_eq!(deny["podSelector"], json!({}));
+    assert_eq!(deny["policyTypes"], json!(["Ingress"]));
+    assert!(deny["ingress"].is_null(), "default deny allows nothing");
+    let pod_labels = |deployment: &str| {
+        resources[&format!("Deployment/{deployment}")]["spec"]["template"]["metadata"]["labels"]
+            .clone()
+    };
+    let (dp, cp) = (
+        pod_labels("apiproxy-dataplane"),
+        pod_labels("apiproxy-controlplane"),
+    );
+    let redis = json!({"app.kubernetes.io/name": "redis"});
+    let ports = |rule: &Value| -> Vec<Value> {
+        rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].clone())
+            .collect()
+    };
+    let sources = |rule: &Value| -> Vec<Value> {
+        rule["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["podSelector"]["matchLabels"].clone())
+            .collect()
+    };
+    // Data plane: the proxy port from anywhere, metrics from the cluster.
+    let rules = policy("apiproxy-dataplane")["ingress"].as_array().unwrap();
+    assert_eq!(
+        policy("apiproxy-dataplane")["podSelector"]["matchLabels"],
+        dp
+    );
+    assert_eq!(rules.len(), 2);
+    assert!(rules[0]["from"].is_null() && ports(&rules[0]) == [json!("http")]);
+    assert_eq!(rules[1]["from"], json!([{"namespaceSelector": {}}]));
+    assert_eq!(ports(&rules[1]), [json!("metrics")]);
+    // Control plane: the data planes, and the console only from pods the
+    // operator labels.
+    let rules = policy("apiproxy-controlplane")["ingress"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        policy("apiproxy-controlplane")["podSelector"]["matchLabels"],
+        cp
+    );
+    assert_eq!(rules.len(), 2);
+    assert_eq!(sources(&rules[0]), std::slice::from_ref(&dp));
+    assert_eq!(
+        rules[1]["from"],
+        json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"apiproxy.io/console": "allow"}}}])
+    );
+    for rule in rules {
+        assert_eq!(ports(rule), [json!("http")]);
+    }
+    // Redis: only from the two planes and itself, on Redis's and
+    // Sentinel's ports.
+    let redis_policy = policy("apiproxy-redis");
+    assert_eq!(redis_policy["podSelector"]["matchLabels"], redis);
+    let rules = redis_policy["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(sources(&rules[0]), [dp, cp, redis]);
+    assert_eq!(ports(&rules[0]), [json!(6379), json!(26379)]);
+    for r in resources.values().filter(|r| r["kind"] == "NetworkPolicy") {
+        for rule in r["spec"]["ingress"].as_array().into_iter().flatten() {
+            for from in rule["from"].as_array().into_iter().flatten() {
+                assert!(from["ipBlock"].is_null(), "no address ranges");
+            }
+        }
+    }
+
+    // The image: pinned by tag, the kustomization's tag, pulled at each
+    // start; the checks skipped are skipped with a reason that the README
+    // gives too.
+    let tag = s(&kustomization["images"][0]["newTag"]);
+    let readme = read("README.md");
+    for deployment in ["apiproxy-dataplane", "apiproxy-controlplane"] {
+        let d = &resources[&format!("Deployment/{deployment}")];
+        for c in containers(d) {
+            assert_eq!(c["image"], format!("apiproxy:{tag}"), "{deployment}");
+            assert_eq!(c["imagePullPolicy"], "Always", "{deployment}");
+        }
+        let skips: BTreeMap<&str, &str> = d["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with("checkov.io/skip"))
+            .map(|(_, v)| s(v).split_once('=').expect("CHECK=reason"))
+            .collect();
+        assert_eq!(
+            skips.keys().copied().collect::<Vec<_>>(),
+            ["CKV_K8S_11", "CKV_K8S_35", "CKV_K8S_43"],
+            "{deployment}"
+        );
+        for (check, reason) in skips {
+            assert!(reason.len() > 20, "{deployment}: {check} needs a reason");
+            assert!(
+                readme.contains(check),
+                "README must say why {check} is skipped"
+            );
+        }
+    }
+    assert!(
+        resources["Deployment/apiproxy-dataplane"]["spec"]["template"]["spec"]["containers"][0]
+            ["resources"]["limits"]["cpu"]
+            .is_null(),
+        "CKV_K8S_11 is skipped because there is no CPU limit"
+    );
+
+    // The example overlay: the base, by digest, on a Sentinel set.
+    let overlay = kustomize(&repo().join("deploy/k8s-overlays/example"));
+    let names = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .map(|d| format!("{}/{}", s(&d["kind"]), s(&d["metadata"]["name"])))
+            .collect()
+    };
+    assert_eq!(names(&overlay), resources.keys().cloned().collect());
+    for d in overlay.iter().filter(|d| d["kind"] == "Deployment") {
+        for c in containers(d) {
+            let image = s(&c["image"]);
+            let digest = image.split_once("@sha256:").map(|(_, d)| d);
+            assert!(
+                digest.is_some_and(|d| d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit())),
+                "not pinned by digest: {image}"
+            );
+        }
+    }
+    let secret = overlay.iter().find(|d| d["kind"] == "Secret").unwrap();
+    let url = s(&secret["stringData"]["API_PROXY_REDIS_URL"]);
+    let (hosts, master) = url
+        .strip_prefix("redis+sentinel://")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("not a Sentinel URL: {url}"));
+    assert_eq!(master, "apiproxy");
+    assert_eq!(hosts.split(',').count(), 3, "{hosts}");
+    assert!(hosts.split(',').all(|h| h.ends_with(":26379")), "{hosts}");
+
+    // CI runs checkov, pinned, bounded, with this configuration.
+    let ci = read(".ci/run");
+    assert!(ci.contains("\"checkov=="), "checkov pinned in .ci/run");
+    assert!(
+        ci.contains("timeout 300 target/ci-checkov/bin/checkov --config-file deploy/.checkov.yaml"),
+        ".ci/run runs checkov"
+    );
+    let config = yaml("deploy/.checkov.yaml");
+    assert_eq!(config["directory"], json!(["deploy"]));
+    assert!(config["soft-fail"].is_null() && config["skip-check"].is_null());
 }
