@@ -811,8 +811,7 @@ def open_dataplane(st, name, metrics, wrap=()):
     """A data plane in Redis mode, as the keyed one, on a namespace of its
     own (`open`) whose mapping `/` has no policy: beside the keyed node,
     the difference is the gate, not the source of the mappings."""
-    subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "HSET", "open:mappings", "/",
-                    "http://%s:%d" % (HOST, P["upstream"])], check=True, capture_output=True, timeout=10)
+    redis_cli("HSET", "open:mappings", "/", "http://%s:%d" % (HOST, P["upstream"]))
     p = st.dataplane(None, wrap=wrap, name=name, metrics=metrics, extra_env={
         "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_REDIS_PREFIX": "open",
         "API_PROXY_RESYNC_INTERVAL": "10m" if wrap else "10s"})
@@ -909,10 +908,15 @@ def redis_pipe(cmds):
         raise RuntimeError("redis-cli --pipe: %s %s" % (p.stdout[-300:], p.stderr[-300:]))
 
 
+def redis_cli(*args):
+    """One command with redis-cli: its answer as text."""
+    return subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"])] + list(args),
+                          capture_output=True, text=True, timeout=10, check=True).stdout
+
+
 def redis_info(section):
     """`INFO section` as text."""
-    return subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "INFO", section],
-                          capture_output=True, text=True, timeout=10, check=True).stdout
+    return redis_cli("INFO", section)
 
 
 def redis_calls(command):
@@ -1014,7 +1018,7 @@ def cmd_fleet(a, st):
         nodes.append(st.dataplane(None, name="fleet-%d" % i, metrics="fleet-metrics-%d" % i, cpu=a.node_cpus,
                                   extra_env=fleet_env(a, FLEET_NS), wait_listen=False))
     launched = time.monotonic() - t0
-    ready, sweep = wait_fleet_ready(st, nodes, t0, a.ready_timeout)
+    ready = wait_nodes_ready(st, nodes, ["fleet-metrics-%d" % i for i in range(a.nodes)], t0, a.ready_timeout)
     log("%d nodes started in %.2f s, all ready %.2f s after the first started" % (a.nodes, launched, max(ready)))
     rss = {"ready": [rss_kib([p.pid]) for p in nodes]}
     changes = fleet_changes(a)
@@ -1027,7 +1031,7 @@ def cmd_fleet(a, st):
     rss["idle"] = [rss_kib([p.pid]) for p in nodes]
     st.stop_many(nodes)
     data.update({"nodes": a.nodes, "mappings": a.mappings, "launch_s": launched, "ready_s": ready,
-                 "ready_sweep_ms": sweep * 1000, "rss_kib": rss, "changes": changes, "versions": versions,
+                 "rss_kib": rss, "changes": changes, "versions": versions,
                  "routed_new_prefix": routed, "propagation": prop, "idle": idle})
     save(a, "fleet", data, fleet_text(a, data))
 
@@ -1050,12 +1054,9 @@ def write_mappings(namespace, n):
         if len(batch) >= 2000 or i == n - 1:
             cmds.append(resp("HSET", namespace + ":mappings", *batch))
             batch = []
-    redis_pipe(cmds + [resp("INCR", namespace + ":mappings:version")])
-    version = int(subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "GET",
-                                  namespace + ":mappings:version"], capture_output=True, text=True,
-                                 timeout=10, check=True).stdout)
-    redis_pipe([resp("PUBLISH", namespace + ":mappings:updates",
-                     json.dumps({"version": version, "op": "replace"}))])
+    redis_pipe(cmds)
+    version = int(redis_cli("INCR", namespace + ":mappings:version"))
+    redis_cli("PUBLISH", namespace + ":mappings:updates", json.dumps({"version": version, "op": "replace"}))
 
 
 def fleet_solo(a, st, name, namespace, mappings):
@@ -1063,7 +1064,7 @@ def fleet_solo(a, st, name, namespace, mappings):
     t0 = time.monotonic()
     p = st.dataplane(None, name=name, metrics="metrics-" + name, cpu=a.node_cpus,
                      extra_env=fleet_env(a, namespace), wait_listen=False)
-    ready = wait_ready("metrics-" + name, a.ready_timeout) - t0
+    ready = wait_nodes_ready(st, [p], ["metrics-" + name], t0, a.ready_timeout)[0]
     at_ready = rss_kib([p.pid])
     time.sleep(3)  # past jemalloc's decay of the pages the boot freed
     r = {"mappings": mappings, "ready_s": ready, "rss_ready_kib": at_ready, "rss_settled_kib": rss_kib([p.pid])}
@@ -1072,29 +1073,30 @@ def fleet_solo(a, st, name, namespace, mappings):
     return r
 
 
-def wait_fleet_ready(st, nodes, t0, timeout):
-    """Polls every node's /readyz in turn until each answered 200: each
-    node's time from t0 to its first 200, and how long a sweep over the
-    pending nodes took on average (the precision of those times)."""
-    pending, at, sweeps = dict(enumerate(nodes)), {}, 0
-    while pending:
-        if time.monotonic() > t0 + timeout:
-            raise RuntimeError("%d of %d nodes not ready %.0f s after the start, e.g. %s (log %s)"
-                               % (len(pending), len(nodes), timeout, next(iter(pending.values())).name,
-                                  st.log_path(next(iter(pending.values())).name)))
-        for i, p in list(pending.items()):
+def wait_nodes_ready(st, nodes, metrics, t0, timeout):
+    """Polls every node's /readyz (metrics: their ports' names) every 5 ms,
+    a thread a node, until each answered 200: each node's time from t0 to
+    its first 200. A node that exits stops the run."""
+    at, errors = {}, []
+
+    def poll(i):
+        try:
+            at[i] = wait_ready(metrics[i], t0 + timeout - time.monotonic()) - t0
+        except RuntimeError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) and not errors:
+        for p in nodes:
             if p.poll() is not None:
                 raise RuntimeError("%s exited (rc %s): see %s" % (p.name, p.returncode, st.log_path(p.name)))
-            try:
-                ok = fetch(P["fleet-metrics-%d" % i], "/readyz")[0] == 200
-            except OSError:  # not listening yet
-                ok = False
-            if ok:
-                at[i] = time.monotonic() - t0
-                del pending[i]
-        sweeps += 1
-        time.sleep(0.005)
-    return [at[i] for i in range(len(nodes))], max(at.values()) / sweeps
+        time.sleep(0.05)
+    if errors or len(at) < len(nodes):
+        raise RuntimeError("%d of %d nodes not ready %.0f s after the start: %s"
+                           % (len(nodes) - len(at), len(nodes), timeout, errors[:1]))
+    return [at[i] for i in range(len(nodes))]
 
 
 def fleet_changes(a):
@@ -1249,10 +1251,10 @@ def fleet_text(a, d):
         % (a.nodes, a.node_cpus or "all", a.mappings, a.resync or "default"),
         table(["node(s)", "mappings", "start->ready ms", "RSS ready MiB", "3 s later / after changes MiB",
                "after idle MiB"], rows),
-        "fleet: %d nodes launched in %.2f s; every node ready %.2f s after the first was started (readyz "
-        "polled in sweeps of %.0f ms on average)" % (a.nodes, d["launch_s"], max(d["ready_s"]), d["ready_sweep_ms"]),
-        "bytes a mapping (RSS 3 s after ready minus fleet-base's, / %d): solo %s; fleet median after idle %s"
-        % (a.mappings - BASE_MAPPINGS, per_mapping[0], per_mapping[1]),
+        "fleet: %d nodes launched in %.2f s; every node ready %.2f s after the first was started (/readyz "
+        "polled every 5 ms)" % (a.nodes, d["launch_s"], max(d["ready_s"])),
+        "bytes a mapping (RSS 3 s after ready minus fleet-base's, / (%d - %d)): solo %s; fleet median after idle %s"
+        % (a.mappings, BASE_MAPPINGS, per_mapping[0], per_mapping[1]),
         "",
         "== propagation: %d changes through the API (POST/PUT alternating, %d ms apart), API call -> the node's "
         "log timestamp of applying it (timestamps in %s)" % (a.changes, a.spacing, precision),
@@ -1269,8 +1271,9 @@ def fleet_text(a, d):
         "== idle: %.0f s without changes, CPU %% of one core (utime + stime from /proc)" % idle["window_s"],
         table(["redis", "redis (INFO cpu)", "controlplane", "node median", "node max", "nodes sum",
                "redis out KiB/s"],
-              [["%.2f" % idle["redis"], "%.2f" % idle["redis_info_cpu"], "%.2f" % idle["controlplane"], "%.2f" % med(idle["nodes"]),
-                "%.2f" % max(idle["nodes"]), "%.2f" % sum(idle["nodes"]), "%.1f" % (idle["redis_out_bytes_per_s"] / 1024)]]),
+              [["%.2f" % x for x in (idle["redis"], idle["redis_info_cpu"], idle["controlplane"], med(idle["nodes"]),
+                                     max(idle["nodes"]), sum(idle["nodes"]))]
+               + ["%.1f" % (idle["redis_out_bytes_per_s"] / 1024)]]),
         "redis per node: %.3f %% of a core, %.1f KiB/s out; x1000 nodes (linear, fixed costs included): %.1f %%, "
         "%.1f MiB/s" % (idle["redis"] / a.nodes, idle["redis_out_bytes_per_s"] / 1024 / a.nodes,
                         idle["redis"] * 1000 / a.nodes, idle["redis_out_bytes_per_s"] * 1000 / a.nodes / 2**20),
@@ -1881,7 +1884,8 @@ def main():
             "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"],
             "accesslog": ["wrk"], "keys": ["wrk", "redis-server", "redis-cli", "h2load", "valgrind"],
             "fleet": ["redis-server", "redis-cli"]}[a.cmd]
-    missing = [x for x in ([] if a.cmd == "fleet" else ["nginx"]) + need + (["taskset"] if PIN else []) if not shutil.which(x)]
+    need = ([] if a.cmd == "fleet" else ["nginx"]) + need + (["taskset"] if PIN else [])
+    missing = [x for x in need if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
     if PIN:
