@@ -8,6 +8,7 @@
   bench.py stats      [--conns 64,1000] [--duration 5] [--rounds 6]  (stats on + pushing vs off)
   bench.py h2         [--parts slow,burst,tls,sse,chat] [--sse-streams 10000]  (TLS and HTTP/2 upstreams)
   bench.py keys       [--parts load,instr,memory] [--keys 100000]  (keyed mapping vs open; memory a proxy key)
+  bench.py fleet      [--nodes 30] [--mappings 10000] [--changes 100] [--idle 30] [--resync 10s]  (N nodes, one Redis)
   common options:     --binary PATH --out DIR --port-offset N --skip-dataplane --keep
 
 Load generators, origins and this script run on CPU 0; every proxy runs on
@@ -17,7 +18,7 @@ on 127.0.0.1. Every process started here is stopped by its PID (SIGTERM, then
 SIGKILL), also on Ctrl-C or an error. Methodology: README.md.
 """
 import argparse, asyncio, json, os, re, resource, shutil, signal, socket
-import base64, hashlib, ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
+import base64, datetime, hashlib, ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
 
 HOST = "127.0.0.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +45,8 @@ BASE_PORTS = {"upstream": 18080, "sink": 18082, "sse": 18083, "nginx": 18181, "n
               "nginx-log": 18213,
               "open": 18214, "metrics-open": 18215, "open-b": 18216, "metrics-open-b": 18217,
               "keyed": 18218, "metrics-keyed": 18219, "keys-none": 18220, "metrics-keys-none": 18221,
-              "keys-many": 18222, "metrics-keys-many": 18223}
+              "keys-many": 18222, "metrics-keys-many": 18223,
+              "fleet-base": 18224, "metrics-fleet-base": 18225, "fleet-solo": 18226, "metrics-fleet-solo": 18227}
 P = dict(BASE_PORTS)  # after --port-offset
 ADMIN_TOKEN, NODE_TOKEN = "bench-admin-token-0123456789", "bench-node-token-0123456789"
 LIVE = set()          # running clients (wrk, curl, h2load): killed by PID on abort
@@ -164,12 +166,15 @@ class Stack:
         os.chmod(self.dir, 0o755)  # nginx workers run as nobody when started as root
 
     def start(self, name, argv, cpu, port, env=None, wait=15.0):
-        """Start argv pinned to `cpu` in a new session, wait until `port` accepts."""
-        with open(os.path.join(self.dir, name + ".log"), "ab") as logf:
+        """Start argv pinned to `cpu` in a new session, wait until `port`
+        accepts (port None: do not wait)."""
+        with open(self.log_path(name), "ab") as logf:
             p = subprocess.Popen(pinned(cpu, argv), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                  env=dict(os.environ, **(env or {})), start_new_session=True)
         p.name = name
         self.procs.append(p)
+        if port is None:
+            return p
         deadline = time.monotonic() + wait
         while True:
             if p.poll() is not None:
@@ -204,6 +209,17 @@ class Stack:
                 pass
         if p in self.procs:
             self.procs.remove(p)
+
+    def log_path(self, name):
+        return os.path.join(self.dir, name + ".log")
+
+    def stop_many(self, procs):
+        """SIGTERM them all first, so they drain in parallel, then stop() each."""
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            self.stop(p)
 
     def stop_all(self):
         for c in list(LIVE):
@@ -263,10 +279,11 @@ http {{
                         for prefix, port in routes.items())
         return self.nginx(name, P[name], PROXY_CPU, 4096, http + "    }\n", wrap, extra_g)
 
-    def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None, binary=None):
+    def dataplane(self, routes, wrap=(), name="dataplane", metrics="metrics", extra_env=None, binary=None,
+                  cpu=PROXY_CPU, wait_listen=True):
         """The data plane on the proxy CPU, 1 worker; routes = {prefix: origin port, or target URL},
         or None for Redis mode (extra_env then names API_PROXY_REDIS_URL). Its access log is off (as
-        nginx's is), unless extra_env turns it on."""
+        nginx's is), unless extra_env turns it on. wait_listen=False: returns once started."""
         binary = binary or self.a.binary
         if not os.access(binary, os.X_OK):
             raise SystemExit("no data plane binary at %s (cargo build --release -p apiproxy-dataplane; "
@@ -280,7 +297,7 @@ http {{
                "API_PROXY_METRICS_LISTEN": "%s:%d" % (HOST, P[metrics]), "API_PROXY_WORKERS": "1",
                "API_PROXY_DRAIN_TIMEOUT": "5s", "RUST_LOG": "warn", "API_PROXY_ACCESS_LOG": "off",
                **dict(kv.split("=", 1) for kv in self.a.dp_env), **(extra_env or {})}
-        return self.start(name, list(wrap) + [binary], PROXY_CPU, P[name], env,
+        return self.start(name, list(wrap) + [binary], cpu, P[name] if wait_listen else None, env,
                           wait=120.0 if wrap else 15.0)
 
     def redis(self):
@@ -794,8 +811,7 @@ def open_dataplane(st, name, metrics, wrap=()):
     """A data plane in Redis mode, as the keyed one, on a namespace of its
     own (`open`) whose mapping `/` has no policy: beside the keyed node,
     the difference is the gate, not the source of the mappings."""
-    subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "HSET", "open:mappings", "/",
-                    "http://%s:%d" % (HOST, P["upstream"])], check=True, capture_output=True, timeout=10)
+    redis_cli("HSET", "open:mappings", "/", "http://%s:%d" % (HOST, P["upstream"]))
     p = st.dataplane(None, wrap=wrap, name=name, metrics=metrics, extra_env={
         "API_PROXY_REDIS_URL": redis_url(), "API_PROXY_REDIS_PREFIX": "open",
         "API_PROXY_RESYNC_INTERVAL": "10m" if wrap else "10s"})
@@ -880,18 +896,32 @@ def write_keys(namespace, n):
             cmds += [resp("HSET", namespace + ":keys", *batch[0]),
                      resp("HSET", namespace + ":keys:by-hash", *batch[1])]
             batch = ([], [])
+    redis_pipe(cmds)
+    return sample
+
+
+def redis_pipe(cmds):
+    """Commands in RESP (resp()) sent with `redis-cli --pipe`; any error stops the run."""
     p = subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "--pipe"], input=b"".join(cmds),
                        capture_output=True, timeout=120)
     if p.returncode != 0 or b"errors: 0," not in p.stdout:
         raise RuntimeError("redis-cli --pipe: %s %s" % (p.stdout[-300:], p.stderr[-300:]))
-    return sample
+
+
+def redis_cli(*args):
+    """One command with redis-cli: its answer as text."""
+    return subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"])] + list(args),
+                          capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+def redis_info(section):
+    """`INFO section` as text."""
+    return redis_cli("INFO", section)
 
 
 def redis_calls(command):
     """Calls of `command` Redis has served so far (INFO commandstats)."""
-    p = subprocess.run(["redis-cli", "-h", HOST, "-p", str(P["redis"]), "INFO", "commandstats"],
-                       capture_output=True, text=True, timeout=10)
-    m = re.search(r"^cmdstat_%s:calls=(\d+)" % command, p.stdout, re.M)
+    m = re.search(r"^cmdstat_%s:calls=(\d+)" % command, redis_info("commandstats"), re.M)
     return int(m.group(1)) if m else 0
 
 
@@ -961,6 +991,294 @@ def keys_memory(a, st):
     for line in lines:
         log(line)
     return res, text
+
+
+# ------------------------------------------------------------------ fleet
+FLEET_PORT, FLEET_METRICS_PORT = 20000, 21000  # + node index (+ --port-offset): below Linux's ephemeral ports
+FLEET_NS, BASE_NS, BASE_MAPPINGS = "apiproxy", "fleet-base", 10
+FLEET_LOG = "warn,apiproxy_dataplane::redis_source=debug"  # the applied versions, nothing else
+
+
+def cmd_fleet(a, st):
+    """N Redis-mode data planes (stats off, one worker each) on one Redis
+    with M mappings, beside a control plane: the time until every node is
+    ready, RSS a node and bytes a mapping, the propagation of K changes made
+    through the API (from the nodes' own log timestamps), and the CPU of
+    Redis and of the nodes over an idle window."""
+    redis = st.redis()
+    t = time.monotonic()
+    write_mappings(FLEET_NS, a.mappings)
+    write_mappings(BASE_NS, BASE_MAPPINGS)
+    log("%d + %d mappings written to Redis in %.1f s" % (a.mappings, BASE_MAPPINGS, time.monotonic() - t))
+    cp = st.controlplane({"API_PROXY_RESYNC_INTERVAL": a.resync} if a.resync else {})
+    data = {"solo": {n: fleet_solo(a, st, n, ns, m)
+                     for n, ns, m in (("fleet-base", BASE_NS, BASE_MAPPINGS), ("fleet-solo", FLEET_NS, a.mappings))}}
+    nodes, t0 = [], time.monotonic()
+    for i in range(a.nodes):
+        nodes.append(st.dataplane(None, name="fleet-%d" % i, metrics="fleet-metrics-%d" % i, cpu=a.node_cpus,
+                                  extra_env=fleet_env(a, FLEET_NS), wait_listen=False))
+    launched = time.monotonic() - t0
+    ready = wait_nodes_ready(st, nodes, ["fleet-metrics-%d" % i for i in range(a.nodes)], t0, a.ready_timeout)
+    log("%d nodes started in %.2f s, all ready %.2f s after the first started" % (a.nodes, launched, max(ready)))
+    rss = {"ready": [rss_kib([p.pid]) for p in nodes]}
+    changes = fleet_changes(a)
+    versions = fleet_converge(a, changes[-1]["version"])
+    rss["changes"] = [rss_kib([p.pid]) for p in nodes]
+    new_prefix = next(c["path"] for c in reversed(changes) if c["op"] == "POST")
+    routed = sum(fetch(P["fleet-%d" % i], new_prefix)[0] != 404 for i in range(a.nodes))
+    prop = fleet_propagation(st, nodes, changes)
+    idle = fleet_idle(a, redis, cp, nodes)
+    rss["idle"] = [rss_kib([p.pid]) for p in nodes]
+    st.stop_many(nodes)
+    data.update({"nodes": a.nodes, "mappings": a.mappings, "launch_s": launched, "ready_s": ready,
+                 "rss_kib": rss, "changes": changes, "versions": versions,
+                 "routed_new_prefix": routed, "propagation": prop, "idle": idle})
+    save(a, "fleet", data, fleet_text(a, data))
+
+
+def fleet_env(a, namespace):
+    """A fleet node: Redis mode, stats off, JSON logs with the applied versions."""
+    return dict({"API_PROXY_REDIS_URL": redis_url(), "API_PROXY_REDIS_PREFIX": namespace,
+                 "API_PROXY_ENABLE_STATS": "false", "API_PROXY_LOG_FORMAT": "json", "RUST_LOG": FLEET_LOG},
+                **({"API_PROXY_RESYNC_INTERVAL": a.resync} if a.resync else {}))
+
+
+def write_mappings(namespace, n):
+    """n mappings `/svc-000000` … (targets on the upstream port, which
+    nothing serves here) straight into `{namespace}:mappings`, replacing
+    it, then the version bumped and a full re-read announced, as a
+    replace-all does it."""
+    cmds, batch = [resp("DEL", namespace + ":mappings")], []
+    for i in range(n):
+        batch += ["/svc-%06d" % i, "http://%s:%d/v/%d" % (HOST, P["upstream"], i)]
+        if len(batch) >= 2000 or i == n - 1:
+            cmds.append(resp("HSET", namespace + ":mappings", *batch))
+            batch = []
+    redis_pipe(cmds)
+    version = int(redis_cli("INCR", namespace + ":mappings:version"))
+    redis_cli("PUBLISH", namespace + ":mappings:updates", json.dumps({"version": version, "op": "replace"}))
+
+
+def fleet_solo(a, st, name, namespace, mappings):
+    """One node alone with `mappings` mappings: start -> ready, RSS at ready and 3 s later."""
+    t0 = time.monotonic()
+    p = st.dataplane(None, name=name, metrics="metrics-" + name, cpu=a.node_cpus,
+                     extra_env=fleet_env(a, namespace), wait_listen=False)
+    ready = wait_nodes_ready(st, [p], ["metrics-" + name], t0, a.ready_timeout)[0]
+    at_ready = rss_kib([p.pid])
+    time.sleep(3)  # past jemalloc's decay of the pages the boot freed
+    r = {"mappings": mappings, "ready_s": ready, "rss_ready_kib": at_ready, "rss_settled_kib": rss_kib([p.pid])}
+    st.stop(p)
+    log("%s: %d mappings, ready in %.0f ms, RSS %.1f MiB" % (name, mappings, ready * 1000, at_ready / 1024))
+    return r
+
+
+def wait_nodes_ready(st, nodes, metrics, t0, timeout):
+    """Polls every node's /readyz (metrics: their ports' names) every 5 ms,
+    a thread a node, until each answered 200: each node's time from t0 to
+    its first 200. A node that exits stops the run."""
+    at, errors = {}, []
+
+    def poll(i):
+        try:
+            at[i] = wait_ready(metrics[i], t0 + timeout - time.monotonic()) - t0
+        except RuntimeError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) and not errors:
+        for p in nodes:
+            if p.poll() is not None:
+                raise RuntimeError("%s exited (rc %s): see %s" % (p.name, p.returncode, st.log_path(p.name)))
+        time.sleep(0.05)
+    if errors or len(at) < len(nodes):
+        raise RuntimeError("%d of %d nodes not ready %.0f s after the start: %s"
+                           % (len(nodes) - len(at), len(nodes), timeout, errors[:1]))
+    return [at[i] for i in range(len(nodes))]
+
+
+def fleet_changes(a):
+    """K changes through the control plane's API, one at a time, --spacing
+    ms apart: even ones create a mapping, odd ones replace the target of
+    an existing one. Each: its version and the wall-clock time just before
+    the call (the clock the nodes' log timestamps use)."""
+    changes = []
+    for i in range(a.changes):
+        target = "http://%s:%d/change/%d" % (HOST, P["upstream"], i)
+        if i % 2 == 0:
+            prefix = "/fleet-change-%05d" % i
+            req = ("POST", "/api/mappings", {"prefix": prefix, "target": target})
+        else:
+            prefix = "/svc-%06d" % (i % a.mappings)
+            req = ("PUT", "/api/mappings" + prefix, {"target": target})
+        t = time.time()
+        version = api(*req)["version"]
+        changes.append({"op": req[0], "path": prefix, "version": version, "t_call": t,
+                        "api_ms": (time.time() - t) * 1000})
+        time.sleep(a.spacing / 1000.0)
+    log("%d changes made through the API, versions %d..%d" % (a.changes, changes[0]["version"],
+                                                               changes[-1]["version"]))
+    return changes
+
+
+def fleet_versions(n):
+    """Each fleet node's served version (apiproxy_config_version)."""
+    return [int(metric_sum(P["fleet-metrics-%d" % i], "apiproxy_config_version")) for i in range(n)]
+
+
+def fleet_converge(a, version, timeout=30.0):
+    """Waits (at most `timeout` s) until every node serves `version`: the versions last seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        versions = fleet_versions(a.nodes)
+        if min(versions) >= version or time.monotonic() > deadline:
+            return versions
+        time.sleep(0.1)
+
+
+def applied_versions(path):
+    """(version, unix time, message) of every version a node's JSON log says
+    it applied (redis_source's debug events `applying …` with a `version`),
+    in log order; and the digits of the timestamps' fraction of a second."""
+    out, digits = [], None
+    with open(path, errors="replace") as f:
+        for line in f:
+            if '"version"' not in line:
+                continue
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if str(e.get("message", "")).startswith("applying") and "version" in e:
+                ts = e["timestamp"]
+                if digits is None:
+                    frac = re.search(r"\.(\d+)", ts)
+                    digits = len(frac.group(1)) if frac else 0
+                out.append((int(e["version"]), datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp(),
+                            e["message"]))
+    return out, digits
+
+
+def fleet_propagation(st, nodes, changes):
+    """For each (node, change): from just before the API call to the node's
+    log timestamp of the first version ≥ the change's that it applied
+    (a later version carries the change too), and how it got there: the
+    one-field read of that very version, a full re-read at it, or a later
+    version."""
+    lat, per_change, how, missing, digits = [], [[] for _ in changes], {}, 0, set()
+    for p in nodes:
+        entries, d = applied_versions(st.log_path(p.name))
+        digits.add(d)
+        for j, c in enumerate(changes):
+            hit = next(((v, ts, msg) for v, ts, msg in entries if v >= c["version"]), None)
+            if hit is None:
+                missing += 1
+                continue
+            ms = (hit[1] - c["t_call"]) * 1000
+            lat.append(ms)
+            per_change[j].append(ms)
+            kind = ("later version" if hit[0] > c["version"] else
+                    "one-field read" if hit[2] == "applying one announced change" else "full re-read")
+            how[kind] = how.get(kind, 0) + 1
+    fleet = [max(v) for v in per_change if len(v) == len(nodes)]
+    return {"pairs": len(nodes) * len(changes), "missing": missing, "latency_ms": lat, "how": how,
+            "fleet_ms": fleet, "timestamp_digits": sorted(d for d in digits if d is not None)}
+
+
+def commandstats():
+    """{command: calls} from INFO commandstats."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^cmdstat_(\S+?):calls=(\d+)",
+                                                              redis_info("commandstats"), re.M)}
+
+
+def info_field(section, field):
+    m = re.search(r"^%s:([\d.]+)" % field, redis_info(section), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def redis_cpu_s():
+    """Redis's own CPU seconds (INFO cpu, from getrusage: microseconds)."""
+    return info_field("cpu", "used_cpu_sys") + info_field("cpu", "used_cpu_user")
+
+
+def fleet_idle(a, redis, cp, nodes):
+    """--idle seconds with no change: CPU (utime + stime from /proc, as % of
+    one core) of Redis, the control plane and each node; Redis's commands
+    and bytes out a second."""
+    time.sleep(1)  # the last change settled
+    procs = {"redis": redis, "controlplane": cp}
+    ticks = {n: cpu_ticks([p.pid]) for n, p in procs.items()}
+    node_ticks = [cpu_ticks([p.pid]) for p in nodes]
+    calls, out_bytes, own = commandstats(), info_field("stats", "total_net_output_bytes"), redis_cpu_s()
+    t0 = time.monotonic()
+    time.sleep(a.idle)
+    secs = time.monotonic() - t0
+    pct_of = lambda d: d * 100.0 / CLK_TCK / secs  # noqa: E731
+    res = {n: pct_of(cpu_ticks([p.pid]) - ticks[n]) for n, p in procs.items()}
+    res["nodes"] = [pct_of(cpu_ticks([p.pid]) - t) for p, t in zip(nodes, node_ticks)]
+    res["redis_info_cpu"] = (redis_cpu_s() - own) * 100.0 / secs
+    res["redis_out_bytes_per_s"] = (info_field("stats", "total_net_output_bytes") - out_bytes) / secs
+    after = commandstats()  # the harness's own INFO calls left out
+    res["redis_calls_per_s"] = {c: (n - calls.get(c, 0)) / secs for c, n in after.items()
+                                if n > calls.get(c, 0) and c != "info"}
+    res["window_s"] = secs
+    return res
+
+
+def fleet_text(a, d):
+    mib = lambda kib: "%.1f" % (kib / 1024.0)  # noqa: E731
+    base, solo = d["solo"]["fleet-base"], d["solo"]["fleet-solo"]
+    rss = d["rss_kib"]
+    rows = [[n, r["mappings"], "%.0f" % (r["ready_s"] * 1000), mib(r["rss_ready_kib"]), mib(r["rss_settled_kib"]),
+             "-"] for n, r in d["solo"].items()]
+    for f, pick in (("median", med), ("max", max)):
+        rows.append(["fleet %s (%d nodes)" % (f, a.nodes), a.mappings, "%.0f" % (pick(d["ready_s"]) * 1000)]
+                    + [mib(pick(rss[k])) for k in ("ready", "changes", "idle")])
+    per_mapping = ["%.0f" % ((x - base["rss_settled_kib"]) * 1024.0 / (a.mappings - BASE_MAPPINGS))
+                   if a.mappings > BASE_MAPPINGS else "n/a" for x in (solo["rss_settled_kib"], med(rss["idle"]))]
+    p = d["propagation"]
+    lat = p["latency_ms"]
+    digits = p["timestamp_digits"]
+    precision = {6: "µs", 3: "ms", 9: "ns"}.get(max(digits) if digits else 0, "%s digits" % digits)
+    conv = sum(v >= d["changes"][-1]["version"] for v in d["versions"])
+    api_ms = [c["api_ms"] for c in d["changes"]]
+    idle = d["idle"]
+    calls = sorted(idle["redis_calls_per_s"].items(), key=lambda kv: -kv[1])
+    return "\n".join([
+        "== fleet: %d data planes (Redis mode, stats off, 1 worker, CPUs %s) on one Redis, %d mappings, resync %s"
+        % (a.nodes, a.node_cpus or "all", a.mappings, a.resync or "default"),
+        table(["node(s)", "mappings", "start->ready ms", "RSS ready MiB", "3 s later / after changes MiB",
+               "after idle MiB"], rows),
+        "fleet: %d nodes launched in %.2f s; every node ready %.2f s after the first was started (/readyz "
+        "polled every 5 ms)" % (a.nodes, d["launch_s"], max(d["ready_s"])),
+        "bytes a mapping (RSS 3 s after ready minus fleet-base's, / (%d - %d)): solo %s; fleet median after idle %s"
+        % (a.mappings, BASE_MAPPINGS, per_mapping[0], per_mapping[1]),
+        "",
+        "== propagation: %d changes through the API (POST/PUT alternating, %d ms apart), API call -> the node's "
+        "log timestamp of applying it (timestamps in %s)" % (a.changes, a.spacing, precision),
+        table(["pairs", "timed", "p50 ms", "p90 ms", "p99 ms", "max ms", "fleet p50 ms", "fleet max ms",
+               "API p50 ms"],
+              [[p["pairs"], len(lat)] + ["%.2f" % pct(lat, q) for q in (50, 90, 99)] + ["%.2f" % max(lat or [0])]
+               + ["%.2f" % pct(p["fleet_ms"], 50), "%.2f" % max(p["fleet_ms"] or [0]), "%.2f" % med(api_ms)]]),
+        "applied by: " + ", ".join("%s %d" % kv for kv in sorted(p["how"].items()))
+        + "; (node, change) pairs never logged: %d" % p["missing"],
+        "converged: %d/%d nodes serve the last version (%d); the last new prefix routes on %d/%d nodes; %s"
+        % (conv, a.nodes, d["changes"][-1]["version"], d["routed_new_prefix"], a.nodes,
+           "every node applied every change" if conv == a.nodes and p["missing"] == 0 else "NOT CONVERGED"),
+        "",
+        "== idle: %.0f s without changes, CPU %% of one core (utime + stime from /proc)" % idle["window_s"],
+        table(["redis", "redis (INFO cpu)", "controlplane", "node median", "node max", "nodes sum",
+               "redis out KiB/s"],
+              [["%.2f" % x for x in (idle["redis"], idle["redis_info_cpu"], idle["controlplane"], med(idle["nodes"]),
+                                     max(idle["nodes"]), sum(idle["nodes"]))]
+               + ["%.1f" % (idle["redis_out_bytes_per_s"] / 1024)]]),
+        "redis per node: %.3f %% of a core, %.1f KiB/s out; x1000 nodes (linear, fixed costs included): %.1f %%, "
+        "%.1f MiB/s" % (idle["redis"] / a.nodes, idle["redis_out_bytes_per_s"] / 1024 / a.nodes,
+                        idle["redis"] * 1000 / a.nodes, idle["redis_out_bytes_per_s"] * 1000 / a.nodes / 2**20),
+        "redis calls/s: " + (", ".join("%s %.1f" % kv for kv in calls[:6]) or "none"),
+    ])
 
 
 # ------------------------------------------------------------------ stream
@@ -1534,6 +1852,20 @@ def main():
     h.add_argument("--baseline", help="tls: also load data planes of this binary (base-h1, base-h2)")
     h.add_argument("--tls-origin", choices=["nginx", "rust"], default="nginx",
                    help="tls: the origin (rust: the benchmark origin, hyper)")
+    f = add("fleet", "N data planes on one Redis with M mappings: ready time, RSS, propagation of K API changes, "
+                     "idle Redis CPU")
+    f.add_argument("--nodes", type=int, default=30, help="data planes in the fleet (1-1000)")
+    f.add_argument("--mappings", type=int, default=10000, help="mappings in Redis (at least 1)")
+    f.add_argument("--changes", type=int, default=100, help="changes made through the API, one at a time")
+    f.add_argument("--spacing", type=int, default=200, help="ms between two changes")
+    f.add_argument("--idle", type=float, default=30, help="seconds of the idle window")
+    f.add_argument("--resync", help="API_PROXY_RESYNC_INTERVAL of the nodes and the control plane, e.g. 1s "
+                                    "(default: unset, the binaries' default)")
+    f.add_argument("--node-cpus", default=PROXY_CPU if PIN else None,
+                   help="taskset CPU list of every node (default: %(default)s; Redis, the control plane and "
+                        "this script run on CPU " + LOAD_CPU + ")")
+    f.add_argument("--ready-timeout", type=float, default=120, help="seconds the fleet may take to be ready")
+    f.add_argument("--cp-binary", default=DEFAULT_CP_BINARY, help="control plane binary (default: %(default)s)")
     for helper in ("_sink", "_sse"):  # helper servers started by the subcommands
         sub.add_parser(helper).add_argument("--port", type=int, required=True)
     a = ap.parse_args()
@@ -1542,10 +1874,18 @@ def main():
         asyncio.run((serve_sink if a.cmd == "_sink" else serve_sse)(a.port))
         return
     P.update({k: v + a.port_offset for k, v in BASE_PORTS.items()})
+    if a.cmd == "fleet":
+        if not (1 <= a.nodes <= 1000 and a.mappings >= 1 and a.changes >= 1 and a.idle > 0 and a.spacing >= 0):
+            raise SystemExit("fleet: --nodes 1-1000, --mappings >= 1, --changes >= 1, --idle > 0, --spacing >= 0")
+        for i in range(a.nodes):  # checked free by run(), as every other port
+            P["fleet-%d" % i], P["fleet-metrics-%d" % i] = (FLEET_PORT + a.port_offset + i,
+                                                             FLEET_METRICS_PORT + a.port_offset + i)
     need = {"throughput": ["wrk"], "stream": ["curl"], "sse": [], "instr": ["h2load", "valgrind"],
             "stats": ["wrk", "redis-server"], "outage": ["wrk", "redis-server"], "h2": ["wrk"],
-            "accesslog": ["wrk"], "keys": ["wrk", "redis-server", "redis-cli", "h2load", "valgrind"]}[a.cmd]
-    missing = [x for x in ["nginx"] + need + (["taskset"] if PIN else []) if not shutil.which(x)]
+            "accesslog": ["wrk"], "keys": ["wrk", "redis-server", "redis-cli", "h2load", "valgrind"],
+            "fleet": ["redis-server", "redis-cli"]}[a.cmd]
+    need = ([] if a.cmd == "fleet" else ["nginx"]) + need + (["taskset"] if PIN else [])
+    missing = [x for x in need if not shutil.which(x)]
     if missing:
         raise SystemExit("missing: %s (run bench/install.sh)" % " ".join(missing))
     if PIN:
@@ -1554,7 +1894,7 @@ def main():
         log("fewer than 2 CPUs: running unpinned")
     run(a, {"throughput": cmd_throughput, "stream": cmd_stream, "sse": cmd_sse, "instr": cmd_instr,
             "stats": cmd_stats, "outage": cmd_outage, "h2": cmd_h2, "accesslog": cmd_accesslog,
-            "keys": cmd_keys}[a.cmd])
+            "keys": cmd_keys, "fleet": cmd_fleet}[a.cmd])
 
 
 if __name__ == "__main__":
