@@ -26,7 +26,8 @@ fn wait_until_listening(child: &mut Child, log: &std::path::Path) -> bool {
             return false; // exited: port taken
         }
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains("Ready to accept connections") {
+        // A sentinel logs no "ready"; it names its mode once it listens.
+        if text.contains("Ready to accept connections") || text.contains("Running mode=sentinel") {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -90,6 +91,44 @@ impl RedisServer {
             }
         }
         panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
+    }
+
+    /// A replica of `primary`, returned once its first sync finished
+    /// (within 10 s).
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start_with(
+            &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+            false,
+        );
+        let log = replica.dir.path("redis.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("MASTER <-> REPLICA sync: Finished with success")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    /// A `redis-server --sentinel` watching `primary` as the master
+    /// `name`, with a quorum of 2: a master silent for 1 s is down, and a
+    /// failover may be retried after 5 s.
+    pub fn start_sentinel(primary: &RedisServer, name: &str) -> RedisServer {
+        let dir = TempDir::new("sentinel");
+        let file = dir.path("sentinel.conf");
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {port} 2\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n",
+            port = primary.port
+        );
+        std::fs::write(&file, conf).expect("write sentinel.conf");
+        RedisServer::start_in(dir, Some(file), &["--sentinel"], false)
     }
 
     /// A TLS-only server with a certificate for `localhost` from `ca`.
