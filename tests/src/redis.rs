@@ -212,6 +212,22 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: connections stay open and nothing is answered (a replica
+    /// stops acknowledging) until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        crate::dataplane::send_signal(child.id(), sig);
+    }
+
     /// Starts again on the same port and data directory: empty, unless it
     /// was started with persistence (`--appendonly yes`).
     pub fn restart(&mut self) {

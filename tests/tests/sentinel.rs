@@ -17,7 +17,7 @@ use apiproxy_tests::{eventually, DataPlane};
 
 const MASTER: &str = "apiproxy";
 /// Requests each load task sends at most (it stops earlier when told).
-const LOAD_MAX: u64 = 5_000;
+const LOAD_MAX: u64 = 20_000;
 
 /// What one sentinel says of the master `MASTER`.
 async fn master_info(sentinel: &RedisServer) -> HashMap<String, String> {
