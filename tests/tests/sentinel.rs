@@ -62,6 +62,11 @@ async fn wait_routed(node: &DataPlane, path: &str, sent: &Sent) {
     .await;
 }
 
+/// `stats_durability` of `GET /api/nodes`.
+async fn durability(cp: &ControlPlane) -> serde_json::Value {
+    cp.admin("GET", "/api/nodes", None).await.json()["stats_durability"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lost_count() {
     let mut primary = RedisServer::start();
@@ -104,13 +109,7 @@ async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lo
         wait_routed(node, "/svc/ready", &sent).await;
     }
     // The primary has its replica: batches wait for it.
-    let listed = cp.admin("GET", "/api/nodes", None).await;
-    assert_eq!(
-        listed.json()["stats_durability"],
-        "replicated",
-        "{}",
-        listed.text()
-    );
+    assert_eq!(durability(&cp).await, "replicated");
 
     // Load: two clients per node, every answer must be 200.
     let stop = Arc::new(AtomicBool::new(false));
@@ -183,13 +182,7 @@ async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lo
     }
 
     // The new master has no replica: said in /api/nodes.
-    let listed = cp.admin("GET", "/api/nodes", None).await;
-    assert_eq!(
-        listed.json()["stats_durability"],
-        "primary_only",
-        "{}",
-        listed.text()
-    );
+    assert_eq!(durability(&cp).await, "primary_only");
     assert!(cp.logs().iter().any(|l| l.contains("has no replica")));
 
     // Every request the nodes served is counted once: not lost with the
@@ -217,24 +210,7 @@ async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Three more batches from each node change nothing.
-    let unix_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let later = unix_ms() + 600;
-    eventually(
-        "three more batches from each node",
-        Duration::from_secs(10),
-        || async {
-            let listed = cp.admin("GET", "/api/nodes", None).await.json();
-            let nodes = listed["nodes"].as_array()?.clone();
-            (nodes.len() == 2 && nodes.iter().all(|n| n["last_seen"].as_u64() > Some(later)))
-                .then_some(())
-        },
-    )
-    .await;
+    cp.wait_batches_after(Duration::from_millis(3 * 200)).await;
     let s = stats(port).await.unwrap();
     assert_eq!(s["total"], matched, "{s}");
     assert_eq!(s["errors"], 0, "{s}");
