@@ -13,11 +13,11 @@ use std::collections::HashMap;
 
 use apiproxy_shared::access::{Access, KeyRecord, StoredPolicy};
 use apiproxy_shared::{RedisKeys, UpdateMessage};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::redis_conn::RedisConn;
 use crate::store::{announce, now_ms, AUDIT_MAX_LEN};
 
 /// Reads before a change gives up on records that keep changing under it.
@@ -78,7 +78,7 @@ pub(crate) struct PolicySet {
 /// Keys and policies of one Redis namespace.
 #[derive(Clone)]
 pub(crate) struct AccessStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: RedisKeys,
 }
 
@@ -95,7 +95,7 @@ struct Change<'a> {
 }
 
 impl AccessStore {
-    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> AccessStore {
+    pub(crate) fn new(conn: RedisConn, prefix: &str) -> AccessStore {
         AccessStore {
             conn,
             keys: RedisKeys::new(prefix),

@@ -8,10 +8,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::redis_conn::RedisConn;
 
 pub(crate) const SESSION_COOKIE: &str = "apiproxy_session";
 /// How long a session lasts without a new login.
@@ -58,13 +59,13 @@ impl Secret {
 /// changing `ADMIN_TOKEN` ends every session opened with the old one.
 #[derive(Clone)]
 pub(crate) struct Sessions {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     token_digest: String,
 }
 
 impl Sessions {
-    pub(crate) fn new(conn: ConnectionManager, redis_prefix: &str, admin_token: &str) -> Sessions {
+    pub(crate) fn new(conn: RedisConn, redis_prefix: &str, admin_token: &str) -> Sessions {
         Sessions {
             conn,
             prefix: format!("{redis_prefix}:session:"),

@@ -35,7 +35,8 @@ pub(crate) struct Args {
     )]
     pub(crate) admin_listen: SocketAddr,
 
-    /// redis://[user]:[pass]@host:port/db or rediss://.
+    /// redis://[user]:[pass]@host:port/db, rediss://, or a Sentinel set:
+    /// redis+sentinel://[[user]:pass@]host:26379[,host:26379]/<master>[/db].
     #[arg(
         long,
         env = "API_PROXY_REDIS_URL",
@@ -96,6 +97,9 @@ pub(crate) enum Command {
 pub struct Config {
     pub admin_listen: SocketAddr,
     pub redis_url: String,
+    /// `API_PROXY_REDIS_SENTINEL_PASSWORD` (environment only): asked by the
+    /// sentinels of a `redis+sentinel://` URL.
+    pub redis_sentinel_password: Option<String>,
     pub(crate) redis_prefix: String,
     pub(crate) node_timeout: Duration,
     pub(crate) resync_interval: Duration,
@@ -126,8 +130,8 @@ impl Config {
         let Some(redis_url) = args.redis_url.filter(|u| !u.is_empty()) else {
             return invalid("API_PROXY_REDIS_URL must be set (redis://host:6379/0)");
         };
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return invalid("API_PROXY_REDIS_URL: must start with redis:// or rediss://");
+        if let Err(e) = apiproxy_shared::redis_target::check_url(&redis_url) {
+            return invalid(&e.to_string());
         }
         let admin_token = env.get("ADMIN_TOKEN").cloned().unwrap_or_default();
         if !init_only {
@@ -159,6 +163,10 @@ impl Config {
         Ok(Config {
             admin_listen: args.admin_listen,
             redis_url,
+            redis_sentinel_password: env
+                .get("API_PROXY_REDIS_SENTINEL_PASSWORD")
+                .filter(|p| !p.is_empty())
+                .cloned(),
             redis_prefix: args.redis_prefix,
             node_timeout: args.node_timeout,
             resync_interval: args.resync_interval,

@@ -15,8 +15,8 @@
 use std::hash::Hasher;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -44,7 +44,7 @@ return redis.call('INCR', KEYS[1])
 /// Watches until `shutdown`. A failed read is retried at the next tick
 /// (the API's own errors say when Redis is away).
 pub(crate) async fn watch(
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: &str,
     every: Duration,
     shutdown: CancellationToken,
@@ -101,7 +101,7 @@ pub(crate) async fn watch(
     }
 }
 
-async fn read(conn: &ConnectionManager, keys: &RedisKeys) -> redis::RedisResult<Seen> {
+async fn read(conn: &RedisConn, keys: &RedisKeys) -> redis::RedisResult<Seen> {
     let mut pipe = redis::pipe();
     pipe.atomic()
         .get(&keys.version)

@@ -29,6 +29,9 @@ pub(crate) enum AppError {
     TooManyRequests { retry_after: u64 },
     #[error("Redis is unavailable")]
     Unavailable(#[source] redis::RedisError),
+    /// The write is on the Redis primary but on no replica yet.
+    #[error("{0}")]
+    NotReplicated(String),
 }
 
 impl AppError {
@@ -41,7 +44,9 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::NotReplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -71,6 +76,7 @@ impl From<ApplyError> for AppError {
     fn from(e: ApplyError) -> Self {
         match e {
             ApplyError::TooLarge(_) => AppError::BadRequest(e.to_string()),
+            ApplyError::NotReplicated => AppError::NotReplicated(e.to_string()),
             ApplyError::Redis(e) => AppError::Unavailable(e),
         }
     }
@@ -91,8 +97,12 @@ impl From<redis::RedisError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if let AppError::Unavailable(source) = &self {
-            tracing::error!(error = %source, "Redis request failed");
+        match &self {
+            AppError::Unavailable(source) => {
+                tracing::error!(error = %source, "Redis request failed")
+            }
+            AppError::NotReplicated(why) => tracing::warn!("{why}"),
+            _ => {}
         }
         let status = self.status();
         let body = Json(crate::model::ErrorBody {

@@ -13,6 +13,7 @@ mod error;
 mod extract;
 mod handlers;
 mod model;
+mod redis_conn;
 mod router;
 mod stats_report;
 mod stats_store;
@@ -22,12 +23,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apiproxy_shared::RedisTarget;
 use axum::Router;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use redis_conn::RedisConn;
 pub use store::StoreError;
 
 use crate::access_store::AccessStore;
@@ -60,16 +62,12 @@ pub const DEFAULT_MAPPINGS: [(&str, &str); 15] = [
     ("/discord", "https://discord.com/api"),
 ];
 
-/// A Redis connection that reconnects by itself and is made lazily, so
-/// the control plane starts (and reports not-ready) while Redis is down.
-pub fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url)
-        .map_err(|e| format!("API_PROXY_REDIS_URL: invalid ({:?})", e.kind()))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(REDIS_TIMEOUT))
-        .set_response_timeout(Some(REDIS_TIMEOUT))
-        .set_number_of_retries(2);
-    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+/// A Redis connection that reconnects by itself (behind Sentinel, to
+/// whichever server is master then) and is made lazily, so the control
+/// plane starts (and reports not-ready) while Redis is down.
+pub fn redis_connection(url: &str, sentinel_password: Option<&str>) -> Result<RedisConn, String> {
+    let target = RedisTarget::new(url, sentinel_password, None).map_err(|e| e.to_string())?;
+    RedisConn::new(target, REDIS_TIMEOUT).map_err(|e| {
         format!(
             "API_PROXY_REDIS_URL: cannot set up the connection ({:?})",
             e.kind()
@@ -79,14 +77,14 @@ pub fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
 
 /// `init`: [`DEFAULT_MAPPINGS`] into the mappings hash when it is empty;
 /// `None` when it held anything (nothing is written then).
-pub async fn init(config: &Config, conn: ConnectionManager) -> Result<Option<u64>, StoreError> {
+pub async fn init(config: &Config, conn: RedisConn) -> Result<Option<u64>, StoreError> {
     Store::new(conn, &config.redis_prefix)
         .init_defaults(&DEFAULT_MAPPINGS, "init")
         .await
 }
 
 /// The whole HTTP application for `config` over `conn`.
-pub fn app(config: &Config, conn: ConnectionManager) -> Router {
+pub fn app(config: &Config, conn: RedisConn) -> Router {
     let state = AppState {
         store: Store::new(conn.clone(), &config.redis_prefix),
         access: AccessStore::new(conn.clone(), &config.redis_prefix),
@@ -107,11 +105,7 @@ pub fn app(config: &Config, conn: ConnectionManager) -> Router {
 /// Imports the Go version's saved stats once (while our totals are empty),
 /// logging what it did. Tries again every 2 s while Redis cannot be
 /// reached, at most 150 times (5 min), or until `shutdown`.
-pub async fn import_go_stats(
-    config: &Config,
-    conn: ConnectionManager,
-    shutdown: CancellationToken,
-) {
+pub async fn import_go_stats(config: &Config, conn: RedisConn, shutdown: CancellationToken) {
     use crate::stats_store::GoImport;
     let stats = StatsStore::new(conn, &config.redis_prefix);
     for attempt in 1..=150 {
@@ -151,7 +145,7 @@ pub async fn import_go_stats(
 
 /// Announces edits made in Redis without a version bump (see
 /// [`edit_watch`]), until `shutdown`.
-pub async fn watch_edits(config: &Config, conn: ConnectionManager, shutdown: CancellationToken) {
+pub async fn watch_edits(config: &Config, conn: RedisConn, shutdown: CancellationToken) {
     edit_watch::watch(conn, &config.redis_prefix, config.resync_interval, shutdown).await
 }
 

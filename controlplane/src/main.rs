@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use apiproxy_controlplane::{
-    app, import_go_stats, init, redis_connection, serve, watch_edits, Config, DEFAULT_MAPPINGS,
+    app, import_go_stats, init, redis_connection, serve, watch_edits, Config, RedisConn,
+    DEFAULT_MAPPINGS,
 };
 use apiproxy_startup::{config_failed, configure, init_logging, StopSignals};
 use tokio::net::TcpListener;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let signals = StopSignals::install();
-        let conn = match redis_connection(&config.redis_url) {
+        let conn = match redis_connection(&config.redis_url, config.redis_sentinel_password.as_deref()) {
             Ok(c) => c,
             Err(e) => return config_failed(PROGRAM, e),
         };
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
 
 /// `init`: the default mappings into an empty hash, else nothing. Exit 0
 /// either way; 1 when Redis cannot be reached.
-async fn write_defaults(config: &Config, conn: redis::aio::ConnectionManager) -> ExitCode {
+async fn write_defaults(config: &Config, conn: RedisConn) -> ExitCode {
     match init(config, conn).await {
         Ok(Some(version)) => {
             info!(

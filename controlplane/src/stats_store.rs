@@ -39,12 +39,17 @@ mod key_usage;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use apiproxy_shared::stats::{BUCKETS, STATUS_CLASSES};
 use apiproxy_shared::{FailedRequest, RedisKeys, StatsBatch};
-use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
+
+use crate::model::Durability;
+use crate::redis_conn::RedisConn;
 
 pub(crate) use key_usage::{PrefixUsage, UsagePoint};
 pub(crate) use writes::{parse_request_run, MAX_DELTA};
@@ -52,6 +57,9 @@ pub(crate) use writes::{parse_request_run, MAX_DELTA};
 /// Series buckets `/stats` returns: 24 h of minutes, 30 days of hours.
 pub(crate) const MINUTE_BUCKETS: u64 = 1440;
 pub(crate) const HOUR_BUCKETS: u64 = 720;
+
+/// Longest a stats batch waits for a replica to confirm it holds it.
+pub(crate) const REPLICA_WAIT: Duration = Duration::from_secs(1);
 
 /// Field names shared by the writes and the reads.
 mod field {
@@ -94,6 +102,11 @@ pub(crate) enum ApplyError {
     /// The batch would add more than [`MAX_DELTA`] to a counter (400).
     #[error("`{0}` adds more than 2^50 in one batch")]
     TooLarge(String),
+    /// Applied on the primary, but no replica confirmed it within
+    /// [`REPLICA_WAIT`] (503: the node keeps the batch and sends it again,
+    /// a repeat the primary recognises).
+    #[error("the stats batch is not yet confirmed by a Redis replica; send it again")]
+    NotReplicated,
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -250,22 +263,29 @@ pub(crate) enum GoImport {
 /// The stats and node registry of one Redis namespace.
 #[derive(Clone)]
 pub(crate) struct StatsStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: RedisKeys,
     apply: Script,
+    /// The [`Durability`] last seen (0: none yet), so a change is logged
+    /// once rather than with every batch.
+    durability: Arc<AtomicU8>,
 }
 
 impl StatsStore {
-    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> StatsStore {
+    pub(crate) fn new(conn: RedisConn, prefix: &str) -> StatsStore {
         StatsStore {
             conn,
             keys: RedisKeys::new(prefix),
             apply: Script::new(writes::APPLY),
+            durability: Arc::new(AtomicU8::new(0)),
         }
     }
 
     /// Applies `batch` once (one EVALSHA); a repeat of an applied
-    /// `(node_id, boot_id, seq)` writes nothing.
+    /// `(node_id, boot_id, seq)` writes nothing new. When the primary has
+    /// a replica, the batch counts as applied only once `WAIT` confirms a
+    /// replica holds it (a repeat included: its first application may not
+    /// have reached one).
     pub(crate) async fn apply(
         &self,
         batch: &StatsBatch,
@@ -275,12 +295,63 @@ impl StatsStore {
         if let Some(field) = writes.too_large {
             return Err(ApplyError::TooLarge(field));
         }
-        let outcome = self.run(&self.apply, &writes).await?;
+        let outcome: String = match self.durability().await? {
+            Durability::PrimaryOnly => self.run(&self.apply, &writes).await?,
+            Durability::Replicated => {
+                // One pipeline, so the WAIT goes down the connection that
+                // wrote: it waits for this client's writes.
+                let invocation = invocation(&self.apply, &writes);
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation)
+                    .cmd("WAIT")
+                    .arg(1)
+                    .arg(REPLICA_WAIT.as_millis() as u64);
+                let mut conn = self.conn.clone();
+                let (outcome, confirmed): (String, u64) = match pipe.query_async(&mut conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await?
+                    }
+                    result => result?,
+                };
+                if confirmed == 0 {
+                    return Err(ApplyError::NotReplicated);
+                }
+                outcome
+            }
+        };
         Ok(if outcome == "duplicate" {
             Applied::Duplicate
         } else {
             Applied::New
         })
+    }
+
+    /// Whether the primary has a connected replica now (`ROLE`); a change
+    /// since the last look is logged.
+    pub(crate) async fn durability(&self) -> redis::RedisResult<Durability> {
+        let role: redis::Role = redis::cmd("ROLE")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let now = match role {
+            redis::Role::Primary { replicas, .. } if !replicas.is_empty() => Durability::Replicated,
+            _ => Durability::PrimaryOnly,
+        };
+        let code = now as u8 + 1;
+        if self.durability.swap(code, Ordering::Relaxed) != code {
+            match now {
+                Durability::Replicated => tracing::info!(
+                    "the Redis primary has a replica: a stats batch is acknowledged once a replica holds it"
+                ),
+                Durability::PrimaryOnly => tracing::warn!(
+                    "the Redis primary has no replica: stats batches are acknowledged once the primary holds them, so losing the primary loses the newest (GET /api/nodes: stats_durability)"
+                ),
+            }
+        }
+        Ok(now)
     }
 
     /// The cluster totals and every endpoint's, sorted by prefix (two
@@ -464,15 +535,9 @@ impl StatsStore {
 
     /// Runs `script` with the KEYS and ARGV of `writes`; its reply.
     async fn run(&self, script: &Script, writes: &writes::Writes) -> redis::RedisResult<String> {
-        let mut invocation = script.prepare_invoke();
-        for key in &writes.keys {
-            invocation.key(key);
-        }
-        for arg in &writes.args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        invocation.invoke_async(&mut conn).await
+        invocation(script, writes)
+            .invoke_async(&mut self.conn.clone())
+            .await
     }
 
     /// HGETALL of every key, in one round trip.
@@ -536,6 +601,18 @@ impl StatsStore {
 
 /// Starts of the `n` buckets of `width` seconds up to the one holding
 /// `now_s`, oldest first.
+/// `script` with the KEYS and ARGV of `writes`.
+fn invocation<'a>(script: &'a Script, writes: &writes::Writes) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in &writes.keys {
+        invocation.key(key);
+    }
+    for arg in &writes.args {
+        invocation.arg(arg);
+    }
+    invocation
+}
+
 fn bucket_starts(now_s: u64, width: u64, n: u64) -> Vec<u64> {
     let newest = now_s / width * width;
     (0..n)

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
+
+use crate::redis_conn::RedisConn;
 
 /// Audit entries kept (approximately) in the stream.
 pub(crate) const AUDIT_MAX_LEN: usize = 10_000;
@@ -100,7 +101,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Publishes a change on the updates channel.
 async fn publish(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     keys: &RedisKeys,
     message: &UpdateMessage,
 ) -> Result<(), redis::RedisError> {
@@ -111,7 +112,7 @@ async fn publish(
 
 /// Publishes a change made. A lost announcement is not fatal: nodes also
 /// re-read on their resync interval.
-pub(crate) async fn announce(conn: &ConnectionManager, keys: &RedisKeys, message: UpdateMessage) {
+pub(crate) async fn announce(conn: &RedisConn, keys: &RedisKeys, message: UpdateMessage) {
     if let Err(error) = publish(conn, keys, &message).await {
         tracing::warn!(%error, version = message.version, "could not announce a change; nodes will catch up on resync");
     }
@@ -120,12 +121,12 @@ pub(crate) async fn announce(conn: &ConnectionManager, keys: &RedisKeys, message
 /// The mapping store of one Redis namespace.
 #[derive(Clone)]
 pub(crate) struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: RedisKeys,
 }
 
 impl Store {
-    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> Store {
+    pub(crate) fn new(conn: RedisConn, prefix: &str) -> Store {
         Store {
             conn,
             keys: RedisKeys::new(prefix),

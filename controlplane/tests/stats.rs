@@ -917,3 +917,53 @@ async fn key_usage_in_a_push_is_checked() {
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_a_batch_is_acknowledged_only_once_a_replica_holds_it() {
+    let api = Api::start();
+    let durability =
+        || async { api.admin("GET", "/api/nodes", None).await.1["stats_durability"].clone() };
+    assert_eq!(durability().await, "primary_only");
+    let replica = apiproxy_tests::redis::RedisServer::start_replica_of(&api.redis);
+    apiproxy_tests::eventually(
+        "the primary lists its replica",
+        Duration::from_secs(10),
+        || async { (durability().await == "replicated").then_some(()) },
+    )
+    .await;
+    let keys = RedisKeys::default();
+    let mut on_replica = replica.conn().await;
+    let replica_total = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let totals = keys.stats_totals.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(totals)
+                .arg("total")
+                .query_async::<Option<u64>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Acknowledged: the replica holds it already.
+    let first = batch("dp-1", "boot-a", 1, &[("/openai", delta(10, 1, 3))]);
+    assert_eq!(push(&api, &first).await, StatusCode::NO_CONTENT);
+    assert_eq!(replica_total(&mut on_replica).await, Some(10));
+
+    // A replica that does not answer: applied on the primary, not
+    // acknowledged, so the node keeps the batch.
+    replica.pause();
+    let second = batch("dp-1", "boot-a", 2, &[("/openai", delta(5, 0, 3))]);
+    let (status, body) = push_raw(&api, serde_json::to_string(&second).unwrap()).await;
+    replica.resume();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("replica"),
+        "{body}"
+    );
+    // The resend is acknowledged once the replica holds it, and counted once.
+    assert_eq!(push(&api, &second).await, StatusCode::NO_CONTENT);
+    assert_eq!(replica_total(&mut on_replica).await, Some(15));
+    assert_eq!(stats(&api, "").await["total"], 15);
+}

@@ -57,7 +57,8 @@ pub(crate) struct Args {
     #[arg(long, env = "API_PROXY_MAPPINGS_FILE", value_name = "PATH")]
     pub(crate) mappings_file: Option<PathBuf>,
 
-    /// Redis mode: redis://[user]:[pass]@host:port/db or rediss://.
+    /// Redis mode: redis://[user]:[pass]@host:port/db, rediss://, or a
+    /// Sentinel set: redis+sentinel://[[user]:pass@]host:26379[,host:26379]/<master>[/db].
     #[arg(
         long,
         env = "API_PROXY_REDIS_URL",
@@ -192,7 +193,13 @@ pub(crate) struct Args {
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
     File(PathBuf),
-    Redis { url: String, prefix: String },
+    Redis {
+        url: String,
+        prefix: String,
+        /// `API_PROXY_REDIS_SENTINEL_PASSWORD` (environment only): asked
+        /// by the sentinels of a `redis+sentinel://` URL.
+        sentinel_password: Option<String>,
+    },
 }
 
 /// The validated configuration the proxy runs with.
@@ -352,7 +359,14 @@ impl Config {
         };
         let source = match (args.mappings_file, args.redis_url) {
             (Some(path), None) => Source::File(path),
-            (None, Some(url)) => Source::Redis { url, prefix: args.redis_prefix },
+            (None, Some(url)) => Source::Redis {
+                url,
+                prefix: args.redis_prefix,
+                sentinel_password: env
+                    .get("API_PROXY_REDIS_SENTINEL_PASSWORD")
+                    .filter(|p| !p.is_empty())
+                    .cloned(),
+            },
             (Some(_), Some(_)) => {
                 return invalid(
                     "API_PROXY_MAPPINGS_FILE and API_PROXY_REDIS_URL are both set: set exactly one".into(),

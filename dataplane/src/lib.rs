@@ -50,6 +50,7 @@ mod write_stall;
 
 use std::sync::Arc;
 
+use apiproxy_shared::RedisTarget;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -64,9 +65,9 @@ pub use metrics::Metrics;
 pub use record::{Outcome, RequestRecord};
 pub use routing::{Route, Snapshot};
 // What a start-up failure holds.
+pub use apiproxy_shared::RedisSetupError;
 pub use connect::TlsSetupError;
 pub use file_source::FileError;
-pub use redis_source::RedisSetupError;
 pub use stats::{PrefixStats, StatsRegistry, Totals};
 
 use crate::access_log::{Reopener, RequestLog, WriterHandle};
@@ -88,7 +89,7 @@ pub enum StartupError {
     #[error(transparent)]
     Tls(#[from] connect::TlsSetupError),
     #[error(transparent)]
-    Redis(#[from] redis_source::RedisSetupError),
+    Redis(#[from] RedisSetupError),
     #[error("API_PROXY_ACCESS_LOG: cannot open {path}: {error}")]
     AccessLog {
         path: String,
@@ -166,8 +167,12 @@ impl DataPlane {
             Source::File(path) => {
                 MappingSource::File(FileSource::load(path.clone(), state.clone())?)
             }
-            Source::Redis { url, prefix } => MappingSource::Redis(Box::new(RedisSource::new(
+            Source::Redis {
                 url,
+                prefix,
+                sentinel_password,
+            } => MappingSource::Redis(Box::new(RedisSource::new(
+                RedisTarget::new(url, sentinel_password.as_deref(), config.ca_file.as_deref())?,
                 prefix,
                 state.clone(),
                 config.snapshot_cache.clone().map(SnapshotCache::new),
@@ -175,9 +180,8 @@ impl DataPlane {
                     check: config.resync_interval,
                     full: config.full_resync_interval,
                 },
-                config.ca_file.as_deref(),
                 config.secrets_key.clone(),
-            )?)),
+            ))),
         };
         let pusher = match config.stats_push.clone() {
             Some(push) => Some(StatsPusher::new(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiproxy_shared::access::SecretsKey;
-use apiproxy_shared::{content_hash, RedisKeys, UpdateMessage, UpdateOp};
+use apiproxy_shared::{content_hash, RedisKeys, RedisTarget, UpdateMessage, UpdateOp};
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -27,15 +27,6 @@ use crate::state::RoutingState;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RedisSetupError {
-    /// The URL itself is never printed: it may hold a password.
-    #[error("API_PROXY_REDIS_URL: not a valid redis:// or rediss:// URL ({0})")]
-    Url(String),
-    #[error("API_PROXY_CA_FILE: cannot read {0}")]
-    CaFile(String),
-}
 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
@@ -57,7 +48,8 @@ async fn within<T>(
 }
 
 pub(crate) struct RedisSource {
-    client: redis::Client,
+    /// One server, or the master a Sentinel set names at each (re)connect.
+    target: RedisTarget,
     keys: RedisKeys,
     state: Arc<RoutingState>,
     cache: Option<SnapshotCache>,
@@ -96,36 +88,15 @@ struct Applied {
 
 impl RedisSource {
     pub(crate) fn new(
-        url: &str,
+        target: RedisTarget,
         prefix: &str,
         state: Arc<RoutingState>,
         cache: Option<SnapshotCache>,
         resync: Resync,
-        ca_file: Option<&std::path::Path>,
         secrets: Option<Arc<SecretsKey>>,
-    ) -> Result<RedisSource, RedisSetupError> {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(RedisSetupError::Url(
-                "scheme must be redis:// or rediss://".into(),
-            ));
-        }
-        let client = match (url.starts_with("rediss://"), ca_file) {
-            // A private CA for Redis over TLS: API_PROXY_CA_FILE becomes
-            // the trust roots of the Redis connection.
-            (true, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| RedisSetupError::CaFile(format!("{}: {e}", path.display())))?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                redis::Client::build_with_tls(url, certs)
-            }
-            _ => redis::Client::open(url),
-        }
-        .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?;
-        Ok(RedisSource {
-            client,
+    ) -> RedisSource {
+        RedisSource {
+            target,
             keys: RedisKeys::new(prefix),
             state,
             cache,
@@ -133,7 +104,7 @@ impl RedisSource {
             applied: None,
             cache_dirty: false,
             secrets,
-        })
+        }
     }
 
     /// Follows Redis until `shutdown`, reconnecting with jittered backoff.
@@ -174,9 +145,12 @@ impl RedisSource {
     /// One connected period: subscribe, read everything, then follow the
     /// announcements and the resync timer until the connection fails.
     async fn session(&mut self, backoff: &mut Backoff) -> Result<(), SyncError> {
-        let mut pubsub = within(self.client.get_async_pubsub()).await?;
+        // Behind Sentinel, the master as of this (re)connect: after a
+        // failover the new one, subscribed again and read in full below.
+        let client = within(self.target.client()).await?;
+        let mut pubsub = within(client.get_async_pubsub()).await?;
         within(pubsub.subscribe(&self.keys.updates)).await?;
-        let mut conn = within(self.client.get_multiplexed_async_connection()).await?;
+        let mut conn = within(client.get_multiplexed_async_connection()).await?;
         // Subscribed first, then read: a change made in between is in the
         // read or announced after it, never lost.
         self.reload(&mut conn, "subscribed").await?;
@@ -688,37 +662,6 @@ mod tests {
         }
         assert!(tenths.iter().all(|&n| n > 40), "{tenths:?}");
         assert_eq!(phase(interval, 0), interval / 2);
-    }
-
-    #[test]
-    fn urls_are_checked_without_echoing_them() {
-        let state = Arc::new(RoutingState::new(crate::metrics::Metrics::new()));
-        let resync = Resync {
-            check: Duration::from_secs(1),
-            full: Duration::from_secs(60),
-        };
-        let err = RedisSource::new(
-            "http://user:secret@h",
-            "apiproxy",
-            state.clone(),
-            None,
-            resync,
-            None,
-            None,
-        )
-        .err()
-        .unwrap();
-        assert!(!err.to_string().contains("secret"));
-        assert!(RedisSource::new(
-            "rediss://:pw@h:6380/0",
-            "apiproxy",
-            state,
-            None,
-            resync,
-            None,
-            None,
-        )
-        .is_ok());
     }
 
     fn announced(version: u64) -> Vec<u8> {

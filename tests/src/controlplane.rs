@@ -78,6 +78,31 @@ impl ControlPlane {
         self.admin("POST", "/api/mappings", Some(body)).await
     }
 
+    /// Waits (at most 10 s) until every node `/api/nodes` lists pushed a
+    /// batch that the control plane applied later than `after` from now:
+    /// three push intervals, for example, is three more batches each.
+    pub async fn wait_batches_after(&self, after: std::time::Duration) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let settled = unix_ms + after.as_millis() as u64;
+        crate::eventually(
+            "more batches",
+            std::time::Duration::from_secs(10),
+            || async {
+                let listed = self.admin("GET", "/api/nodes", None).await.json();
+                let nodes = listed["nodes"].as_array()?.clone();
+                (!nodes.is_empty()
+                    && nodes
+                        .iter()
+                        .all(|n| n["last_seen"].as_u64().is_some_and(|t| t > settled)))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -145,6 +145,7 @@ pub fn accepted(bin: &str) -> &'static Accepted {
             &DATAPLANE,
             &[
                 "API_PROXY_NODE_TOKEN",
+                "API_PROXY_REDIS_SENTINEL_PASSWORD",
                 "API_PROXY_SECRETS_KEY",
                 "PORT",
                 "RUST_LOG",
@@ -155,6 +156,7 @@ pub fn accepted(bin: &str) -> &'static Accepted {
             &[
                 "ADMIN_TOKEN",
                 "API_PROXY_NODE_TOKEN",
+                "API_PROXY_REDIS_SENTINEL_PASSWORD",
                 "API_PROXY_SECRETS_KEY",
                 "RUST_LOG",
             ],

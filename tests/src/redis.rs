@@ -115,6 +115,41 @@ impl RedisServer {
         panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
     }
 
+    /// A replica of `primary`, returned once its first sync finished
+    /// (within 10 s).
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start_with(
+            &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+            false,
+        );
+        let log = replica.dir.path("redis.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("MASTER <-> REPLICA sync: Finished with success")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    /// A `redis-server --sentinel` watching `primary` as the master
+    /// `name`, with a quorum of 2: a master silent for 1 s is down, and a
+    /// failover may be retried after 5 s.
+    pub fn start_sentinel_watching(primary: &RedisServer, name: &str) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {port} 2\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n",
+            port = primary.port
+        );
+        RedisServer::start_sentinel(&conf, &[])
+    }
+
     /// A TLS-only server with a certificate for `localhost` from `ca`.
     pub fn start_tls(ca: &crate::tls::TestCa) -> RedisServer {
         let dir = TempDir::new("redis-tls");
@@ -204,6 +239,22 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP: connections stay open and nothing is answered (a replica
+    /// stops acknowledging) until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        crate::dataplane::send_signal(child.id(), sig);
     }
 
     /// Starts again on the same port and data directory: empty, unless it

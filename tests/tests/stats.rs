@@ -155,23 +155,7 @@ async fn assert_stats_exact(cp: &ControlPlane, cp_port: u16, e: &Expected) {
     // Three more batches from every node (pushed every 200 ms, and
     // `last_seen` is when the control plane applied one): nothing is
     // counted twice.
-    let unix_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let settled = unix_ms() + 3 * 200;
-    eventually("three more batches", Duration::from_secs(10), || async {
-        let listed = cp.admin("GET", "/api/nodes", None).await.json();
-        let nodes = listed["nodes"].as_array()?.clone();
-        (!nodes.is_empty()
-            && nodes
-                .iter()
-                .all(|n| n["last_seen"].as_u64().is_some_and(|t| t > settled)))
-        .then_some(())
-    })
-    .await;
+    cp.wait_batches_after(Duration::from_millis(3 * 200)).await;
     let s2 = stats(cp_port).await.unwrap();
     assert!(check(&s2), "changed after settling: {s} -> {s2}");
     assert_eq!(s["cancelled"], e.up_cancelled, "{s}");

@@ -39,7 +39,8 @@ fn check(batch: &StatsBatch) -> Result<(), AppError> {
 
 #[utoipa::path(post, path = "/internal/stats", tag = "stats", request_body = StatsBatchSchema, security(("node" = [])),
     responses((status = 204, description = "applied, or a repeat of an applied (node_id, boot_id, seq), which is not applied again"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "Redis unavailable, or (the primary having a replica) no replica confirmed the batch within 1 s: the node keeps it and sends it again")))]
 pub(crate) async fn push(
     State(state): State<Shared>,
     _: NodeAuth,
@@ -92,10 +93,13 @@ pub(crate) async fn stats(
 }
 
 #[utoipa::path(get, path = "/api/nodes", tag = "stats", security(("bearer" = []), ("session" = [])),
+    description = "`stats_durability` says whether an acknowledged stats batch is on a Redis replica too.",
     responses((status = 200, body = NodeList), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn nodes(State(state): State<Shared>) -> Result<Json<NodeList>, AppError> {
+    let (nodes, stats_durability) = tokio::try_join!(nodes_now(&state), state.stats.durability())?;
     Ok(Json(NodeList {
-        nodes: nodes_now(&state).await?,
+        nodes,
+        stats_durability,
     }))
 }
 

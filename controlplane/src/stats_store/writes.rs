@@ -60,7 +60,12 @@ pub(super) const APPLY: &str = concat!(
     r"
 local function le(a, b) return #a < #b or (#a == #b and a <= b) end
 local last = redis.call('GET', KEYS[1])
-if last and le(ARGV[1], last) then return 'duplicate' end
+if last and le(ARGV[1], last) then
+  -- A write, so a WAIT after this repeat covers its first application
+  -- (made on this primary, perhaps through an earlier connection).
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 'duplicate'
+end
 -- Recorded before the writes: should one fail, the rest of this batch is
 -- lost rather than its first part counted twice when the node resends.
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])

@@ -72,7 +72,7 @@ impl Api {
         let url = redis.url();
         let args = ["apiproxy-controlplane", "--redis-url", url.as_str()];
         let config = Config::parse(args.into_iter().chain(flags.iter().copied()), &vars).unwrap();
-        app(&config, redis_connection(&url).unwrap())
+        app(&config, redis_connection(&url, None).unwrap())
     }
 }
 
