@@ -38,6 +38,7 @@ mod record;
 mod redis_source;
 mod request_id;
 mod route;
+mod route_trie;
 mod routing;
 mod snapshot_cache;
 mod state;

@@ -4,7 +4,7 @@
 //! Lookup walks the request path's own segment boundaries from the longest
 //! candidate down, one map probe each, so its cost depends on the path's
 //! depth (capped by the deepest configured prefix), never on how many
-//! mappings there are. The map is persistent (a hash trie): the snapshot
+//! mappings there are. The map is persistent ([`RouteTrie`]): the snapshot
 //! after one change shares all but a path of nodes with the one before, so
 //! a change costs O(log n), not a copy of the table.
 
@@ -17,17 +17,17 @@ use rpds::HashTrieMapSync;
 use tracing::warn;
 
 pub use crate::route::Route;
+use crate::route_trie::RouteTrie;
 
 /// FNV, not SipHash: keys are the operator's prefixes, never a client's,
-/// so there is no table to flood, and a probe per path segment costs a
-/// fraction of SipHash's on short keys.
+/// so there is no table to flood.
 type Map<K, V> = HashTrieMapSync<K, V, FnvBuildHasher>;
 
 /// An immutable set of routes; replaced whole, never edited.
 #[derive(Debug)]
 pub struct Snapshot {
     /// By prefix in its one spelling.
-    routes: Map<Arc<str>, Arc<Route>>,
+    routes: RouteTrie,
     /// The entries that do not route, as configured (raw prefix -> raw
     /// target): refused by validation, or another spelling of a routed
     /// prefix. Kept so that the snapshot alone says what its source holds;
@@ -45,7 +45,7 @@ pub struct Snapshot {
 impl Default for Snapshot {
     fn default() -> Snapshot {
         Snapshot {
-            routes: Map::new_with_hasher_and_ptr_kind(FnvBuildHasher::default()),
+            routes: RouteTrie::default(),
             skipped: Map::new_with_hasher_and_ptr_kind(FnvBuildHasher::default()),
             max_depth: 0,
             version: 0,
@@ -123,14 +123,14 @@ impl Snapshot {
                 }
             }
             _ => {
-                self.routes.insert_mut(route.prefix.clone(), route);
+                self.routes.insert(route);
                 return;
             }
         };
         warn!(prefix = %kept.prefix, kept = %kept.raw_prefix(), skipped = %skipped.raw_prefix(), "skipping a second spelling of one prefix");
         self.skipped
             .insert_mut(skipped.raw_prefix().into(), skipped.raw_target().into());
-        self.routes.insert_mut(kept.prefix.clone(), kept);
+        self.routes.insert(kept);
     }
 
     /// The snapshot after one announced change (`target` `None`: deleted),
@@ -147,7 +147,7 @@ impl Snapshot {
             return self.next(entries, version);
         }
         let mut next = Snapshot {
-            routes: self.routes.remove(prefix),
+            routes: self.routes.clone(),
             skipped: self.skipped.remove(prefix),
             // An upper bound is enough: it only lets lookups skip
             // candidates deeper than any prefix.
@@ -155,12 +155,12 @@ impl Snapshot {
             version,
             aliased: false,
         };
+        next.routes.remove(prefix);
         if let Some(target) = target {
             match Route::new(prefix, target) {
                 Ok(route) => {
                     next.max_depth = next.max_depth.max(depth(prefix));
-                    next.routes
-                        .insert_mut(route.prefix.clone(), Arc::new(route));
+                    next.routes.insert(Arc::new(route));
                 }
                 Err(error) => next.skip_invalid(prefix, target, error),
             }
@@ -170,10 +170,7 @@ impl Snapshot {
 
     /// Every entry as configured, routed or skipped: what the source holds.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
-        let routed = self
-            .routes
-            .values()
-            .map(|r| (r.raw_prefix(), r.raw_target()));
+        let routed = self.routes.iter().map(|r| (r.raw_prefix(), r.raw_target()));
         routed.chain(self.skipped.iter().map(|(p, t)| (&**p, &**t)))
     }
 
@@ -184,13 +181,13 @@ impl Snapshot {
             Some(target) => Some(&**target),
             None => {
                 let one = canonical_prefix(raw_prefix).ok()?;
-                let route = self.routes.get(&*one)?;
+                let route = self.routes.get(&one)?;
                 (route.raw_prefix() == raw_prefix).then(|| route.raw_target())
             }
         };
         // As many entries, each found with its target: a raw prefix is
         // routed or skipped, never both, so this is the same set.
-        entries.len() == self.routes.size() + self.skipped.size()
+        entries.len() == self.routes.len() + self.skipped.size()
             && entries
                 .iter()
                 .all(|(p, t)| target_of(p) == Some(t.as_str()))
@@ -200,15 +197,11 @@ impl Snapshot {
     /// configured (raw prefix and target, as the hash holds them), so the
     /// console can tell whether nodes serve the same set.
     pub(crate) fn content_hash(&self) -> String {
-        apiproxy_shared::content_hash(
-            self.routes
-                .values()
-                .map(|r| (r.raw_prefix(), r.raw_target())),
-        )
+        apiproxy_shared::content_hash(self.routes.iter().map(|r| (r.raw_prefix(), r.raw_target())))
     }
 
     pub fn len(&self) -> usize {
-        self.routes.size()
+        self.routes.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -4,6 +4,7 @@
 //! signal to stop. The wire types both sides share are in `apiproxy-shared`.
 
 pub mod cli;
+mod secret_files;
 
 use std::collections::HashMap;
 use std::env::ArgsOs;
@@ -13,18 +14,31 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 pub use cli::{ConfigError, LogFormat, EXIT_CONFIG};
+pub use secret_files::{read_secret_files, SECRET_VARS};
 
 /// The configuration `parse` makes of the command line and the
 /// environment, a `.env` file filling in what the real environment does not
-/// set. `--help` and `--version` go to stdout and exit 0; an error is one
-/// line on stderr, `{program}: {error}`, and exits [`EXIT_CONFIG`].
+/// set, and each secret's `NAME_FILE` read into `NAME` ([`SECRET_VARS`]).
+/// `--help` and `--version` go to stdout and exit 0; an error is one line
+/// on stderr, `{program}: {error}`, and exits [`EXIT_CONFIG`].
 pub fn configure<C>(
     program: &str,
     parse: impl FnOnce(ArgsOs, &HashMap<String, String>) -> Result<C, ConfigError>,
 ) -> Result<C, ExitCode> {
     let _ = dotenvy::dotenv();
-    let env = std::env::vars().collect();
-    parse(std::env::args_os(), &env).map_err(|e| {
+    let mut env = std::env::vars().collect();
+    let parsed = read_secret_files(&mut env).and_then(|()| {
+        // The flags' environment fallbacks are read by clap from the
+        // process environment, not from `env`: a secret read from a file
+        // goes there too. Still one thread: nothing reads it meanwhile.
+        for name in SECRET_VARS {
+            if let Some(value) = env.get(name) {
+                std::env::set_var(name, value);
+            }
+        }
+        parse(std::env::args_os(), &env)
+    });
+    parsed.map_err(|e| {
         let code = e.exit_code();
         if code == 0 {
             print!("{e}");
