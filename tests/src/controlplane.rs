@@ -26,12 +26,22 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn start(redis_url: &str, env: &[(&str, &str)]) -> ControlPlane {
+        let secrets = [
+            ("API_PROXY_REDIS_URL", redis_url),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
+        let all: Vec<(&str, &str)> = secrets.iter().chain(env).copied().collect();
+        ControlPlane::start_env(&all)
+    }
+
+    /// A control plane on a free port of 127.0.0.1 with `env` and no
+    /// Redis URL or admin token of its own: `env` gives them (or their
+    /// `NAME_FILE` forms).
+    pub fn start_env(env: &[(&str, &str)]) -> ControlPlane {
         let dir = TempDir::new("cp");
         let base = [
-            ("API_PROXY_REDIS_URL", redis_url),
             ("API_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
             ("API_PROXY_LOG_FORMAT", "json"),
-            ("ADMIN_TOKEN", ADMIN_TOKEN),
         ];
         let all: Vec<(&str, &str)> = base.iter().chain(env).copied().collect();
         let (child, logs, addrs) = spawn_logged(

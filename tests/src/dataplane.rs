@@ -188,6 +188,12 @@ impl DataPlane {
         )
     }
 
+    /// Starts a data plane whose mapping source is in `env` alone (e.g.
+    /// `API_PROXY_REDIS_URL_FILE`).
+    pub fn start_env(env: &[(&str, &str)]) -> DataPlane {
+        DataPlane::spawn(TempDir::new("dp"), &[], env, None)
+    }
+
     /// A Redis-mode node whose resync does not run during a test (10
     /// minutes): only announcements (or a reload) carry changes to it.
     pub fn start_redis_without_resync(url: &str) -> DataPlane {

@@ -285,8 +285,8 @@ pub fn as_refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 /// Runs a binary with exactly `env` (plus PATH) and expects it to refuse
-/// to start: exit 64 with a line naming `needle`.
-pub fn assert_refused(bin: &str, env: &[(String, String)], needle: &str) {
+/// to start: exit 64 with a line naming `needle`. Returns what it printed.
+pub fn assert_refused(bin: &str, env: &[(String, String)], needle: &str) -> String {
     let dir = TempDir::new("refused");
     let mut cmd = Command::new(binary(bin));
     cmd.env_clear()
@@ -299,6 +299,7 @@ pub fn assert_refused(bin: &str, env: &[(String, String)], needle: &str) {
         output.contains(needle),
         "{bin}: {output:?} should name {needle}"
     );
+    output
 }
 
 /// `deploy/healthcheck.rs`, the image's HEALTHCHECK program, compiled once

@@ -1,15 +1,18 @@
 //! Secrets never reach the logs: the admin token, the node token, the Redis
 //! password, session cookies and the API keys clients send through the
 //! proxy, at the most verbose log level, across sign-in, API calls, stats
-//! pushes, proxied requests (good and failing) and a Redis outage.
+//! pushes, proxied requests (good and failing) and a Redis outage. Each
+//! secret may come from a file (`NAME_FILE`), and a bad one is refused
+//! without showing what it holds.
 
 use std::time::Duration;
 
 use apiproxy_tests::client::{call, get_reply};
 use apiproxy_tests::controlplane::{ControlPlane, ADMIN_TOKEN};
+use apiproxy_tests::deploy::assert_refused;
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::upstream::{self, echo_handler};
-use apiproxy_tests::{eventually, DataPlane};
+use apiproxy_tests::{eventually, DataPlane, TempDir};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -177,6 +180,156 @@ async fn no_secret_is_ever_logged() {
     ] {
         if let Some(line) = logs.iter().find(|l| l.contains(secret)) {
             panic!("a secret reached the logs: {line}");
+        }
+    }
+}
+
+/// A binary, the environment it is refused with, what its message names.
+type RefusedCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
+/// Both binaries read their secrets from `NAME_FILE` (the final line
+/// break dropped): a control plane with its admin token, node token and
+/// Redis URL in files serves the admin API with that token; a data plane
+/// with its Redis URL and node token in files (and an empty secrets-key
+/// file: no key) routes a mapping from that Redis and its pushes are
+/// accepted. Both forms of one secret, a file that cannot be read, an
+/// empty node token: exit 64, naming the variable, never a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_files() {
+    let redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD], false);
+    let url = format!("redis://:{REDIS_PASSWORD}@{}/", redis.addr());
+    let dir = TempDir::new("secret-files");
+    let file = |name: &str, content: &str| -> String {
+        let path = dir.path(name);
+        std::fs::write(&path, format!("{content}\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let admin_token = file("admin-token", ADMIN_TOKEN);
+    let node_token = file("node-token", NODE_TOKEN);
+    let redis_url = file("redis-url", &url);
+    let no_key = dir.path("secrets-key");
+    std::fs::write(&no_key, "").unwrap();
+    let no_key = no_key.to_str().unwrap();
+
+    let cp = ControlPlane::start_env(&[
+        ("ADMIN_TOKEN_FILE", &admin_token),
+        ("API_PROXY_NODE_TOKEN_FILE", &node_token),
+        ("API_PROXY_REDIS_URL_FILE", &redis_url),
+    ]);
+    let up = upstream::http(echo_handler()).await;
+    let created = cp.create("/from-files", &up.url()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let listed = cp.admin("GET", "/api/mappings", None).await;
+    assert_eq!(listed.status, 200, "the admin token is the file's");
+
+    let cp_url = format!("http://{}", cp.addr);
+    let dp = DataPlane::start_env(&[
+        ("API_PROXY_REDIS_URL_FILE", &redis_url),
+        ("API_PROXY_NODE_TOKEN_FILE", &node_token),
+        ("API_PROXY_SECRETS_KEY_FILE", no_key),
+        ("API_PROXY_CONTROLPLANE_URL", &cp_url),
+        ("API_PROXY_NODE_ID", "node-from-files"),
+        ("API_PROXY_STATS_INTERVAL", "100ms"),
+    ]);
+    dp.wait_status("/from-files/v1/models", 200).await;
+    eventually("node listed", Duration::from_secs(10), || async {
+        let listed = cp.admin("GET", "/api/nodes", None).await.json();
+        listed["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node_id"] == "node-from-files" && n["state"] == "up")
+            .then_some(())
+    })
+    .await;
+    eventually("the request counted", Duration::from_secs(5), || async {
+        let s = get_reply(cp.addr, "/stats").await.json();
+        (s["total"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    for line in cp.logs().iter().chain(&dp.logs()) {
+        assert!(
+            !line.contains(REDIS_PASSWORD),
+            "a secret was logged: {line}"
+        );
+    }
+
+    // Refused before anything binds; the message names the variables and
+    // the path, never what the variable or the file holds.
+    let other = file("other-token", "file-secret-0123456789abcdef");
+    let gone = dir.path("gone").to_str().unwrap().to_owned();
+    let a_dir = dir.0.to_str().unwrap().to_owned();
+    let empty = no_key.to_owned();
+    let cases: [RefusedCase<'_>; 6] = [
+        (
+            "apiproxy-controlplane",
+            vec![("ADMIN_TOKEN", ADMIN_TOKEN), ("ADMIN_TOKEN_FILE", &other)],
+            vec!["ADMIN_TOKEN and ADMIN_TOKEN_FILE are both set"],
+        ),
+        (
+            "apiproxy-dataplane",
+            vec![
+                ("API_PROXY_REDIS_URL_FILE", &redis_url),
+                ("API_PROXY_NODE_TOKEN", NODE_TOKEN),
+                ("API_PROXY_NODE_TOKEN_FILE", &other),
+            ],
+            vec!["API_PROXY_NODE_TOKEN and API_PROXY_NODE_TOKEN_FILE are both set"],
+        ),
+        (
+            "apiproxy-controlplane",
+            vec![
+                ("ADMIN_TOKEN_FILE", &admin_token),
+                ("API_PROXY_REDIS_URL_FILE", &gone),
+            ],
+            vec!["API_PROXY_REDIS_URL_FILE: cannot read", &gone],
+        ),
+        (
+            "apiproxy-dataplane",
+            vec![
+                ("API_PROXY_NODE_TOKEN_FILE", &node_token),
+                ("API_PROXY_REDIS_URL_FILE", &gone),
+            ],
+            vec!["API_PROXY_REDIS_URL_FILE: cannot read", &gone],
+        ),
+        (
+            "apiproxy-dataplane",
+            vec![
+                ("API_PROXY_NODE_TOKEN_FILE", &node_token),
+                ("API_PROXY_SECRETS_KEY_FILE", &a_dir),
+                ("API_PROXY_REDIS_URL_FILE", &redis_url),
+            ],
+            vec!["API_PROXY_SECRETS_KEY_FILE: cannot read", &a_dir],
+        ),
+        // An empty file is an empty value: a node token is then missing.
+        (
+            "apiproxy-dataplane",
+            vec![
+                ("API_PROXY_REDIS_URL_FILE", &redis_url),
+                ("API_PROXY_CONTROLPLANE_URL", &cp_url),
+                ("API_PROXY_NODE_TOKEN_FILE", &empty),
+            ],
+            vec!["API_PROXY_NODE_TOKEN must be set"],
+        ),
+    ];
+    for (bin, env, needles) in cases {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let output = assert_refused(bin, &env, needles[0]);
+        for needle in &needles[1..] {
+            assert!(
+                output.contains(needle),
+                "{bin}: {output:?} should name {needle}"
+            );
+        }
+        assert_eq!(output.lines().count(), 1, "{bin}: one line: {output:?}");
+        for secret in [
+            ADMIN_TOKEN,
+            NODE_TOKEN,
+            REDIS_PASSWORD,
+            "file-secret-0123456789abcdef",
+        ] {
+            assert!(!output.contains(secret), "{bin} showed a secret: {output}");
         }
     }
 }
