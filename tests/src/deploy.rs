@@ -19,6 +19,13 @@ use crate::TempDir;
 pub const NODE_TOKEN: &str = "deploy-test-node-token-0123456789";
 /// The `.env.example` placeholder the control plane refuses (SPEC §2).
 pub const PLACEHOLDER: &str = "change-me-to-a-long-random-secret";
+/// The secrets either binary also reads from a file named by `NAME_FILE`.
+pub const SECRETS_FROM_FILES: [&str; 4] = [
+    "ADMIN_TOKEN",
+    "API_PROXY_NODE_TOKEN",
+    "API_PROXY_SECRETS_KEY",
+    "API_PROXY_REDIS_URL",
+];
 /// The proxy listener's default port: `API_PROXY_LISTEN` has no clap
 /// default (it depends on `PORT`), so its help text states it.
 pub const PROXY_PORT: u16 = 8000;
@@ -182,6 +189,18 @@ pub fn accepted(bin: &str) -> &'static Accepted {
                 "{name} must stay environment-only (SPEC §2), but {bin} --help lists it"
             );
             vars.insert((*name).to_owned(), None);
+        }
+        // A secret this binary reads may come from a file instead,
+        // `NAME_FILE` (README, Configuration): environment only too.
+        for name in SECRETS_FROM_FILES {
+            let file_var = format!("{name}_FILE");
+            assert!(
+                !vars.contains_key(&file_var),
+                "{bin} --help lists {file_var}"
+            );
+            if vars.contains_key(name) {
+                vars.insert(file_var, None);
+            }
         }
         if bin == "apiproxy-dataplane" {
             assert!(

@@ -16,7 +16,7 @@ use apiproxy_tests::dataplane::binary;
 use apiproxy_tests::deploy::{
     accepted, as_refs, assert_accepted, assert_refused, binary_of, container_port, duration,
     k8s_resources, parse_yaml_stream, read, repo, run, s, yaml, yaml_docs, K8S, NODE_TOKEN,
-    PLACEHOLDER, PROXY_PORT,
+    PLACEHOLDER, PROXY_PORT, SECRETS_FROM_FILES,
 };
 use apiproxy_tests::redis::RedisServer;
 use apiproxy_tests::{eventually, DataPlane, TempDir};
@@ -42,12 +42,25 @@ fn quantity(text: &str) -> f64 {
     }
 }
 
-/// A container's environment variable names and literal values: `env`,
-/// and every key of the ConfigMaps and Secrets it takes with `envFrom`.
+/// Where a container's environment variable gets its value.
+#[derive(Debug)]
+enum Setting {
+    /// A literal value, or a ConfigMap's.
+    Literal(String),
+    /// A `NAME_FILE` naming a file of a `secret` volume: what the file
+    /// holds, the Secret key's value.
+    SecretFile(String),
+    /// Filled in by Kubernetes (`fieldRef`).
+    Field,
+}
+
+/// A container's environment: `env`, and every key of the ConfigMaps and
+/// Secrets it takes with `envFrom`, each with where its value comes from.
 fn container_env(
     container: &Value,
+    pod: &Value,
     resources: &BTreeMap<String, Value>,
-) -> BTreeMap<String, Option<String>> {
+) -> BTreeMap<String, Setting> {
     let mut out = BTreeMap::new();
     for from in container["envFrom"].as_array().into_iter().flatten() {
         let (kind, name, field) = if from["configMapRef"].is_object() {
@@ -59,31 +72,82 @@ fn container_env(
             .get(&format!("{kind}/{}", s(name)))
             .unwrap_or_else(|| panic!("envFrom {kind} {name} is not in the base"));
         for (k, v) in res[field].as_object().expect("data") {
-            out.insert(k.clone(), Some(s(v).to_owned()));
+            out.insert(k.clone(), Setting::Literal(s(v).to_owned()));
         }
     }
     for var in container["env"].as_array().into_iter().flatten() {
         let name = s(&var["name"]).to_owned();
         let value = if let Some(v) = var["value"].as_str() {
-            Some(v.to_owned())
-        } else if var["valueFrom"]["secretKeyRef"].is_object() {
-            let r = &var["valueFrom"]["secretKeyRef"];
-            let secret = resources
-                .get(&format!("Secret/{}", s(&r["name"])))
-                .unwrap_or_else(|| panic!("secret {} missing", r["name"]));
-            let value = &secret["stringData"][s(&r["key"])];
-            assert!(value.is_string(), "secret key {} missing", r["key"]);
-            Some(s(value).to_owned())
+            match secret_file(v, container, pod, resources) {
+                Some(content) => {
+                    assert!(name.ends_with("_FILE"), "{name} names a secret file");
+                    Setting::SecretFile(content)
+                }
+                None => Setting::Literal(v.to_owned()),
+            }
         } else {
             assert!(
                 var["valueFrom"]["fieldRef"].is_object(),
-                "{name}: unexpected env source"
+                "{name}: unexpected env source (the Secret's keys are files)"
             );
-            None
+            Setting::Field
         };
         out.insert(name, value);
     }
     out
+}
+
+/// What the file at `path` holds when it lies in a `secret` volume the
+/// container mounts (read-only): the value of the Secret's key the
+/// volume puts there. `None` for a path on no secret volume.
+fn secret_file(
+    path: &str,
+    container: &Value,
+    pod: &Value,
+    resources: &BTreeMap<String, Value>,
+) -> Option<String> {
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let Ok(file) = Path::new(path).strip_prefix(s(&mount["mountPath"])) else {
+            continue;
+        };
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {} for the mount", mount["name"]));
+        let source = &volume["secret"];
+        if !source.is_object() {
+            continue;
+        }
+        assert_eq!(mount["readOnly"], true, "secret volume {}", volume["name"]);
+        let file = file.to_str().unwrap();
+        let key = match source["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .find(|i| i["path"] == file)
+                .map(|i| s(&i["key"]))
+                .unwrap_or_else(|| panic!("{path}: volume {} has no such item", volume["name"])),
+            None => file,
+        };
+        let secret = resources
+            .get(&format!("Secret/{}", s(&source["secretName"])))
+            .unwrap_or_else(|| panic!("secret {} missing", source["secretName"]));
+        let value = &secret["stringData"][key];
+        assert!(value.is_string(), "secret key {key} missing");
+        return Some(s(value).to_owned());
+    }
+    None
+}
+
+/// A file mode as a manifest spells it: a number, or `0440` (octal to
+/// Kubernetes' YAML 1.1 reader, a string to a YAML 1.2 one).
+fn file_mode(mode: &Value) -> u64 {
+    mode.as_u64().unwrap_or_else(|| {
+        let text = s(mode);
+        assert!(text.starts_with('0'), "mode {text}");
+        u64::from_str_radix(text, 8).unwrap_or_else(|_| panic!("mode {text}"))
+    })
 }
 
 fn containers(deployment: &Value) -> Vec<&Value> {
@@ -153,14 +217,53 @@ fn k8s_base_is_complete_and_matches_the_binaries() {
             "{deployment}"
         );
         assert_eq!(spec["automountServiceAccountToken"], false, "{deployment}");
+        // The Secret's files: read by the pod's group only, which the
+        // user is in.
+        let pod_sc = &spec["securityContext"];
+        assert_eq!(pod_sc["runAsUser"], 65532, "{deployment}");
+        assert_eq!(pod_sc["fsGroup"], pod_sc["runAsGroup"], "{deployment}");
+        let secret_volumes: Vec<&Value> = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["secret"].is_object())
+            .collect();
+        assert_eq!(secret_volumes.len(), 1, "{deployment}: one secret volume");
+        for v in secret_volumes {
+            let mode = file_mode(&v["secret"]["defaultMode"]);
+            assert!(
+                mode & 0o040 != 0 && mode & 0o007 == 0,
+                "{deployment}: mode {mode:o}"
+            );
+        }
         for c in containers(d) {
             let bin = binary_of(&c["command"]);
-            let env = container_env(c, &resources);
+            let env = container_env(c, spec, &resources);
             assert_accepted(
                 bin,
                 env.keys().cloned(),
                 &format!("{deployment} container {}", c["name"]),
             );
+            // Each secret the binary reads is a file of the Secret's
+            // volume, never an environment variable.
+            let wanted: &[&str] = match (bin, s(&c["name"])) {
+                ("apiproxy-controlplane", "init") => &["API_PROXY_REDIS_URL"],
+                ("apiproxy-controlplane", _) => &SECRETS_FROM_FILES,
+                _ => &SECRETS_FROM_FILES[1..],
+            };
+            for name in SECRETS_FROM_FILES {
+                assert!(
+                    !env.contains_key(name),
+                    "{deployment}: {name} in the environment"
+                );
+                let file = env.get(&format!("{name}_FILE"));
+                assert_eq!(
+                    matches!(file, Some(Setting::SecretFile(_))),
+                    wanted.contains(&name),
+                    "{deployment} {}: {name}_FILE {file:?}",
+                    c["name"]
+                );
+            }
             let sc = &c["securityContext"];
             assert_eq!(
                 sc["readOnlyRootFilesystem"], true,
@@ -412,6 +515,12 @@ fn k8s_kustomize_renders_the_base_and_the_component() {
                 c["image"]
             );
         }
+        // kubectl reads the file mode `0440` as octal.
+        for v in d["spec"]["template"]["spec"]["volumes"].as_array().unwrap() {
+            if v["secret"].is_object() {
+                assert_eq!(v["secret"]["defaultMode"], 0o440, "{}", v["name"]);
+            }
+        }
     }
 
     // Kustomize wants relative paths: the overlay lives under target/.
@@ -454,38 +563,62 @@ async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() 
     let redis = RedisServer::start();
     let dp_deployment = &resources["Deployment/apiproxy-dataplane"];
     let cp_deployment = &resources["Deployment/apiproxy-controlplane"];
-    let dp_env = container_env(
-        &dp_deployment["spec"]["template"]["spec"]["containers"][0],
-        &resources,
-    );
-    let cp_env = container_env(
-        &cp_deployment["spec"]["template"]["spec"]["containers"][0],
-        &resources,
-    );
+    let dp_pod = &dp_deployment["spec"]["template"]["spec"];
+    let cp_pod = &cp_deployment["spec"]["template"]["spec"];
+    let dp_env = container_env(&dp_pod["containers"][0], dp_pod, &resources);
+    let cp_env = container_env(&cp_pod["containers"][0], cp_pod, &resources);
 
-    // As applied, unedited: refused before anything binds.
-    let literal = |env: &BTreeMap<String, Option<String>>| -> Vec<(String, String)> {
+    // The settings as the binaries get them here: `overrides` (and Redis
+    // here, listeners on free ports) by variable name, and a `NAME_FILE`
+    // of the Secret's volume a file in `dir`, named `{tag}-NAME`, holding
+    // NAME's value.
+    let dir = TempDir::new("k8s-env");
+    let literal = |env: &BTreeMap<String, Setting>,
+                   tag: &str,
+                   overrides: &[(&str, String)]|
+     -> Vec<(String, String)> {
+        let here = [
+            ("API_PROXY_REDIS_URL", redis.url()),
+            ("API_PROXY_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            ("API_PROXY_LISTEN", "127.0.0.1:0".into()),
+            ("API_PROXY_METRICS_LISTEN", "127.0.0.1:0".into()),
+        ];
         env.iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
-            .map(|(k, v)| match k.as_str() {
-                "API_PROXY_REDIS_URL" => (k, redis.url()),
-                "API_PROXY_ADMIN_LISTEN" | "API_PROXY_LISTEN" | "API_PROXY_METRICS_LISTEN" => {
-                    (k, "127.0.0.1:0".into())
-                }
-                _ => (k, v),
+            .filter_map(|(k, setting)| {
+                let (name, value) = match setting {
+                    Setting::Literal(v) => (k.as_str(), v),
+                    Setting::SecretFile(v) => (k.strip_suffix("_FILE").unwrap(), v),
+                    Setting::Field => return None,
+                };
+                let value = here
+                    .iter()
+                    .chain(overrides)
+                    .rev()
+                    .find(|(o, _)| *o == name)
+                    .map_or(value, |(_, v)| v)
+                    .clone();
+                Some(match setting {
+                    Setting::SecretFile(_) => {
+                        let path = dir.path(&format!("{tag}-{name}"));
+                        std::fs::write(&path, value).unwrap();
+                        (k.clone(), path.to_str().unwrap().to_owned())
+                    }
+                    _ => (k.clone(), value),
+                })
             })
             .collect()
     };
-    let mut cp_literal = literal(&cp_env);
+
+    // As applied, unedited: refused before anything binds.
+    let mut cp_literal = literal(&cp_env, "cp-unedited", &[]);
     cp_literal.push(("API_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
     assert_refused("apiproxy-controlplane", &cp_literal, "ADMIN_TOKEN");
-    let mut dp_literal = literal(&dp_env);
+    let mut dp_literal = literal(&dp_env, "dp-unedited", &[]);
     dp_literal.push(("API_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
     dp_literal.push(("API_PROXY_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
     assert_refused("apiproxy-dataplane", &dp_literal, "API_PROXY_NODE_TOKEN");
 
     // With working secrets, Redis here and the Service names resolved.
-    let dir = TempDir::new("k8s-env");
     let init = containers(cp_deployment)
         .into_iter()
         .find(|c| c["name"] == "init")
@@ -494,40 +627,43 @@ async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() 
     cmd.env_clear()
         .current_dir(&dir.0)
         .args(init["command"].as_array().unwrap()[1..].iter().map(s));
-    for (k, v) in literal(&container_env(init, &resources)) {
+    for (k, v) in literal(&container_env(init, cp_pod, &resources), "init", &[]) {
         cmd.env(k, v);
     }
     let (status, output) = run(&mut cmd, Duration::from_secs(20));
     assert!(status.success(), "init container: {output}");
 
-    let cp_pairs: Vec<(String, String)> = literal(&cp_env)
-        .into_iter()
-        .map(|(k, v)| match k.as_str() {
-            "ADMIN_TOKEN" => (k, ADMIN_TOKEN.to_owned()),
-            "API_PROXY_NODE_TOKEN" => (k, NODE_TOKEN.to_owned()),
-            _ => (k, v),
-        })
-        .collect();
+    let cp_pairs = literal(
+        &cp_env,
+        "cp",
+        &[
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN.to_owned()),
+        ],
+    );
     let refs = as_refs(&cp_pairs);
-    let cp = ControlPlane::start(&redis.url(), &refs);
+    let cp = ControlPlane::start_env(&refs);
     eventually("control plane ready", Duration::from_secs(10), || async {
         (get(&format!("http://{}/readyz", cp.addr)).await.0 == 200).then_some(())
     })
     .await;
 
     let cache = dir.path("snapshot");
-    let dp_pairs: Vec<(String, String)> = literal(&dp_env)
-        .into_iter()
-        .map(|(k, v)| match k.as_str() {
-            "API_PROXY_NODE_TOKEN" => (k, NODE_TOKEN.to_owned()),
-            "API_PROXY_CONTROLPLANE_URL" => (k, format!("http://{}", cp.addr)),
-            "API_PROXY_SNAPSHOT_CACHE" => (k, cache.to_str().unwrap().to_owned()),
-            _ => (k, v),
-        })
-        .chain([("API_PROXY_NODE_ID".to_owned(), "k8s-pod-1".to_owned())])
-        .collect();
+    let mut dp_pairs = literal(
+        &dp_env,
+        "dp",
+        &[
+            ("API_PROXY_NODE_TOKEN", NODE_TOKEN.to_owned()),
+            ("API_PROXY_CONTROLPLANE_URL", format!("http://{}", cp.addr)),
+            (
+                "API_PROXY_SNAPSHOT_CACHE",
+                cache.to_str().unwrap().to_owned(),
+            ),
+        ],
+    );
+    dp_pairs.push(("API_PROXY_NODE_ID".to_owned(), "k8s-pod-1".to_owned()));
     let refs = as_refs(&dp_pairs);
-    let node = DataPlane::start_redis(&redis.url(), &refs);
+    let node = DataPlane::start_env(&refs);
     eventually("data plane ready", Duration::from_secs(10), || async {
         (node.readyz().await == 200).then_some(())
     })
@@ -661,7 +797,7 @@ fn k8s_base_is_hardened_and_the_example_overlay_pins_by_digest() {
             .collect();
         assert_eq!(
             skips.keys().copied().collect::<Vec<_>>(),
-            ["CKV_K8S_11", "CKV_K8S_35", "CKV_K8S_43"],
+            ["CKV_K8S_11", "CKV_K8S_43"],
             "{deployment}"
         );
         for (check, reason) in skips {
