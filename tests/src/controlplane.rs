@@ -88,6 +88,23 @@ impl ControlPlane {
         self.admin("POST", "/api/mappings", Some(body)).await
     }
 
+    /// Waits (at most 10 s) until `/api/nodes` lists `node_id` as `up`.
+    pub async fn wait_node_up(&self, node_id: &str) {
+        crate::eventually(
+            "node listed",
+            std::time::Duration::from_secs(10),
+            || async {
+                let listed = self.admin("GET", "/api/nodes", None).await.json();
+                listed["nodes"]
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["node_id"] == node_id && n["state"] == "up")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Waits (at most 10 s) until every node `/api/nodes` lists pushed a
     /// batch that the control plane applied later than `after` from now:
     /// three push intervals, for example, is three more batches each.

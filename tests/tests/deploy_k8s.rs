@@ -672,15 +672,7 @@ async fn k8s_settings_boot_the_real_binaries_and_the_placeholders_are_refused() 
         cache.exists().then_some(())
     })
     .await;
-    eventually("node listed", Duration::from_secs(10), || async {
-        let listed = cp.admin("GET", "/api/nodes", None).await.json();
-        listed["nodes"]
-            .as_array()?
-            .iter()
-            .any(|n| n["node_id"] == "k8s-pod-1" && n["state"] == "up")
-            .then_some(())
-    })
-    .await;
+    cp.wait_node_up("k8s-pod-1").await;
 }
 
 /// The hardening checkov asks for: everything in the namespace apiproxy,

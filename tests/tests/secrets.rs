@@ -232,15 +232,7 @@ async fn secrets_come_from_files() {
         ("API_PROXY_STATS_INTERVAL", "100ms"),
     ]);
     dp.wait_status("/from-files/v1/models", 200).await;
-    eventually("node listed", Duration::from_secs(10), || async {
-        let listed = cp.admin("GET", "/api/nodes", None).await.json();
-        listed["nodes"]
-            .as_array()?
-            .iter()
-            .any(|n| n["node_id"] == "node-from-files" && n["state"] == "up")
-            .then_some(())
-    })
-    .await;
+    cp.wait_node_up("node-from-files").await;
     eventually("the request counted", Duration::from_secs(5), || async {
         let s = get_reply(cp.addr, "/stats").await.json();
         (s["total"].as_u64() >= Some(1)).then_some(())
