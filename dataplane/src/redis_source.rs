@@ -187,10 +187,8 @@ impl RedisSource {
                     }
                     match burst.news() {
                         News::None => {}
-                        // One announced change: read just that entry when it
-                        // is the very next version.
-                        News::One(u) => self.follow(&mut conn, &u).await?,
-                        News::Many => self.reload(&mut conn, "announced").await?,
+                        News::Each(updates) => self.follow(&mut conn, &updates).await?,
+                        News::All => self.reload(&mut conn, "announced").await?,
                     }
                 }
                 _ = check.tick() => {
@@ -205,31 +203,66 @@ impl RedisSource {
         }
     }
 
-    /// Applies one announced change with a one-field read when it is the
-    /// version right after ours; anything else falls back to a full read.
+    /// Applies announced changes, consecutive from the version after ours,
+    /// with one read of just their fields and the version, in one
+    /// transaction. When the version read is not the last one announced
+    /// (more changes landed meanwhile), or a change names nothing to read,
+    /// only a full read is exact.
     async fn follow(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
-        update: &UpdateMessage,
+        updates: &[UpdateMessage],
     ) -> Result<(), SyncError> {
-        let next_version = self.applied.as_ref().map(|a| a.version + 1);
-        if next_version != Some(update.version) {
+        let changes: Option<Vec<(u64, Change<'_>)>> = updates
+            .iter()
+            .map(|u| Change::of(u).map(|c| (u.version, c)))
+            .collect();
+        let (Some(changes), Some(last), true) = (changes, updates.last(), self.applied.is_some())
+        else {
+            return self.reload(conn, "announced").await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (_, change) in &changes {
+            let (hash, field) = match change {
+                Change::Mapping(prefix) => (&self.keys.mappings, prefix),
+                Change::Key(id) => (&self.keys.keys, id),
+                Change::Policy(prefix) => (&self.keys.policies, prefix),
+            };
+            pipe.hget(hash, *field);
+        }
+        pipe.get(&self.keys.version);
+        let mut read: Vec<Option<Vec<u8>>> = match within(pipe.query_async(conn)).await {
+            Ok(read) => read,
+            Err(e) => {
+                self.state.metrics.config_reload(false);
+                return Err(e);
+            }
+        };
+        let version = parse_version(read.pop().flatten().as_deref());
+        if version != last.version {
             return self.reload(conn, "announced").await;
         }
-        match (update.op, &update.key_id, &update.prefix) {
-            (UpdateOp::Upsert | UpdateOp::Delete, _, Some(prefix)) => {
-                self.follow_mapping(conn, update.version, prefix).await
+        let mut gate_changed = false;
+        for ((version, change), value) in changes.into_iter().zip(read) {
+            let value = value.map(text);
+            match change {
+                Change::Mapping(prefix) => self.apply_mapping(version, prefix, value),
+                gate => {
+                    self.apply_gate_change(version, gate, value);
+                    gate_changed = true;
+                }
             }
-            (UpdateOp::Key, Some(id), _) => {
-                self.follow_gate(conn, update.version, GateChange::Key(id))
-                    .await
-            }
-            (UpdateOp::Policy, _, Some(prefix)) => {
-                self.follow_gate(conn, update.version, GateChange::Policy(prefix))
-                    .await
-            }
-            _ => self.reload(conn, "announced").await,
         }
+        self.state.metrics.config_stale.set(0);
+        self.cache_dirty = true;
+        if gate_changed {
+            // Written now, not at the next resync: a node that restarts
+            // with Redis down must not boot with a key it has since seen
+            // revoked.
+            self.flush_cache();
+        }
+        Ok(())
     }
 
     /// The cheap resync: reads everything only when Redis's version is not
@@ -257,80 +290,33 @@ impl RedisSource {
         }
     }
 
-    /// One field of `hash` read with the version, in one transaction:
-    /// `None` when the version is not `version` (another change landed
-    /// meanwhile: only a full read is exact), else the field's value.
-    async fn read_field(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        hash: &str,
-        field: &str,
-        version: u64,
-    ) -> Result<Option<Option<String>>, SyncError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic().hget(hash, field).get(&self.keys.version);
-        let (value, read): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            match within(pipe.query_async(conn)).await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    self.state.metrics.config_reload(false);
-                    return Err(e);
-                }
-            };
-        Ok((parse_version(read.as_deref()) == version).then(|| value.map(text)))
-    }
-
-    /// Applies one announced mapping change (`upsert`, `delete`).
-    async fn follow_mapping(
-        &mut self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        version: u64,
-        prefix: &str,
-    ) -> Result<(), SyncError> {
-        let mappings = self.keys.mappings.clone();
-        let (Some(target), Some(applied)) = (
-            self.read_field(conn, &mappings, prefix, version).await?,
-            self.applied.as_mut(),
-        ) else {
-            return self.reload(conn, "announced").await;
-        };
-        applied.version = version;
+    /// Applies one mapping change (`upsert`, `delete`) read by
+    /// [`RedisSource::follow`].
+    fn apply_mapping(&mut self, version: u64, prefix: &str, target: Option<String>) {
         let snapshot = self
             .state
             .current()
             .with_change(prefix, target.as_deref(), version);
         debug!(version, prefix, "applying one announced change");
         self.state.apply(snapshot);
-        self.state.metrics.config_stale.set(0);
-        self.cache_dirty = true;
-        Ok(())
+        if let Some(applied) = self.applied.as_mut() {
+            applied.version = version;
+        }
     }
 
-    /// Applies one announced key or policy change, as
-    /// [`RedisSource::follow_mapping`] does a mapping's.
-    async fn follow_gate(
-        &mut self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        version: u64,
-        change: GateChange<'_>,
-    ) -> Result<(), SyncError> {
-        let (hash, field) = match change {
-            GateChange::Key(id) => (self.keys.keys.clone(), id),
-            GateChange::Policy(prefix) => (self.keys.policies.clone(), prefix),
-        };
-        let (Some(value), Some(applied)) = (
-            self.read_field(conn, &hash, field, version).await?,
-            self.applied.as_mut(),
-        ) else {
-            return self.reload(conn, "announced").await;
+    /// Applies one key or policy change read by [`RedisSource::follow`].
+    fn apply_gate_change(&mut self, version: u64, change: Change<'_>, value: Option<String>) {
+        let Some(applied) = self.applied.as_mut() else {
+            return;
         };
         let gate = self.state.current_gate();
         let next = match change {
-            GateChange::Key(id) => {
+            Change::Key(id) => {
                 applied.keys.replace(&gate, id, value.as_deref());
                 gate.with_key(id, value.as_deref())
             }
-            GateChange::Policy(prefix) => {
+            // A mapping change never comes here (`follow` applies it).
+            Change::Policy(prefix) | Change::Mapping(prefix) => {
                 match &value {
                     Some(v) => applied.policies.insert(prefix.to_owned(), v.clone()),
                     None => applied.policies.remove(prefix),
@@ -346,12 +332,6 @@ impl RedisSource {
         );
         self.state.apply_gate(next);
         self.state.advance(version);
-        self.state.metrics.config_stale.set(0);
-        // Written now, not at the next resync: a node that restarts with
-        // Redis down must not boot with a key it has since seen revoked.
-        self.cache_dirty = true;
-        self.flush_cache();
-        Ok(())
     }
 
     /// Reads the hash and the version in one transaction and applies them if
@@ -506,11 +486,24 @@ fn phase(interval: Duration, random: u64) -> Duration {
     interval / 2 + interval.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
 }
 
-/// A key or policy change announced by itself.
+/// What one announced change changed, named by its field.
 #[derive(Debug, Clone, Copy)]
-enum GateChange<'a> {
+enum Change<'a> {
+    Mapping(&'a str),
     Key(&'a str),
     Policy(&'a str),
+}
+
+impl<'a> Change<'a> {
+    /// `None` for an announcement that names nothing to read (`replace`).
+    fn of(update: &'a UpdateMessage) -> Option<Change<'a>> {
+        match (update.op, &update.key_id, &update.prefix) {
+            (UpdateOp::Upsert | UpdateOp::Delete, _, Some(prefix)) => Some(Change::Mapping(prefix)),
+            (UpdateOp::Key, Some(id), _) => Some(Change::Key(id)),
+            (UpdateOp::Policy, _, Some(prefix)) => Some(Change::Policy(prefix)),
+            _ => None,
+        }
+    }
 }
 
 /// The hash as Redis sends it: field and value bytes.
@@ -530,10 +523,14 @@ fn text(bytes: Vec<u8>) -> String {
 
 /// What a burst of announcements asks for. A change (`upsert`, `delete`)
 /// whose version the node has already applied (a repeat, an older one, one
-/// a full read got ahead of) asks for nothing and is counted. A `replace`
-/// always asks for a full read: it is also how `POST /api/mappings/reload`
-/// makes every node re-read at the current version. So does a payload that
-/// does not parse (the Go version's `mapping_added`).
+/// a full read got ahead of) asks for nothing and is counted. Changes that
+/// each carry the version after the one before, from the applied one on,
+/// are followed one by one (a one-field read each, up to [`FOLLOW_MAX`]):
+/// a node that fell a few changes behind under load does not pay a read of
+/// everything. Anything else asks for a full read: a gap, a `replace`
+/// (also how `POST /api/mappings/reload` makes every node re-read at the
+/// current version), a payload that does not parse (the Go version's
+/// `mapping_added`).
 struct Burst {
     applied: Option<u64>,
     stale: u64,
@@ -542,9 +539,12 @@ struct Burst {
 
 enum News {
     None,
-    One(UpdateMessage),
-    Many,
+    Each(Vec<UpdateMessage>),
+    All,
 }
+
+/// Changes in one burst followed one by one; more are read in one go.
+const FOLLOW_MAX: usize = 32;
 
 impl Burst {
     fn new(applied: Option<u64>) -> Burst {
@@ -567,12 +567,24 @@ impl Burst {
     }
 
     fn news(self) -> News {
-        let mut news = self.news;
-        match (news.pop(), news.is_empty()) {
-            (None, _) => News::None,
-            (Some(Some(update)), true) => News::One(update),
-            _ => News::Many,
+        if self.news.is_empty() {
+            return News::None;
         }
+        if self.news.len() > FOLLOW_MAX {
+            return News::All;
+        }
+        let mut next = self.applied.map(|v| v + 1);
+        let mut each = Vec::with_capacity(self.news.len());
+        for update in self.news {
+            match update {
+                Some(u) if Some(u.version) == next && u.op != UpdateOp::Replace => {
+                    next = Some(u.version + 1);
+                    each.push(u);
+                }
+                _ => return News::All,
+            }
+        }
+        News::Each(each)
     }
 }
 
@@ -676,8 +688,11 @@ mod tests {
         let stale = burst.stale;
         let news = match burst.news() {
             News::None => "none",
-            News::One(_) => "one",
-            News::Many => "many",
+            News::Each(each) => match each.len() {
+                1 => "one",
+                _ => "each",
+            },
+            News::All => "all",
         };
         (stale, news)
     }
@@ -687,14 +702,21 @@ mod tests {
         assert_eq!(news(Some(5), &[announced(5), announced(3)]), (2, "none"));
         assert_eq!(news(Some(5), &[announced(6)]), (0, "one"));
         assert_eq!(news(Some(5), &[announced(5), announced(6)]), (1, "one"));
-        assert_eq!(news(Some(5), &[announced(6), announced(7)]), (0, "many"));
+        // Consecutive versions are followed one by one; a gap, or more
+        // than FOLLOW_MAX, is a full read.
+        assert_eq!(news(Some(5), &[announced(6), announced(7)]), (0, "each"));
+        assert_eq!(news(Some(5), &[announced(7)]), (0, "all"));
+        assert_eq!(news(Some(5), &[announced(6), announced(8)]), (0, "all"));
+        let many: Vec<_> = (6..6 + FOLLOW_MAX as u64 + 1).map(announced).collect();
+        assert_eq!(news(Some(5), &many), (0, "all"));
+        assert_eq!(news(Some(5), &many[..FOLLOW_MAX]), (0, "each"));
         // The Go version's payload, or any other, always means "re-read".
-        assert_eq!(news(Some(5), &[b"mapping_added".to_vec()]), (0, "many"));
-        assert_eq!(news(Some(5), &[announced(4), b"x".to_vec()]), (1, "many"));
-        // Before the first read nothing is stale.
-        assert_eq!(news(None, &[announced(1)]), (0, "one"));
+        assert_eq!(news(Some(5), &[b"mapping_added".to_vec()]), (0, "all"));
+        assert_eq!(news(Some(5), &[announced(4), b"x".to_vec()]), (1, "all"));
+        // Before the first read there is nothing to follow from.
+        assert_eq!(news(None, &[announced(1)]), (0, "all"));
         // A replace at the current version is a reload: always read.
         let reload = br#"{"version": 5, "op": "replace"}"#.to_vec();
-        assert_eq!(news(Some(5), &[reload]), (0, "one"));
+        assert_eq!(news(Some(5), &[reload]), (0, "all"));
     }
 }

@@ -271,6 +271,49 @@ async fn a_burst_of_announcements_is_one_read() {
     );
 }
 
+/// README, Redis mode: changes announced faster than the node reads them,
+/// each the version after the one before, are followed one by one: five
+/// in one transaction cost five one-field reads (`HGET`) and no read of
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_changes_in_a_burst_are_followed_one_by_one() {
+    let (_redis, mut conn, keys, up, dp) = redis_node("10m", "10m").await;
+    let (reads, hgets) = (
+        full_reads(&mut conn).await,
+        redis_calls(&mut conn, "hget").await,
+    );
+    let mut burst = redis::pipe();
+    burst.atomic();
+    for i in 0..5u64 {
+        let prefix = format!("/c{i}");
+        burst.hset(&keys.mappings, &prefix, up.url()).ignore();
+        burst.incr(&keys.version, 1).ignore();
+        // Version 1 holds `/a`: these are 2 to 6.
+        let message = apiproxy_shared::UpdateMessage::mapping(
+            2 + i,
+            apiproxy_shared::UpdateOp::Upsert,
+            Some(&prefix),
+        );
+        burst
+            .cmd("PUBLISH")
+            .arg(&keys.updates)
+            .arg(message.to_json())
+            .ignore();
+    }
+    let () = burst.query_async(&mut conn).await.unwrap();
+    dp.wait_status("/c4/x", 200).await;
+    for i in 0..4 {
+        assert_eq!(get_reply(dp.addr, &format!("/c{i}/x")).await.status, 200);
+    }
+    assert_eq!(dp.metric("apiproxy_config_version").await, 6.0);
+    assert_eq!(
+        full_reads(&mut conn).await,
+        reads,
+        "a full read for a burst"
+    );
+    assert_eq!(redis_calls(&mut conn, "hget").await, hgets + 5);
+}
+
 /// README, Redis mode: the resync every `API_PROXY_RESYNC_INTERVAL` reads
 /// only the version, one `GET`, while nothing changed: five of them cost
 /// Redis no read of the hashes (counted by Redis itself).
