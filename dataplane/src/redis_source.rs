@@ -59,6 +59,9 @@ pub(crate) struct RedisSource {
     /// The cache lags the applied snapshot (written at most once per
     /// resync interval after incremental changes).
     cache_dirty: bool,
+    /// A newer version the last check found in Redis: if it is still not
+    /// applied at the next check, its announcement was lost.
+    ahead: Option<u64>,
     /// Opens the upstream credentials of the policies.
     secrets: Option<Arc<SecretsKey>>,
 }
@@ -103,6 +106,7 @@ impl RedisSource {
             resync,
             applied: None,
             cache_dirty: false,
+            ahead: None,
             secrets,
         }
     }
@@ -265,9 +269,11 @@ impl RedisSource {
         Ok(())
     }
 
-    /// The cheap resync: reads everything only when Redis's version is not
-    /// the applied one (an announcement was lost, or the version went back
-    /// as after a restore).
+    /// The cheap resync: reads everything only when Redis's version went
+    /// back (a restore), or was already newer than the applied one at the
+    /// check before and still is not applied (an announcement was lost). A
+    /// newer version seen once is most likely a change whose announcement
+    /// is on its way: a node must not read everything for it.
     async fn check_version(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
@@ -281,10 +287,21 @@ impl RedisSource {
                 }
             };
         let version = parse_version(read.as_deref());
-        match &self.applied {
-            Some(applied) if applied.version == version => Ok(()),
+        let applied = self.applied.as_ref().map(|a| a.version);
+        let lost = self.ahead.is_some_and(|ahead| applied < Some(ahead));
+        self.ahead = None;
+        match applied {
+            Some(applied) if applied == version => Ok(()),
+            Some(applied) if applied < version && !lost => {
+                self.ahead = Some(version);
+                debug!(
+                    version,
+                    applied, "a newer version in Redis; its announcement may be on its way"
+                );
+                Ok(())
+            }
             _ => {
-                info!(version, "a version not yet applied found by the resync");
+                info!(version, "a version not applied found by the resync");
                 self.reload(conn, "resync").await
             }
         }

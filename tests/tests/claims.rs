@@ -337,6 +337,27 @@ async fn a_resync_reads_only_the_version_while_nothing_changed() {
     assert_eq!(dp.metric("apiproxy_config_version").await, 1.0);
 }
 
+/// README, Redis mode: a change whose announcement was lost (the version
+/// bumped, nothing published) is found by the resync: a newer version
+/// still not applied at the next check is read in full, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_announcement_is_found_by_the_resync() {
+    let (_redis, mut conn, keys, up, dp) = redis_node("150ms", "10m").await;
+    let reads = full_reads(&mut conn).await;
+    let () = redis::pipe()
+        .atomic()
+        .hset(&keys.mappings, "/lost", up.url())
+        .ignore()
+        .incr(&keys.version, 1)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    dp.wait_status("/lost/x", 200).await;
+    assert_eq!(dp.metric("apiproxy_config_version").await, 2.0);
+    assert_eq!(full_reads(&mut conn).await, reads + 1);
+}
+
 /// README, Redis mode: the full re-read every
 /// `API_PROXY_FULL_RESYNC_INTERVAL` is "applied only when the content
 /// changed". Full re-reads of the same content (counted by Redis) apply
