@@ -121,9 +121,10 @@ impl Proxy {
             return Err(unmatched(ProxyError::NoMapping(path), entry));
         };
         let route = route.clone();
-        let mut record = record(route.stats(&self.state.metrics), entry);
+        let in_use = route.in_use(&self.state.metrics);
+        let mut record = record(&in_use.stats, entry);
         if let Some(entry) = record.entry_mut() {
-            entry.upstream = Some(route.upstream().host.clone());
+            entry.upstream = Some(in_use.upstream.host.clone());
         }
         // A keyed mapping lets through only a known proxy key, and swaps
         // in the upstream credential; a node with no policy skips this.
@@ -153,7 +154,7 @@ impl Proxy {
             body,
             self.idle_timeout,
             self.max_request_body,
-            route.stats(&self.state.metrics),
+            &route.in_use(&self.state.metrics).stats,
             record.key_usage(),
         );
         if let Some(entry) = record.entry_mut() {
@@ -177,7 +178,11 @@ impl Proxy {
         } else {
             &self.upstream.main
         };
-        let send = pool.send(&route.upstream().key, upstream_req, start);
+        let send = pool.send(
+            &route.in_use(&self.state.metrics).upstream.key,
+            upstream_req,
+            start,
+        );
         let timeout = self.response_header_timeout;
         let head = AwaitHead::new(send, timer, start, timeout, body_failure);
         let in_flight = InFlight {
@@ -283,7 +288,10 @@ impl Proxy {
         if let Some(pass) = pass {
             pass.rewrite_headers(&mut parts.headers);
         }
-        let original_host = parts.headers.insert(HOST, route.upstream().host.clone());
+        let original_host = parts.headers.insert(
+            HOST,
+            route.in_use(&self.state.metrics).upstream.host.clone(),
+        );
         parts.headers.insert(&X_REQUEST_ID, id);
         if self.forwarded_headers {
             headers::add_forwarded(&mut parts.headers, client.ip(), original_host);

@@ -4,8 +4,8 @@
 //! A node may hold a hundred thousand mappings of which a few carry
 //! traffic, so a route keeps only its two strings and the places of the
 //! target's parts inside them. The upstream's parsed form (a pool key and a
-//! `Host` value) and the prefix's stats are built by the first request
-//! that needs them, and kept for the route's life.
+//! `Host` value) and the prefix's stats are built by the first request,
+//! and kept for the route's life.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -33,8 +33,15 @@ pub struct Route {
     /// The target's base path and own query, as places in `raw_target`.
     base_path: Range<u16>,
     query: Option<Range<u16>>,
-    upstream: OnceLock<Box<Upstream>>,
-    stats: OnceLock<Arc<PrefixStats>>,
+    in_use: OnceLock<Box<InUse>>,
+}
+
+/// What the first request to a route builds.
+#[derive(Debug)]
+pub(crate) struct InUse {
+    pub(crate) upstream: Upstream,
+    /// Where this prefix's requests are counted.
+    pub(crate) stats: Arc<PrefixStats>,
 }
 
 /// Where a route's requests go, parsed once.
@@ -85,8 +92,7 @@ impl Route {
             base_path: place(target.base_path),
             query: target.query.map(place),
             raw_target: raw_target.into(),
-            upstream: OnceLock::new(),
-            stats: OnceLock::new(),
+            in_use: OnceLock::new(),
         })
     }
 
@@ -105,18 +111,18 @@ impl Route {
         self.respelled.is_some()
     }
 
-    pub(crate) fn upstream(&self) -> &Upstream {
-        self.upstream.get_or_init(|| {
-            let target =
-                TargetParts::parse(&self.raw_target).and_then(|target| Upstream::of(&target));
-            // `Route::new` parsed the same bytes: this cannot fail.
-            Box::new(target.expect("a route's target was validated when it was built"))
+    /// The parsed upstream and the stats, built by the first call.
+    pub(crate) fn in_use(&self, metrics: &Metrics) -> &InUse {
+        self.in_use.get_or_init(|| {
+            let upstream = TargetParts::parse(&self.raw_target)
+                .and_then(|target| Upstream::of(&target))
+                // `Route::new` parsed the same bytes: this cannot fail.
+                .expect("a route's target was validated when it was built");
+            Box::new(InUse {
+                upstream,
+                stats: metrics.prefix(&self.prefix),
+            })
         })
-    }
-
-    /// Where this prefix's requests are counted.
-    pub(crate) fn stats(&self, metrics: &Metrics) -> &Arc<PrefixStats> {
-        self.stats.get_or_init(|| metrics.prefix(&self.prefix))
     }
 
     fn part(&self, place: &Range<u16>) -> &str {

@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(route.upstream_target(rest, None).unwrap(), "/base/x");
         // Nodes report stats under the one spelling, and the hash of what
         // the hash holds, as configured.
-        assert_eq!(&**route.stats(&Metrics::new()).prefix(), "/trail");
+        assert_eq!(&**route.in_use(&Metrics::new()).stats.prefix(), "/trail");
         assert_eq!(
             s.content_hash(),
             apiproxy_shared::content_hash([
@@ -575,7 +575,7 @@ mod tests {
         let (r, rest) = s.lookup(path).unwrap();
         format!(
             "{}{}",
-            r.upstream().key,
+            r.in_use(&Metrics::new()).upstream.key,
             r.upstream_target(rest, q).unwrap()
         )
     }
@@ -868,7 +868,7 @@ mod tests {
         };
         prop_assert_eq!(rest, own_rest);
         let target_uri = route.upstream_target(rest, query).map_err(fail)?;
-        let uri = format!("{}{target_uri}", route.upstream().key);
+        let uri = format!("{}{target_uri}", route.in_use(&Metrics::new()).upstream.key);
         let mut upstream_path = format!("{}{rest}", target.base_path);
         if upstream_path.is_empty() {
             upstream_path.push('/');
