@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use apiproxy_shared::RedisKeys;
-use apiproxy_tests::redis::{publish, upsert, RedisServer};
+use apiproxy_tests::redis::{publish, upsert, upsert_unannounced, RedisServer};
 use apiproxy_tests::upstream::{self, full, handler};
 use apiproxy_tests::DataPlane;
 
@@ -132,15 +132,8 @@ async fn main() {
                 if full_reload {
                     // The Go version's way: no prefix in the announcement,
                     // so every node re-reads all 10,000 entries.
-                    let _: () = redis::pipe()
-                        .atomic()
-                        .hset(&keys.mappings, "/svc1/v1", format!("{target}/r{i}"))
-                        .ignore()
-                        .incr(&keys.version, 1)
-                        .ignore()
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
+                    let target = format!("{target}/r{i}");
+                    upsert_unannounced(&mut conn, &keys, "/svc1/v1", &target).await;
                     publish(&mut conn, &keys, "mapping_added").await;
                 } else {
                     upsert(&mut conn, &keys, "/svc1/v1", &format!("{target}/r{i}")).await;

@@ -313,6 +313,20 @@ pub async fn upsert(
     prefix: &str,
     target: &str,
 ) -> u64 {
+    let version = upsert_unannounced(conn, keys, prefix, target).await;
+    announce(conn, keys, version, UpdateOp::Upsert, Some(prefix)).await;
+    version
+}
+
+/// [`upsert`]'s write (`HSET` and the version bump in one transaction)
+/// without its announcement, as when the announcement is lost; returns
+/// the new version.
+pub async fn upsert_unannounced(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    prefix: &str,
+    target: &str,
+) -> u64 {
     let (version,): (u64,) = redis::pipe()
         .atomic()
         .hset(&keys.mappings, prefix, target)
@@ -321,7 +335,6 @@ pub async fn upsert(
         .query_async(conn)
         .await
         .unwrap();
-    announce(conn, keys, version, UpdateOp::Upsert, Some(prefix)).await;
     version
 }
 

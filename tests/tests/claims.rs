@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use apiproxy_shared::RedisKeys;
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::redis::{hset_plain, publish, upsert, RedisServer};
+use apiproxy_tests::redis::{hset_plain, publish, upsert, upsert_unannounced, RedisServer};
 use apiproxy_tests::tls::{trusting_dataplane, TestCa};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, one_mapping, DataPlane};
@@ -344,15 +344,7 @@ async fn a_resync_reads_only_the_version_while_nothing_changed() {
 async fn a_lost_announcement_is_found_by_the_resync() {
     let (_redis, mut conn, keys, up, dp) = redis_node("150ms", "10m").await;
     let reads = full_reads(&mut conn).await;
-    let () = redis::pipe()
-        .atomic()
-        .hset(&keys.mappings, "/lost", up.url())
-        .ignore()
-        .incr(&keys.version, 1)
-        .ignore()
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    upsert_unannounced(&mut conn, &keys, "/lost", &up.url()).await;
     dp.wait_status("/lost/x", 200).await;
     assert_eq!(dp.metric("apiproxy_config_version").await, 2.0);
     assert_eq!(full_reads(&mut conn).await, reads + 1);
