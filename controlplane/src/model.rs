@@ -254,7 +254,7 @@ pub(crate) struct NodeList {
     /// is acknowledged (204) only once `WAIT` confirmed a replica holds it.
     /// `primary_only`: no replica, so a batch is acknowledged once the
     /// primary holds it, and losing the primary loses the newest.
-    pub(crate) stats_durability: Durability,
+    pub(crate) stats_durability: crate::stats_store::Durability,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -275,19 +275,6 @@ pub(crate) struct NodeInfo {
     pub(crate) uptime_s: u64,
     /// Async tasks alive in the node.
     pub(crate) tasks: u64,
-}
-
-/// Whether an acknowledged stats batch survives the loss of the Redis
-/// primary (`GET /api/nodes`, `stats_durability`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Durability {
-    /// The primary has a connected replica: a batch is acknowledged only
-    /// once `WAIT` confirmed a replica holds it.
-    Replicated,
-    /// No replica: a batch is acknowledged once the primary holds it, and
-    /// a failover (or losing the primary) can lose the newest ones.
-    PrimaryOnly,
 }
 
 /// `down`: no batch for `API_PROXY_NODE_TIMEOUT`; `stale`: pushing, but

@@ -48,7 +48,6 @@ use apiproxy_shared::{FailedRequest, RedisKeys, StatsBatch};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Durability;
 use crate::redis_conn::RedisConn;
 
 pub(crate) use key_usage::{PrefixUsage, UsagePoint};
@@ -87,6 +86,19 @@ mod field {
     pub(super) fn key_series(key_id: &str, counter: &str) -> String {
         format!("key:{key_id}:{counter}")
     }
+}
+
+/// Whether an acknowledged stats batch survives the loss of the Redis
+/// primary (`GET /api/nodes`, `stats_durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Durability {
+    /// The primary has a connected replica: a batch is acknowledged only
+    /// once `WAIT` confirmed a replica holds it.
+    Replicated,
+    /// No replica: a batch is acknowledged once the primary holds it, and
+    /// a failover (or losing the primary) can lose the newest ones.
+    PrimaryOnly,
 }
 
 /// What applying a batch did.
