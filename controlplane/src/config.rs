@@ -65,6 +65,12 @@ pub(crate) struct Args {
     #[arg(long, env = "API_PROXY_RESYNC_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
     pub(crate) resync_interval: Duration,
 
+    /// false: a mapping change's announcement leaves out its target, and
+    /// every node reads it from Redis (for a Redis whose pub/sub channels
+    /// others may read: targets may hold credentials).
+    #[arg(long, env = "API_PROXY_ANNOUNCE_TARGETS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, global = true)]
+    pub(crate) announce_targets: bool,
+
     /// false: /stats and the dashboard data need admin auth too.
     #[arg(long, env = "API_PROXY_PUBLIC_STATS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, global = true)]
     pub(crate) public_stats: bool,
@@ -103,6 +109,7 @@ pub struct Config {
     pub(crate) redis_prefix: String,
     pub(crate) node_timeout: Duration,
     pub(crate) resync_interval: Duration,
+    pub(crate) announce_targets: bool,
     pub(crate) public_stats: bool,
     pub(crate) cookie_secure: bool,
     pub log_format: LogFormat,
@@ -170,6 +177,7 @@ impl Config {
             redis_prefix: args.redis_prefix,
             node_timeout: args.node_timeout,
             resync_interval: args.resync_interval,
+            announce_targets: args.announce_targets,
             public_stats: args.public_stats,
             cookie_secure: args.cookie_secure,
             log_format: args.log_format,
@@ -218,6 +226,13 @@ mod tests {
         assert!(ok.public_stats && !ok.cookie_secure);
         assert_eq!(ok.node_timeout, Duration::from_secs(10));
         assert_eq!(ok.resync_interval, Duration::from_secs(10));
+        assert!(ok.announce_targets);
+        let quiet = parse(
+            &[URL[0], URL[1], "--announce-targets", "false"],
+            &[("ADMIN_TOKEN", "a-very-long-admin-token")],
+        )
+        .unwrap();
+        assert!(!quiet.announce_targets);
     }
 
     #[test]

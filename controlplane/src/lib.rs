@@ -86,7 +86,8 @@ pub async fn init(config: &Config, conn: RedisConn) -> Result<Option<u64>, Store
 /// The whole HTTP application for `config` over `conn`.
 pub fn app(config: &Config, conn: RedisConn) -> Router {
     let state = AppState {
-        store: Store::new(conn.clone(), &config.redis_prefix),
+        store: Store::new(conn.clone(), &config.redis_prefix)
+            .announcing_targets(config.announce_targets),
         access: AccessStore::new(conn.clone(), &config.redis_prefix),
         secrets: config.secrets_key.clone(),
         stats: StatsStore::new(conn.clone(), &config.redis_prefix),

@@ -123,6 +123,10 @@ pub(crate) async fn announce(conn: &RedisConn, keys: &RedisKeys, message: Update
 pub(crate) struct Store {
     conn: RedisConn,
     keys: RedisKeys,
+    /// Whether a mapping's announcement carries its target
+    /// (`API_PROXY_ANNOUNCE_TARGETS`): a node then applies the change with
+    /// no read of Redis.
+    announce_targets: bool,
 }
 
 impl Store {
@@ -130,6 +134,15 @@ impl Store {
         Store {
             conn,
             keys: RedisKeys::new(prefix),
+            announce_targets: true,
+        }
+    }
+
+    /// `false`: announcements name the prefix only.
+    pub(crate) fn announcing_targets(self, announce_targets: bool) -> Store {
+        Store {
+            announce_targets,
+            ..self
         }
     }
 
@@ -182,7 +195,7 @@ impl Store {
             .change(CREATE, prefix, target, actor)
             .await?
             .ok_or_else(|| StoreError::Exists(prefix.into()))?;
-        self.announce(v, UpdateOp::Upsert, Some(prefix)).await;
+        self.announce_upsert(v, prefix, target).await;
         Ok(v)
     }
 
@@ -196,7 +209,7 @@ impl Store {
             .change(UPDATE, prefix, target, actor)
             .await?
             .ok_or_else(|| StoreError::Missing(prefix.into()))?;
-        self.announce(v, UpdateOp::Upsert, Some(prefix)).await;
+        self.announce_upsert(v, prefix, target).await;
         Ok(v)
     }
 
@@ -276,6 +289,15 @@ impl Store {
         let version = version.unwrap_or(0);
         self.publish(version, UpdateOp::Replace, None).await?;
         Ok(version)
+    }
+
+    /// Publishes an `upsert`, with its target unless told not to.
+    async fn announce_upsert(&self, version: u64, prefix: &str, target: &str) {
+        let message = match self.announce_targets {
+            true => UpdateMessage::upsert(version, prefix, target),
+            false => UpdateMessage::mapping(version, UpdateOp::Upsert, Some(prefix)),
+        };
+        announce(&self.conn, &self.keys, message).await;
     }
 
     /// Publishes the change (see [`announce`]).

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use apiproxy_shared::access::{key_hash_hex, KeyRecord, SecretsKey, StoredPolicy};
-use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
+use apiproxy_shared::{RedisKeys, UpdateMessage};
 use apiproxy_tests::redis::RedisServer;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
@@ -718,20 +718,14 @@ async fn each_change_bumps_the_version_is_announced_and_audited() {
         Some(json!({"prefix": "/openai", "target": "https://api.openai.com"})),
     )
     .await;
-    assert_eq!(next_message(&mut messages).await.version, 1);
+    // A mapping's announcement carries its target: nodes need no read.
+    assert_eq!(
+        next_message(&mut messages).await,
+        UpdateMessage::upsert(1, "/openai", "https://api.openai.com")
+    );
 
-    let key = |version, id: &str| UpdateMessage {
-        version,
-        op: UpdateOp::Key,
-        prefix: None,
-        key_id: Some(id.to_owned()),
-    };
-    let policy = |version, prefix: &str| UpdateMessage {
-        version,
-        op: UpdateOp::Policy,
-        prefix: Some(prefix.to_owned()),
-        key_id: None,
-    };
+    let key = UpdateMessage::key;
+    let policy = UpdateMessage::policy;
     let (id, secret) = create_key(&api, json!({"name": "ci-bot", "prefixes": ["/openai"]})).await;
     assert_eq!(next_message(&mut messages).await, key(2, &id));
     let uri = format!("/api/keys/{id}");

@@ -19,8 +19,10 @@ pub enum UpdateOp {
 }
 
 /// `{"version": N, "op": "upsert"|"delete"|"replace"|"policy", "prefix":
-/// "/x"}` or `{"version": N, "op": "key", "key_id": "key_…"}`. A node that
-/// does not know an op re-reads everything, as for any other payload.
+/// "/x"}` or `{"version": N, "op": "key", "key_id": "key_…"}`; an `upsert`
+/// may carry the new `target`, so that nodes apply it without reading it.
+/// A node that does not know an op re-reads everything, as for any other
+/// payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateMessage {
     pub version: u64,
@@ -29,6 +31,10 @@ pub struct UpdateMessage {
     pub prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The target an `upsert` wrote (it may hold credentials: never log
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 impl UpdateMessage {
@@ -39,6 +45,15 @@ impl UpdateMessage {
             op,
             prefix: prefix.map(str::to_owned),
             key_id: None,
+            target: None,
+        }
+    }
+
+    /// An `upsert` of `prefix` that carries its new `target`.
+    pub fn upsert(version: u64, prefix: &str, target: &str) -> UpdateMessage {
+        UpdateMessage {
+            target: Some(target.to_owned()),
+            ..UpdateMessage::mapping(version, UpdateOp::Upsert, Some(prefix))
         }
     }
 
@@ -49,6 +64,7 @@ impl UpdateMessage {
             op: UpdateOp::Key,
             prefix: None,
             key_id: Some(key_id.to_owned()),
+            target: None,
         }
     }
 
@@ -74,14 +90,18 @@ mod tests {
 
     #[test]
     fn round_trips_and_tolerates_anything_else() {
-        let m = UpdateMessage {
-            version: 7,
-            op: UpdateOp::Upsert,
-            prefix: Some("/x".into()),
-            key_id: None,
-        };
+        let m = UpdateMessage::mapping(7, UpdateOp::Upsert, Some("/x"));
         assert_eq!(m.to_json(), r#"{"version":7,"op":"upsert","prefix":"/x"}"#);
         assert_eq!(UpdateMessage::parse(m.to_json().as_bytes()), Some(m));
+        let with_target = UpdateMessage::upsert(7, "/x", "https://x.test/v1");
+        assert_eq!(
+            with_target.to_json(),
+            r#"{"version":7,"op":"upsert","prefix":"/x","target":"https://x.test/v1"}"#
+        );
+        assert_eq!(
+            UpdateMessage::parse(with_target.to_json().as_bytes()),
+            Some(with_target)
+        );
         let replace = UpdateMessage::parse(br#"{"version":8,"op":"replace"}"#).unwrap();
         assert_eq!(replace.prefix, None);
         let key = UpdateMessage::parse(br#"{"version":9,"op":"key","key_id":"key_1"}"#).unwrap();

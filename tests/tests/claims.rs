@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use apiproxy_shared::RedisKeys;
 use apiproxy_tests::client::get_reply;
-use apiproxy_tests::redis::{hset_plain, publish, upsert, upsert_unannounced, RedisServer};
+use apiproxy_tests::redis::{delete, hset_plain, publish, upsert, upsert_unannounced, RedisServer};
 use apiproxy_tests::tls::{trusting_dataplane, TestCa};
 use apiproxy_tests::upstream::{self, echo_handler};
 use apiproxy_tests::{eventually, one_mapping, DataPlane};
@@ -335,6 +335,31 @@ async fn a_resync_reads_only_the_version_while_nothing_changed() {
         "a resync read the hashes"
     );
     assert_eq!(dp.metric("apiproxy_config_version").await, 1.0);
+}
+
+/// README, Redis mode: an announcement that says what changed (an upsert
+/// with its target, a delete) is applied as it is: no read of Redis at
+/// all (counted by Redis), as the control plane announces by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_with_its_target_needs_no_read() {
+    let (_redis, mut conn, keys, up, dp) = redis_node("10m", "10m").await;
+    let (reads, hgets) = (
+        full_reads(&mut conn).await,
+        redis_calls(&mut conn, "hget").await,
+    );
+    let version = upsert_unannounced(&mut conn, &keys, "/told", &up.url()).await;
+    let told = apiproxy_shared::UpdateMessage::upsert(version, "/told", &up.url());
+    publish(&mut conn, &keys, &told.to_json()).await;
+    dp.wait_status("/told/x", 200).await;
+    let deleted = delete(&mut conn, &keys, "/told").await;
+    dp.wait_status("/told/x", 404).await;
+    assert_eq!(dp.metric("apiproxy_config_version").await, deleted as f64);
+    assert_eq!(full_reads(&mut conn).await, reads, "a full read");
+    assert_eq!(
+        redis_calls(&mut conn, "hget").await,
+        hgets,
+        "a one-field read"
+    );
 }
 
 /// README, Redis mode: a change whose announcement was lost (the version
