@@ -1165,8 +1165,8 @@ def fleet_propagation(st, nodes, changes):
     """For each (node, change): from just before the API call to the node's
     log timestamp of the first version ≥ the change's that it applied
     (a later version carries the change too), and how it got there: the
-    one-field read of that very version, a full re-read at it, or a later
-    version."""
+    announced change of that very version (as announced, or from a
+    one-field read), a full re-read at it, or a later version."""
     lat, per_change, how, missing, digits = [], [[] for _ in changes], {}, 0, set()
     for p in nodes:
         entries, d = applied_versions(st.log_path(p.name))
@@ -1180,7 +1180,7 @@ def fleet_propagation(st, nodes, changes):
             lat.append(ms)
             per_change[j].append(ms)
             kind = ("later version" if hit[0] > c["version"] else
-                    "one-field read" if hit[2] == "applying one announced change" else "full re-read")
+                    "announced change" if hit[2] == "applying one announced change" else "full re-read")
             how[kind] = how.get(kind, 0) + 1
     fleet = [max(v) for v in per_change if len(v) == len(nodes)]
     return {"pairs": len(nodes) * len(changes), "missing": missing, "latency_ms": lat, "how": how,
