@@ -12,10 +12,10 @@
 //! (`API_PROXY_FULL_RESYNC_INTERVAL`) remains the net for that, and for a
 //! fleet running with no control plane.
 
-use std::hash::Hasher;
 use std::time::Duration;
 
 use crate::redis_conn::RedisConn;
+use apiproxy_shared::content_hash::entry_digest;
 use apiproxy_shared::{RedisKeys, UpdateMessage, UpdateOp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -25,11 +25,11 @@ use crate::store::announce;
 type RawHash = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The version as read (the raw value, `None` when unset) and a digest of
-/// the three hashes' contents.
+/// each hash: mappings, keys, policies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     version: Option<Vec<u8>>,
-    digest: u64,
+    digests: [u64; 3],
 }
 
 /// Bumps the version only if it is still the one compared: a change made
@@ -68,7 +68,7 @@ pub(crate) async fn watch(
         };
         let edited = last
             .as_ref()
-            .is_some_and(|l| l.version == seen.version && l.digest != seen.digest);
+            .is_some_and(|l| l.version == seen.version && l.digests != seen.digests);
         last = Some(seen.clone());
         if !edited {
             continue;
@@ -112,25 +112,14 @@ async fn read(conn: &RedisConn, keys: &RedisKeys) -> redis::RedisResult<Seen> {
         pipe.query_async(&mut conn.clone()).await?;
     Ok(Seen {
         version,
-        digest: digest([mappings, proxy_keys, policies]),
+        digests: [&mappings, &proxy_keys, &policies].map(digest),
     })
 }
 
-/// Order-independent (Redis returns a hash's fields in no fixed order):
-/// the sum of each field's FNV hash, salted by which hash it is in.
-fn digest(hashes: [RawHash; 3]) -> u64 {
-    let mut sum = 0u64;
-    for (which, hash) in hashes.into_iter().enumerate() {
-        for (field, value) in hash {
-            let mut h = fnv::FnvHasher::default();
-            h.write_usize(which);
-            h.write(&field);
-            h.write_u8(0);
-            h.write(&value);
-            sum = sum.wrapping_add(h.finish());
-        }
-    }
-    sum
+/// Order-independent: Redis returns a hash's fields in no fixed order.
+fn digest(hash: &RawHash) -> u64 {
+    hash.iter()
+        .fold(0, |sum, (f, v)| sum.wrapping_add(entry_digest(f, v)))
 }
 
 #[cfg(test)]
@@ -146,37 +135,14 @@ mod tests {
 
     #[test]
     fn the_digest_ignores_order_and_sees_every_change() {
-        let a = digest([
-            hash(&[("/a", "http://a"), ("/b", "http://b")]),
-            vec![],
-            vec![],
-        ]);
-        let reordered = digest([
-            hash(&[("/b", "http://b"), ("/a", "http://a")]),
-            vec![],
-            vec![],
-        ]);
-        assert_eq!(a, reordered);
+        let a = digest(&hash(&[("/a", "http://a"), ("/b", "http://b")]));
+        assert_eq!(a, digest(&hash(&[("/b", "http://b"), ("/a", "http://a")])));
         for other in [
-            digest([hash(&[("/a", "http://a")]), vec![], vec![]]),
-            digest([
-                hash(&[("/a", "http://a"), ("/b", "http://c")]),
-                vec![],
-                vec![],
-            ]),
-            digest([
-                hash(&[("/a", "http://a"), ("/bh", "ttp://b")]),
-                vec![],
-                vec![],
-            ]),
-            // The same entries in another hash are another state.
-            digest([
-                hash(&[("/a", "http://a")]),
-                hash(&[("/b", "http://b")]),
-                vec![],
-            ]),
+            hash(&[("/a", "http://a")]),
+            hash(&[("/a", "http://a"), ("/b", "http://c")]),
+            hash(&[("/a", "http://a"), ("/bh", "ttp://b")]),
         ] {
-            assert_ne!(a, other);
+            assert_ne!(a, digest(&other));
         }
     }
 }

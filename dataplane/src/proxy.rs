@@ -154,7 +154,7 @@ impl Proxy {
             body,
             self.idle_timeout,
             self.max_request_body,
-            &route.in_use(&self.state.metrics).stats,
+            &in_use.stats,
             record.key_usage(),
         );
         if let Some(entry) = record.entry_mut() {
@@ -178,11 +178,7 @@ impl Proxy {
         } else {
             &self.upstream.main
         };
-        let send = pool.send(
-            &route.in_use(&self.state.metrics).upstream.key,
-            upstream_req,
-            start,
-        );
+        let send = pool.send(&in_use.upstream.key, upstream_req, start);
         let timeout = self.response_header_timeout;
         let head = AwaitHead::new(send, timer, start, timeout, body_failure);
         let in_flight = InFlight {

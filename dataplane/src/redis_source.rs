@@ -229,19 +229,18 @@ impl RedisSource {
         // Announcements that say it all (a delete, an upsert with its
         // target) are applied as they are: no read, so a fleet takes a
         // change with one wake-up a node and no load on Redis.
-        let told: Option<Vec<(u64, &str, Option<String>)>> = updates
+        let all_told = changes
             .iter()
-            .map(|u| match (u.op, &u.prefix, &u.target) {
-                (UpdateOp::Upsert, Some(prefix), Some(target)) => {
-                    Some((u.version, prefix.as_str(), Some(target.clone())))
+            .all(|(_, c)| matches!(c, Change::Mapping { told: Some(_), .. }));
+        if all_told {
+            for (version, change) in changes {
+                if let Change::Mapping {
+                    prefix,
+                    told: Some(target),
+                } = change
+                {
+                    self.apply_mapping(version, prefix, target.map(str::to_owned));
                 }
-                (UpdateOp::Delete, Some(prefix), _) => Some((u.version, prefix.as_str(), None)),
-                _ => None,
-            })
-            .collect();
-        if let Some(told) = told {
-            for (version, prefix, target) in told {
-                self.apply_mapping(version, prefix, target);
             }
             self.state.metrics.config_stale.set(0);
             self.cache_dirty = true;
@@ -251,9 +250,9 @@ impl RedisSource {
         pipe.atomic();
         for (_, change) in &changes {
             let (hash, field) = match change {
-                Change::Mapping(prefix) => (&self.keys.mappings, prefix),
-                Change::Key(id) => (&self.keys.keys, id),
-                Change::Policy(prefix) => (&self.keys.policies, prefix),
+                Change::Mapping { prefix, .. } => (&self.keys.mappings, prefix),
+                Change::Gate(GateChange::Key(id)) => (&self.keys.keys, id),
+                Change::Gate(GateChange::Policy(prefix)) => (&self.keys.policies, prefix),
             };
             pipe.hget(hash, *field);
         }
@@ -273,9 +272,9 @@ impl RedisSource {
         for ((version, change), value) in changes.into_iter().zip(read) {
             let value = value.map(text);
             match change {
-                Change::Mapping(prefix) => self.apply_mapping(version, prefix, value),
-                gate => {
-                    self.apply_gate_change(version, gate, value);
+                Change::Mapping { prefix, .. } => self.apply_mapping(version, prefix, value),
+                Change::Gate(change) => {
+                    self.apply_gate_change(version, change, value);
                     gate_changed = true;
                 }
             }
@@ -344,18 +343,17 @@ impl RedisSource {
     }
 
     /// Applies one key or policy change read by [`RedisSource::follow`].
-    fn apply_gate_change(&mut self, version: u64, change: Change<'_>, value: Option<String>) {
+    fn apply_gate_change(&mut self, version: u64, change: GateChange<'_>, value: Option<String>) {
         let Some(applied) = self.applied.as_mut() else {
             return;
         };
         let gate = self.state.current_gate();
         let next = match change {
-            Change::Key(id) => {
+            GateChange::Key(id) => {
                 applied.keys.replace(&gate, id, value.as_deref());
                 gate.with_key(id, value.as_deref())
             }
-            // A mapping change never comes here (`follow` applies it).
-            Change::Policy(prefix) | Change::Mapping(prefix) => {
+            GateChange::Policy(prefix) => {
                 match &value {
                     Some(v) => applied.policies.insert(prefix.to_owned(), v.clone()),
                     None => applied.policies.remove(prefix),
@@ -528,7 +526,17 @@ fn phase(interval: Duration, random: u64) -> Duration {
 /// What one announced change changed, named by its field.
 #[derive(Debug, Clone, Copy)]
 enum Change<'a> {
-    Mapping(&'a str),
+    Mapping {
+        prefix: &'a str,
+        /// What the mapping became, when the announcement says it: a
+        /// delete (`Some(None)`), an upsert with its target.
+        told: Option<Option<&'a str>>,
+    },
+    Gate(GateChange<'a>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GateChange<'a> {
     Key(&'a str),
     Policy(&'a str),
 }
@@ -537,9 +545,15 @@ impl<'a> Change<'a> {
     /// `None` for an announcement that names nothing to read (`replace`).
     fn of(update: &'a UpdateMessage) -> Option<Change<'a>> {
         match (update.op, &update.key_id, &update.prefix) {
-            (UpdateOp::Upsert | UpdateOp::Delete, _, Some(prefix)) => Some(Change::Mapping(prefix)),
-            (UpdateOp::Key, Some(id), _) => Some(Change::Key(id)),
-            (UpdateOp::Policy, _, Some(prefix)) => Some(Change::Policy(prefix)),
+            (UpdateOp::Upsert | UpdateOp::Delete, _, Some(prefix)) => Some(Change::Mapping {
+                prefix,
+                told: match update.op {
+                    UpdateOp::Delete => Some(None),
+                    _ => update.target.as_deref().map(Some),
+                },
+            }),
+            (UpdateOp::Key, Some(id), _) => Some(Change::Gate(GateChange::Key(id))),
+            (UpdateOp::Policy, _, Some(prefix)) => Some(Change::Gate(GateChange::Policy(prefix))),
             _ => None,
         }
     }

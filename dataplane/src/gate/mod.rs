@@ -21,6 +21,7 @@ use apiproxy_shared::access::{
     KeyRecord, SecretsKey, StoredPolicy,
 };
 use apiproxy_shared::canonical_prefix;
+use apiproxy_shared::content_hash::entry_digest;
 use fnv::FnvBuildHasher;
 use http::{HeaderMap, Method};
 use rpds::HashTrieMapSync;
@@ -389,11 +390,7 @@ fn parse_key(id: &str, record: &str) -> Option<ProxyKey> {
 
 /// A digest of one key record as Redis holds it.
 fn record_digest(id: &str, record: &str) -> u64 {
-    let mut h = fnv::FnvHasher::default();
-    h.write(id.as_bytes());
-    h.write_u8(0);
-    h.write(record.as_bytes());
-    h.finish()
+    entry_digest(id.as_bytes(), record.as_bytes())
 }
 
 /// All key records as one digest, independent of their order, that one
