@@ -179,7 +179,7 @@ impl RequestRecord {
             entry.duration = elapsed;
             entry.cancelled = cancelled;
             entry.prefix = Some(self.stats.prefix().clone());
-            log.write(entry, status >= 400 || error.is_some() || cancelled);
+            log.write(&entry, status >= 400 || error.is_some() || cancelled);
         }
     }
 }

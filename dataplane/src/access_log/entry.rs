@@ -6,6 +6,7 @@
 //! `User-Agent` and the request ids are kept. The query is left out unless
 //! asked for, and then its credential parameters are masked.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,7 +16,8 @@ use http::{Method, Version};
 use percent_encoding::percent_decode_str;
 
 use super::format::{
-    json_field, push_addr, push_escaped, push_ip, push_millis, push_u64, Timestamps,
+    json_field, json_plain_field, push_addr, push_escaped, push_ip, push_millis, push_u64,
+    Timestamps,
 };
 use crate::body_state::FailureSlot;
 use crate::gate::client_key;
@@ -25,8 +27,8 @@ const SECRET_PARAMS: [&str; 5] = ["key", "api_key", "token", "access_token", "si
 
 /// Longest `User-Agent` kept (a client may send kilobytes).
 const MAX_USER_AGENT: usize = 256;
-/// Longest path (and query) kept: what the queue holds stays bounded by
-/// its length times this, whatever paths clients send.
+/// Longest path (and query) kept: an entry, which lives as long as its
+/// request, stays small whatever path a client sends.
 const MAX_TARGET: usize = 4096;
 
 /// What one request leaves in the access log.
@@ -37,10 +39,12 @@ pub(crate) struct AccessEntry {
     /// `None`: the request head could not be read.
     pub(crate) method: Option<Method>,
     /// The path (the authority for CONNECT), and the masked query when
-    /// `API_PROXY_ACCESS_LOG_QUERY`; at most [`MAX_TARGET`] bytes.
-    pub(crate) target: Box<str>,
+    /// `API_PROXY_ACCESS_LOG_QUERY` (at most [`MAX_TARGET`] bytes), then
+    /// the user agent (at most [`MAX_USER_AGENT`]): one allocation.
+    texts: Box<str>,
+    /// Where the user agent starts in `texts`; `None`: none was sent.
+    user_agent_at: Option<u16>,
     pub(crate) protocol: Version,
-    pub(crate) user_agent: Option<Box<str>>,
     /// Set once routed.
     pub(crate) prefix: Option<Arc<str>>,
     /// The upstream's `host[:port]`, once routed.
@@ -78,25 +82,44 @@ impl AccessEntry {
             "" => uri.authority().map_or("", |a| a.as_str()),
             path => path,
         };
-        let target = match uri.query() {
-            Some(query) if with_query => {
-                let mut t = String::with_capacity(path.len() + 1 + query.len());
-                t.push_str(path);
-                t.push('?');
-                mask_query(query, &mut t);
-                truncate(&t, MAX_TARGET).into()
+        let user_agent = req.headers().get(http::header::USER_AGENT).map(|ua| {
+            // Checked first: `from_utf8` runs over ASCII a word at a time,
+            // the lossy walk byte by byte.
+            match std::str::from_utf8(ua.as_bytes()) {
+                Ok(ua) => Cow::Borrowed(ua),
+                Err(_) => String::from_utf8_lossy(ua.as_bytes()),
             }
-            _ => truncate(path, MAX_TARGET).into(),
-        };
-        let user_agent = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .map(|ua| truncate(&String::from_utf8_lossy(ua.as_bytes()), MAX_USER_AGENT).into());
+        });
+        let user_agent = user_agent.as_deref().map(|ua| truncate(ua, MAX_USER_AGENT));
+        let mut texts = String::with_capacity(
+            (path.len()
+                + uri
+                    .query()
+                    .filter(|_| with_query)
+                    .map_or(0, |q| 1 + q.len()))
+            .min(MAX_TARGET)
+                + user_agent.map_or(0, str::len),
+        );
+        match uri.query() {
+            Some(query) if with_query => {
+                texts.push_str(path);
+                texts.push('?');
+                mask_query(query, &mut texts);
+                let end = truncate(&texts, MAX_TARGET).len();
+                texts.truncate(end);
+            }
+            _ => texts.push_str(truncate(path, MAX_TARGET)),
+        }
+        let user_agent_at = user_agent.map(|ua| {
+            let at = texts.len() as u16;
+            texts.push_str(ua);
+            at
+        });
         AccessEntry {
             method: Some(req.method().clone()),
-            target,
+            texts: texts.into(),
+            user_agent_at,
             protocol: req.version(),
-            user_agent,
             ..AccessEntry::bare(request_id, client)
         }
     }
@@ -110,9 +133,9 @@ impl AccessEntry {
             request_id,
             client,
             method: None,
-            target: "".into(),
+            texts: "".into(),
+            user_agent_at: None,
             protocol: Version::HTTP_11,
-            user_agent: None,
             prefix: None,
             upstream: None,
             upstream_addr: None,
@@ -137,12 +160,21 @@ impl AccessEntry {
         self.method.as_ref().map_or("-", Method::as_str)
     }
 
+    /// The path, or `-` when the head could not be read.
     fn target(&self) -> &str {
-        if self.target.is_empty() {
+        let target = match self.user_agent_at {
+            Some(at) => &self.texts[..usize::from(at)],
+            None => &self.texts,
+        };
+        if target.is_empty() {
             "-"
         } else {
-            &self.target
+            target
         }
+    }
+
+    fn user_agent(&self) -> Option<&str> {
+        self.user_agent_at.map(|at| &self.texts[usize::from(at)..])
     }
 
     /// Appends the entry as one JSON object and a newline, written by
@@ -158,13 +190,16 @@ impl AccessEntry {
         out.extend_from_slice(b",\"client\":\"");
         push_addr(out, self.client);
         out.push(b'"');
-        json_field(out, "method", Some(self.method()));
+        json_plain_field(out, "method", self.method());
         json_field(out, "prefix", self.prefix.as_deref());
         json_field(out, "path", Some(self.target()));
-        json_field(out, "protocol", Some(protocol(self.protocol)));
+        json_plain_field(out, "protocol", protocol(self.protocol));
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
-        json_field(out, "error", self.error);
+        match self.error {
+            Some(error) => json_plain_field(out, "error", error),
+            None => out.extend_from_slice(b",\"error\":null"),
+        }
         out.extend_from_slice(b",\"bytes_in\":");
         push_u64(out, self.bytes_in());
         out.extend_from_slice(b",\"bytes_out\":");
@@ -176,7 +211,10 @@ impl AccessEntry {
             Some(ttfb) => push_millis(out, ttfb),
             None => out.extend_from_slice(b"null"),
         }
-        json_field(out, "upstream", self.upstream.as_ref().map(text));
+        match &self.upstream {
+            Some(upstream) => json_plain_field(out, "upstream", text(upstream)),
+            None => out.extend_from_slice(b",\"upstream\":null"),
+        }
         out.extend_from_slice(b",\"upstream_addr\":");
         match self.upstream_addr {
             Some(addr) => {
@@ -199,7 +237,7 @@ impl AccessEntry {
         } else {
             b",\"cancelled\":false"
         });
-        json_field(out, "user_agent", self.user_agent.as_deref());
+        json_field(out, "user_agent", self.user_agent());
         out.extend_from_slice(b"}\n");
     }
 
@@ -221,7 +259,7 @@ impl AccessEntry {
         out.push(b' ');
         push_u64(out, self.bytes_out);
         out.extend_from_slice(b" \"-\" \"");
-        push_escaped(out, self.user_agent.as_deref().unwrap_or("-"), false);
+        push_escaped(out, self.user_agent().unwrap_or("-"), false);
         out.push(b'"');
         let field = |out: &mut Vec<u8>, name: &str, value: &str| {
             out.push(b' ');
@@ -282,10 +320,11 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
-/// A header value the proxy made or checked (printable ASCII); anything
-/// else shows as `-`.
+/// A header value as text (the ids, the upstream's authority); one that
+/// is not UTF-8 shows as `-`. `from_utf8` runs over ASCII a word at a
+/// time, where `HeaderValue::to_str` checks byte by byte.
 fn text(value: &HeaderValue) -> &str {
-    value.to_str().unwrap_or("-")
+    std::str::from_utf8(value.as_bytes()).unwrap_or("-")
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -407,7 +446,7 @@ mod tests {
         assert_eq!(v["path"], "/gemini/v1");
     }
 
-    /// A queued entry stays small whatever the client sent.
+    /// An entry stays small whatever the client sent.
     #[test]
     fn long_paths_and_agents_are_cut() {
         let long = format!("/{}", "a".repeat(10_000));
@@ -419,9 +458,9 @@ mod tests {
         let id = HeaderValue::from_static("r");
         for query in [false, true] {
             let e = AccessEntry::new(&req, id.clone(), "10.0.0.1:1".parse().unwrap(), query);
-            assert_eq!(e.target.len(), MAX_TARGET);
-            assert!(long.starts_with(&*e.target));
-            assert_eq!(e.user_agent.as_deref().map(str::len), Some(MAX_USER_AGENT));
+            assert_eq!(e.target().len(), MAX_TARGET);
+            assert!(long.starts_with(e.target()));
+            assert_eq!(e.user_agent().map(str::len), Some(MAX_USER_AGENT));
         }
         let connect = http::Request::builder()
             .method("CONNECT")
@@ -437,7 +476,10 @@ mod tests {
     #[test]
     fn json_lines_escape_what_needs_it() {
         let mut e = entry("/a\\b%22c/\u{e9}", false);
-        e.user_agent = Some("q\"\\\u{1}\u{7f}\u{e9}".into());
+        // Bytes no HTTP parser lets through, written as they would be.
+        let path = e.target().to_owned();
+        e.texts = format!("{path}q\"\\\u{1}\u{7f}\u{e9}").into();
+        e.user_agent_at = Some(path.len() as u16);
         let mut out = Vec::new();
         e.write_json("n\"1", &mut Timestamps::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

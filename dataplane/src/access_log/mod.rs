@@ -2,21 +2,22 @@
 //! (one line a request, `API_PROXY_ACCESS_LOG`) and the recent failures
 //! the stats batches carry to the console.
 //!
-//! The log never slows or blocks the request path: an entry is a few
-//! copies made as the request arrives, handed at its end to a bounded
-//! queue without waiting; a thread of its own formats and writes. When the
-//! sink is slower than the traffic the queue fills and entries are dropped
-//! and counted (`apiproxy_access_log_dropped_total`), never queued without
-//! bound.
+//! The log never blocks the request path: an entry is a few copies made
+//! as the request arrives, formatted at its end into its worker's buffer
+//! (`lines`), and written by a thread of its own; nothing on the request
+//! path waits for the disk or a pipe. When the sink is slower than the
+//! traffic the buffers fill and lines are dropped and counted
+//! (`apiproxy_access_log_dropped_total`), never kept without bound.
 
 mod entry;
 mod format;
+mod lines;
 mod writer;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 
 use http::header::HeaderValue;
 use prometheus::IntCounter;
@@ -26,9 +27,12 @@ pub(crate) use writer::{Reopener, WriterHandle};
 
 use crate::failures::RecentFailures;
 use crate::request_id::random_u64;
+use lines::{Lines, Slot};
 
-/// Entries waiting for the writer at most; beyond, they are dropped.
-const QUEUE: usize = 16_384;
+/// Bytes of lines a worker's buffer holds at most while the writer has
+/// not taken it; beyond, lines are dropped. A tick's worth of lines at
+/// 50,000 requests a second is about 1 MiB.
+const BUFFERED: usize = 2 * 1024 * 1024;
 
 /// `API_PROXY_ACCESS_LOG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +78,9 @@ pub(crate) struct Settings {
 /// The access log's side of the request path.
 #[derive(Debug)]
 pub(crate) struct AccessLog {
-    queue: SyncSender<Box<AccessEntry>>,
+    lines: Arc<Lines>,
+    format: Format,
+    node_id: Box<str>,
     query: bool,
     /// `sample` scaled to the range of a `u64`: a request is kept when a
     /// random draw is below it.
@@ -93,7 +99,7 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     /// Opens the sink and starts the writer's thread. `dropped` counts the
-    /// entries the queue had no room for.
+    /// lines a full buffer had no room for and those the sink refused.
     pub(crate) fn start(
         settings: Settings,
         dropped: IntCounter,
@@ -101,15 +107,17 @@ impl RequestLog {
         let (access, writer) = if settings.sink == Sink::Off {
             (None, None)
         } else {
-            let (queue, entries) = mpsc::sync_channel(QUEUE);
-            let writer = writer::start(&settings, entries, dropped.clone())?;
+            let lines = Arc::new(Lines::new(BUFFERED));
+            let writer = writer::start(&settings, lines.clone(), dropped.clone())?;
             let keep_below = if settings.sample >= 1.0 {
                 u64::MAX
             } else {
                 (settings.sample.max(0.0) * u64::MAX as f64) as u64
             };
             let access = AccessLog {
-                queue,
+                lines,
+                format: settings.format,
+                node_id: settings.node_id.into(),
                 query: settings.query,
                 keep_below,
                 dropped,
@@ -146,17 +154,23 @@ impl RequestLog {
         })
     }
 
-    /// Writes a finished entry, unless sampling leaves a success out or
-    /// the queue is full.
-    pub(crate) fn write(&self, entry: Box<AccessEntry>, failed: bool) {
+    /// Writes a finished entry's line, unless sampling leaves a success
+    /// out or the writer is behind.
+    pub(crate) fn write(&self, entry: &AccessEntry, failed: bool) {
         let Some(access) = &self.access else { return };
         if !failed && access.keep_below != u64::MAX && draw() >= access.keep_below {
             return;
         }
-        match access.queue.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => access.dropped.inc(),
+        let Some(mut slot) = access.lines.slot() else {
+            access.dropped.inc();
+            return;
+        };
+        let Slot { buf, lines, times } = &mut *slot;
+        match access.format {
+            Format::Json => entry.write_json(&access.node_id, times, buf),
+            Format::Text => entry.write_text(&access.node_id, times, buf),
         }
+        *lines += 1;
     }
 }
 

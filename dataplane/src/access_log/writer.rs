@@ -1,12 +1,11 @@
-//! The access log's own thread: every tick it takes what is queued,
-//! formats it and writes it with one call a batch, so that a line is never
-//! torn and nothing on the request path waits for the disk or a pipe.
+//! The access log's own thread: every tick it takes each worker's buffer
+//! of lines and writes it with one call, so that a line is never torn and
+//! nothing on the request path waits for the disk or a pipe.
 //!
-//! It sleeps between ticks instead of waiting on the queue: a receiver
-//! blocked on the queue would be woken by every request (a futex call and
-//! a context switch each, measured to halve throughput), while a sleeping
-//! one costs the request path one atomic write and the node 20 wake-ups a
-//! second. Lines reach the sink within a tick.
+//! It sleeps between ticks instead of being woken by the workers: a
+//! writer woken by every request (a futex call and a context switch each)
+//! was measured to halve throughput, while a sleeping one costs the node
+//! 20 wake-ups a second. Lines reach the sink within a tick.
 //! SIGHUP asks it to reopen its file (after logrotate moved it): the batch
 //! in hand goes to the old file, the next to the new one, none is lost.
 
@@ -15,7 +14,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,13 +21,11 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use tracing::{info, warn};
 
-use super::format::Timestamps;
-use super::{AccessEntry, Format, Settings, Sink};
+use super::lines::Lines;
+use super::{Settings, Sink};
 
-/// How often the writer takes what is queued.
+/// How often the writer takes the workers' lines.
 const TICK: Duration = Duration::from_millis(50);
-/// A batch is written once it holds this much.
-const BATCH: usize = 64 * 1024;
 /// A failing sink is reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -56,7 +52,7 @@ impl WriterHandle {
         Reopener(self.reopen.clone())
     }
 
-    /// Writes what is queued and stops, waiting up to `wait` for it.
+    /// Writes what the workers hold and stops, waiting up to `wait` for it.
     pub(crate) async fn close(self, wait: Duration) {
         self.closing.store(true, Ordering::Relaxed);
         let until = tokio::time::Instant::now() + wait;
@@ -162,7 +158,7 @@ fn open(path: &PathBuf) -> io::Result<File> {
 /// thread.
 pub(super) fn start(
     settings: &Settings,
-    entries: Receiver<Box<AccessEntry>>,
+    lines: Arc<Lines>,
     dropped: IntCounter,
 ) -> io::Result<WriterHandle> {
     let out = Out::open(&settings.sink)?;
@@ -170,15 +166,11 @@ pub(super) fn start(
     let closing = Arc::new(AtomicBool::new(false));
     let writer = Writer {
         out,
-        entries,
-        format: settings.format,
-        node_id: settings.node_id.clone(),
+        lines,
         reopen: reopen.clone(),
         closing: closing.clone(),
         dropped,
-        batch: Vec::with_capacity(BATCH + 4096),
-        times: Timestamps::default(),
-        lines: 0,
+        batch: Vec::new(),
         reported: None,
     };
     let thread = std::thread::Builder::new()
@@ -193,39 +185,29 @@ pub(super) fn start(
 
 struct Writer {
     out: Out,
-    entries: Receiver<Box<AccessEntry>>,
-    format: Format,
-    node_id: String,
+    lines: Arc<Lines>,
     reopen: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
     dropped: IntCounter,
+    /// A buffer taken from a worker, written and cleared, then given to
+    /// the next worker in exchange for its own.
     batch: Vec<u8>,
-    times: Timestamps,
-    /// Lines in `batch`.
-    lines: u64,
     reported: Option<Instant>,
 }
 
 impl Writer {
     fn run(mut self) {
         loop {
-            // Read before the queue is emptied: whatever was queued before
-            // the close was asked for is written.
+            // Read before the buffers are taken: whatever was logged
+            // before the close was asked for is written.
             let closing = self.closing.load(Ordering::Relaxed);
-            let disconnected = loop {
-                match self.entries.try_recv() {
-                    Ok(entry) => {
-                        self.add(&entry);
-                        if self.batch.len() >= BATCH {
-                            self.write();
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Disconnected) => break true,
-                }
-            };
-            self.write();
-            if closing || disconnected {
+            self.take_all();
+            if closing {
+                // A worker appending now holds its buffer's lock, which
+                // the last pass waits for; one that comes later finds the
+                // log closed and counts its line dropped.
+                self.lines.close();
+                self.take_all();
                 return;
             }
             if self.reopen.swap(false, Ordering::Relaxed) {
@@ -235,28 +217,28 @@ impl Writer {
         }
     }
 
-    fn add(&mut self, entry: &AccessEntry) {
-        match self.format {
-            Format::Json => entry.write_json(&self.node_id, &mut self.times, &mut self.batch),
-            Format::Text => entry.write_text(&self.node_id, &mut self.times, &mut self.batch),
+    /// Takes every worker's lines and writes them.
+    fn take_all(&mut self) {
+        for i in 0..self.lines.slots() {
+            let lines = self.lines.take(i, &mut self.batch);
+            self.write(lines);
         }
-        self.lines += 1;
     }
 
-    fn write(&mut self) {
+    /// Writes `batch`, which holds `lines` lines, and clears it.
+    fn write(&mut self, lines: u64) {
         if self.batch.is_empty() {
             return;
         }
         if let Err(error) = self.out.write(&self.batch) {
-            self.dropped.inc_by(self.lines);
+            self.dropped.inc_by(lines);
             let now = Instant::now();
             if self.reported.is_none_or(|at| now - at >= REPORT_EVERY) {
                 self.reported = Some(now);
-                warn!(%error, lines = self.lines, "cannot write the access log; lines lost");
+                warn!(%error, lines, "cannot write the access log; lines lost");
             }
         }
         self.batch.clear();
-        self.lines = 0;
     }
 }
 
