@@ -1,6 +1,6 @@
-//! One access-log line: what the request path fills in (cheap copies,
-//! nothing formatted) and how the writer's thread formats it, as JSON or
-//! as text close to nginx's `combined` format.
+//! One access-log line: what the request path fills in as the request
+//! arrives (cheap copies, nothing formatted) and how its line is formatted
+//! when it ends, as JSON or as text close to nginx's `combined` format.
 //!
 //! Never a header value that may be a secret: of the headers, only
 //! `User-Agent` and the request ids are kept. The query is left out unless
@@ -179,8 +179,8 @@ impl AccessEntry {
 
     /// Appends the entry as one JSON object and a newline, written by
     /// hand: serde's byte-by-byte escaping of every key and value was most
-    /// of the writer's time in a profile, and all but the path, the user
-    /// agent and the ids are known to need no escaping.
+    /// of a line's cost in a profile, and all but the path, the user agent
+    /// and the ids are known to need no escaping.
     pub(crate) fn write_json(&self, node_id: &str, times: &mut Timestamps, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
         times.push(out, self.start);

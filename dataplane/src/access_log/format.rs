@@ -1,7 +1,7 @@
-//! The pieces an access-log line is written with, straight into the
-//! writer's batch: integers, milliseconds, addresses and timestamps
-//! without `core::fmt` (its machinery was a third of the writer's time in
-//! a profile), strings escaped only when a byte needs it.
+//! The pieces an access-log line is written with, straight into a
+//! worker's buffer: integers, milliseconds, addresses and timestamps
+//! without `core::fmt` (its machinery was a third of a line's cost in a
+//! profile), strings escaped only when a byte needs it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -68,6 +68,11 @@ impl Lines {
         std::mem::take(&mut slot.lines)
     }
 
+    /// The bytes a buffer takes lines up to.
+    pub(super) fn bound(&self) -> usize {
+        self.cap
+    }
+
     pub(super) fn slots(&self) -> usize {
         self.slots.len()
     }

@@ -1,6 +1,8 @@
 //! The access log's own thread: every tick it takes each worker's buffer
-//! of lines and writes it with one call, so that a line is never torn and
-//! nothing on the request path waits for the disk or a pipe.
+//! of lines and writes it whole (to a file in one call, to stdout in
+//! pieces of whole lines), so that a line is never torn and nothing on the
+//! request path waits for the disk or a pipe. Lines of different workers
+//! are written in turns, a buffer at a time.
 //!
 //! It sleeps between ticks instead of being woken by the workers: a
 //! writer woken by every request (a futex call and a context switch each)
@@ -239,6 +241,12 @@ impl Writer {
             }
         }
         self.batch.clear();
+        // A buffer that grew past the bound (a line beyond it, after a
+        // stall) is let go rather than passed on to the next worker: what
+        // the buffers hold in memory stays near the bound too.
+        if self.batch.capacity() > self.lines.bound() {
+            self.batch = Vec::new();
+        }
     }
 }
 
