@@ -413,7 +413,8 @@ async fn a_stalled_sink_drops_lines_and_never_holds_a_request() {
             ("API_PROXY_ACCESS_LOG_FORMAT", "json"),
         ],
     );
-    // More requests than the pipe and the queue (16,384) hold together.
+    // More lines than the pipe, the writer's batch in hand and a worker's
+    // buffer (2 MiB, about 6,000 of these lines) hold together.
     const CLIENTS: usize = 16;
     const EACH: usize = 1_500;
     let tasks: Vec<_> = (0..CLIENTS)
@@ -445,7 +446,7 @@ async fn a_stalled_sink_drops_lines_and_never_holds_a_request() {
     let total = CLIENTS * EACH;
     assert_eq!(ok, total, "every request answered while the sink stalled");
     let dropped = dp.metric("apiproxy_access_log_dropped_total").await as usize;
-    assert!(dropped > 0, "the full queue dropped lines");
+    assert!(dropped > 0, "the full buffer dropped lines");
 
     // Read the pipe; the node flushes what it queued and exits.
     start_reading.send(()).unwrap();

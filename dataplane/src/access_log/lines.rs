@@ -23,9 +23,8 @@ const SLOTS: usize = 64;
 /// What one thread's lines wait in.
 #[derive(Debug, Default)]
 pub(super) struct Slot {
+    /// Whole lines only: a line is appended at once, under the lock.
     pub(super) buf: Vec<u8>,
-    /// Lines in `buf`.
-    pub(super) lines: u64,
     pub(super) times: Timestamps,
 }
 
@@ -57,15 +56,12 @@ impl Lines {
     }
 
     /// Swaps slot `i`'s lines, if any, for `empty` (cleared, its capacity
-    /// kept, so a busy worker's buffer does not grow again each tick): how
-    /// many lines it held.
-    pub(super) fn take(&self, i: usize, empty: &mut Vec<u8>) -> u64 {
+    /// kept, so a busy worker's buffer does not grow again each tick).
+    pub(super) fn take(&self, i: usize, empty: &mut Vec<u8>) {
         let mut slot = lock(&self.slots[i]);
-        if slot.buf.is_empty() {
-            return 0;
+        if !slot.buf.is_empty() {
+            std::mem::swap(&mut slot.buf, empty);
         }
-        std::mem::swap(&mut slot.buf, empty);
-        std::mem::take(&mut slot.lines)
     }
 
     /// The bytes a buffer takes lines up to.
@@ -113,12 +109,11 @@ mod tests {
         let lines = Lines::new(8);
         let mut slot = lines.slot().unwrap();
         slot.buf.extend_from_slice(b"12345678\n");
-        slot.lines += 1;
         drop(slot);
         assert!(lines.slot().is_none(), "over the cap");
         let mine = this_thread();
         let mut taken = Vec::new();
-        assert_eq!(lines.take(mine, &mut taken), 1);
+        lines.take(mine, &mut taken);
         assert_eq!(taken, b"12345678\n");
         assert!(lines.slot().unwrap().buf.is_empty());
         lines.close();

@@ -165,12 +165,11 @@ impl RequestLog {
             access.dropped.inc();
             return;
         };
-        let Slot { buf, lines, times } = &mut *slot;
+        let Slot { buf, times } = &mut *slot;
         match access.format {
             Format::Json => entry.write_json(&access.node_id, times, buf),
             Format::Text => entry.write_text(&access.node_id, times, buf),
         }
-        *lines += 1;
     }
 }
 

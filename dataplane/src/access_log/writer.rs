@@ -88,7 +88,10 @@ impl Out {
         }
     }
 
-    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+    /// Writes `batch`; on an error, also how much of it is known to have
+    /// been written, so that only the lines after it count as lost.
+    fn write(&mut self, batch: &[u8]) -> Result<(), (io::Error, usize)> {
+        let mut written = 0;
         match self {
             // Under the lock for the whole batch, so no other writer in
             // this process lands inside a line; and in whole lines of at
@@ -97,13 +100,24 @@ impl Out {
             Out::Stdout => {
                 let mut out = io::stdout().lock();
                 for chunk in whole_lines(batch, PIPE_BUF) {
-                    out.write_all(chunk)?;
-                    out.flush()?;
+                    out.write_all(chunk)
+                        .and_then(|()| out.flush())
+                        .map_err(|e| (e, written))?;
+                    written += chunk.len();
                 }
-                Ok(())
             }
-            Out::File { file, .. } => file.write_all(batch),
+            Out::File { file, .. } => {
+                while written < batch.len() {
+                    match file.write(&batch[written..]) {
+                        Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err((e, written)),
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     fn reopen(&mut self) {
@@ -146,6 +160,15 @@ fn whole_lines(batch: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
         rest = tail;
         Some(piece)
     })
+}
+
+/// The lines of `batch` not wholly written when the sink failed after
+/// `written` bytes: a line cut short counts as lost with those after it.
+fn lost_lines(batch: &[u8], written: usize) -> u64 {
+    batch[written.min(batch.len())..]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u64
 }
 
 fn open(path: &PathBuf) -> io::Result<File> {
@@ -222,22 +245,23 @@ impl Writer {
     /// Takes every worker's lines and writes them.
     fn take_all(&mut self) {
         for i in 0..self.lines.slots() {
-            let lines = self.lines.take(i, &mut self.batch);
-            self.write(lines);
+            self.lines.take(i, &mut self.batch);
+            self.write();
         }
     }
 
-    /// Writes `batch`, which holds `lines` lines, and clears it.
-    fn write(&mut self, lines: u64) {
+    /// Writes `batch` and clears it.
+    fn write(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        if let Err(error) = self.out.write(&self.batch) {
-            self.dropped.inc_by(lines);
+        if let Err((error, written)) = self.out.write(&self.batch) {
+            let lost = lost_lines(&self.batch, written);
+            self.dropped.inc_by(lost);
             let now = Instant::now();
             if self.reported.is_none_or(|at| now - at >= REPORT_EVERY) {
                 self.reported = Some(now);
-                warn!(%error, lines, "cannot write the access log; lines lost");
+                warn!(%error, lines = lost, "cannot write the access log; lines lost");
             }
         }
         self.batch.clear();
@@ -272,5 +296,22 @@ mod tests {
             .iter()
             .all(|p| p.len() <= PIPE_BUF && p.ends_with(b"\n")));
         assert_eq!(cut.concat(), batch);
+    }
+
+    #[test]
+    fn lines_written_before_a_failure_are_not_counted_lost() {
+        let batch = b"a\nbb\nc\n";
+        assert_eq!(lost_lines(batch, 0), 3);
+        assert_eq!(lost_lines(batch, 2), 2, "after the first line");
+        assert_eq!(lost_lines(batch, 3), 2, "the second line cut short");
+        assert_eq!(lost_lines(batch, batch.len()), 0);
+    }
+
+    #[test]
+    fn a_failing_file_says_how_much_it_took() {
+        let mut out = Out::open(&Sink::File("/dev/full".into())).unwrap();
+        let (error, written) = out.write(b"line\n").unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
+        assert_eq!(written, 0);
     }
 }
