@@ -611,8 +611,6 @@ impl StatsStore {
     }
 }
 
-/// Starts of the `n` buckets of `width` seconds up to the one holding
-/// `now_s`, oldest first.
 /// `script` with the KEYS and ARGV of `writes`.
 fn invocation<'a>(script: &'a Script, writes: &writes::Writes) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
@@ -625,6 +623,8 @@ fn invocation<'a>(script: &'a Script, writes: &writes::Writes) -> redis::ScriptI
     invocation
 }
 
+/// Starts of the `n` buckets of `width` seconds up to the one holding
+/// `now_s`, oldest first.
 fn bucket_starts(now_s: u64, width: u64, n: u64) -> Vec<u64> {
     let newest = now_s / width * width;
     (0..n)

@@ -163,7 +163,7 @@ impl Proxy {
         let upstream_req = match self.upstream_request(
             parts,
             body,
-            &route,
+            &in_use.upstream.host,
             upstream_target,
             upgrading,
             client,
@@ -268,7 +268,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: RequestBody,
-        route: &Route,
+        host: &HeaderValue,
         uri: Result<Uri, InvalidUri>,
         upgrading: bool,
         client: SocketAddr,
@@ -284,10 +284,7 @@ impl Proxy {
         if let Some(pass) = pass {
             pass.rewrite_headers(&mut parts.headers);
         }
-        let original_host = parts.headers.insert(
-            HOST,
-            route.in_use(&self.state.metrics).upstream.host.clone(),
-        );
+        let original_host = parts.headers.insert(HOST, host.clone());
         parts.headers.insert(&X_REQUEST_ID, id);
         if self.forwarded_headers {
             headers::add_forwarded(&mut parts.headers, client.ip(), original_host);

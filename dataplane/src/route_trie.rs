@@ -3,10 +3,12 @@
 //! few on the changed prefix's path, and a change costs O(log n).
 //!
 //! Written for routes rather than taken from a crate: a general persistent
-//! map (rpds) keeps each entry in two allocations of its own (an entry and
-//! a leaf node), about 120 bytes a mapping; here a route sits in its
-//! parent's slot array (16 bytes), keyed by the prefix it already holds.
-//! A node holding a hundred thousand mappings keeps half its memory so.
+//! map (rpds, which the gate and the snapshot's skipped entries use) keeps
+//! each entry in two allocations of its own (an entry and a leaf node);
+//! here a route sits in its parent's slot array (16 bytes), keyed by the
+//! prefix it already holds. Measured with the routes (the `routes/memory`
+//! lines of `cargo bench -p apiproxy-dataplane --bench routes`): 196 bytes
+//! a mapping at 100,000 against rpds's 290, a third less.
 //!
 //! Each level takes 6 bits of the prefix's 64-bit FNV hash; a node keeps a
 //! bitmap of the slots in use and an array of just those. Prefixes whose

@@ -155,14 +155,19 @@ impl Snapshot {
             version,
             aliased: false,
         };
-        next.routes.remove(prefix);
-        if let Some(target) = target {
-            match Route::new(prefix, target) {
-                Ok(route) => {
-                    next.max_depth = next.max_depth.max(depth(prefix));
-                    next.routes.insert(Arc::new(route));
-                }
-                Err(error) => next.skip_invalid(prefix, target, error),
+        // An insert replaces the route it finds, so only a delete or an
+        // invalid target removes one (a second path copy otherwise).
+        match target.map(|target| (target, Route::new(prefix, target))) {
+            Some((_, Ok(route))) => {
+                next.max_depth = next.max_depth.max(depth(prefix));
+                next.routes.insert(Arc::new(route));
+            }
+            Some((target, Err(error))) => {
+                next.routes.remove(prefix);
+                next.skip_invalid(prefix, target, error);
+            }
+            None => {
+                next.routes.remove(prefix);
             }
         }
         next

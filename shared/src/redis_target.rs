@@ -21,7 +21,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
 
 /// A sentinel's port when the URL gives none.
-pub const SENTINEL_PORT: u16 = 26379;
+const SENTINEL_PORT: u16 = 26379;
 
 /// Longest a master lookup may take (every sentinel asked, the master's
 /// `ROLE` checked) before it counts as failed.

@@ -1,8 +1,9 @@
 //! Redis-sync benchmarks (issue 3), against the release binary:
 //!
 //! 1. propagation: a change written the control plane's way (`HSET` +
-//!    `INCR` in one transaction, then `PUBLISH`) until both nodes route it,
-//!    over 100 changes;
+//!    `INCR` in one transaction, then `PUBLISH` of its prefix, but without
+//!    the target the control plane also announces by default: the nodes
+//!    take the one-field read) until both nodes route it, over 100 changes;
 //! 2. reload disturbance: request latency on a node holding 10,000
 //!    mappings, with and without a change every 100 ms (wrk). Each change
 //!    is announced with its prefix and applied from a one-field read;

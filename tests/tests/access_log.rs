@@ -413,10 +413,11 @@ async fn a_stalled_sink_drops_lines_and_never_holds_a_request() {
             ("API_PROXY_ACCESS_LOG_FORMAT", "json"),
         ],
     );
-    // More lines than the pipe, the writer's batch in hand and a worker's
-    // buffer (2 MiB, about 6,000 of these lines) hold together.
+    // More lines than the pipe, the writer's batch in hand and the two
+    // workers' buffers (2 MiB each, about 6,000 of these lines) hold
+    // together: about 19,000.
     const CLIENTS: usize = 16;
-    const EACH: usize = 1_500;
+    const EACH: usize = 2_500;
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let addr = dp.addr;

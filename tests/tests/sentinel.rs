@@ -120,7 +120,9 @@ async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lo
                 let node = &nodes[i % 2];
                 for n in 0..LOAD_MAX {
                     if stop.load(Ordering::SeqCst) {
-                        break;
+                        // Still sending when the test was done: the load
+                        // spanned the failover.
+                        return true;
                     }
                     let reply = get_reply(node.addr, &format!("/svc/load/{i}/{n}")).await;
                     assert_eq!(
@@ -131,6 +133,7 @@ async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lo
                     );
                     sent.matched.fetch_add(1, Ordering::SeqCst);
                 }
+                false
             })
         })
         .collect();
@@ -178,7 +181,11 @@ async fn a_primary_killed_under_load_fails_over_without_a_failed_request_or_a_lo
     // Still serving under load the whole time.
     stop.store(true, Ordering::SeqCst);
     for task in load {
-        task.await.expect("a proxied request failed");
+        let spanned = task.await.expect("a proxied request failed");
+        assert!(
+            spanned,
+            "a load client ran out of requests before the failover was over"
+        );
     }
 
     // The new master has no replica: said in /api/nodes.
