@@ -221,6 +221,7 @@ fn k8s_base_is_complete_and_matches_the_binaries() {
         // user is in.
         let pod_sc = &spec["securityContext"];
         assert_eq!(pod_sc["runAsUser"], 65532, "{deployment}");
+        assert_eq!(pod_sc["fsGroup"], 65532, "{deployment}");
         assert_eq!(pod_sc["fsGroup"], pod_sc["runAsGroup"], "{deployment}");
         let secret_volumes: Vec<&Value> = spec["volumes"]
             .as_array()
@@ -516,11 +517,14 @@ fn k8s_kustomize_renders_the_base_and_the_component() {
             );
         }
         // kubectl reads the file mode `0440` as octal.
+        let mut secret_volumes = 0;
         for v in d["spec"]["template"]["spec"]["volumes"].as_array().unwrap() {
             if v["secret"].is_object() {
                 assert_eq!(v["secret"]["defaultMode"], 0o440, "{}", v["name"]);
+                secret_volumes += 1;
             }
         }
+        assert_eq!(secret_volumes, 1, "the rendered overlay mounts its Secret");
     }
 
     // Kustomize wants relative paths: the overlay lives under target/.
