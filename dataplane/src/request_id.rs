@@ -3,12 +3,12 @@
 //! request in the access log, the recent failures and the log lines about
 //! it.
 //!
-//! A made id is this boot's random tag, the worker thread's index and the
-//! thread's own count: unique per node and boot (and, by the random tag,
+//! A made id is this boot's random tag, the worker thread's index (the two
+//! written once a thread) and the thread's own count: unique per node and boot (and, by the random tag,
 //! across a fleet), with no syscall and no shared counter on the request
 //! path.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -43,6 +43,7 @@ fn boot_tag() -> &'static str {
 /// slice would allocate again on its first clone).
 /// `N`: its room, 128 bytes for a client's, 48 for one made here (a
 /// smaller one to clear and to move into its allocation).
+#[derive(Clone)]
 struct Id<const N: usize> {
     len: u8,
     bytes: [u8; N],
@@ -97,9 +98,26 @@ impl<const N: usize> Id<N> {
 
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
+/// A thread's maker of ids: its `<boot tag>-<thread>-` written once, and
+/// how many ids it has made.
+struct Maker {
+    prefix: Id<MADE_ID_ROOM>,
+    made: u64,
+}
+
+impl Maker {
+    fn new() -> Maker {
+        let mut prefix = Id::new();
+        prefix.push(boot_tag().as_bytes());
+        prefix.push(b"-");
+        prefix.push_hex(NEXT_THREAD.fetch_add(1, Relaxed) as u64);
+        prefix.push(b"-");
+        Maker { prefix, made: 0 }
+    }
+}
+
 thread_local! {
-    /// (thread index, requests this thread made an id for).
-    static COUNTER: Cell<(usize, u64)> = Cell::new((NEXT_THREAD.fetch_add(1, Relaxed), 0));
+    static MAKER: RefCell<Maker> = RefCell::new(Maker::new());
 }
 
 /// The id of a request with these headers: the client's `X-Request-Id`,
@@ -134,18 +152,12 @@ fn is_sane(id: &[u8]) -> bool {
 
 /// A new id, e.g. `3f9c2d1e4b5f-0-1a`.
 pub(crate) fn make() -> HeaderValue {
-    let (thread, n) = COUNTER.with(|c| {
-        let (thread, n) = c.get();
-        c.set((thread, n + 1));
-        (thread, n)
-    });
-    let mut id = Id::<MADE_ID_ROOM>::new();
-    id.push(boot_tag().as_bytes());
-    id.push(b"-");
-    id.push_hex(thread as u64);
-    id.push(b"-");
-    id.push_hex(n);
-    id.into_value()
+    MAKER.with_borrow_mut(|maker| {
+        let mut id = maker.prefix.clone();
+        id.push_hex(maker.made);
+        maker.made += 1;
+        id.into_value()
+    })
 }
 
 #[cfg(test)]

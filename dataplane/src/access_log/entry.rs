@@ -16,8 +16,7 @@ use http::{Method, Version};
 use percent_encoding::percent_decode_str;
 
 use super::format::{
-    json_field, json_plain_field, push_addr, push_escaped, push_ip, push_millis, push_u64,
-    Timestamps,
+    json_field, json_plain_field, push_addr, push_escaped, push_millis, push_u64, Memo,
 };
 use crate::body_state::FailureSlot;
 use crate::gate::client_key;
@@ -181,14 +180,14 @@ impl AccessEntry {
     /// hand: serde's byte-by-byte escaping of every key and value was most
     /// of a line's cost in a profile, and all but the path, the user agent
     /// and the ids are known to need no escaping.
-    pub(crate) fn write_json(&self, node_id: &str, times: &mut Timestamps, out: &mut Vec<u8>) {
+    pub(crate) fn write_json(&self, node_id: &str, memo: &mut Memo, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
-        times.push(out, self.start);
+        memo.times.push(out, self.start);
         out.push(b'"');
         json_field(out, "request_id", Some(text(&self.request_id)));
         json_field(out, "node_id", Some(node_id));
         out.extend_from_slice(b",\"client\":\"");
-        push_addr(out, self.client);
+        push_addr(out, self.client, &mut memo.client_ip);
         out.push(b'"');
         json_plain_field(out, "method", self.method());
         json_field(out, "prefix", self.prefix.as_deref());
@@ -219,7 +218,7 @@ impl AccessEntry {
         match self.upstream_addr {
             Some(addr) => {
                 out.push(b'"');
-                push_addr(out, addr);
+                push_addr(out, addr, &mut memo.upstream_ip);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -244,10 +243,10 @@ impl AccessEntry {
     /// Appends the entry as one text line: nginx's `combined` format
     /// (client, time, request line, status, bytes sent, referer left out,
     /// user agent), then our fields as `name=value`.
-    pub(crate) fn write_text(&self, node_id: &str, times: &mut Timestamps, out: &mut Vec<u8>) {
-        push_ip(out, self.client.ip());
+    pub(crate) fn write_text(&self, node_id: &str, memo: &mut Memo, out: &mut Vec<u8>) {
+        memo.client_ip.push(out, self.client.ip());
         out.extend_from_slice(b" - - [");
-        times.push(out, self.start);
+        memo.times.push(out, self.start);
         out.extend_from_slice(b"] \"");
         out.extend_from_slice(self.method().as_bytes());
         out.push(b' ');
@@ -283,7 +282,7 @@ impl AccessEntry {
         field(out, "upstream", self.upstream.as_ref().map_or("-", text));
         out.extend_from_slice(b" upstream_addr=");
         match self.upstream_addr {
-            Some(addr) => push_addr(out, addr),
+            Some(addr) => push_addr(out, addr, &mut memo.upstream_ip),
             None => out.push(b'-'),
         }
         out.extend_from_slice(if self.cancelled {
@@ -419,11 +418,7 @@ mod tests {
     #[test]
     fn json_lines_hold_every_field_and_no_secret() {
         let mut out = Vec::new();
-        entry("/gemini/v1?key=K&alt=sse", true).write_json(
-            "dp-1",
-            &mut Timestamps::default(),
-            &mut out,
-        );
+        entry("/gemini/v1?key=K&alt=sse", true).write_json("dp-1", &mut Memo::default(), &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
@@ -441,7 +436,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        entry("/gemini/v1?key=K", false).write_json("dp-1", &mut Timestamps::default(), &mut out);
+        entry("/gemini/v1?key=K", false).write_json("dp-1", &mut Memo::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/gemini/v1");
     }
@@ -481,7 +476,7 @@ mod tests {
         e.texts = format!("{path}q\"\\\u{1}\u{7f}\u{e9}").into();
         e.user_agent_at = Some(path.len() as u16);
         let mut out = Vec::new();
-        e.write_json("n\"1", &mut Timestamps::default(), &mut out);
+        e.write_json("n\"1", &mut Memo::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/a\\b%22c/\u{e9}");
         assert_eq!(v["user_agent"], "q\"\\\u{1}\u{7f}\u{e9}");
@@ -491,7 +486,7 @@ mod tests {
     #[test]
     fn text_lines_stay_one_line() {
         let mut out = Vec::new();
-        entry("/gemini/v1", false).write_text("dp-1", &mut Timestamps::default(), &mut out);
+        entry("/gemini/v1", false).write_text("dp-1", &mut Memo::default(), &mut out);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1, "{line}");
         assert!(

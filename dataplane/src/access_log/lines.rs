@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::format::Timestamps;
+use super::format::Memo;
 
 /// Buffers, at most: threads beyond share them.
 const SLOTS: usize = 64;
@@ -25,7 +25,8 @@ const SLOTS: usize = 64;
 pub(super) struct Slot {
     /// Whole lines only: a line is appended at once, under the lock.
     pub(super) buf: Vec<u8>,
-    pub(super) times: Timestamps,
+    /// What formatting remembers between this buffer's lines.
+    pub(super) memo: Memo,
 }
 
 /// Every thread's buffer.

@@ -165,10 +165,10 @@ impl RequestLog {
             access.dropped.inc();
             return;
         };
-        let Slot { buf, times } = &mut *slot;
+        let Slot { buf, memo } = &mut *slot;
         match access.format {
-            Format::Json => entry.write_json(&access.node_id, times, buf),
-            Format::Text => entry.write_text(&access.node_id, times, buf),
+            Format::Json => entry.write_json(&access.node_id, memo, buf),
+            Format::Text => entry.write_text(&access.node_id, memo, buf),
         }
     }
 }
