@@ -337,9 +337,11 @@ http {{
 
     def nginx_tls_origin(self, body_size=1024):
         """nginx on the load CPU serving TLS with the origin's certificate:
-        `nginx-origin` offers h2 and http/1.1, `nginx-origin-h1` http/1.1 only."""
+        `nginx-origin` offers h2 and http/1.1, `nginx-origin-h1` http/1.1 only;
+        both TLS 1.3 (nginx before 1.23.4 offers only up to TLS 1.2 unless told)."""
         d = self.tls_dir()
-        ssl = f"ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; ssl_session_cache shared:S:10m;"
+        ssl = (f"ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; ssl_session_cache shared:S:10m;"
+               " ssl_protocols TLSv1.2 TLSv1.3;")
         http = (f'    server {{ listen {HOST}:{P["nginx-origin"]} ssl http2 backlog=4096; {ssl}\n'
                 f'        location / {{ return 200 "{"x" * body_size}"; }} }}\n'
                 f'    server {{ listen {HOST}:{P["nginx-origin-h1"]} ssl backlog=4096; {ssl}\n'
@@ -461,6 +463,11 @@ def parse_wrk(out):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     r["non2xx"] = int(non2xx.group(1) if non2xx else 0)
     r["errors"] = sum(map(int, errs.groups() if errs else ())) + r["non2xx"]
+    # Which kind, to say what failed: wrk's socket errors and non-2xx answers.
+    r["error_kinds"] = {k: int(v) for k, v in zip(("connect", "read", "write", "timeout"),
+                                                   errs.groups() if errs else (0, 0, 0, 0)) if int(v)}
+    if r["non2xx"]:
+        r["error_kinds"]["non2xx"] = r["non2xx"]
     return r
 
 
@@ -570,6 +577,8 @@ def measure_windows(a, roots, counters, ref, twin):
                 w = parse_wrk(out)
             except AttributeError:
                 raise RuntimeError("wrk against %s failed (rc %s): %s %s" % (n, rc, out[-400:], err[-400:]))
+            if w["errors"]:
+                log("%s: %d errors over the load: %s" % (n, w["errors"], w["error_kinds"]))
             for res in rounds:
                 res[n].update(p50_ms=w["p50_ms"], p99_ms=w["p99_ms"], errors=w["errors"] if res is rounds[0] else 0)
         data[conns] = rounds
@@ -1656,6 +1665,14 @@ def h2_burst(a, st):
                   + table(["target", "200s", "errors", "full handshakes", "resumed"], rows))
 
 
+def tls_version(st, port):
+    """The TLS version the origin on `port` agrees to with a client that offers 1.2 and 1.3."""
+    ctx = ssl.create_default_context(cafile=os.path.join(st.tls_dir(), "ca.pem"))
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+            return conn.version()
+
+
 def h2_tls(a, st):
     """Throughput over TLS to an nginx origin: data plane h1 and h2 against
     nginx (h1; nginx has no HTTP/2 upstreams) and its twin, loaded at once."""
@@ -1664,6 +1681,10 @@ def h2_tls(a, st):
         h1, h2 = P["nginx-origin-h1"], P["nginx-origin"]
     else:  # the benchmark origin (hyper), started by cmd_h2
         h1, h2 = P["origin-h1"], P["origin"]
+    for port in (h1, h2):  # the version the providers speak, not one the origin fell back to
+        version = tls_version(st, port)
+        if version != "TLSv1.3":
+            raise RuntimeError("the TLS origin on port %d speaks %s, not TLS 1.3" % (port, version))
     roots = {"nginx": st.nginx_tls_proxy("nginx", h1).pid,
              "nginx-b": st.nginx_tls_proxy("nginx-b", h1).pid,
              "dp-h1": st.dataplane_tls("dp-h1", "metrics-h1", h1).pid,
