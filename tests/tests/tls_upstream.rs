@@ -351,3 +351,71 @@ async fn te_trailers_in_any_case_reaches_an_h2_origin() {
     }
     assert_eq!(up.counters.accepted(), 1, "one connection kept for all");
 }
+
+/// An HTTP/1.1-only TLS origin that completes the handshake of its first
+/// connection only (later ones get no answer to their ClientHello, as from
+/// an origin too busy to take them), answering `ok` after `delay`; and how
+/// many connections it was offered.
+async fn one_connection_origin(
+    ca: &TestCa,
+    delay: Duration,
+) -> (upstream::Upstream, Arc<AtomicUsize>) {
+    let acceptor = ca.acceptor_offering(&[b"http/1.1"]);
+    let offered = Arc::new(AtomicUsize::new(0));
+    let count = offered.clone();
+    let up = upstream::raw(move |mut stream| {
+        let (acceptor, count) = (acceptor.clone(), count.clone());
+        async move {
+            if count.fetch_add(1, Ordering::SeqCst) > 0 {
+                // Unanswered until the proxy gives up on it and closes.
+                let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+                return;
+            }
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |_req| async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+            });
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        }
+    })
+    .await;
+    (up, offered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_takes_a_connection_freed_while_its_own_is_still_opening() {
+    let ca = TestCa::new();
+    let (up, offered) = one_connection_origin(&ca, Duration::from_millis(300)).await;
+    let target = format!("https://localhost:{}", up.addr.port());
+    let (dp, _ca) = trusting_dataplane(
+        &ca,
+        &one_mapping("/h1", &target),
+        &[("API_PROXY_CONNECT_TIMEOUT", "5s")],
+    );
+    // The origin's one connection, made and left idle.
+    assert_eq!(get_reply(dp.addr, "/h1/first").await.status, 200);
+    assert_eq!(offered.load(Ordering::SeqCst), 1);
+    // Two at once: one goes on the idle connection, the other finds none
+    // and dials a second, whose handshake the origin never answers. It is
+    // sent on the first connection once that one's answer has freed it,
+    // rather than failing when its own dial times out 5 s later.
+    let started = std::time::Instant::now();
+    let statuses = burst(&dp, "/h1/pair", 2).await;
+    let took = started.elapsed();
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(
+        offered.load(Ordering::SeqCst),
+        2,
+        "the second request dialled"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the second request waited {took:?} for a connection"
+    );
+}

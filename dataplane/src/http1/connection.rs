@@ -7,11 +7,14 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::codec::{poll_fill, poll_fill_lean, FramingError};
@@ -152,7 +155,69 @@ impl Connection {
 }
 
 /// Where a connection goes back when its exchange ended cleanly.
-pub(crate) type Home = Arc<Mutex<VecDeque<Idle>>>;
+pub(crate) type Home = Arc<IdleConns>;
+
+/// A host's idle connections, most recently used last, and the word that
+/// one came back, for the requests whose own connection is still being
+/// opened (a request takes whichever comes first).
+#[derive(Debug, Default)]
+pub(crate) struct IdleConns {
+    conns: Mutex<VecDeque<Idle>>,
+    /// Requests waiting for a connection to come back: with none (the
+    /// common case), a return costs one load more, no notification.
+    waiting: AtomicUsize,
+    back: Notify,
+}
+
+impl IdleConns {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `conn` back, and tells a waiting request.
+    pub(crate) fn put(&self, conn: Connection) {
+        self.lock().push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        // Read after the push, under no lock: a request counted before it
+        // looked at the list either saw this connection or is told.
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.back.notify_one();
+        }
+    }
+
+    /// Counts the caller among the waiting until the guard drops; count
+    /// first, then look at the list, then wait for [`Waiting::back`].
+    pub(crate) fn wait(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting { conns: self }
+    }
+}
+
+/// A request waiting for a connection to come back.
+pub(crate) struct Waiting<'a> {
+    conns: &'a IdleConns,
+}
+
+impl Waiting<'_> {
+    /// Resolves when a connection comes back (enable it before looking at
+    /// the list, so that a return in between is not missed).
+    pub(crate) fn back(&self) -> Notified<'_> {
+        self.conns.back.notified()
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let others = self.conns.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        // A word this request took but did not use (its own connection
+        // came at the same moment) goes on to another waiting one.
+        if others > 0 && !self.conns.lock().is_empty() {
+            self.conns.back.notify_one();
+        }
+    }
+}
 
 /// A connection waiting in the pool.
 #[derive(Debug)]

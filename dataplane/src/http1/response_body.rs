@@ -7,10 +7,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Instant;
 
 use super::codec::{Decoder, Next};
-use super::connection::{Connection, ExchangeError, Home, Idle};
+use super::connection::{Connection, ExchangeError, Home};
 use super::request_writer::Writer;
 use super::Upgraded;
 
@@ -55,13 +54,7 @@ impl<B> ResponseBody<B> {
         {
             if conn.read.is_empty() {
                 conn.rest();
-                let idle = Idle {
-                    conn,
-                    since: Instant::now(),
-                };
-                home.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(idle);
+                home.put(conn);
             }
         }
     }

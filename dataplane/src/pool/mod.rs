@@ -12,7 +12,9 @@
 //! (as many as it is expected to take): a cold burst of N requests costs
 //! about N ÷ streams handshakes, not N. Until the host's first TLS
 //! handshake has told (by ALPN) whether it speaks HTTP/2, requests wait
-//! for that one. An HTTP/1.1
+//! for that one. A request that finds no idle HTTP/1.1 connection dials
+//! one and meanwhile takes one that comes back idle, whichever is first
+//! (the dial, made late, joins the stack). An HTTP/1.1
 //! connection goes back on the stack only when its response body was read
 //! to the end (the body sends it home), so a checkout finds it ready at
 //! once; one whose body was cut is dropped, which closes it. Idle
@@ -40,6 +42,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::{Connection as _, HttpInfo};
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
@@ -198,6 +201,7 @@ impl<B: SendBody> Pool<B> {
                     // Made (or given up by its request): look again.
                     _ => continue,
                 },
+                Found::Dial(None) => self.dial_h1(&host).await?,
                 Found::Dial(ticket) => self.connect(&host, ticket).await?,
             };
             let attempt = match (conn, pending) {
@@ -236,17 +240,62 @@ impl<B: SendBody> Pool<B> {
                 return h2.wait_or_dial(host);
             }
         }
-        // Newest first; closed or expired ones found on the way are closed.
-        let mut idle = lock(&host.idle);
+        match self.take_idle(host) {
+            Some(conn) => Found::Conn(conn),
+            None => Found::Dial(None),
+        }
+    }
+
+    /// The newest idle HTTP/1.1 connection that is still fit; closed or
+    /// expired ones found on the way are closed.
+    fn take_idle(&self, host: &Host) -> Option<Checkout> {
+        let mut idle = host.idle.lock();
         while let Some(mut entry) = idle.pop_back() {
             if entry.since.elapsed() < self.inner.idle_timeout && entry.conn.is_fit() {
-                return Found::Conn(Checkout::H1 {
+                return Some(Checkout::H1 {
                     conn: entry.conn,
                     reused: true,
                 });
             }
         }
-        Found::Dial(None)
+        None
+    }
+
+    /// Opens an HTTP/1.1 connection for a request that found none idle,
+    /// and meanwhile takes one that comes back idle, whichever is first
+    /// (as hyper-util's pool does). At a cold start, or against an origin
+    /// slow to take new connections, requests then go on as answers free
+    /// connections instead of each waiting out a handshake of its own,
+    /// some beyond the connect timeout. The dial runs in a task of its
+    /// own and, made after its request went another way (or went away),
+    /// joins the idle connections.
+    async fn dial_h1(&self, host: &Arc<Host>) -> Result<Checkout, SendError> {
+        let (tell, mut dialed) = oneshot::channel();
+        let (pool, dialing) = (self.clone(), host.clone());
+        tokio::spawn(async move {
+            let made = pool.connect(&dialing, None).await;
+            match tell.send(made) {
+                Ok(()) | Err(Ok(Checkout::H2(_))) => {}
+                Err(Ok(Checkout::H1 { conn, .. })) => dialing.idle.put(conn),
+                Err(Err(error)) => {
+                    debug!(host = %dialing.key.authority, %error, "a connection no request waited for failed");
+                }
+            }
+        });
+        let waiting = host.idle.wait();
+        loop {
+            let back = waiting.back();
+            let mut back = std::pin::pin!(back);
+            back.as_mut().enable();
+            if let Some(conn) = self.take_idle(host) {
+                return Ok(conn);
+            }
+            tokio::select! {
+                biased;
+                made = &mut dialed => return made.unwrap_or(Err(SendError::Closed)),
+                () = back => {}
+            }
+        }
     }
 
     /// Opens a connection (TCP, TLS, then HTTP/1.1 or HTTP/2 as ALPN chose);
@@ -433,7 +482,7 @@ async fn reap(pool: Weak<Inner>) {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         lock(&pool.hosts).retain(|_, host| {
-            let mut idle = lock(&host.idle);
+            let mut idle = host.idle.lock();
             idle.retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.is_fit());
             // HTTP/2 connections with no stream for the idle timeout
             // (extras opened for a peak, once it passed) are let go: the
