@@ -210,12 +210,11 @@ impl Waiting<'_> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let others = self.conns.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        // A word this request took but did not use (its own connection
-        // came at the same moment) goes on to another waiting one.
-        if others > 0 && !self.conns.lock().is_empty() {
-            self.conns.back.notify_one();
-        }
+        // (A word this request was given but did not use, its own
+        // connection having come at the same moment, goes on to another
+        // waiting request: tokio passes on the notification of a dropped
+        // `Notified`.)
+        self.conns.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

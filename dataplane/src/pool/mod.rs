@@ -14,7 +14,7 @@
 //! handshake has told (by ALPN) whether it speaks HTTP/2, requests wait
 //! for that one. A request that finds no idle HTTP/1.1 connection dials
 //! one and meanwhile takes one that comes back idle, whichever is first
-//! (the dial, made late, joins the stack). An HTTP/1.1
+//! (a dial that loses is dropped). An HTTP/1.1
 //! connection goes back on the stack only when its response body was read
 //! to the end (the body sends it home), so a checkout finds it ready at
 //! once; one whose body was cut is dropped, which closes it. Idle
@@ -42,7 +42,6 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::{Connection as _, HttpInfo};
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
@@ -262,37 +261,31 @@ impl<B: SendBody> Pool<B> {
     }
 
     /// Opens an HTTP/1.1 connection for a request that found none idle,
-    /// and meanwhile takes one that comes back idle, whichever is first
-    /// (as hyper-util's pool does). At a cold start, or against an origin
-    /// slow to take new connections, requests then go on as answers free
-    /// connections instead of each waiting out a handshake of its own,
-    /// some beyond the connect timeout. The dial runs in a task of its
-    /// own and, made after its request went another way (or went away),
-    /// joins the idle connections.
+    /// and meanwhile takes one that comes back idle, whichever is first.
+    /// At a cold start, or against an origin slow to take new connections,
+    /// requests then go on as answers free connections instead of each
+    /// waiting out a handshake of its own, some beyond the connect
+    /// timeout. The dial is part of the request's future, so that dials
+    /// under way never outnumber the requests waiting: one that loses is
+    /// dropped, which closes its socket. (hyper-util's pool lets it go on
+    /// and keeps what it makes, but then nothing bounds the dials to an
+    /// origin that serves its connections and stalls new ones.)
     async fn dial_h1(&self, host: &Arc<Host>) -> Result<Checkout, SendError> {
-        let (tell, mut dialed) = oneshot::channel();
-        let (pool, dialing) = (self.clone(), host.clone());
-        tokio::spawn(async move {
-            let made = pool.connect(&dialing, None).await;
-            match tell.send(made) {
-                Ok(()) | Err(Ok(Checkout::H2(_))) => {}
-                Err(Ok(Checkout::H1 { conn, .. })) => dialing.idle.put(conn),
-                Err(Err(error)) => {
-                    debug!(host = %dialing.key.authority, %error, "a connection no request waited for failed");
-                }
-            }
-        });
+        let dial = self.connect(host, None);
+        let mut dial = std::pin::pin!(dial);
         let waiting = host.idle.wait();
         loop {
             let back = waiting.back();
             let mut back = std::pin::pin!(back);
+            // Listening before looking: a connection that comes back in
+            // between is not missed.
             back.as_mut().enable();
             if let Some(conn) = self.take_idle(host) {
                 return Ok(conn);
             }
             tokio::select! {
                 biased;
-                made = &mut dialed => return made.unwrap_or(Err(SendError::Closed)),
+                made = &mut dial => return made,
                 () = back => {}
             }
         }
