@@ -1,6 +1,7 @@
 //! One upstream host in the pool: its budget, its idle HTTP/1.1
 //! connections, its HTTP/2 connections and the dials under way.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{FutureExt as _, Shared};
@@ -22,6 +23,8 @@ pub(super) struct Host {
     /// Shared with the response bodies that send their connection back.
     pub(super) idle: http1::Home,
     pub(super) h2: Mutex<H2Conns>,
+    /// Dials going on after their request took an idle connection.
+    pub(super) detached: AtomicUsize,
 }
 
 impl Host {
@@ -31,6 +34,7 @@ impl Host {
             budget: Budget::new(limits),
             idle: http1::Home::default(),
             h2: Mutex::default(),
+            detached: AtomicUsize::new(0),
         }
     }
 

@@ -14,7 +14,7 @@
 //! handshake has told (by ALPN) whether it speaks HTTP/2, requests wait
 //! for that one. A request that finds no idle HTTP/1.1 connection dials
 //! one and meanwhile takes one that comes back idle, whichever is first
-//! (a dial that loses is dropped). An HTTP/1.1
+//! (a dial that loses goes on, and joins the stack, up to a bound). An HTTP/1.1
 //! connection goes back on the stack only when its response body was read
 //! to the end (the body sends it home), so a checkout finds it ready at
 //! once; one whose body was cut is dropped, which closes it. Idle
@@ -33,6 +33,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -261,18 +262,16 @@ impl<B: SendBody> Pool<B> {
     }
 
     /// Opens an HTTP/1.1 connection for a request that found none idle,
-    /// and meanwhile takes one that comes back idle, whichever is first.
-    /// At a cold start, or against an origin slow to take new connections,
-    /// requests then go on as answers free connections instead of each
-    /// waiting out a handshake of its own, some beyond the connect
-    /// timeout. The dial is part of the request's future, so that dials
-    /// under way never outnumber the requests waiting: one that loses is
-    /// dropped, which closes its socket. (hyper-util's pool lets it go on
-    /// and keeps what it makes, but then nothing bounds the dials to an
-    /// origin that serves its connections and stalls new ones.)
+    /// and meanwhile takes one that comes back idle, whichever is first
+    /// (as hyper-util's pool does). At a cold start, or against an origin
+    /// slow to take new connections, requests then go on as answers free
+    /// connections instead of each waiting out a handshake of its own,
+    /// some beyond the connect timeout. A dial that loses goes on in a task
+    /// of its own and its connection joins the idle ones ([`detach`]), so
+    /// the pool still grows to the requests in flight.
     async fn dial_h1(&self, host: &Arc<Host>) -> Result<Checkout, SendError> {
-        let dial = self.connect(host, None);
-        let mut dial = std::pin::pin!(dial);
+        let (pool, dialing) = (self.clone(), host.clone());
+        let mut dial: Dial = Box::pin(async move { pool.connect(&dialing, None).await });
         let waiting = host.idle.wait();
         loop {
             let back = waiting.back();
@@ -281,6 +280,7 @@ impl<B: SendBody> Pool<B> {
             // between is not missed.
             back.as_mut().enable();
             if let Some(conn) = self.take_idle(host) {
+                detach(host, dial);
                 return Ok(conn);
             }
             tokio::select! {
@@ -348,6 +348,38 @@ impl<B: SendBody> Pool<B> {
         });
         lease.map(Checkout::H2).ok_or(SendError::Closed)
     }
+}
+
+/// A connection being opened for an HTTP/1.1 request (boxed: it may
+/// outlive its request, see [`detach`]).
+type Dial = Pin<Box<dyn Future<Output = Result<Checkout, SendError>> + Send>>;
+
+/// Dials that lost to an idle connection going on at once, at most, a host:
+/// against an origin that serves its connections but stalls new ones,
+/// each request that finds none idle would otherwise leave a socket open
+/// for up to the connect timeout.
+const MAX_DETACHED_DIALS: usize = 64;
+
+/// Lets a dial whose request went on an idle connection finish in a task
+/// of its own, its connection joining the idle ones; beyond
+/// [`MAX_DETACHED_DIALS`] it is dropped, which closes its socket.
+fn detach(host: &Arc<Host>, dial: Dial) {
+    if host.detached.fetch_add(1, Ordering::Relaxed) >= MAX_DETACHED_DIALS {
+        host.detached.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let host = host.clone();
+    tokio::spawn(async move {
+        match dial.await {
+            Ok(Checkout::H1 { conn, .. }) => host.idle.put(conn),
+            // An HTTP/2 connection joined the host's list as it was made.
+            Ok(Checkout::H2(_)) => {}
+            Err(error) => {
+                debug!(host = %host.key.authority, %error, "a connection no request waited for failed");
+            }
+        }
+        host.detached.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// A send that did not produce a response head.
@@ -618,6 +650,35 @@ mod tests {
             assert_ne!(a, other);
             assert!(!Arc::ptr_eq(&pool.inner.host(&a), &pool.inner.host(&other)));
         }
+    }
+
+    #[tokio::test]
+    async fn dials_that_lost_go_on_up_to_the_bound_and_the_rest_are_closed() {
+        let pool = pool(Duration::from_secs(60));
+        let host = pool
+            .inner
+            .host(&key(&"http://127.0.0.1:9/".parse().unwrap()));
+        // Dials that never end, each saying when it is dropped.
+        let dropped = Arc::new(AtomicUsize::new(0));
+        struct OnDrop(Arc<AtomicUsize>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        for _ in 0..MAX_DETACHED_DIALS + 3 {
+            let guard = OnDrop(dropped.clone());
+            detach(
+                &host,
+                Box::pin(async move {
+                    let _guard = guard;
+                    std::future::pending().await
+                }),
+            );
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(host.detached.load(Ordering::SeqCst), MAX_DETACHED_DIALS);
+        assert_eq!(dropped.load(Ordering::SeqCst), 3, "beyond the bound");
     }
 
     #[tokio::test]
