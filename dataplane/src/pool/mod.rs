@@ -140,7 +140,7 @@ impl<B: SendBody> Pool<B> {
     /// Sends `req` upstream to `host` within the host's budget: on a
     /// pooled connection when one is free, else on a new one. A request
     /// that a pooled connection gave back unsent (it closed at that moment)
-    /// is sent once more on a new connection. `req`'s URI may be in origin
+    /// is sent once more on another connection. `req`'s URI may be in origin
     /// form: the host is `host`. `start`: when the request began (see
     /// [`crate::budget::Budget::run`]).
     ///
@@ -270,9 +270,10 @@ impl<B: SendBody> Pool<B> {
     /// of its own and its connection joins the idle ones ([`detach`]), so
     /// the pool still grows to the requests in flight.
     async fn dial_h1(&self, host: &Arc<Host>) -> Result<Checkout, SendError> {
-        let (pool, dialing) = (self.clone(), host.clone());
-        let mut dial: Dial = Box::pin(async move { pool.connect(&dialing, None).await });
         let waiting = host.idle.wait();
+        // Made once nothing is idle: a connection that came back since the
+        // checkout then costs no handshake at all.
+        let mut dial: Option<Dial> = None;
         loop {
             let back = waiting.back();
             let mut back = std::pin::pin!(back);
@@ -280,12 +281,18 @@ impl<B: SendBody> Pool<B> {
             // between is not missed.
             back.as_mut().enable();
             if let Some(conn) = self.take_idle(host) {
-                detach(host, dial);
+                if let Some(dial) = dial {
+                    detach(host, dial);
+                }
                 return Ok(conn);
             }
+            let dial = dial.get_or_insert_with(|| {
+                let (pool, dialing) = (self.clone(), host.clone());
+                Box::pin(async move { pool.connect(&dialing, None).await })
+            });
             tokio::select! {
                 biased;
-                made = &mut dial => return made,
+                made = dial => return made,
                 () = back => {}
             }
         }
@@ -371,8 +378,16 @@ fn detach(host: &Arc<Host>, dial: Dial) {
         host.detached.fetch_sub(1, Ordering::Relaxed);
         return;
     }
-    let host = host.clone();
+    // Counted off when the task ends, however it ends.
+    struct Detached(Arc<Host>);
+    impl Drop for Detached {
+        fn drop(&mut self) {
+            self.0.detached.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let detached = Detached(host.clone());
     tokio::spawn(async move {
+        let host = &detached.0;
         match dial.await {
             Ok(Checkout::H1 { conn, .. }) => host.idle.put(conn),
             // An HTTP/2 connection joined the host's list as it was made.
@@ -381,7 +396,6 @@ fn detach(host: &Arc<Host>, dial: Dial) {
                 debug!(host = %host.key.authority, %error, "a connection no request waited for failed");
             }
         }
-        host.detached.fetch_sub(1, Ordering::Relaxed);
     });
 }
 
