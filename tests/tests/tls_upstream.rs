@@ -279,6 +279,23 @@ async fn a_refused_stream_is_sent_again_with_its_whole_body() {
     assert_eq!(seen.load(Ordering::SeqCst), 2, "refused once, then served");
 }
 
+/// Serves HTTP/1.1 on `tls` until it closes, every request answered by
+/// `answer`.
+async fn serve_h1<F, Fut>(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, answer: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<upstream::UpBody>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |_req| {
+        let answer = answer();
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+    });
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
 /// An HTTP/1.1-only TLS origin that closes every connection after its
 /// answer (`Connection: close`), counting full and resumed handshakes.
 async fn closing_h1_origin(ca: &TestCa) -> (upstream::Upstream, Arc<[AtomicUsize; 2]>) {
@@ -293,17 +310,13 @@ async fn closing_h1_origin(ca: &TestCa) -> (upstream::Upstream, Arc<[AtomicUsize
             };
             let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             counts[usize::from(resumed)].fetch_add(1, Ordering::SeqCst);
-            let service = hyper::service::service_fn(|_req| async {
-                let response = http::Response::builder()
+            serve_h1(tls, || async {
+                http::Response::builder()
                     .header("connection", "close")
                     .body(full("ok"))
-                    .unwrap();
-                Ok::<_, std::convert::Infallible>(response)
-            });
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+                    .unwrap()
+            })
+            .await;
         }
     })
     .await;
@@ -376,14 +389,11 @@ async fn one_connection_origin(
             let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |_req| async move {
+            serve_h1(tls, move || async move {
                 tokio::time::sleep(delay).await;
-                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
-            });
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+                http::Response::new(full("ok"))
+            })
+            .await;
         }
     })
     .await;
