@@ -143,11 +143,13 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pids, self.interval, self.halt = proc_tree(root), interval, threading.Event()
         self.first = self.peak = rss_kib(self.pids)
+        self.samples = []
         self.start()
 
     def run(self):
         while not self.halt.wait(self.interval):
-            self.peak = max(self.peak, rss_kib(self.pids))
+            self.samples.append(rss_kib(self.pids))
+            self.peak = max(self.peak, self.samples[-1])
 
     def stop(self):
         self.halt.set()
@@ -1738,6 +1740,8 @@ def h2_sse(a, st):
                                 "--warmup-s", a.sse_streams / a.sse_open_per_s + 1), secs + 120, name)
         ticks = (cpu_ticks(proc_tree(root)) - t0) if root else 0
         peak = sampler.stop() if sampler else 0
+        if sampler:
+            log("sse %s rss trace MiB: %s" % (name, " ".join("%.0f" % (x / 1024.0) for x in sampler.samples)))
         d = data[name] = dict(r, rss_first_kib=first, rss_peak_kib=peak,
                               kib_per_stream=(peak - first) / float(a.sse_streams) if root else 0,
                               cpu_us_per_event=ticks * 1e6 / CLK_TCK / max(1, r["events"]))

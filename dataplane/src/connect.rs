@@ -1,24 +1,25 @@
 //! Connecting to an upstream: TCP through the target policy's resolver,
-//! TLS (rustls, offering HTTP/2 by ALPN) for `https` targets, the connect
-//! timeout over both, and the one allowed retry.
+//! TLS (rustls, offering HTTP/2 by ALPN; see [`crate::tls_stream`]) for
+//! `https` targets, the connect timeout over both, and the one allowed
+//! retry.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::Scheme;
 use http::Uri;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector, HttpInfo};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 use tracing::debug;
@@ -26,6 +27,7 @@ use tracing::debug;
 use crate::causes::{find_cause, find_cause_where};
 use crate::error_kind::UpstreamErrorKind;
 use crate::policy::{PolicyDenied, PolicyResolver, TargetPolicy};
+use crate::tls_stream::{self, TlsStream};
 
 /// Connecting to the upstream failed; `kind` says how.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -73,13 +75,73 @@ fn is_retryable(err: &(dyn StdError + 'static)) -> bool {
     .is_some()
 }
 
-type Inner = HttpsConnector<HttpConnector<PolicyResolver>>;
-pub(crate) type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A connection to an upstream, and the address it was dialled at.
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+/// TCP, or TLS over it.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    /// The server chose HTTP/2 by ALPN.
+    pub(crate) fn negotiated_h2(&self) -> bool {
+        matches!(self, Stream::Tls(tls) if tls.alpn_protocol() == Some(b"h2"))
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
 
 /// TCP (+ TLS) connector with the target policy and the connect timeout.
 #[derive(Clone)]
 pub(crate) struct Connector {
-    inner: Inner,
+    tcp: HttpConnector<PolicyResolver>,
+    /// With the ALPN protocols this connector offers.
+    tls: Arc<rustls::ClientConfig>,
     policy: TargetPolicy,
     timeout: Duration,
     h2: bool,
@@ -91,9 +153,9 @@ impl Service<Uri> for Connector {
     type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.inner
+        self.tcp
             .poll_ready(cx)
-            .map_err(|e| ConnectError::classify(&*e))
+            .map_err(|e| ConnectError::classify(&e))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
@@ -115,14 +177,14 @@ impl Service<Uri> for Connector {
                 ))));
             }
         }
-        let mut inner = self.inner.clone();
+        let this = self.clone();
         let timeout = self.timeout;
         Box::pin(async move {
             let attempt = async {
-                match inner.call(uri.clone()).await {
+                match this.dial(&uri).await {
                     Err(e) if is_retryable(&*e) => {
                         debug!(%uri, error = %e, "connect refused or reset; retrying once");
-                        inner.call(uri).await
+                        this.dial(&uri).await
                     }
                     result => result,
                 }
@@ -135,6 +197,34 @@ impl Service<Uri> for Connector {
                     format!("no connection within {timeout:?} (connect timeout)"),
                 )),
             }
+        })
+    }
+}
+
+impl Connector {
+    /// One try: TCP, then TLS for an `https` target.
+    async fn dial(&self, uri: &Uri) -> Result<Conn, BoxError> {
+        let tcp = self.tcp.clone().call(uri.clone()).await?;
+        let peer = {
+            let mut extras = http::Extensions::new();
+            tcp.connected().get_extras(&mut extras);
+            extras.get::<HttpInfo>().map(HttpInfo::remote_addr)
+        };
+        let tcp = tcp.into_inner();
+        if uri.scheme() != Some(&Scheme::HTTPS) {
+            return Ok(Conn {
+                stream: Stream::Plain(tcp),
+                peer,
+            });
+        }
+        let host = uri.host().unwrap_or_default();
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            .to_owned();
+        let tls = tls_stream::connect(tcp, self.tls.clone(), name).await?;
+        Ok(Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            peer,
         })
     }
 }
@@ -175,16 +265,15 @@ impl Connector {
         http.set_nodelay(true);
         // Our own timeout covers TCP and TLS together; this one is a backstop.
         http.set_connect_timeout(Some(settings.connect_timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http();
-        let inner = if h2 {
-            builder.enable_http1().enable_http2().wrap_connector(http)
+        let mut tls = tls.clone();
+        tls.alpn_protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         } else {
-            builder.enable_http1().wrap_connector(http)
+            vec![b"http/1.1".to_vec()]
         };
         Connector {
-            inner,
+            tcp: http,
+            tls: Arc::new(tls),
             policy: settings.policy,
             timeout: settings.connect_timeout,
             h2,

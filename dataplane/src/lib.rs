@@ -45,6 +45,7 @@ mod state;
 mod stats;
 mod stats_push;
 mod tls_sessions;
+mod tls_stream;
 mod tunnel;
 mod upstream;
 mod write_stall;

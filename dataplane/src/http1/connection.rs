@@ -237,9 +237,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let mut conn = Connection::new(hyper_util::rt::TokioIo::new(
-            hyper_rustls::MaybeHttpsStream::Http(hyper_util::rt::TokioIo::new(client.unwrap())),
-        ));
+        let mut conn = Connection::new(client.unwrap());
         assert!(conn.is_fit(), "open and silent");
         drop(accepted.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -41,8 +41,6 @@ use std::time::Duration;
 use fnv::FnvHashMap;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use hyper_util::client::legacy::connect::{Connection as _, HttpInfo};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
@@ -52,7 +50,7 @@ mod host_key;
 mod send;
 
 use crate::budget::{BudgetLimits, Held};
-use crate::connect::{ConnectError, Connector};
+use crate::connect::{Conn, ConnectError, Connector, Stream};
 use crate::error_kind::UpstreamErrorKind;
 use crate::{h2, http1};
 
@@ -316,25 +314,23 @@ impl<B: SendBody> Pool<B> {
         if let Err(e) = std::future::poll_fn(|cx| connector.poll_ready(cx)).await {
             return Err(failed(ticket, e));
         }
-        let io = match connector.call(uri).await {
-            Ok(io) => io,
+        let Conn { stream, peer } = match connector.call(uri).await {
+            Ok(conn) => conn,
             Err(e) => return Err(failed(ticket, e)),
         };
-        let connected = io.connected();
-        // The address dialled, for the access log (one read a connection).
-        let peer = {
-            let mut extras = http::Extensions::new();
-            connected.get_extras(&mut extras);
-            extras.get::<HttpInfo>().map(HttpInfo::remote_addr)
-        };
-        if !connected.is_negotiated_h2() {
+        if !stream.negotiated_h2() {
             host.dialed(ticket, Dialed::H1, None);
+            // Each stream boxed once, in the connection.
+            let conn = match stream {
+                Stream::Plain(tcp) => http1::Connection::new(tcp),
+                Stream::Tls(tls) => http1::Connection::new(*tls),
+            };
             return Ok(Checkout::H1 {
-                conn: http1::Connection::new(TokioIo::new(io)).with_peer(peer),
+                conn: conn.with_peer(peer),
                 reused: false,
             });
         }
-        let made = match h2::handshake(TokioIo::new(io), peer).await {
+        let made = match h2::handshake(stream, peer).await {
             Ok(made) => made,
             Err(e) => {
                 let message = format!("upstream HTTP/2 handshake failed: {e}");
