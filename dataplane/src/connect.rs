@@ -121,6 +121,24 @@ impl AsyncWrite for Stream {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(tcp) => tcp.is_write_vectored(),
+            Stream::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
@@ -265,11 +283,14 @@ impl Connector {
         http.set_nodelay(true);
         // Our own timeout covers TCP and TLS together; this one is a backstop.
         http.set_connect_timeout(Some(settings.connect_timeout));
+        // Without h2 no ALPN at all, as hyper-rustls did: a server set up
+        // for h2 only that enforces ALPN would refuse an offer of
+        // http/1.1 alone.
         let mut tls = tls.clone();
         tls.alpn_protocols = if h2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         } else {
-            vec![b"http/1.1".to_vec()]
+            Vec::new()
         };
         Connector {
             tcp: http,

@@ -13,9 +13,12 @@
 //!
 //! Errors are rustls's inside an `io::Error` of kind `InvalidData`, as
 //! tokio-rustls gives them, so that a failed connect is classified the
-//! same way (`connect::ConnectError`). A peer that closes TCP without
-//! `close_notify` ends the read with `UnexpectedEof`, as rustls's reader
-//! does.
+//! same way (`connect::ConnectError`); the fatal alert rustls makes goes
+//! to the peer, and the error is kept for every later call. A peer that
+//! closes TCP without `close_notify` ends the read with `UnexpectedEof`,
+//! as rustls's reader does. The read side never fails for the write
+//! side: an upstream that answers early and closes, failing the rest of
+//! an upload, still has its answer read.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -51,6 +54,8 @@ thread_local! {
     /// incomplete record, a socket that took only part) takes it along.
     static SPARE_IN: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     static SPARE_OUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Where a vectored write's slices are gathered, to go in one record.
+    static SPARE_GATHER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// Borrows the thread's spare buffer into `buf` if it holds none.
@@ -91,6 +96,11 @@ pub(crate) struct TlsStream {
     read_closed: bool,
     /// We queued our `close_notify`.
     write_closed: bool,
+    /// rustls failed: the connection is over.
+    failed: Option<rustls::Error>,
+    /// Writing to the socket failed: what is made is dropped, and writes
+    /// fail; reads go on.
+    write_failed: Option<io::ErrorKind>,
 }
 
 /// What rustls is left waiting for once it has done what it can.
@@ -128,6 +138,8 @@ pub(crate) async fn connect(
         out_at: 0,
         read_closed: false,
         write_closed: false,
+        failed: None,
+        write_failed: None,
     };
     poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -171,14 +183,25 @@ impl TlsStream {
         send: Outbound<'_>,
         mut read: Option<&mut ReadBuf<'_>>,
     ) -> io::Result<(Next, usize)> {
+        if let Some(e) = &self.failed {
+            return Err(tls_error(e.clone()));
+        }
         let mut sent = 0;
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.tls.process_tls_records(&mut self.incoming);
-            let next = match state.map_err(tls_error)? {
-                ConnectionState::ReadTraffic(mut records) => {
+            let turn = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    let mut turn = Ok(None);
                     while let Some(record) = records.next_record() {
-                        let record = record.map_err(tls_error)?;
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => {
+                                turn = Err(e);
+                                break;
+                            }
+                        };
                         discard += record.discard;
                         let mut payload = record.payload;
                         if let Some(buf) = read.as_deref_mut() {
@@ -188,96 +211,107 @@ impl TlsStream {
                         }
                         self.plain.extend_from_slice(payload);
                     }
-                    None
+                    turn
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    let mut room = 512;
-                    loop {
-                        let start = reserve_out(&mut self.outgoing, room);
-                        match encode.encode(&mut self.outgoing[start..]) {
-                            Ok(n) => {
-                                self.outgoing.truncate(start + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(e)) => {
-                                self.outgoing.truncate(start);
-                                room = e.required_size;
-                            }
-                            Err(EncodeError::AlreadyEncoded) => {
-                                self.outgoing.truncate(start);
-                                break;
-                            }
-                        }
-                    }
-                    None
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    // Encoded once: `AlreadyEncoded` cannot come of this.
+                    let _ = append(
+                        &mut self.outgoing,
+                        512,
+                        |out| encode.encode(out),
+                        |e| match e {
+                            EncodeError::InsufficientSize(e) => Some(e.required_size),
+                            _ => None,
+                        },
+                    );
+                    Ok(None)
                 }
                 // Queued in `outgoing`, which is written before anything
                 // made after it.
-                ConnectionState::TransmitTlsData(transmit) => {
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
                     transmit.done();
-                    None
+                    Ok(None)
                 }
-                ConnectionState::BlockedHandshake => Some(Next::Handshake),
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    match send {
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Next::Handshake)),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    let wrote = match send {
                         Outbound::Data(data) if sent == 0 && !data.is_empty() => {
                             let data = &data[..data.len().min(MAX_WRITE)];
-                            let mut room = data.len() + RECORD_OVERHEAD * (1 + data.len() / 16384);
-                            loop {
-                                let start = reserve_out(&mut self.outgoing, room);
-                                match traffic.encrypt(data, &mut self.outgoing[start..]) {
-                                    Ok(n) => {
-                                        self.outgoing.truncate(start + n);
-                                        sent = data.len();
-                                        break;
-                                    }
-                                    Err(EncryptError::InsufficientSize(e)) => {
-                                        self.outgoing.truncate(start);
-                                        room = e.required_size;
-                                    }
-                                    Err(e @ EncryptError::EncryptExhausted) => {
-                                        self.outgoing.truncate(start);
-                                        return Err(io::Error::other(e));
-                                    }
-                                }
-                            }
+                            let room = data.len() + RECORD_OVERHEAD * (1 + data.len() / 16384);
+                            let wrote = append(
+                                &mut self.outgoing,
+                                room,
+                                |out| traffic.encrypt(data, out),
+                                encrypt_room,
+                            );
+                            sent = data.len();
+                            wrote
                         }
                         Outbound::CloseNotify if !self.write_closed => {
-                            let start = reserve_out(&mut self.outgoing, RECORD_OVERHEAD);
-                            match traffic.queue_close_notify(&mut self.outgoing[start..]) {
-                                Ok(n) => self.outgoing.truncate(start + n),
-                                Err(e) => {
-                                    self.outgoing.truncate(start);
-                                    return Err(io::Error::other(e));
-                                }
-                            }
                             self.write_closed = true;
+                            append(
+                                &mut self.outgoing,
+                                RECORD_OVERHEAD,
+                                |out| traffic.queue_close_notify(out),
+                                encrypt_room,
+                            )
                         }
-                        _ => {}
+                        _ => Ok(0),
+                    };
+                    // Only `EncryptExhausted`: 2^64 records on one key.
+                    if let Err(e) = wrote {
+                        return Err(io::Error::other(e));
                     }
-                    Some(Next::Traffic)
+                    Ok(Some(Next::Traffic))
                 }
-                ConnectionState::PeerClosed => {
+                Ok(ConnectionState::PeerClosed) => {
                     self.read_closed = true;
-                    None
+                    Ok(None)
                 }
-                ConnectionState::Closed => {
+                Ok(ConnectionState::Closed) => {
                     self.read_closed = true;
-                    Some(Next::Closed)
+                    Ok(Some(Next::Closed))
                 }
                 // Early data is the server's; the enum is non-exhaustive.
-                other => {
+                Ok(other) => {
                     return Err(io::Error::other(format!(
                         "unexpected TLS client state {other:?}"
                     )))
                 }
             };
             self.incoming.drain(..discard);
-            if let Some(next) = next {
-                give_back(&mut self.incoming, &SPARE_IN);
-                return Ok((next, sent));
+            match turn {
+                Ok(None) => {}
+                Ok(Some(next)) => {
+                    give_back(&mut self.incoming, &SPARE_IN);
+                    return Ok((next, sent));
+                }
+                Err(e) => return Err(self.fail(e)),
             }
         }
+    }
+
+    /// rustls failed: its fatal alert goes out if the socket takes it at
+    /// once, and the error stays for every later call.
+    fn fail(&mut self, e: rustls::Error) -> io::Error {
+        // The alert is queued: one more turn hands it over.
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
+            self.tls.process_tls_records(&mut self.incoming).state
+        {
+            let _ = append(
+                &mut self.outgoing,
+                64,
+                |out| encode.encode(out),
+                |e| match e {
+                    EncodeError::InsufficientSize(e) => Some(e.required_size),
+                    _ => None,
+                },
+            );
+        }
+        self.try_write_tls();
+        self.incoming = Vec::new();
+        self.failed = Some(e.clone());
+        tls_error(e)
     }
 
     /// Reads what the socket has after the bytes kept: `Ok(0)` at its
@@ -298,27 +332,120 @@ impl TlsStream {
 
     /// Writes what `outgoing` holds; gives the buffer back when done.
     fn poll_write_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_at < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_at..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_at += n;
+        if let Some(kind) = self.write_failed {
+            return Poll::Ready(Err(kind.into()));
         }
+        while self.out_at < self.outgoing.len() {
+            let written = Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_at..]);
+            match ready!(written) {
+                Ok(0) => return Poll::Ready(Err(self.write_failed(io::ErrorKind::WriteZero))),
+                Ok(n) => self.out_at += n,
+                Err(e) => {
+                    self.write_failed(e.kind());
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        self.written();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what `outgoing` holds as far as the socket takes it now,
+    /// without waiting (nor taking the writer's wake-up): for the read
+    /// side, which sends what rustls made while reading (an alert, a key
+    /// update's answer) and never fails for the write side.
+    fn try_write_tls(&mut self) {
+        if self.write_failed.is_some() {
+            return;
+        }
+        while self.out_at < self.outgoing.len() {
+            match self.tcp.try_write(&self.outgoing[self.out_at..]) {
+                Ok(0) => {
+                    self.write_failed(io::ErrorKind::WriteZero);
+                    return;
+                }
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.write_failed(e.kind());
+                    return;
+                }
+            }
+        }
+        self.written();
+    }
+
+    fn written(&mut self) {
         self.outgoing.clear();
         self.out_at = 0;
         give_back(&mut self.outgoing, &SPARE_OUT);
-        Poll::Ready(Ok(()))
+    }
+
+    fn write_failed(&mut self, kind: io::ErrorKind) -> io::Error {
+        self.write_failed = Some(kind);
+        self.outgoing = Vec::new();
+        self.out_at = 0;
+        kind.into()
+    }
+
+    /// Encrypts and starts sending up to [`MAX_WRITE`] bytes of `data`.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        // What was made before goes first: a socket that has not taken it
+        // holds the writer back.
+        ready!(self.poll_write_tls(cx))?;
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS close_notify already sent",
+            )));
+        }
+        let (_, sent) = self.process(Outbound::Data(data), None)?;
+        if sent == 0 && !data.is_empty() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS connection cannot send application data",
+            )));
+        }
+        // Started now; what the socket does not take goes with the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_write_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(sent))
     }
 }
 
-/// Grows `outgoing` by `room` zeroed bytes (rustls writes into a slice);
-/// returns where they start.
-fn reserve_out(outgoing: &mut Vec<u8>, room: usize) -> usize {
+/// Appends to `outgoing` what `write` puts into a slice of it, sized
+/// `room` and then as rustls asks (`more` reads the size from the error).
+fn append<E>(
+    outgoing: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    more: impl Fn(&E) -> Option<usize>,
+) -> Result<usize, E> {
     borrow(outgoing, &SPARE_OUT);
-    let start = outgoing.len();
-    outgoing.resize(start + room, 0);
-    start
+    loop {
+        // rustls writes into an initialised slice.
+        let start = outgoing.len();
+        outgoing.resize(start + room, 0);
+        match write(&mut outgoing[start..]) {
+            Ok(n) => {
+                outgoing.truncate(start + n);
+                return Ok(n);
+            }
+            Err(e) => {
+                outgoing.truncate(start);
+                room = more(&e).ok_or(e)?;
+            }
+        }
+    }
+}
+
+fn encrypt_room(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(e) => Some(e.required_size),
+        _ => None,
+    }
 }
 
 fn closed_in_handshake() -> io::Error {
@@ -351,14 +478,10 @@ impl AsyncRead for TlsStream {
                 }
                 return Poll::Ready(Ok(()));
             }
-            // What rustls made while reading (an alert, a key update's
-            // answer) goes out; a socket full for writing does not stop
-            // the read.
-            if let Poll::Ready(Err(e)) = this.poll_write_tls(cx) {
-                return Poll::Ready(Err(e));
-            }
             let before = buf.filled().len();
-            this.process(Outbound::Nothing, Some(buf))?;
+            let processed = this.process(Outbound::Nothing, Some(buf));
+            this.try_write_tls();
+            processed?;
             if buf.filled().len() > before {
                 return Poll::Ready(Ok(()));
             }
@@ -381,29 +504,41 @@ impl AsyncWrite for TlsStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send(cx, data)
+    }
+
+    /// The slices go in one record (a head and its body, a chunk and its
+    /// size line), as tokio-rustls did: one encryption and one segment.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // What was made before goes first: a socket that has not taken it
-        // holds the writer back.
-        ready!(this.poll_write_tls(cx))?;
-        if this.write_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "TLS close_notify already sent",
-            )));
+        if bufs.iter().filter(|b| !b.is_empty()).nth(1).is_none() {
+            let one = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return this.poll_send(cx, one);
         }
-        let (_, sent) = this.process(Outbound::Data(data), None)?;
-        if sent == 0 && !data.is_empty() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the TLS connection cannot send application data",
-            )));
+        let mut gathered = SPARE_GATHER.with(Cell::take);
+        gathered.clear();
+        for buf in bufs {
+            let room = MAX_WRITE - gathered.len();
+            gathered.extend_from_slice(&buf[..buf.len().min(room)]);
+            if gathered.len() == MAX_WRITE {
+                break;
+            }
         }
-        // Started now; what the socket does not take goes with the next
-        // write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_write_tls(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(sent))
+        let result = this.poll_send(cx, &gathered);
+        gathered.clear();
+        SPARE_GATHER.with(|s| s.set(gathered));
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -414,7 +549,7 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.write_closed {
+        if !this.write_closed && this.failed.is_none() {
             this.process(Outbound::CloseNotify, None)?;
             this.write_closed = true;
         }
@@ -443,12 +578,25 @@ mod tests {
         F: FnOnce(io::Result<server::TlsStream<TcpStream>>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
+        server_of(rustls::DEFAULT_VERSIONS, trusted, serve).await
+    }
+
+    /// The same, speaking only `versions`.
+    async fn server_of<F, Fut>(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        trusted: bool,
+        serve: F,
+    ) -> (SocketAddr, Arc<ClientConfig>)
+    where
+        F: FnOnce(io::Result<server::TlsStream<TcpStream>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![der.clone()], key)
@@ -485,21 +633,38 @@ mod tests {
         ]
     }
 
-    /// 1 MiB up and back through an echoing server, read in pieces of 1000
-    /// bytes: records cross reads, and are read in several parts.
+    /// 1 MiB up and back through an echoing server, the first bytes in a
+    /// vectored write, read in pieces of 1000 bytes: records cross reads,
+    /// and are read in several parts. Over TLS 1.3 and 1.2.
     #[tokio::test]
     async fn bytes_cross_both_ways_whole_whatever_the_read_size() {
-        let (addr, client) = server(true, |tls| async move {
+        for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12]] {
+            echo_round_trip(versions).await;
+        }
+    }
+
+    async fn echo_round_trip(versions: &[&'static rustls::SupportedProtocolVersion]) {
+        let (addr, client) = server_of(versions, true, |tls| async move {
             let (mut r, mut w) = tokio::io::split(tls.unwrap());
             tokio::io::copy(&mut r, &mut w).await.unwrap();
             w.shutdown().await.unwrap();
         })
         .await;
-        let (mut r, mut w) = tokio::io::split(dial(addr, client).await.unwrap());
+        let tls = dial(addr, client).await.unwrap();
+        let version = tls.tls.protocol_version();
+        assert_eq!(version, Some(versions[0].version));
+        let (mut r, mut w) = tokio::io::split(tls);
         let sent: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
         let up = sent.clone();
         let writer = tokio::spawn(async move {
-            w.write_all(&up).await.unwrap();
+            let slices = [
+                io::IoSlice::new(&up[..100]),
+                io::IoSlice::new(&[]),
+                io::IoSlice::new(&up[100..1000]),
+            ];
+            let n = w.write_vectored(&slices).await.unwrap();
+            assert_eq!(n, 1000, "both slices in one write");
+            w.write_all(&up[n..]).await.unwrap();
             w.shutdown().await.unwrap();
         });
         let mut back = Vec::with_capacity(sent.len());
@@ -512,8 +677,37 @@ mod tests {
             back.extend_from_slice(&piece[..n]);
         }
         writer.await.unwrap();
-        assert_eq!(back.len(), sent.len());
-        assert!(back == sent, "the bytes came back changed");
+        assert_eq!(back.len(), sent.len(), "{version:?}");
+        assert!(back == sent, "the bytes came back changed ({version:?})");
+    }
+
+    /// An upstream that answers before it has read the whole upload, and
+    /// closes: the rest of the upload fails, and the answer is still read
+    /// (the read side does not fail for the write side).
+    #[tokio::test]
+    async fn an_answer_sent_before_the_upload_ended_is_read_after_the_write_fails() {
+        let (addr, client) = server(true, |tls| async move {
+            let mut tls = tls.unwrap();
+            let mut head = [0u8; 5];
+            tls.read_exact(&mut head).await.unwrap();
+            tls.write_all(b"413 too large").await.unwrap();
+            tls.shutdown().await.unwrap();
+            // Closed with the upload unread: the kernel resets the rest.
+        })
+        .await;
+        let mut tls = dial(addr, client).await.unwrap();
+        let upload = vec![b'u'; 16 << 20];
+        let err = tls.write_all(&upload).await.unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"413 too large");
     }
 
     /// The point of the module: between exchanges a connection keeps no
@@ -605,7 +799,11 @@ mod tests {
     /// be a TLS one.
     #[tokio::test]
     async fn an_untrusted_certificate_fails_with_the_rustls_error() {
-        let (addr, client) = server(false, |_| async {}).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (addr, client) = server(false, |accepted| async move {
+            let _ = tx.send(accepted.err().map(|e| e.to_string()));
+        })
+        .await;
         let err = match dial(addr, client).await {
             Ok(_) => panic!("an untrusted certificate was accepted"),
             Err(err) => err,
@@ -618,5 +816,8 @@ mod tests {
             matches!(inner, Some(rustls::Error::InvalidCertificate(_))),
             "{err:?}"
         );
+        // The server hears why, in rustls's fatal alert.
+        let heard = rx.await.unwrap().expect("the server's handshake failed");
+        assert!(heard.contains("alert"), "{heard}");
     }
 }
