@@ -1,6 +1,7 @@
 //! TLS upstreams as production meets them: over HTTP/2 an nginx origin,
 //! stream limits below the requests in flight, cold bursts, GOAWAY under
-//! load and refused streams; over HTTP/1.1 the resumption of sessions.
+//! load and refused streams; over HTTP/1.1 the resumption of sessions;
+//! over both, big bodies byte for byte.
 //! Real servers on 127.0.0.1 over TLS, the real binary.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
