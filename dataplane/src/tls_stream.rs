@@ -35,6 +35,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 /// Room asked of a read from the socket: a whole record of the largest
 /// size (16 KiB of payload and its header, tag and padding).
@@ -315,19 +316,18 @@ impl TlsStream {
     }
 
     /// Reads what the socket has after the bytes kept: `Ok(0)` at its
-    /// close. Borrows the thread's buffer only for a socket that is ready.
+    /// close. The thread's buffer goes back if nothing came. (Through
+    /// `poll_read`, not `try_read`: a read shorter than the room given
+    /// tells Tokio the socket is drained, which spares the next read's
+    /// syscall that would only say `EAGAIN`.)
     fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            borrow(&mut self.incoming, &SPARE_IN);
-            self.incoming.reserve(READ_ROOM);
-            match self.tcp.try_read_buf(&mut self.incoming) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    give_back(&mut self.incoming, &SPARE_IN);
-                }
-                result => return Poll::Ready(result),
-            }
+        borrow(&mut self.incoming, &SPARE_IN);
+        self.incoming.reserve(READ_ROOM);
+        let read = poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming);
+        if !matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+            give_back(&mut self.incoming, &SPARE_IN);
         }
+        read
     }
 
     /// Writes what `outgoing` holds; gives the buffer back when done.
