@@ -19,8 +19,8 @@ use hyper_util::client::legacy::connect::{Connection as _, HttpConnector, HttpIn
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tower_service::Service;
 use tracing::debug;
 
@@ -83,75 +83,22 @@ pub(crate) struct Conn {
     pub(crate) peer: Option<SocketAddr>,
 }
 
-/// TCP, or TLS over it.
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
-}
+/// TCP (`Left`), or TLS over it (`Right`).
+pub(crate) type Stream = Either<TcpStream, Box<TlsStream>>;
 
-impl Stream {
+impl Conn {
     /// The server chose HTTP/2 by ALPN.
     pub(crate) fn negotiated_h2(&self) -> bool {
-        matches!(self, Stream::Tls(tls) if tls.alpn_protocol() == Some(b"h2"))
+        matches!(&self.stream, Either::Right(tls) if tls.alpn_protocol() == Some(b"h2"))
     }
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(tcp) => tcp.is_write_vectored(),
-            Stream::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
-        }
-    }
+/// The host of `uri` without the brackets of an IPv6 literal.
+fn bare_host(uri: &Uri) -> &str {
+    uri.host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// TCP (+ TLS) connector with the target policy and the connect timeout.
@@ -162,7 +109,6 @@ pub(crate) struct Connector {
     tls: Arc<rustls::ClientConfig>,
     policy: TargetPolicy,
     timeout: Duration,
-    h2: bool,
 }
 
 impl Service<Uri> for Connector {
@@ -178,12 +124,7 @@ impl Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         // IP literals skip the resolver, so the policy is checked here.
-        if let Some(ip) = uri.host().and_then(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .ok()
-        }) {
+        if let Ok(ip) = bare_host(&uri).parse::<IpAddr>() {
             if !self.policy.allows(ip) {
                 let err = PolicyDenied {
                     host: ip.to_string(),
@@ -231,17 +172,16 @@ impl Connector {
         let tcp = tcp.into_inner();
         if uri.scheme() != Some(&Scheme::HTTPS) {
             return Ok(Conn {
-                stream: Stream::Plain(tcp),
+                stream: Either::Left(tcp),
                 peer,
             });
         }
-        let host = uri.host().unwrap_or_default();
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+        let name = ServerName::try_from(bare_host(uri))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
             .to_owned();
         let tls = tls_stream::connect(tcp, self.tls.clone(), name).await?;
         Ok(Conn {
-            stream: Stream::Tls(Box::new(tls)),
+            stream: Either::Right(Box::new(tls)),
             peer,
         })
     }
@@ -297,13 +237,12 @@ impl Connector {
             tls: Arc::new(tls),
             policy: settings.policy,
             timeout: settings.connect_timeout,
-            h2,
         }
     }
 
     /// It offers HTTP/2 by ALPN to TLS upstreams.
     pub(crate) fn offers_h2(&self) -> bool {
-        self.h2
+        !self.tls.alpn_protocols.is_empty()
     }
 }
 

@@ -29,9 +29,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::thread::LocalKey;
 
-use rustls::client::UnbufferedClientConnection;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::pki_types::ServerName;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -215,16 +217,7 @@ impl TlsStream {
                     turn
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    // Encoded once: `AlreadyEncoded` cannot come of this.
-                    let _ = append(
-                        &mut self.outgoing,
-                        512,
-                        |out| encode.encode(out),
-                        |e| match e {
-                            EncodeError::InsufficientSize(e) => Some(e.required_size),
-                            _ => None,
-                        },
-                    );
+                    encode_tls(&mut self.outgoing, &mut encode);
                     Ok(None)
                 }
                 // Queued in `outgoing`, which is written before anything
@@ -299,15 +292,7 @@ impl TlsStream {
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
             self.tls.process_tls_records(&mut self.incoming).state
         {
-            let _ = append(
-                &mut self.outgoing,
-                64,
-                |out| encode.encode(out),
-                |e| match e {
-                    EncodeError::InsufficientSize(e) => Some(e.required_size),
-                    _ => None,
-                },
-            );
+            encode_tls(&mut self.outgoing, &mut encode);
         }
         self.try_write_tls();
         self.incoming = Vec::new();
@@ -441,6 +426,20 @@ fn append<E>(
     }
 }
 
+/// Appends a handshake or alert record rustls made to `outgoing`.
+fn encode_tls(outgoing: &mut Vec<u8>, encode: &mut EncodeTlsData<'_, ClientConnectionData>) {
+    // Encoded once: `AlreadyEncoded` cannot come of this.
+    let _ = append(
+        outgoing,
+        512,
+        |out| encode.encode(out),
+        |e| match e {
+            EncodeError::InsufficientSize(e) => Some(e.required_size),
+            EncodeError::AlreadyEncoded => None,
+        },
+    );
+}
+
 fn encrypt_room(e: &EncryptError) -> Option<usize> {
     match e {
         EncryptError::InsufficientSize(e) => Some(e.required_size),
@@ -551,6 +550,8 @@ impl AsyncWrite for TlsStream {
         let this = self.get_mut();
         if !this.write_closed && this.failed.is_none() {
             this.process(Outbound::CloseNotify, None)?;
+            // Also where rustls could not send one (the peer closed both
+            // ways first): shut down is shut down.
             this.write_closed = true;
         }
         ready!(this.poll_write_tls(cx))?;

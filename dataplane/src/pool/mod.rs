@@ -42,6 +42,7 @@ use fnv::FnvHashMap;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tower_service::Service;
 use tracing::debug;
 
@@ -50,7 +51,7 @@ mod host_key;
 mod send;
 
 use crate::budget::{BudgetLimits, Held};
-use crate::connect::{Conn, ConnectError, Connector, Stream};
+use crate::connect::{Conn, ConnectError, Connector};
 use crate::error_kind::UpstreamErrorKind;
 use crate::{h2, http1};
 
@@ -314,16 +315,18 @@ impl<B: SendBody> Pool<B> {
         if let Err(e) = std::future::poll_fn(|cx| connector.poll_ready(cx)).await {
             return Err(failed(ticket, e));
         }
-        let Conn { stream, peer } = match connector.call(uri).await {
+        let conn = match connector.call(uri).await {
             Ok(conn) => conn,
             Err(e) => return Err(failed(ticket, e)),
         };
-        if !stream.negotiated_h2() {
+        let h2 = conn.negotiated_h2();
+        let Conn { stream, peer } = conn;
+        if !h2 {
             host.dialed(ticket, Dialed::H1, None);
             // Each stream boxed once, in the connection.
             let conn = match stream {
-                Stream::Plain(tcp) => http1::Connection::new(tcp),
-                Stream::Tls(tls) => http1::Connection::new(*tls),
+                Either::Left(tcp) => http1::Connection::new(tcp),
+                Either::Right(tls) => http1::Connection::new(*tls),
             };
             return Ok(Checkout::H1 {
                 conn: conn.with_peer(peer),
