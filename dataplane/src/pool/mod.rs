@@ -155,15 +155,16 @@ impl<B: SendBody> Pool<B> {
     ) -> impl Held<Output = SendResult<B>> + 'static {
         let host = self.inner.host(host);
         let budget = host.budget.clone();
-        // The send is boxed, and made only once the request has its place:
-        // a request waiting in the queue then holds just its own few
-        // hundred bytes, not the send's as well, and the send's size is
-        // not part of every client connection's state
-        // (its request future lives as long as the connection).
-        // The future owns a handle to the pool (one more reference count
-        // change per request) so that it can outlive this borrow.
-        let pool = self.clone();
-        budget.run(start, move || Box::pin(pool.send_in_budget(host, req)))
+        // The send is boxed with the request in it, and starts (looks for
+        // a connection) once the request has its place. The future a
+        // client connection keeps while it waits for a response head then
+        // holds a pointer, not the request or the send: that connection's
+        // task is sized for this wait, and lives as long as the
+        // connection. The future owns a handle to the pool (one more
+        // reference count change per request) so that it can outlive this
+        // borrow.
+        let send = Box::pin(InBudget::Start(Some((self.clone(), host, req))));
+        budget.run(start, move || send)
     }
 
     /// The send, once the request may go: on a pooled connection when one
@@ -416,6 +417,8 @@ enum Unsent<B> {
 // The large variant is the common one, kept in place on purpose.
 #[allow(clippy::large_enum_variant)]
 enum InBudget<B> {
+    /// Waiting for its place in the budget; taken on the first poll.
+    Start(Option<(Pool<B>, Arc<Host>, Request<B>)>),
     /// On a pooled connection; `retry`: what a new connection needs, taken
     /// when the pooled one gives the request back.
     Pooled {
@@ -431,6 +434,11 @@ impl<B: SendBody> Future for InBudget<B> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult<B>> {
         loop {
             let again = match &mut *self {
+                InBudget::Start(start) => {
+                    let (pool, host, req) = start.take().expect("a send starts once");
+                    *self = pool.send_in_budget(host, req);
+                    continue;
+                }
                 InBudget::Fresh(send) => return send.as_mut().poll(cx),
                 InBudget::Pooled { send, retry } => {
                     let pending = match ready!(Pin::new(send).poll(cx)) {
