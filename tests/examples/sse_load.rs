@@ -46,6 +46,11 @@ struct Options {
     /// ramp-up).
     #[arg(long = "warmup-s", default_value_t = 0.0)]
     warmup_s: f64,
+    /// Also report, for each second since the start, how many events
+    /// arrived older than this (where in the run a high percentile comes
+    /// from); 0: not reported.
+    #[arg(long = "late-ms", default_value_t = 0.0)]
+    late_ms: f64,
 }
 
 #[derive(Default)]
@@ -59,6 +64,9 @@ struct Totals {
     events: AtomicU64,
     /// Event ages in microseconds.
     ages: Mutex<Vec<u32>>,
+    /// The second since the start in which each event older than
+    /// `--late-ms` arrived.
+    late: Mutex<Vec<u32>>,
 }
 
 fn now_ns() -> u128 {
@@ -203,6 +211,8 @@ async fn one_connection(o: Arc<Options>, totals: Arc<Totals>, start: Instant, en
     };
     let req = request(&o);
     let mut ages = Vec::new();
+    let mut late = Vec::new();
+    let late_ns = (o.late_ms * 1e6) as u128;
     loop {
         totals.opened.fetch_add(1, Ordering::Relaxed);
         if r.stream.write_all(&req).await.is_err() {
@@ -211,8 +221,12 @@ async fn one_connection(o: Arc<Options>, totals: Arc<Totals>, start: Instant, en
         }
         let counted = |age_ns: u128| {
             totals.events.fetch_add(1, Ordering::Relaxed);
-            if start.elapsed().as_secs_f64() >= o.warmup_s {
+            let since = start.elapsed();
+            if since.as_secs_f64() >= o.warmup_s {
                 ages.push((age_ns / 1000).min(u32::MAX as u128) as u32);
+            }
+            if late_ns > 0 && age_ns > late_ns {
+                late.push(since.as_secs() as u32);
             }
         };
         match read_response(&mut r, counted).await {
@@ -230,6 +244,7 @@ async fn one_connection(o: Arc<Options>, totals: Arc<Totals>, start: Instant, en
         }
     }
     totals.ages.lock().unwrap().extend(ages);
+    totals.late.lock().unwrap().extend(late);
 }
 
 fn pct(sorted: &[u32], p: f64) -> u32 {
@@ -268,7 +283,7 @@ async fn main() {
     let elapsed = start.elapsed().as_secs_f64();
     let mut ages = std::mem::take(&mut *totals.ages.lock().unwrap());
     ages.sort_unstable();
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "streams": o.streams,
         "opened": totals.opened.load(Ordering::SeqCst),
         "ok": totals.ok.load(Ordering::SeqCst),
@@ -282,5 +297,12 @@ async fn main() {
             "p999": pct(&ages, 99.9), "max": ages.last().copied().unwrap_or(0),
         },
     });
+    let mut late_by_s = std::collections::BTreeMap::<u32, u64>::new();
+    for second in std::mem::take(&mut *totals.late.lock().unwrap()) {
+        *late_by_s.entry(second).or_default() += 1;
+    }
+    if o.late_ms > 0.0 {
+        json["late_by_s"] = serde_json::json!(late_by_s);
+    }
     println!("{json}");
 }
