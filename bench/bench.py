@@ -1737,11 +1737,15 @@ def h2_sse(a, st):
         sampler = RssSampler(root, 0.5) if root else None
         t0 = cpu_ticks(proc_tree(root)) if root else 0
         r = sse_result(sse_load(target, "/sse", a.sse_streams, secs, "--open-per-s", a.sse_open_per_s,
-                                "--warmup-s", a.sse_streams / a.sse_open_per_s + 1), secs + 120, name)
+                                "--warmup-s", a.sse_streams / a.sse_open_per_s + 1,
+                                "--late-ms", a.sse_late_ms), secs + 120, name)
         ticks = (cpu_ticks(proc_tree(root)) - t0) if root else 0
         peak = sampler.stop() if sampler else 0
         if sampler:
             log("sse %s rss trace MiB: %s" % (name, " ".join("%.0f" % (x / 1024.0) for x in sampler.samples)))
+        if a.sse_late_ms:
+            log("sse %s events older than %g ms, by second since the start: %s"
+                % (name, a.sse_late_ms, r.get("late_by_s", {})))
         d = data[name] = dict(r, rss_first_kib=first, rss_peak_kib=peak,
                               kib_per_stream=(peak - first) / float(a.sse_streams) if root else 0,
                               cpu_us_per_event=ticks * 1e6 / CLK_TCK / max(1, r["events"]))
@@ -1870,6 +1874,8 @@ def main():
     h.add_argument("--sse-streams", type=int, default=10000)
     h.add_argument("--sse-events", type=int, default=100)
     h.add_argument("--sse-gap-ms", type=int, default=200)
+    h.add_argument("--sse-late-ms", type=float, default=0,
+                   help="sse: log how many events arrived older than this, per second of the run")
     h.add_argument("--sse-open-per-s", type=int, default=2000)
     h.add_argument("--sse-targets", type=lambda s: s.split(","), help="sse: only these (direct always runs)")
     h.add_argument("--chat-clients", type=int, default=1000)
