@@ -91,31 +91,27 @@ impl Budget {
         self.places.available_permits() == self.limits.places
     }
 
-    /// Runs the request `make` makes (a send up to its response head) once
-    /// it has a place, or once it has waited the queue limit; the place is
-    /// given up when the request ends, or by whoever polls it once
-    /// [`Held::hold_until`] has passed (the proxy's [`AwaitHead`], with
-    /// the timer it keeps anyway for the response-header deadline).
+    /// Runs `request` (a send up to its response head) once it has a
+    /// place, or once it has waited the queue limit: it is not polled
+    /// before. The place is given up when the request ends, or by whoever
+    /// polls it once [`Held::hold_until`] has passed (the proxy's
+    /// [`AwaitHead`], with the timer it keeps anyway for the
+    /// response-header deadline).
     ///
-    /// The request is made here, not passed in: a request waiting in the
-    /// queue holds only this, not the send. `start`: when the request
-    /// began; a place taken at once (at the first poll, nearly always in
-    /// the same turn) is held from then, with no clock read of its own.
+    /// `start`: when the request began; a place taken at once (at the
+    /// first poll, nearly always in the same turn) is held from then, with
+    /// no clock read of its own.
     ///
     /// [`AwaitHead`]: crate::proxy::AwaitHead
-    pub(crate) fn run<F: Future, S: FnOnce() -> F>(
-        self,
-        start: Instant,
-        make: S,
-    ) -> Budgeted<F, S> {
+    pub(crate) fn run<F: Future>(self, start: Instant, request: F) -> Budgeted<F> {
         Budgeted {
             budget: self,
             start,
-            make: Some(make),
+            placed: false,
             queued: None,
             place: None,
             hold_until: None,
-            request: None,
+            request,
         }
     }
 
@@ -150,26 +146,27 @@ type Queued = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>
 pin_project! {
     /// The future [`Budget::run`] returns. Whoever drives it gives its
     /// place up once [`Held::hold_until`] has passed.
-    pub(crate) struct Budgeted<F, S> {
+    pub(crate) struct Budgeted<F> {
         budget: Budget,
         start: Instant,
-        // Makes the request; taken once it may go.
-        make: Option<S>,
+        // The place is decided (taken, or the queue limit waited out):
+        // the request may go.
+        placed: bool,
         // Waiting for a place (boxed: rare, and not every request's size).
         queued: Option<Queued>,
         place: Option<OwnedSemaphorePermit>,
         hold_until: Option<Instant>,
         #[pin]
-        request: Option<F>,
+        request: F,
     }
 }
 
-impl<F: Future, S: FnOnce() -> F> Future for Budgeted<F, S> {
+impl<F: Future> Future for Budgeted<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut this = self.project();
-        while this.request.is_none() {
+        let this = self.project();
+        while !*this.placed {
             let (place, placed_at) = match this.queued {
                 Some(queued) => (ready!(queued.as_mut().poll(cx)), Instant::now()),
                 None => match this.budget.places.clone().try_acquire_owned() {
@@ -185,21 +182,16 @@ impl<F: Future, S: FnOnce() -> F> Future for Budgeted<F, S> {
                 *this.hold_until = Some(deadline::after(placed_at, this.budget.limits.hold));
             }
             *this.place = place;
-            let make = this.make.take().expect("a budgeted request is made once");
-            this.request.set(Some(make()));
+            *this.placed = true;
         }
-        let request = this
-            .request
-            .as_pin_mut()
-            .expect("budgeted request polled after it ended");
-        let out = ready!(request.poll(cx));
+        let out = ready!(this.request.poll(cx));
         *this.place = None;
         *this.hold_until = None;
         Poll::Ready(out)
     }
 }
 
-impl<F: Future, S: FnOnce() -> F> Held for Budgeted<F, S> {
+impl<F: Future> Held for Budgeted<F> {
     fn hold_until(&self) -> Option<Instant> {
         self.hold_until
     }
@@ -253,7 +245,7 @@ mod tests {
                 let (budget, req) = (budget.clone(), request(started, rx));
                 let now = Instant::now();
                 let driven = AwaitHead::new(
-                    budget.run(now, || req),
+                    budget.run(now, req),
                     Timer::new(),
                     now,
                     Duration::from_secs(3600),
@@ -312,11 +304,11 @@ mod tests {
             ..LIMITS
         });
         let start = Instant::now() - Duration::from_secs(5);
-        let mut first = pin!(budget.clone().run(start, std::future::pending::<()>));
+        let mut first = pin!(budget.clone().run(start, std::future::pending::<()>()));
         assert!(poll_once(first.as_mut()).is_pending());
         assert_eq!(first.hold_until(), Some(start + LIMITS.hold));
 
-        let mut second = pin!(budget.run(start, std::future::pending::<()>));
+        let mut second = pin!(budget.run(start, std::future::pending::<()>()));
         assert!(poll_once(second.as_mut()).is_pending());
         assert_eq!(second.hold_until(), None, "queued: no place yet");
         tokio::time::sleep(Duration::from_millis(7)).await;

@@ -664,7 +664,7 @@ mod tests {
             hold: hour,
             queue: hour,
         };
-        crate::budget::Budget::new(limits).run(Instant::now(), move || send)
+        crate::budget::Budget::new(limits).run(Instant::now(), send)
     }
 
     fn await_head<F: Future>(

@@ -145,7 +145,8 @@ pub(crate) async fn serve(
             inbound = shared.as_ref().and_then(|s| s.take());
         }
         let keep_alive = {
-            let mut answer = write_head(&mut out, response, asked, inbound.is_some(), shutdown);
+            let reusable = inbound.is_some() && !shutdown.is_cancelled();
+            let mut answer = write_head(&mut out, response, asked, reusable);
             // One wait for both kinds of answer: the task keeps room for
             // `answer` at this one await only.
             let sent = poll_fn(|cx| {
@@ -241,15 +242,15 @@ struct Answer {
 
 /// Queues the response's head and lets it go: its fields share the
 /// upstream's read buffer (4 KiB), and an event stream may stay open for
-/// minutes. `readable`: the connection has its read side (no request body
-/// left unread, or still going up beside the response); without it the
-/// connection cannot carry another request, and says so now.
+/// minutes. `reusable`: the connection could carry another request after
+/// this one (it is not shutting down, and has its read side: no request
+/// body left unread, or still going up beside the response); if not, the
+/// head says so now.
 fn write_head(
     out: &mut ResponseWriter,
     response: http::Response<ProxyBody>,
     asked: Asked,
-    readable: bool,
-    shutdown: &CancellationToken,
+    reusable: bool,
 ) -> Answer {
     let (parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -263,10 +264,7 @@ fn write_head(
         };
     }
     let framing = ResponseFraming::of(&parts, &body, asked.head_request, asked.http10);
-    let keep_alive = asked.keep_alive
-        && readable
-        && !shutdown.is_cancelled()
-        && framing != ResponseFraming::UntilClose;
+    let keep_alive = asked.keep_alive && reusable && framing != ResponseFraming::UntilClose;
     out.head(&parts, framing, keep_alive, asked.http10);
     Answer {
         switched: false,

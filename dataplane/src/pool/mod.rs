@@ -145,7 +145,7 @@ impl<B: SendBody> Pool<B> {
     ///
     /// A plain function returning the future, which owns a handle to the
     /// pool: the caller can keep it in a struct of its own, and `req` is
-    /// stored once, in the closure (an `async fn` would store it twice).
+    /// stored once, in the boxed send (an `async fn` would store it twice).
     /// The caller gives the place up once its hold passes ([`Held`]).
     pub(crate) fn send(
         &self,
@@ -163,8 +163,10 @@ impl<B: SendBody> Pool<B> {
         // connection. The future owns a handle to the pool (one more
         // reference count change per request) so that it can outlive this
         // borrow.
-        let send = Box::pin(InBudget::Start(Some((self.clone(), host, req))));
-        budget.run(start, move || send)
+        budget.run(
+            start,
+            Box::pin(InBudget::Start(Some((self.clone(), host, req)))),
+        )
     }
 
     /// The send, once the request may go: on a pooled connection when one
